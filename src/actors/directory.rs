@@ -1,0 +1,69 @@
+//! The directory of live connections and their counters, shared read-mostly between the
+//! Supervisor (which writes it), the Pullers (which pick sources from it) and the status API.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use actix::Addr;
+
+use super::peer::PeerActor;
+use crate::core::DeviceId;
+
+/// Traffic counters of one peer, kept across reconnections.
+#[derive(Debug, Default)]
+pub struct PeerCounters {
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    /// File data we did not transfer thanks to local chunk reuse and deltas.
+    pub bytes_saved: AtomicU64,
+}
+
+impl PeerCounters {
+    pub fn add_in(&self, n: usize) {
+        self.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    pub fn add_out(&self, n: usize) {
+        self.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+#[derive(Clone)]
+pub struct PeerEntry {
+    pub name: String,
+    pub address: Option<SocketAddr>,
+    pub connected: Option<Addr<PeerActor>>,
+    pub counters: Arc<PeerCounters>,
+}
+
+#[derive(Clone, Default)]
+pub struct PeerDirectory(Arc<RwLock<HashMap<DeviceId, PeerEntry>>>);
+
+impl PeerDirectory {
+    pub fn counters(&self, device: &DeviceId) -> Arc<PeerCounters> {
+        let mut map = self.0.write().expect("directory lock");
+        map.entry(*device)
+            .or_insert_with(|| PeerEntry { name: String::new(), address: None, connected: None, counters: Arc::default() })
+            .counters
+            .clone()
+    }
+
+    pub fn update(&self, device: DeviceId, f: impl FnOnce(&mut PeerEntry)) {
+        let mut map = self.0.write().expect("directory lock");
+        let entry = map
+            .entry(device)
+            .or_insert_with(|| PeerEntry { name: String::new(), address: None, connected: None, counters: Arc::default() });
+        f(entry);
+    }
+
+    pub fn connected(&self, device: &DeviceId) -> Option<Addr<PeerActor>> {
+        self.0.read().expect("directory lock").get(device).and_then(|e| e.connected.clone())
+    }
+
+    pub fn snapshot(&self) -> Vec<(DeviceId, PeerEntry)> {
+        let mut v: Vec<_> = self.0.read().expect("directory lock").iter().map(|(k, v)| (*k, v.clone())).collect();
+        v.sort_by_key(|(k, _)| *k);
+        v
+    }
+}

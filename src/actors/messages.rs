@@ -1,0 +1,86 @@
+//! Typed messages exchanged between actors.
+
+use actix::prelude::*;
+
+use crate::core::{Action, DeviceId, FileRecord, VersionVector};
+use crate::fs::scan::DiskState;
+use crate::net::proto::FileInfo;
+
+/// Paths of a folder that may have changed ("" = the whole folder).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct LocalChanged {
+    pub folder: String,
+    pub paths: Vec<String>,
+}
+
+/// Records a peer sent for a folder; `reply` learns if they were refused.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RemoteIndex {
+    pub device: DeviceId,
+    pub folder: String,
+    pub index_id: u64,
+    pub files: Vec<FileInfo>,
+    pub reply: Recipient<Disconnect>,
+}
+
+/// Close a connection, logging why.
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub struct Disconnect {
+    pub reason: String,
+}
+
+/// Our index of `folder` has new records up to `max_sequence`.
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub struct IndexUpdated {
+    pub folder: String,
+    pub max_sequence: u64,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Subscribe(pub Recipient<IndexUpdated>);
+
+/// Recompute what a folder needs (a peer came or went, or a retry is due).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RecomputeNeeds {
+    pub folder: String,
+}
+
+/// One thing a folder needs from its peers.
+#[derive(Debug, Clone)]
+pub struct NeedItem {
+    pub action: Action,
+    pub remote: FileRecord,
+    pub local: Option<FileRecord>,
+    /// Devices that announced exactly this version (and so hold its chunks).
+    pub sources: Vec<DeviceId>,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Needs {
+    pub items: Vec<NeedItem>,
+    /// True when this is the complete list (earlier items not in it are obsolete).
+    pub complete: bool,
+}
+
+/// What the Puller did with a need, for the Index to record.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The remote version is now on disk (or deleted) as described.
+    Took { record: FileRecord, disk: Option<DiskState> },
+    /// Our version stays; re-issue it above `other` so it wins everywhere.
+    Reissue { path: String, other: VersionVector },
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Applied {
+    pub folder: String,
+    pub outcome: Outcome,
+}

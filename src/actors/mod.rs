@@ -1,0 +1,25 @@
+//! The actors: thin shells that each own one resource and wire the layers together.
+//!
+//! | actor      | owns                                   |
+//! |------------|----------------------------------------|
+//! | Supervisor | the listener, the peer registry, dialing with backoff |
+//! | Discovery  | static peers and mDNS announce/browse  |
+//! | Watcher    | the notify watchers, debouncing, periodic rescans |
+//! | Index      | all writes to the RocksDB index, scans, the pull decisions |
+//! | Peer       | one connection's control and data streams |
+//! | Puller     | one folder's downloads and temp files  |
+
+pub mod directory;
+pub mod discovery;
+pub mod index;
+pub mod messages;
+pub mod peer;
+pub mod puller;
+pub mod status;
+pub mod supervisor;
+pub mod watcher;
+
+/// Seconds since the epoch, for version counters (the only clock the decisions see).
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}

@@ -1,0 +1,262 @@
+//! The Supervisor actor: owns the node's connections. It pairs the two inbound streams of a
+//! connection, dials known peers, redials a lost one with exponential backoff, and keeps exactly one
+//! connection per device: when both sides dial each other, both keep the one dialed by the smaller
+//! device ID, so they agree without a further message.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+
+use super::directory::PeerDirectory;
+use super::index::IndexActor;
+use super::messages::Disconnect;
+use super::peer::{PeerActor, PeerDown, PeerSetup};
+use crate::config::{Compression, FolderConfig};
+use crate::core::DeviceId;
+use crate::net::dial::{dial, Outbound};
+use crate::net::identity::Identity;
+use crate::net::proto::{ControlMessage, DataMessage};
+use crate::net::service::{Duplex, InboundHalf, InboundStream};
+use crate::store::Store;
+
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// A connection that lived this long resets the backoff.
+const STABLE_AFTER: Duration = Duration::from_secs(30);
+const TICK: Duration = Duration::from_millis(250);
+
+/// A device became reachable at these addresses (from static config or mDNS).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PeerDiscovered {
+    pub device: DeviceId,
+    pub addresses: Vec<String>,
+}
+
+/// A device is no longer announced at these addresses.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PeerVanished {
+    pub device: DeviceId,
+}
+
+/// Close every connection (the node is stopping).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+struct Active {
+    conn: u64,
+    dialer: DeviceId,
+    addr: Addr<PeerActor>,
+    since: Instant,
+}
+
+#[derive(Default)]
+struct Slot {
+    addresses: Vec<String>,
+    active: Option<Active>,
+    backoff: Duration,
+    next_attempt: Option<Instant>,
+    dialing: bool,
+    attempt: usize,
+}
+
+#[derive(Default)]
+struct Halves {
+    control: Option<Duplex<ControlMessage>>,
+    data: Option<Duplex<DataMessage>>,
+    address: Option<std::net::SocketAddr>,
+    since: Option<Instant>,
+}
+
+pub struct Supervisor {
+    identity: Identity,
+    name: String,
+    folders: Arc<Vec<FolderConfig>>,
+    store: Arc<Store>,
+    index: Addr<IndexActor>,
+    directory: PeerDirectory,
+    compression: Compression,
+    peers: HashMap<DeviceId, Slot>,
+    halves: HashMap<(DeviceId, u64), Halves>,
+    stopping: bool,
+}
+
+impl Supervisor {
+    pub fn new(identity: Identity, name: String, folders: Arc<Vec<FolderConfig>>, store: Arc<Store>, index: Addr<IndexActor>, directory: PeerDirectory, compression: Compression) -> Self {
+        Supervisor { identity, name, folders, store, index, directory, compression, peers: HashMap::new(), halves: HashMap::new(), stopping: false }
+    }
+
+    fn me(&self) -> DeviceId {
+        self.identity.device_id
+    }
+
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        if self.stopping {
+            return;
+        }
+        let now = Instant::now();
+        let due: Vec<(DeviceId, String)> = self
+            .peers
+            .iter_mut()
+            .filter(|(_, s)| s.active.is_none() && !s.dialing && !s.addresses.is_empty() && s.next_attempt.is_none_or(|t| t <= now))
+            .map(|(d, s)| {
+                s.dialing = true;
+                s.attempt += 1;
+                (*d, s.addresses[s.attempt % s.addresses.len()].clone())
+            })
+            .collect();
+        for (device, address) in due {
+            let identity = self.identity.clone();
+            let fut = async move { dial(&identity, device, &address).await.map_err(|e| format!("{address}: {e:#}")) };
+            ctx.spawn(fut.into_actor(self).map(move |result, this, ctx| this.dialed(device, result, ctx)));
+        }
+        // Half-open inbound connections whose second stream never came.
+        self.halves.retain(|_, h| h.since.is_none_or(|t| t.elapsed() < Duration::from_secs(30)));
+    }
+
+    fn dialed(&mut self, device: DeviceId, result: Result<Outbound, String>, ctx: &mut Context<Self>) {
+        let Some(slot) = self.peers.get_mut(&device) else { return };
+        slot.dialing = false;
+        match result {
+            Ok(out) => {
+                let me = self.me();
+                self.establish(device, out.conn, me, Some(out.address), out.control, out.data, ctx);
+            }
+            Err(e) => {
+                slot.backoff = (slot.backoff * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
+                let jitter = Duration::from_millis(rand::random::<u64>() % 250);
+                slot.next_attempt = Some(Instant::now() + slot.backoff + jitter);
+                tracing::debug!(peer = %device.prefix(), error = %e, retry_in_ms = slot.backoff.as_millis() as u64, "dial failed");
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn establish(&mut self, device: DeviceId, conn: u64, dialer: DeviceId, address: Option<std::net::SocketAddr>, control: Duplex<ControlMessage>, data: Duplex<DataMessage>, ctx: &mut Context<Self>) {
+        if self.stopping {
+            return;
+        }
+        let preferred = self.me().min(device);
+        let slot = self.peers.entry(device).or_default();
+        if let Some(active) = &slot.active {
+            // Keep the existing one if it is the preferred direction and the new one is not.
+            if active.dialer == preferred && dialer != preferred && active.addr.connected() {
+                tracing::debug!(peer = %device.prefix(), "duplicate connection dropped");
+                return;
+            }
+            active.addr.do_send(Disconnect { reason: "replaced by another connection".into() });
+        }
+        let setup = PeerSetup {
+            device,
+            conn,
+            address,
+            my_name: self.name.clone(),
+            folders: self.folders.clone(),
+            store: self.store.clone(),
+            index: self.index.clone(),
+            supervisor: ctx.address().recipient(),
+            counters: self.directory.counters(&device),
+            directory: self.directory.clone(),
+            compression: self.compression,
+            control,
+            data,
+        };
+        let addr = PeerActor::new(setup).start();
+        slot.active = Some(Active { conn, dialer, addr: addr.clone(), since: Instant::now() });
+        self.directory.update(device, |e| {
+            e.connected = Some(addr);
+            e.address = address;
+        });
+    }
+}
+
+impl Actor for Supervisor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(TICK, |this, ctx| this.tick(ctx));
+    }
+}
+
+impl Handler<PeerDiscovered> for Supervisor {
+    type Result = ();
+    fn handle(&mut self, msg: PeerDiscovered, ctx: &mut Context<Self>) {
+        if msg.device == self.me() {
+            return;
+        }
+        let slot = self.peers.entry(msg.device).or_default();
+        let mut changed = false;
+        for a in msg.addresses {
+            if !slot.addresses.contains(&a) {
+                slot.addresses.push(a);
+                changed = true;
+            }
+        }
+        if changed {
+            slot.next_attempt = None;
+            self.tick(ctx);
+        }
+    }
+}
+
+impl Handler<PeerVanished> for Supervisor {
+    type Result = ();
+    fn handle(&mut self, msg: PeerVanished, _: &mut Context<Self>) {
+        if let Some(slot) = self.peers.get_mut(&msg.device) {
+            slot.addresses.clear();
+        }
+    }
+}
+
+impl StreamHandler<InboundStream> for Supervisor {
+    fn handle(&mut self, stream: InboundStream, ctx: &mut Context<Self>) {
+        let key = (stream.device, stream.conn);
+        let halves = self.halves.entry(key).or_default();
+        halves.address = halves.address.or(stream.address);
+        halves.since.get_or_insert_with(Instant::now);
+        match stream.half {
+            InboundHalf::Control(d) => halves.control = Some(d),
+            InboundHalf::Data(d) => halves.data = Some(d),
+        }
+        if halves.control.is_some() && halves.data.is_some() {
+            let h = self.halves.remove(&key).expect("present");
+            let (control, data) = (h.control.expect("control"), h.data.expect("data"));
+            self.establish(stream.device, stream.conn, stream.device, h.address, control, data, ctx);
+        }
+    }
+
+    fn finished(&mut self, _: &mut Context<Self>) {}
+}
+
+impl Handler<PeerDown> for Supervisor {
+    type Result = ();
+    fn handle(&mut self, msg: PeerDown, _: &mut Context<Self>) {
+        let Some(slot) = self.peers.get_mut(&msg.device) else { return };
+        if slot.active.as_ref().is_none_or(|a| a.conn != msg.conn) {
+            return;
+        }
+        let active = slot.active.take().expect("checked");
+        if active.since.elapsed() > STABLE_AFTER {
+            slot.backoff = Duration::ZERO;
+        }
+        slot.backoff = (slot.backoff * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
+        slot.next_attempt = Some(Instant::now() + slot.backoff);
+        self.directory.update(msg.device, |e| e.connected = None);
+    }
+}
+
+impl Handler<Shutdown> for Supervisor {
+    type Result = ();
+    fn handle(&mut self, _: Shutdown, _: &mut Context<Self>) {
+        self.stopping = true;
+        for slot in self.peers.values() {
+            if let Some(a) = &slot.active {
+                a.addr.do_send(Disconnect { reason: "node shutting down".into() });
+            }
+        }
+    }
+}

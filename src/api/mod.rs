@@ -1,0 +1,80 @@
+//! The local HTTP API (actix-web, on `node.api_listen`, loopback by default): `GET /rest/status`
+//! (JSON), `GET /metrics` (Prometheus text) and `GET /` (a status page that refreshes itself).
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use actix_web::{web, App, HttpResponse, HttpServer};
+
+use crate::actors::status::{NodeState, StatusReport};
+
+const PAGE: &str = include_str!("page.html");
+
+async fn snapshot(state: &web::Data<Arc<NodeState>>) -> Result<StatusReport, actix_web::Error> {
+    let state = state.get_ref().clone();
+    web::block(move || state.snapshot()).await.map_err(actix_web::error::ErrorInternalServerError)
+}
+
+async fn status(state: web::Data<Arc<NodeState>>) -> actix_web::Result<HttpResponse> {
+    Ok(HttpResponse::Ok().json(snapshot(&state).await?))
+}
+
+async fn metrics(state: web::Data<Arc<NodeState>>) -> actix_web::Result<HttpResponse> {
+    let report = snapshot(&state).await?;
+    Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(prometheus_text(&report)))
+}
+
+async fn page() -> HttpResponse {
+    HttpResponse::Ok().content_type("text/html; charset=utf-8").body(PAGE)
+}
+
+/// Renders the report in the Prometheus text exposition format.
+pub fn prometheus_text(r: &StatusReport) -> String {
+    let mut out = String::new();
+    let mut family = |name: &str, help: &str, kind: &str, samples: Vec<(String, u64)>| {
+        let _ = writeln!(out, "# HELP syncnode_{name} {help}\n# TYPE syncnode_{name} {kind}");
+        for (labels, v) in samples {
+            let _ = writeln!(out, "syncnode_{name}{{{labels}}} {v}");
+        }
+    };
+    let per_folder = |f: &dyn Fn(&crate::actors::status::FolderReport) -> u64| -> Vec<(String, u64)> {
+        r.folders.iter().map(|x| (format!("folder=\"{}\"", x.id), f(x))).collect()
+    };
+    family("folder_files", "Files and directories in the folder.", "gauge", per_folder(&|f| f.local_files));
+    family("folder_bytes", "Bytes of file data in the folder.", "gauge", per_folder(&|f| f.local_bytes));
+    family("folder_need_files", "Files still to pull.", "gauge", per_folder(&|f| f.need_files));
+    family("folder_need_bytes", "Bytes still to pull.", "gauge", per_folder(&|f| f.need_bytes));
+    family("pulls_total", "Files and directories pulled from peers.", "counter", per_folder(&|f| f.pulls));
+    family("conflicts_total", "Conflicts resolved (a copy kept).", "counter", per_folder(&|f| f.conflicts));
+    family("errors_total", "Failed pulls (retried).", "counter", per_folder(&|f| f.errors));
+    family("reused_bytes_total", "File bytes taken from local files instead of the network.", "counter", per_folder(&|f| f.bytes_reused));
+    let connected = r.peers.iter().filter(|p| p.connected).count() as u64;
+    family("peers_connected", "Peers connected now.", "gauge", vec![(String::new(), connected)]);
+    let per_peer = |f: &dyn Fn(&crate::actors::status::PeerReport) -> u64| -> Vec<(String, u64)> {
+        r.peers.iter().map(|p| (format!("peer=\"{}\"", p.device_id), f(p))).collect()
+    };
+    family("peer_bytes_in_total", "Protocol bytes received from the peer.", "counter", per_peer(&|p| p.bytes_in));
+    family("peer_bytes_out_total", "Protocol bytes sent to the peer.", "counter", per_peer(&|p| p.bytes_out));
+    out
+}
+
+/// Starts the API server on the current actix system.
+pub fn start(address: SocketAddr, state: Arc<NodeState>) -> anyhow::Result<actix_web::dev::ServerHandle> {
+    let data = web::Data::new(state);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .route("/rest/status", web::get().to(status))
+            .route("/metrics", web::get().to(metrics))
+            .route("/", web::get().to(page))
+    })
+    .workers(1)
+    .disable_signals()
+    .bind(address)
+    .map_err(|e| anyhow::anyhow!("cannot serve the API on {address}: {e}"))?
+    .run();
+    let handle = server.handle();
+    actix_rt::spawn(server);
+    Ok(handle)
+}

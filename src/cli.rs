@@ -1,0 +1,153 @@
+//! The command line, as fixed by CONTRACT.md: `syncnode [--config PATH] [flags]` runs a node;
+//! `init`, `id` and `status` are subcommands. Exit codes: 0 clean stop, 2 bad command line or
+//! config (the message names the file and key), 1 any other fatal error.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{starter_config, Config, ConfigError, Overrides, DEFAULT_PORT};
+use crate::net::identity::Identity;
+
+#[derive(Parser, Debug)]
+#[command(name = "syncnode", version, about = "Peer-to-peer folder synchronization daemon")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Args, Debug, Default, Clone)]
+pub struct RunArgs {
+    /// Config file (TOML)
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// The folder to synchronize (folder id `default`)
+    #[arg(long, global = true, value_name = "DIR")]
+    pub sync_folder: Option<PathBuf>,
+    /// Peer listen port
+    #[arg(long, global = true, value_name = "N")]
+    pub port: Option<u16>,
+    /// Average content-defined chunk size in KiB
+    #[arg(long, value_name = "KIB")]
+    pub chunk_size: Option<u32>,
+    /// Full rescan interval, e.g. 1m
+    #[arg(long, value_name = "DURATION")]
+    pub sync_interval: Option<String>,
+    /// Data directory (index and identity)
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Trusted static peer, DEVICE_ID@HOST:PORT (repeatable)
+    #[arg(long = "peer", value_name = "DEVICE_ID@HOST:PORT")]
+    pub peers: Vec<String>,
+    /// Do not announce or browse on the LAN
+    #[arg(long)]
+    pub no_mdns: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Write a starter config, create the data dir and identity, print the device ID
+    Init,
+    /// Print this node's device ID
+    Id,
+    /// Show the running node's folders, peers and progress
+    Status {
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// An error with the exit code it maps to.
+pub enum Failure {
+    Usage(String),
+    Fatal(anyhow::Error),
+}
+
+impl From<ConfigError> for Failure {
+    fn from(e: ConfigError) -> Self {
+        Failure::Usage(e.to_string())
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        match e.downcast::<ConfigError>() {
+            Ok(c) => Failure::Usage(c.to_string()),
+            Err(e) => Failure::Fatal(e),
+        }
+    }
+}
+
+impl RunArgs {
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            sync_folder: self.sync_folder.clone(),
+            port: self.port,
+            chunk_size_kib: self.chunk_size,
+            sync_interval: self.sync_interval.clone(),
+            data_dir: self.data_dir.clone(),
+            peers: self.peers.clone(),
+            no_mdns: self.no_mdns,
+        }
+    }
+
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        Config::load(self.config.as_deref(), &self.overrides())
+    }
+}
+
+pub fn execute(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        None => {
+            let config = cli.run.load()?;
+            crate::node::run(config)?;
+            Ok(())
+        }
+        Some(Command::Init) => init(&cli.run),
+        Some(Command::Id) => {
+            let config = cli.run.load()?;
+            let identity = Identity::load(&config.data_dir)?;
+            println!("{}", identity.device_id);
+            Ok(())
+        }
+        Some(Command::Status { json }) => {
+            let config = cli.run.load()?;
+            crate::status::print(&config, json).map_err(Failure::Fatal)
+        }
+    }
+}
+
+fn init(args: &RunArgs) -> Result<(), Failure> {
+    let path = args.config.clone().ok_or_else(|| Failure::Usage("init needs --config PATH".into()))?;
+    if path.exists() {
+        return Err(Failure::Usage(format!("{}: already exists; not overwriting it", path.display())));
+    }
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let dir = dir.canonicalize().with_context(|| format!("cannot resolve {}", dir.display()))?;
+    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("node");
+    let data_dir = args.data_dir.clone().map(|d| absolute(&d)).unwrap_or_else(|| dir.join(format!("{stem}-data")));
+    let folder = args.sync_folder.clone().map(|d| absolute(&d)).unwrap_or_else(|| dir.join(format!("{stem}-sync")));
+    std::fs::create_dir_all(&folder).with_context(|| format!("cannot create {}", folder.display()))?;
+    let identity = Identity::load_or_create(&data_dir)?;
+    let name = format!("{stem}-{}", &identity.device_id.prefix());
+    std::fs::write(&path, starter_config(&name, &data_dir, &folder, args.port.unwrap_or(DEFAULT_PORT)))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    println!("{}", identity.device_id);
+    Ok(())
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf())
+    }
+}

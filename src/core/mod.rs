@@ -1,0 +1,16 @@
+//! The deterministic heart of syncnode: file records, version vectors, path rules and the
+//! decisions taken on them. Nothing here touches a disk, a socket or a clock (time comes in as an
+//! argument), so every rule is tested exhaustively without I/O; the actors are thin shells around it.
+
+pub mod chunks;
+pub mod conflict;
+pub mod decide;
+pub mod device;
+pub mod path;
+pub mod record;
+pub mod version;
+
+pub use decide::{decide, Action};
+pub use device::{DeviceId, ShortId};
+pub use record::{Chunk, FileKind, FileRecord};
+pub use version::{Ordering, VersionVector};

@@ -1,0 +1,134 @@
+//! Path rules: which relative paths a peer may name, and which names belong to syncnode itself.
+//! The filesystem layer adds the checks that need the disk (no symlink on the way).
+
+/// Prefix of in-flight downloads, beside their target; never synced.
+pub const TEMP_PREFIX: &str = ".syncnode-tmp-";
+/// The ignore file at a folder's root; never synced.
+pub const IGNORE_FILE: &str = ".syncignore";
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PathError {
+    #[error("empty path")]
+    Empty,
+    #[error("absolute path")]
+    Absolute,
+    #[error("path contains `..` or `.`")]
+    Traversal,
+    #[error("path contains an empty component, a backslash or a NUL byte")]
+    Malformed,
+    #[error("path names syncnode's own files")]
+    Reserved,
+    #[error("path longer than {0} bytes")]
+    TooLong(usize),
+}
+
+pub const MAX_PATH_LEN: usize = 4096;
+
+/// Checks a relative path received from a peer (or produced by a scan) before anything uses it.
+pub fn validate(path: &str) -> Result<(), PathError> {
+    if path.is_empty() {
+        return Err(PathError::Empty);
+    }
+    if path.len() > MAX_PATH_LEN {
+        return Err(PathError::TooLong(MAX_PATH_LEN));
+    }
+    if path.starts_with('/') {
+        return Err(PathError::Absolute);
+    }
+    if path.contains('\\') || path.contains('\0') {
+        return Err(PathError::Malformed);
+    }
+    for component in path.split('/') {
+        match component {
+            "" => return Err(PathError::Malformed),
+            "." | ".." => return Err(PathError::Traversal),
+            _ => {}
+        }
+    }
+    if is_internal(path) {
+        return Err(PathError::Reserved);
+    }
+    Ok(())
+}
+
+/// Names that syncnode keeps out of sync: its temp files anywhere, and the root ignore file.
+pub fn is_internal(path: &str) -> bool {
+    path == IGNORE_FILE || path.split('/').any(|c| c.starts_with(TEMP_PREFIX))
+}
+
+/// The temp file name used while `path` is downloaded (same directory, so the rename is atomic).
+pub fn temp_name(path: &str) -> String {
+    match path.rsplit_once('/') {
+        Some((dir, name)) => format!("{dir}/{TEMP_PREFIX}{name}"),
+        None => format!("{TEMP_PREFIX}{path}"),
+    }
+}
+
+/// The parent directory of a relative path, if it has one.
+pub fn parent(path: &str) -> Option<&str> {
+    path.rsplit_once('/').map(|(dir, _)| dir)
+}
+
+/// Whether `path` lies strictly inside directory `dir`.
+pub fn is_inside(path: &str, dir: &str) -> bool {
+    path.len() > dir.len() + 1 && path.starts_with(dir) && path.as_bytes()[dir.len()] == b'/'
+}
+
+/// Depth of a path (number of components), used to order deletes children-first.
+pub fn depth(path: &str) -> usize {
+    path.split('/').count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn paths_that_leave_the_folder_are_refused() {
+        assert_eq!(validate("/etc/passwd"), Err(PathError::Absolute));
+        assert_eq!(validate("../x"), Err(PathError::Traversal));
+        assert_eq!(validate("a/../../x"), Err(PathError::Traversal));
+        assert_eq!(validate("a/./x"), Err(PathError::Traversal));
+        assert_eq!(validate("a//x"), Err(PathError::Malformed));
+        assert_eq!(validate("a/"), Err(PathError::Malformed));
+        assert_eq!(validate("a\\..\\x"), Err(PathError::Malformed));
+        assert_eq!(validate(""), Err(PathError::Empty));
+    }
+
+    #[test]
+    fn syncnode_files_are_reserved() {
+        assert_eq!(validate(".syncignore"), Err(PathError::Reserved));
+        assert_eq!(validate("a/.syncnode-tmp-b"), Err(PathError::Reserved));
+        assert!(validate("a/.syncignore").is_ok());
+        assert!(validate("a/..b/c.d").is_ok());
+    }
+
+    #[test]
+    fn temp_names_stay_in_the_same_directory() {
+        assert_eq!(temp_name("a/b/c.txt"), "a/b/.syncnode-tmp-c.txt");
+        assert_eq!(temp_name("c"), ".syncnode-tmp-c");
+    }
+
+    #[test]
+    fn inside_means_strictly_below() {
+        assert!(is_inside("a/b", "a"));
+        assert!(!is_inside("ab/c", "a"));
+        assert!(!is_inside("a", "a"));
+    }
+
+    proptest! {
+        #[test]
+        fn a_valid_path_never_escapes(components in proptest::collection::vec("[a-z.]{1,4}", 1..6)) {
+            let path = components.join("/");
+            if validate(&path).is_ok() {
+                // Resolving it lexically never goes above the root.
+                let mut depth = 0i32;
+                for c in path.split('/') {
+                    depth += if c == ".." { -1 } else { 1 };
+                    prop_assert!(depth > 0);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! Scanning: compare what is on disk with our records and produce new records for what changed.
+//! A file whose size, mtime and permissions match its record is not read again; a changed file is
+//! chunked and hashed, and gets a version one step above its record's on this device.
+
+use std::collections::HashSet;
+use std::io;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::core::path as paths;
+use crate::core::{FileKind, FileRecord, ShortId, VersionVector};
+
+use super::chunker::{chunk_file, ChunkParams};
+use super::ignore::IgnoreRules;
+
+/// What the scanner needs to know of our current records.
+pub trait KnownRecords {
+    fn get(&self, path: &str) -> Option<FileRecord>;
+    /// Records strictly inside `dir` ("" for the whole folder).
+    fn under(&self, dir: &str) -> Vec<FileRecord>;
+}
+
+pub struct Scanner {
+    pub root: PathBuf,
+    pub params: ChunkParams,
+    pub me: ShortId,
+    pub ignore: IgnoreRules,
+}
+
+/// The state of one path on disk, as far as records care.
+#[derive(Debug, Clone, Copy)]
+pub struct DiskState {
+    pub kind: FileKind,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub permissions: u32,
+}
+
+impl DiskState {
+    pub fn of(meta: &std::fs::Metadata) -> Option<DiskState> {
+        let kind = if meta.file_type().is_file() {
+            FileKind::File
+        } else if meta.file_type().is_dir() {
+            FileKind::Directory
+        } else {
+            return None; // symlinks, sockets, devices: not synced
+        };
+        Some(DiskState {
+            kind,
+            size: if kind == FileKind::File { meta.len() } else { 0 },
+            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+            permissions: meta.permissions().mode() & 0o7777,
+        })
+    }
+
+    pub fn read(path: &Path) -> io::Result<Option<DiskState>> {
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) => Ok(DiskState::of(&meta)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether a record describes this disk state (so the file needs no hashing).
+    pub fn matches(&self, record: &FileRecord) -> bool {
+        record.same_disk_state(self.kind, self.size, self.mtime_ns, self.permissions)
+    }
+}
+
+fn rel_of(root: &Path, path: &Path) -> Option<String> {
+    let rel = path.strip_prefix(root).ok()?.to_str()?.to_string();
+    (!rel.is_empty()).then_some(rel)
+}
+
+impl Scanner {
+    /// New records for everything under `scope` (relative paths; "" is the whole folder) whose
+    /// disk state differs from `known`. `now` (seconds) feeds the version counters.
+    pub fn scan(&self, scope: &[String], known: &dyn KnownRecords, now: u64) -> io::Result<Vec<FileRecord>> {
+        let mut out = Vec::new();
+        let mut done: HashSet<String> = HashSet::new();
+        for rel in scope {
+            if rel.is_empty() {
+                self.walk(&self.root, known, now, &mut done, &mut out)?;
+                self.tombstones_under("", known, now, &mut done, &mut out);
+                continue;
+            }
+            if paths::validate(rel).is_err() || self.ignore.is_ignored(rel, false) {
+                continue;
+            }
+            self.ancestors(rel, known, now, &mut done, &mut out)?;
+            let full = self.root.join(rel);
+            match DiskState::read(&full)? {
+                Some(state) if state.kind == FileKind::Directory => {
+                    self.examine(rel, state, known, now, &mut done, &mut out)?;
+                    self.walk(&full, known, now, &mut done, &mut out)?;
+                    self.tombstones_under(rel, known, now, &mut done, &mut out);
+                }
+                Some(state) => {
+                    self.examine(rel, state, known, now, &mut done, &mut out)?;
+                    // A directory replaced by a file: its children are gone.
+                    self.tombstones_under(rel, known, now, &mut done, &mut out);
+                }
+                None => {
+                    self.tombstone(rel, known, now, &mut done, &mut out);
+                    self.tombstones_under(rel, known, now, &mut done, &mut out);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// A change deep in a new directory tree: make sure its parent directories have records.
+    fn ancestors(&self, rel: &str, known: &dyn KnownRecords, now: u64, done: &mut HashSet<String>, out: &mut Vec<FileRecord>) -> io::Result<()> {
+        let mut parents = Vec::new();
+        let mut cur = paths::parent(rel);
+        while let Some(p) = cur {
+            parents.push(p);
+            cur = paths::parent(p);
+        }
+        for p in parents.into_iter().rev() {
+            if let Some(state) = DiskState::read(&self.root.join(p))? {
+                if state.kind == FileKind::Directory {
+                    self.examine(p, state, known, now, done, out)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn walk(&self, dir: &Path, known: &dyn KnownRecords, now: u64, done: &mut HashSet<String>, out: &mut Vec<FileRecord>) -> io::Result<()> {
+        let root = &self.root;
+        let walker = walkdir::WalkDir::new(dir).min_depth(1).follow_links(false).sort_by_file_name().into_iter();
+        let walker = walker.filter_entry(|e| match rel_of(root, e.path()) {
+            Some(rel) => !self.ignore.is_ignored(&rel, e.file_type().is_dir()),
+            None => false,
+        });
+        for entry in walker {
+            let entry = match entry {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!(error = %e, "scan: cannot read an entry");
+                    continue;
+                }
+            };
+            let Some(rel) = rel_of(root, entry.path()) else { continue };
+            if paths::validate(&rel).is_err() {
+                continue;
+            }
+            let Some(state) = entry.metadata().ok().as_ref().and_then(DiskState::of) else { continue };
+            self.examine(&rel, state, known, now, done, out)?;
+        }
+        Ok(())
+    }
+
+    fn examine(&self, rel: &str, state: DiskState, known: &dyn KnownRecords, now: u64, done: &mut HashSet<String>, out: &mut Vec<FileRecord>) -> io::Result<()> {
+        if !done.insert(rel.to_string()) {
+            return Ok(());
+        }
+        let previous = known.get(rel);
+        if previous.as_ref().is_some_and(|p| state.matches(p)) {
+            return Ok(());
+        }
+        let full = self.root.join(rel);
+        let (chunks, size) = match state.kind {
+            FileKind::File => match chunk_file(&full, self.params) {
+                Ok(result) => result,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => {
+                    tracing::warn!(path = rel, error = %e, "scan: cannot read file");
+                    return Ok(());
+                }
+            },
+            FileKind::Directory => (Vec::new(), 0),
+        };
+        // Still being written: leave it to the event that the next write produces.
+        let after = DiskState::read(&full)?;
+        if state.kind == FileKind::File && after.is_none_or(|a| a.size != size || a.mtime_ns != state.mtime_ns) {
+            return Ok(());
+        }
+        let base = previous.as_ref().map(|p| p.version.clone()).unwrap_or_else(VersionVector::new);
+        let mut record = FileRecord {
+            path: rel.to_string(),
+            kind: state.kind,
+            size,
+            mtime_ns: state.mtime_ns,
+            permissions: state.permissions,
+            version: base.updated(self.me, now),
+            deleted: false,
+            // Until committed: the sequence of the record this one replaces (see FileRecord).
+            sequence: previous.as_ref().map_or(0, |p| p.sequence),
+            modified_by: self.me,
+            chunks,
+        };
+        // Only metadata we do not sync changed (a directory's mtime): keep the record as it is.
+        if let Some(prev) = &previous {
+            if !prev.deleted && prev.same_content(&record) && prev.permissions == record.permissions && (prev.mtime_ns == record.mtime_ns || record.kind == FileKind::Directory) {
+                return Ok(());
+            }
+            if prev.same_content(&record) && record.kind == FileKind::File && prev.permissions == record.permissions && !prev.deleted {
+                // Same bytes, new mtime: a touch. It is a new version (mtime is synced).
+                record.version = prev.version.updated(self.me, now);
+            }
+        }
+        out.push(record);
+        Ok(())
+    }
+
+    fn tombstone(&self, rel: &str, known: &dyn KnownRecords, now: u64, done: &mut HashSet<String>, out: &mut Vec<FileRecord>) {
+        if !done.insert(rel.to_string()) {
+            return;
+        }
+        if let Some(prev) = known.get(rel).filter(|p| !p.deleted) {
+            out.push(prev.tombstone(self.me, now));
+        }
+    }
+
+    /// Tombstones for known records under `dir` that are no longer on disk.
+    fn tombstones_under(&self, dir: &str, known: &dyn KnownRecords, now: u64, done: &mut HashSet<String>, out: &mut Vec<FileRecord>) {
+        for record in known.under(dir) {
+            if record.deleted || done.contains(&record.path) || self.ignore.is_ignored(&record.path, record.kind == FileKind::Directory) {
+                continue;
+            }
+            if matches!(DiskState::read(&self.root.join(&record.path)), Ok(None)) {
+                done.insert(record.path.clone());
+                out.push(record.tombstone(self.me, now));
+            }
+        }
+    }
+}
+
+/// Removes temp files a crash left behind (never visible under a real name, never synced).
+pub fn remove_stale_temp_files(root: &Path) -> usize {
+    let mut removed = 0;
+    for entry in walkdir::WalkDir::new(root).follow_links(false).into_iter().flatten() {
+        let name = entry.file_name().to_string_lossy();
+        if entry.file_type().is_file() && name.starts_with(paths::TEMP_PREFIX) && std::fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    struct Known(BTreeMap<String, FileRecord>);
+
+    impl KnownRecords for Known {
+        fn get(&self, path: &str) -> Option<FileRecord> {
+            self.0.get(path).cloned()
+        }
+        fn under(&self, dir: &str) -> Vec<FileRecord> {
+            self.0.values().filter(|r| dir.is_empty() || paths::is_inside(&r.path, dir)).cloned().collect()
+        }
+    }
+
+    fn scanner(root: &Path) -> Scanner {
+        Scanner { root: root.to_path_buf(), params: ChunkParams::new(4096), me: ShortId(1), ignore: IgnoreRules::load(root) }
+    }
+
+    #[test]
+    fn a_rescan_of_an_unchanged_folder_finds_nothing_and_a_removal_is_a_tombstone() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("a/b")).unwrap();
+        std::fs::write(dir.path().join("a/b/f.txt"), b"hello").unwrap();
+        std::fs::write(dir.path().join("empty"), b"").unwrap();
+        let s = scanner(dir.path());
+        let first = s.scan(&["".into()], &Known(BTreeMap::new()), 100).unwrap();
+        let names: Vec<_> = first.iter().map(|r| r.path.as_str()).collect();
+        assert_eq!(names, vec!["a", "a/b", "a/b/f.txt", "empty"]);
+        let known = Known(first.into_iter().map(|r| (r.path.clone(), r)).collect());
+        assert!(s.scan(&["".into()], &known, 101).unwrap().is_empty());
+        std::fs::remove_dir_all(dir.path().join("a")).unwrap();
+        let gone = s.scan(&["a".into()], &known, 102).unwrap();
+        assert_eq!(gone.len(), 3);
+        assert!(gone.iter().all(|r| r.deleted));
+    }
+}

@@ -1,0 +1,112 @@
+//! Starting and stopping a node: open the index, bind the listener, start the actors, wait for
+//! SIGINT/SIGTERM, then close connections and flush the index before exiting.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use anyhow::{Context as _, Result};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::actors::directory::PeerDirectory;
+use crate::actors::discovery::{Discovery, StopDiscovery};
+use crate::actors::index::{index_path, IndexActor, SetPuller};
+use crate::actors::puller::{PullContext, Puller};
+use crate::actors::status::NodeState;
+use crate::actors::supervisor::{Shutdown, Supervisor};
+use crate::actors::watcher::Watcher;
+use crate::config::Config;
+use crate::net::identity::Identity;
+use crate::net::tls::TrustedDevices;
+use crate::store::Store;
+
+/// Runs a node in the foreground until SIGINT or SIGTERM.
+pub fn run(config: Config) -> Result<()> {
+    let identity = Identity::load_or_create(&config.data_dir)?;
+    let store = Arc::new(Store::open(&index_path(&config.data_dir))?);
+    let system = actix_rt::System::with_tokio_rt(|| {
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime")
+    });
+    let result = system.block_on(serve(config, identity, store.clone()));
+    store.flush().context("flushing the index")?;
+    result
+}
+
+async fn serve(config: Config, identity: Identity, store: Arc<Store>) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+    tracing::info!(device = %identity.device_id, name = %config.name, listen = %listener.local_addr()?, "node starting");
+
+    let directory = PeerDirectory::default();
+    let folders = Arc::new(config.folders.clone());
+    let roots: Arc<HashMap<_, _>> = Arc::new(config.folders.iter().map(|f| (f.id.clone(), f.path.clone())).collect());
+
+    let state = Arc::new(NodeState {
+        device_id: identity.device_id,
+        name: config.name.clone(),
+        folders: config.folders.iter().map(|f| (f.clone(), Arc::default())).collect(),
+        directory: directory.clone(),
+        store: store.clone(),
+    });
+    let index = IndexActor::new(store.clone(), identity.device_id, config.chunk_size, &config.folders, state.clone()).start();
+    for folder in config.folders.iter() {
+        let puller = Puller::new(PullContext {
+            folder: folder.id.clone(),
+            root: folder.path.clone(),
+            roots: roots.clone(),
+            store: store.clone(),
+            directory: directory.clone(),
+            index: index.clone(),
+            gauges: state.gauges(&folder.id),
+        })
+        .start();
+        index.do_send(SetPuller { folder: folder.id.clone(), puller });
+    }
+    let supervisor = Supervisor::new(identity.clone(), config.name.clone(), folders.clone(), store.clone(), index.clone(), directory.clone(), config.compression);
+    let (inbound_tx, inbound_rx) = mpsc::channel(64);
+    let supervisor = Supervisor::create(move |ctx| {
+        ctx.add_stream(ReceiverStream::new(inbound_rx));
+        supervisor
+    });
+    let _watcher = Watcher::new(config.folders.clone(), index.clone(), config.debounce, config.rescan_interval).start();
+    let port = listener.local_addr()?.port();
+    let discovery = Discovery::new(identity.device_id, config.name.clone(), port, config.mdns, config.peers.clone(), supervisor.clone()).start();
+
+    let trusted = TrustedDevices::new(config.peers.iter().filter_map(|p| p.device_id));
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let server_identity = identity.clone();
+    let server = tokio::spawn(async move {
+        crate::net::dial::serve(listener, &server_identity, trusted, inbound_tx, async {
+            let _ = stop_rx.await;
+        })
+        .await
+    });
+    let api = match config.api_listen {
+        Some(address) => Some(crate::api::start(address, state.clone())?),
+        None => None,
+    };
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+
+    wait_for_signal().await;
+    tracing::info!("stopping");
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    let _ = supervisor.send(Shutdown).await;
+    discovery.do_send(StopDiscovery);
+    let _ = stop_tx.send(());
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(3), server).await;
+    if let Some(api) = api {
+        api.stop(true).await;
+    }
+    System::current().stop();
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,274 @@
+//! `Store`: typed access to the RocksDB index. Everything that belongs together (a record, its
+//! sequence entry, its chunk locations, the folder's counter) is written in one WriteBatch, so a
+//! crash at any point leaves either the old or the new state, never half of each.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, DB};
+use serde::{Deserialize, Serialize};
+
+use super::keys;
+use crate::core::chunks::{self, ChunkEdit};
+use crate::core::{DeviceId, FileRecord};
+
+const FAMILIES: &[&str] = &["files", "seq", "remote", "chunks", "diffs", "meta"];
+
+/// A folder's index identity and counter. The index id changes when the database is recreated,
+/// which tells peers to forget what they had read of it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FolderMeta {
+    pub index_id: u64,
+    pub max_sequence: u64,
+}
+
+/// How far we have read a peer's index of one folder.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    pub index_id: u64,
+    pub max_sequence: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkLocation {
+    pub folder: String,
+    pub path: String,
+    pub offset: u64,
+    pub size: u32,
+}
+
+/// The chunk edits that turn the record at `base` into the one at `sequence` (for sending
+/// record updates as differences).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredDiff {
+    pub base: u64,
+    pub sequence: u64,
+    pub edits: Vec<ChunkEdit>,
+}
+
+pub struct Store {
+    db: DB,
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    postcard::to_stdvec(value).expect("in-memory serialization cannot fail")
+}
+
+fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T> {
+    postcard::from_bytes(bytes).context("corrupt index entry")
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_max_background_jobs(2);
+        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        let cfs = FAMILIES.iter().map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
+        let db = DB::open_cf_descriptors(&opts, path, cfs)
+            .with_context(|| format!("cannot open the index at {} (is another node using this data_dir?)", path.display()))?;
+        Ok(Store { db })
+    }
+
+    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        self.db.cf_handle(name).expect("column family created at open")
+    }
+
+    fn scan_prefix<'a>(&'a self, family: &str, prefix: Vec<u8>) -> impl Iterator<Item = (Box<[u8]>, Box<[u8]>)> + 'a {
+        self.db
+            .iterator_cf(self.cf(family), IteratorMode::From(&prefix, Direction::Forward))
+            .map_while(|item| item.ok())
+            .take_while(move |(k, _)| k.starts_with(&prefix))
+    }
+
+    /// The folder's meta, created with a fresh random index id on first use.
+    pub fn folder_meta(&self, folder: &str) -> Result<FolderMeta> {
+        match self.db.get_cf(self.cf("meta"), keys::folder_meta(folder))? {
+            Some(v) => decode(&v),
+            None => {
+                let meta = FolderMeta { index_id: rand::random::<u64>() | 1, max_sequence: 0 };
+                self.db.put_cf(self.cf("meta"), keys::folder_meta(folder), encode(&meta))?;
+                Ok(meta)
+            }
+        }
+    }
+
+    pub fn get(&self, folder: &str, path: &str) -> Result<Option<FileRecord>> {
+        self.db.get_cf(self.cf("files"), keys::file(folder, path))?.map(|v| decode(&v)).transpose()
+    }
+
+    /// All our records of a folder, in path order.
+    pub fn local_records(&self, folder: &str) -> impl Iterator<Item = FileRecord> + '_ {
+        self.scan_prefix("files", keys::folder_prefix(folder)).filter_map(|(_, v)| decode(&v).ok())
+    }
+
+    /// Our records strictly inside directory `dir`.
+    pub fn local_records_under(&self, folder: &str, dir: &str) -> Vec<FileRecord> {
+        self.scan_prefix("files", keys::file(folder, &format!("{dir}/"))).filter_map(|(_, v)| decode(&v).ok()).collect()
+    }
+
+    /// Commits records as ours: each gets the next sequence; old sequence and chunk entries go.
+    /// Returns the records as stored.
+    pub fn commit_local(&self, folder: &str, records: Vec<FileRecord>) -> Result<Vec<FileRecord>> {
+        let mut meta = self.folder_meta(folder)?;
+        let mut batch = WriteBatch::default();
+        let mut stored = Vec::with_capacity(records.len());
+        for mut record in records {
+            let previous = self.get(folder, &record.path)?;
+            // A path committed twice in one batch: the first one's entries are already replaced.
+            let previous = stored.iter().rev().find(|r: &&FileRecord| r.path == record.path).cloned().or(previous);
+            meta.max_sequence += 1;
+            record.sequence = meta.max_sequence;
+            if let Some(prev) = &previous {
+                batch.delete_cf(self.cf("seq"), keys::seq(folder, prev.sequence));
+                for c in &prev.chunks {
+                    batch.delete_cf(self.cf("chunks"), keys::chunk(&c.hash, folder, &prev.path, c.offset));
+                }
+            }
+            for c in &record.chunks {
+                batch.put_cf(self.cf("chunks"), keys::chunk(&c.hash, folder, &record.path, c.offset), c.size.to_be_bytes());
+            }
+            match previous.as_ref().filter(|p| !p.deleted && p.is_file() && !record.deleted && record.is_file()) {
+                Some(prev) => {
+                    let diff = StoredDiff { base: prev.sequence, sequence: record.sequence, edits: chunks::diff(&prev.chunks, &record.chunks) };
+                    batch.put_cf(self.cf("diffs"), keys::file(folder, &record.path), encode(&diff));
+                }
+                None => batch.delete_cf(self.cf("diffs"), keys::file(folder, &record.path)),
+            }
+            batch.put_cf(self.cf("seq"), keys::seq(folder, record.sequence), record.path.as_bytes());
+            batch.put_cf(self.cf("files"), keys::file(folder, &record.path), encode(&record));
+            stored.push(record);
+        }
+        batch.put_cf(self.cf("meta"), keys::folder_meta(folder), encode(&meta));
+        self.db.write(batch)?;
+        Ok(stored)
+    }
+
+    /// Our records with a sequence above `after`, in sequence order, at most `limit`.
+    pub fn since(&self, folder: &str, after: u64, limit: usize) -> Result<Vec<FileRecord>> {
+        let prefix = keys::folder_prefix(folder);
+        let start = keys::seq(folder, after.saturating_add(1));
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf("seq"), IteratorMode::From(&start, Direction::Forward)) {
+            let (k, path) = item?;
+            if !k.starts_with(&prefix) || out.len() >= limit {
+                break;
+            }
+            let path = std::str::from_utf8(&path).context("corrupt sequence entry")?;
+            if let Some(record) = self.get(folder, path)? {
+                out.push(record);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The chunk edits from the record at `base` to `record`, if the stored difference is for exactly that step.
+    pub fn diff_for(&self, folder: &str, record: &FileRecord) -> Result<Option<StoredDiff>> {
+        let Some(bytes) = self.db.get_cf(self.cf("diffs"), keys::file(folder, &record.path))? else { return Ok(None) };
+        let diff: StoredDiff = decode(&bytes)?;
+        Ok((diff.sequence == record.sequence).then_some(diff))
+    }
+
+    pub fn progress(&self, device: &DeviceId, folder: &str) -> Result<Progress> {
+        Ok(match self.db.get_cf(self.cf("meta"), keys::progress(device, folder))? {
+            Some(v) => decode(&v)?,
+            None => Progress::default(),
+        })
+    }
+
+    pub fn remote(&self, device: &DeviceId, folder: &str, path: &str) -> Result<Option<FileRecord>> {
+        self.db.get_cf(self.cf("remote"), keys::remote(device, folder, path))?.map(|v| decode(&v)).transpose()
+    }
+
+    pub fn remote_records<'a>(&'a self, device: &DeviceId, folder: &str) -> impl Iterator<Item = FileRecord> + 'a {
+        self.scan_prefix("remote", keys::remote_prefix(device, folder)).filter_map(|(_, v)| decode(&v).ok())
+    }
+
+    /// Devices we hold an index from, for a folder.
+    pub fn remote_devices(&self, folder: &str) -> Result<Vec<DeviceId>> {
+        let mut out = Vec::new();
+        for (k, _) in self.scan_prefix("meta", b"p".to_vec()) {
+            if k.len() > 33 && &k[33..] == folder.as_bytes() {
+                out.push(DeviceId(k[1..33].try_into().expect("32 bytes")));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stores records a peer announced and how far we have read its index, in one batch.
+    pub fn put_remote(&self, device: &DeviceId, folder: &str, progress: Progress, records: &[FileRecord]) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        for r in records {
+            batch.put_cf(self.cf("remote"), keys::remote(device, folder, &r.path), encode(r));
+        }
+        batch.put_cf(self.cf("meta"), keys::progress(device, folder), encode(&progress));
+        self.db.write(batch)?;
+        Ok(())
+    }
+
+    /// Forgets a peer's index of a folder (its index id changed: it will send everything again).
+    pub fn clear_remote(&self, device: &DeviceId, folder: &str) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        for (k, _) in self.scan_prefix("remote", keys::remote_prefix(device, folder)) {
+            batch.delete_cf(self.cf("remote"), k);
+        }
+        batch.delete_cf(self.cf("meta"), keys::progress(device, folder));
+        self.db.write(batch)?;
+        Ok(())
+    }
+
+    /// Where a chunk with this hash lives in our folders (entries may be stale: verify the bytes).
+    pub fn chunk_locations(&self, hash: &[u8; 32], limit: usize) -> Vec<ChunkLocation> {
+        self.scan_prefix("chunks", hash.to_vec())
+            .filter_map(|(k, v)| {
+                let (folder, path, offset) = keys::parse_chunk(&k)?;
+                let size = u32::from_be_bytes(v.as_ref().try_into().ok()?);
+                Some(ChunkLocation { folder, path, offset, size })
+            })
+            .take(limit)
+            .collect()
+    }
+
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush_cfs(&FAMILIES.iter().map(|n| self.cf(n)).collect::<Vec<_>>())?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::record::fixtures::file;
+
+    #[test]
+    fn commits_assign_sequences_and_move_old_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let a = store.commit_local("f", vec![file("a", 1, &[(1, 1)], 1, 1), file("b", 2, &[(1, 1)], 1, 1)]).unwrap();
+        assert_eq!((a[0].sequence, a[1].sequence), (1, 2));
+        store.commit_local("f", vec![file("a", 3, &[(1, 2)], 2, 1)]).unwrap();
+        let since: Vec<_> = store.since("f", 0, 100).unwrap().into_iter().map(|r| (r.path, r.sequence)).collect();
+        assert_eq!(since, vec![("b".to_string(), 2), ("a".to_string(), 3)]);
+        assert!(store.chunk_locations(&[1; 32], 10).is_empty());
+        assert_eq!(store.chunk_locations(&[3; 32], 10)[0].path, "a");
+        let diff = store.diff_for("f", &store.get("f", "a").unwrap().unwrap()).unwrap().unwrap();
+        assert_eq!(diff.base, 1);
+        assert_eq!(store.since("f", 2, 100).unwrap().len(), 1);
+        assert_eq!(store.folder_meta("f").unwrap().max_sequence, 3);
+    }
+
+    #[test]
+    fn remote_indexes_are_kept_per_device() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let dev = DeviceId([5; 32]);
+        store.put_remote(&dev, "f", Progress { index_id: 9, max_sequence: 4 }, &[file("x", 1, &[(2, 1)], 1, 2)]).unwrap();
+        assert_eq!(store.progress(&dev, "f").unwrap().max_sequence, 4);
+        assert_eq!(store.remote_devices("f").unwrap(), vec![dev]);
+        assert_eq!(store.remote_records(&dev, "f").count(), 1);
+        store.clear_remote(&dev, "f").unwrap();
+        assert_eq!(store.remote_records(&dev, "f").count(), 0);
+        assert_eq!(store.progress(&dev, "f").unwrap(), Progress::default());
+    }
+}

@@ -1,0 +1,86 @@
+//! Key layouts of the column families. Folder ids and paths never contain NUL, which separates them.
+//!
+//! | family  | key                                   | value                        |
+//! |---------|---------------------------------------|------------------------------|
+//! | files   | folder 0 path                         | FileRecord (ours)            |
+//! | seq     | folder 0 sequence(be64)               | path                         |
+//! | remote  | device(32) folder 0 path              | FileRecord (as the peer sent) |
+//! | chunks  | hash(32) folder 0 path 0 offset(be64) | size (be32)                  |
+//! | diffs   | folder 0 path                         | (base seq, seq, chunk edits) |
+//! | meta    | "f" folder / "p" device(32) folder    | FolderMeta / Progress        |
+
+use crate::core::DeviceId;
+
+pub fn file(folder: &str, path: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(folder.len() + path.len() + 1);
+    k.extend_from_slice(folder.as_bytes());
+    k.push(0);
+    k.extend_from_slice(path.as_bytes());
+    k
+}
+
+pub fn folder_prefix(folder: &str) -> Vec<u8> {
+    file(folder, "")
+}
+
+pub fn seq(folder: &str, sequence: u64) -> Vec<u8> {
+    let mut k = folder_prefix(folder);
+    k.extend_from_slice(&sequence.to_be_bytes());
+    k
+}
+
+pub fn remote(device: &DeviceId, folder: &str, path: &str) -> Vec<u8> {
+    let mut k = device.0.to_vec();
+    k.extend_from_slice(&file(folder, path));
+    k
+}
+
+pub fn remote_prefix(device: &DeviceId, folder: &str) -> Vec<u8> {
+    remote(device, folder, "")
+}
+
+pub fn chunk(hash: &[u8; 32], folder: &str, path: &str, offset: u64) -> Vec<u8> {
+    let mut k = hash.to_vec();
+    k.extend_from_slice(&file(folder, path));
+    k.push(0);
+    k.extend_from_slice(&offset.to_be_bytes());
+    k
+}
+
+/// Splits a chunk key back into (folder, path, offset).
+pub fn parse_chunk(key: &[u8]) -> Option<(String, String, u64)> {
+    let rest = key.get(32..)?;
+    let (body, offset) = rest.split_at(rest.len().checked_sub(9)?);
+    if offset[0] != 0 {
+        return None;
+    }
+    let offset = u64::from_be_bytes(offset[1..].try_into().ok()?);
+    let sep = body.iter().position(|b| *b == 0)?;
+    let folder = std::str::from_utf8(&body[..sep]).ok()?.to_string();
+    let path = std::str::from_utf8(&body[sep + 1..]).ok()?.to_string();
+    Some((folder, path, offset))
+}
+
+pub fn folder_meta(folder: &str) -> Vec<u8> {
+    let mut k = b"f".to_vec();
+    k.extend_from_slice(folder.as_bytes());
+    k
+}
+
+pub fn progress(device: &DeviceId, folder: &str) -> Vec<u8> {
+    let mut k = b"p".to_vec();
+    k.extend_from_slice(&device.0);
+    k.extend_from_slice(folder.as_bytes());
+    k
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_keys_round_trip() {
+        let k = chunk(&[9; 32], "default", "a/b c.txt", 123456);
+        assert_eq!(parse_chunk(&k), Some(("default".into(), "a/b c.txt".into(), 123456)));
+    }
+}

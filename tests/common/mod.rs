@@ -1,0 +1,276 @@
+//! Test harness: real `syncnode` processes on 127.0.0.1 ports with real configs, TLS identities and
+//! RocksDB indexes in temp dirs, and helpers that wait for convergence by polling with a deadline.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_syncnode")
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Polls `check` every 20 ms until it returns true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    Dir,
+    /// Content hash, executable bit, mtime in seconds.
+    File { hash: [u8; 32], exec: bool, mtime: i64, size: u64 },
+}
+
+/// Everything a user sees in a folder (syncnode's temp files excluded, which must not linger anyway).
+pub fn tree(root: &Path) -> BTreeMap<String, Entry> {
+    let mut out = BTreeMap::new();
+    for e in walkdir::WalkDir::new(root).min_depth(1).sort_by_file_name() {
+        let Ok(e) = e else { continue };
+        let rel = e.path().strip_prefix(root).unwrap().to_string_lossy().to_string();
+        let Ok(meta) = e.metadata() else { continue };
+        if meta.is_dir() {
+            out.insert(rel, Entry::Dir);
+        } else if meta.is_file() {
+            let Ok(data) = std::fs::read(e.path()) else { continue };
+            out.insert(
+                rel,
+                Entry::File { hash: *blake3::hash(&data).as_bytes(), exec: meta.permissions().mode() & 0o100 != 0, mtime: meta.mtime(), size: meta.len() },
+            );
+        }
+    }
+    out
+}
+
+pub struct Node {
+    pub name: String,
+    pub dir: PathBuf,
+    pub folder: PathBuf,
+    pub data_dir: PathBuf,
+    pub config: PathBuf,
+    pub port: u16,
+    pub api_port: u16,
+    pub device_id: String,
+    pub peers: Vec<(String, Option<String>)>,
+    pub extra: String,
+    child: Option<Child>,
+    pub log: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Node {
+    /// `syncnode init` in a fresh temp dir; the config is then rewritten for the test.
+    pub fn new(name: &str) -> Node {
+        let tmp = tempfile::Builder::new().prefix(&format!("syncnode-{name}-")).tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        let mut node = Node::at(name, &dir);
+        node._tmp = Some(tmp);
+        node
+    }
+
+    pub fn at(name: &str, dir: &Path) -> Node {
+        let config = dir.join("node.toml");
+        let folder = dir.join("sync");
+        let out = Command::new(bin())
+            .args(["init", "--config"])
+            .arg(&config)
+            .arg("--sync-folder")
+            .arg(&folder)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "init failed: {}", String::from_utf8_lossy(&out.stderr));
+        let device_id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        let node = Node {
+            name: name.into(),
+            dir: dir.to_path_buf(),
+            folder,
+            data_dir: dir.join("node-data"),
+            config,
+            port: free_port(),
+            api_port: free_port(),
+            device_id,
+            peers: Vec::new(),
+            extra: String::new(),
+            child: None,
+            log: dir.join("node.log"),
+            _tmp: None,
+        };
+        node.write_config();
+        node
+    }
+
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Trust `other` and know its address.
+    pub fn trust(&mut self, other: &Node) {
+        self.peers.push((other.device_id.clone(), Some(other.address())));
+        self.write_config();
+    }
+
+    pub fn write_config(&self) {
+        let mut text = format!(
+            r#"[node]
+name = "{name}"
+data_dir = "{data}"
+listen = "127.0.0.1:{port}"
+api_listen = "127.0.0.1:{api}"
+
+[[folder]]
+id = "default"
+path = "{folder}"
+
+[sync]
+chunk_size = "64KiB"
+rescan_interval = "1m"
+debounce = "20ms"
+compression = "zstd"
+
+[discovery]
+mdns = false
+
+[security]
+trust = "listed"
+network_key = ""
+"#,
+            name = self.name,
+            data = self.data_dir.display(),
+            port = self.port,
+            api = self.api_port,
+            folder = self.folder.display()
+        );
+        for (id, addr) in &self.peers {
+            text.push_str(&format!("\n[[peer]]\ndevice_id = \"{id}\"\n"));
+            if let Some(a) = addr {
+                text.push_str(&format!("address = \"{a}\"\n"));
+            }
+        }
+        text.push_str(&self.extra);
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "{} already running", self.name);
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = Command::new(bin())
+            .arg("--config")
+            .arg(&self.config)
+            .env("RUST_LOG", "info,syncnode=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+
+    /// SIGTERM and wait; returns the exit code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                child.kill().unwrap();
+                panic!("{} did not stop within 10 s of SIGTERM", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.folder.join(rel)
+    }
+
+    pub fn write(&self, rel: &str, data: &[u8]) {
+        let p = self.path(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        let mut f = std::fs::File::create(p).unwrap();
+        f.write_all(data).unwrap();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("---- log of {} ----\n{}", self.name, self.log_text());
+        }
+    }
+}
+
+/// Nodes trusting each other pairwise along `links` (indices), started.
+pub fn connect(nodes: &mut [Node], links: &[(usize, usize)]) {
+    for &(a, b) in links {
+        let (na, nb) = (nodes[a].device_id.clone(), nodes[b].device_id.clone());
+        let (aa, ab) = (nodes[a].address(), nodes[b].address());
+        nodes[a].peers.push((nb, Some(ab)));
+        nodes[b].peers.push((na, Some(aa)));
+    }
+    for n in nodes.iter_mut() {
+        n.write_config();
+        n.start();
+    }
+}
+
+/// Waits until every node's folder equals the first one's and `check` holds on it.
+pub fn converged(nodes: &[&Node], timeout: Duration, check: impl Fn(&BTreeMap<String, Entry>) -> bool) -> bool {
+    wait_until(timeout, || {
+        let first = tree(&nodes[0].folder);
+        check(&first) && nodes[1..].iter().all(|n| tree(&n.folder) == first)
+    })
+}
+
+pub fn describe(nodes: &[&Node]) -> String {
+    nodes.iter().map(|n| format!("{}: {:?}\n", n.name, tree(&n.folder).keys().collect::<Vec<_>>())).collect()
+}
+
+/// Deterministic pseudo-random bytes (xorshift), fast enough for hundreds of MiB.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}

@@ -1,0 +1,94 @@
+//! Two-way sync between real nodes: every file operation a user makes reaches the peers, byte for
+//! byte, with mtime and the executable bit.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use common::*;
+
+const T: Duration = Duration::from_secs(30);
+
+fn pair() -> Vec<Node> {
+    let mut nodes = vec![Node::new("a"), Node::new("b")];
+    connect(&mut nodes, &[(0, 1)]);
+    nodes
+}
+
+#[test]
+fn every_file_operation_reaches_the_peer() {
+    let nodes = pair();
+    let (a, b) = (&nodes[0], &nodes[1]);
+
+    // create: nested dirs, an empty dir, a zero-byte file, an executable
+    a.write("docs/notes/todo.txt", b"buy milk\n");
+    a.write("empty.bin", b"");
+    std::fs::create_dir_all(a.path("nothing/here")).unwrap();
+    a.write("run.sh", b"#!/bin/sh\necho hi\n");
+    std::fs::set_permissions(a.path("run.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert!(converged(&[a, b], T, |t| t.len() == 7), "create did not converge:\n{}", describe(&[a, b]));
+    assert!(std::fs::metadata(b.path("run.sh")).unwrap().permissions().mode() & 0o111 != 0);
+
+    // modify, append, truncate
+    a.write("docs/notes/todo.txt", b"buy oat milk\n");
+    std::fs::OpenOptions::new().append(true).open(a.path("empty.bin")).unwrap();
+    use std::io::Write;
+    std::fs::OpenOptions::new().append(true).open(a.path("run.sh")).unwrap().write_all(b"echo more\n").unwrap();
+    assert!(converged(&[a, b], T, |t| matches!(t.get("run.sh"), Some(Entry::File { size: 28, .. }))), "{}", describe(&[a, b]));
+    std::fs::OpenOptions::new().write(true).open(a.path("run.sh")).unwrap().set_len(4).unwrap();
+    assert!(converged(&[a, b], T, |t| matches!(t.get("run.sh"), Some(Entry::File { size: 4, .. }))));
+    assert_eq!(std::fs::read(b.path("docs/notes/todo.txt")).unwrap(), b"buy oat milk\n");
+
+    // rename a file, move it to another dir, rename a whole directory, delete
+    std::fs::rename(a.path("empty.bin"), a.path("still-empty.bin")).unwrap();
+    std::fs::rename(a.path("run.sh"), a.path("nothing/run.sh")).unwrap();
+    std::fs::rename(a.path("docs"), a.path("papers")).unwrap();
+    assert!(
+        converged(&[a, b], T, |t| t.contains_key("papers/notes/todo.txt") && t.contains_key("nothing/run.sh") && !t.contains_key("docs")),
+        "{}",
+        describe(&[a, b])
+    );
+    std::fs::remove_dir_all(a.path("papers")).unwrap();
+    std::fs::remove_file(a.path("still-empty.bin")).unwrap();
+    assert!(converged(&[a, b], T, |t| !t.contains_key("papers") && !t.contains_key("still-empty.bin")), "{}", describe(&[a, b]));
+}
+
+#[test]
+fn changes_flow_both_ways_and_keep_mtimes() {
+    let nodes = pair();
+    let (a, b) = (&nodes[0], &nodes[1]);
+    a.write("from-a.txt", b"a");
+    b.write("sub/from-b.txt", b"b");
+    let old = filetime::FileTime::from_unix_time(1_500_000_000, 0);
+    filetime::set_file_mtime(a.path("from-a.txt"), old).unwrap();
+    assert!(converged(&[a, b], T, |t| t.len() == 3 && matches!(t.get("from-a.txt"), Some(Entry::File { mtime: 1_500_000_000, .. }))), "{}", describe(&[a, b]));
+    // No echo: once converged, neither side keeps producing versions.
+    let lines = |n: &Node| n.log_text().lines().filter(|l| l.contains("pulled")).count();
+    let (la, lb) = (lines(a), lines(b));
+    b.write("sub/from-b.txt", b"b2");
+    assert!(converged(&[a, b], T, |t| matches!(t.get("sub/from-b.txt"), Some(Entry::File { size: 2, .. }))));
+    assert!(wait_until(T, || lines(a) == la + 1));
+    assert_eq!(lines(b), lb, "b pulled its own change back:\n{}", b.log_text());
+}
+
+#[test]
+fn a_large_file_arrives_whole_and_never_half_written() {
+    let nodes = pair();
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let data = random_bytes(300 << 20, 42);
+    a.write("big.bin", &data);
+    // While it travels, the real name holds either nothing or the complete file.
+    let mut seen_partial = false;
+    let done = wait_until(Duration::from_secs(120), || {
+        match std::fs::metadata(b.path("big.bin")) {
+            Ok(m) if m.len() != data.len() as u64 => seen_partial = true,
+            Ok(_) => return true,
+            Err(_) => {}
+        }
+        false
+    });
+    assert!(done, "big file did not arrive:\n{}", b.log_text());
+    assert!(!seen_partial);
+    assert!(converged(&[a, b], T, |_| true));
+}
