@@ -49,11 +49,11 @@ pub async fn serve(
             };
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
-            let conn_tx = conn_tx.clone();
+            let handshake_tx = conn_tx.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
-                        let _ = conn_tx.send(Ok::<_, io::Error>(tls)).await;
+                        let _ = handshake_tx.send(Ok::<_, io::Error>(tls)).await;
                     }
                     Ok(Err(e)) => tracing::warn!(from = %addr, error = %e, "refused connection at the TLS handshake"),
                     Err(_) => tracing::warn!(from = %addr, "TLS handshake timed out"),

@@ -231,7 +231,10 @@ impl Store {
     }
 
     pub fn flush(&self) -> Result<()> {
-        self.db.flush_cfs(&FAMILIES.iter().map(|n| self.cf(n)).collect::<Vec<_>>())?;
+        for name in FAMILIES {
+            self.db.flush_cf(self.cf(name))?;
+        }
+        self.db.flush_wal(true)?;
         Ok(())
     }
 }
