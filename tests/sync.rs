@@ -77,7 +77,10 @@ fn a_large_file_arrives_whole_and_never_half_written() {
     let nodes = pair();
     let (a, b) = (&nodes[0], &nodes[1]);
     let data = random_bytes(300 << 20, 42);
-    a.write("big.bin", &data);
+    // Written beside the folder and moved in, so every version A announces is the whole file.
+    let staging = a.dir.join("big.staging");
+    std::fs::write(&staging, &data).unwrap();
+    std::fs::rename(&staging, a.path("big.bin")).unwrap();
     // While it travels, the real name holds either nothing or the complete file.
     let mut seen_partial = false;
     let done = wait_until(Duration::from_secs(120), || {

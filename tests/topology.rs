@@ -53,7 +53,9 @@ fn a_receiver_killed_mid_transfer_finishes_after_restart() {
     let mut nodes = vec![Node::new("a"), Node::new("b")];
     connect(&mut nodes, &[(0, 1)]);
     let data = random_bytes(200 << 20, 7);
-    nodes[0].write("big.bin", &data);
+    let staging = nodes[0].dir.join("big.staging");
+    std::fs::write(&staging, &data).unwrap();
+    std::fs::rename(&staging, nodes[0].path("big.bin")).unwrap();
     // Kill b as soon as its temp file exists.
     let temp = nodes[1].path(".syncnode-tmp-big.bin");
     assert!(wait_until(Duration::from_secs(60), || temp.exists()), "transfer never started:\n{}", nodes[1].log_text());
