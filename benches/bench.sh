@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 cargo build --locked --bin syncnode
-export SYNCNODE_BIN="$CARGO_TARGET_DIR/debug/syncnode"
+export BENCH_SYNCNODE_BIN="$CARGO_TARGET_DIR/debug/syncnode"
 anchors="${ANCHORS:-$(cd .. && pwd)/shared/tools/anchors}"
 [ -d "$anchors" ] || { echo "bench: anchors not found at $anchors (set ANCHORS)" >&2; exit 1; }
 command -v python3 >/dev/null || { echo "bench: python3 needed" >&2; exit 1; }
@@ -19,8 +19,8 @@ here="$(pwd)/benches"
 # The harness waits until A's API reports B connected, and reads A's byte counters from it.
 ready='curl -sf http://127.0.0.1:28301/rest/status | grep -q "\"connected\":true"'
 counters='curl -sf http://127.0.0.1:28301/rest/status | python3 -c "import json,sys; p=json.load(sys.stdin)[\"peers\"][0]; print(json.dumps({\"sent\": p[\"bytes_out\"], \"recv\": p[\"bytes_in\"]}))"'
-export START_A="SYNCNODE_NODE__API_LISTEN=127.0.0.1:28301 $here/pair_node.sh {HOME_A} {HOME_B} {A} 27301 27302 28301"
-export START_B="SYNCNODE_NODE__API_LISTEN=127.0.0.1:28302 $here/pair_node.sh {HOME_B} {HOME_A} {B} 27302 27301 28302"
+export START_A="env SYNCNODE_NODE__API_LISTEN=127.0.0.1:28301 $here/pair_node.sh {HOME_A} {HOME_B} {A} 27301 27302 28301"
+export START_B="env SYNCNODE_NODE__API_LISTEN=127.0.0.1:28302 $here/pair_node.sh {HOME_B} {HOME_A} {B} 27302 27301 28302"
 export READY_CMD="$ready" COUNTERS_CMD="$counters" TAG="${TAG:-syncnode}" STATE_A='{HOME_A}/data' STATE_B='{HOME_B}/data'
 command -v curl >/dev/null || apt-get install -y -qq curl >/dev/null
 if [ "${COMPARE:-0}" = 1 ]; then

@@ -5,7 +5,7 @@
 # node runs in the foreground trusting the other one at 127.0.0.1:OTHER_PORT.
 set -euo pipefail
 self_home=$1 other_home=$2 folder=$3 port=$4 other_port=$5 api_port=$6
-bin=${SYNCNODE_BIN:?set SYNCNODE_BIN}
+bin=${BENCH_SYNCNODE_BIN:?set BENCH_SYNCNODE_BIN}
 ident() {  # ident HOME -> device id (creates the identity if missing)
   mkdir -p "$1/sync-placeholder"
   [ -f "$1/init.toml" ] || "$bin" init --config "$1/init.toml" --data-dir "$1/data" --sync-folder "$1/sync-placeholder" >/dev/null

@@ -31,19 +31,19 @@ pub struct RunArgs {
     #[arg(long, global = true, value_name = "N")]
     pub port: Option<u16>,
     /// Average content-defined chunk size in KiB
-    #[arg(long, value_name = "KIB")]
+    #[arg(long, global = true, value_name = "KIB")]
     pub chunk_size: Option<u32>,
     /// Full rescan interval, e.g. 1m
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, global = true, value_name = "DURATION")]
     pub sync_interval: Option<String>,
     /// Data directory (index and identity)
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, global = true, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// Trusted static peer, DEVICE_ID@HOST:PORT (repeatable)
-    #[arg(long = "peer", value_name = "DEVICE_ID@HOST:PORT")]
+    #[arg(long = "peer", global = true, value_name = "DEVICE_ID@HOST:PORT")]
     pub peers: Vec<String>,
     /// Do not announce or browse on the LAN
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub no_mdns: bool,
 }
 
