@@ -180,17 +180,22 @@ async fn execute(ctx: &PullContext, item: NeedItem) -> Result<(), PullError> {
         }
         Action::ConflictLocalLoses { copy } => {
             let (root, p, c) = (ctx.root.clone(), path.clone(), copy.clone());
-            blocking(move || apply::move_aside(&root, &p, &c)).await??;
+            let copy = blocking(move || apply::move_aside(&root, &p, &c)).await??;
             ctx.gauges.conflicts.fetch_add(1, Relaxed);
             tracing::warn!(folder = %ctx.folder, path = %path, copy = %copy, "conflict: our version kept as a copy");
-            ctx.index.do_send(LocalChanged { folder: ctx.folder.clone(), paths: vec![copy.clone()] });
+            ctx.index.do_send(LocalChanged { folder: ctx.folder.clone(), paths: vec![path.clone(), copy] });
             let disk = materialize(ctx, &remote, &path, None, &item.sources).await?;
             Outcome::Took { record: remote, disk: Some(disk) }
         }
         Action::ConflictRemoteLoses { copy } => {
             if remote.kind == FileKind::File {
-                materialize(ctx, &remote, copy, None, &item.sources).await?;
-                ctx.index.do_send(LocalChanged { folder: ctx.folder.clone(), paths: vec![copy.clone()] });
+                let (root, c, wanted) = (ctx.root.clone(), copy.clone(), remote.clone());
+                let has_remote = move |p: &std::path::Path| holds(p, &wanted);
+                // The winner's node may have made this copy already, and it may have synced here.
+                if let Some(copy) = blocking(move || apply::free_name(&root, &c, has_remote)).await? {
+                    materialize(ctx, &remote, &copy, None, &item.sources).await?;
+                    ctx.index.do_send(LocalChanged { folder: ctx.folder.clone(), paths: vec![copy] });
+                }
             }
             ctx.gauges.conflicts.fetch_add(1, Relaxed);
             tracing::warn!(folder = %ctx.folder, path = %path, copy = %copy, "conflict: the peer's version kept as a copy");
@@ -277,6 +282,13 @@ async fn fetch_chunk(ctx: &PullContext, record: &FileRecord, chunk: Chunk, sourc
         }
     }
     Err(PullError::NoSource { offset: chunk.offset, size: chunk.size })
+}
+
+/// Whether the file at `path` holds exactly `record`'s content.
+fn holds(path: &std::path::Path, record: &FileRecord) -> bool {
+    let Ok(file) = std::fs::File::open(path) else { return false };
+    file.metadata().is_ok_and(|m| m.len() == record.size)
+        && record.chunks.iter().all(|c| matches!(read_range(&file, c.offset, c.size), Ok(Some(d)) if hash(&d) == c.hash))
 }
 
 /// A chunk from any local file the chunk index says has it, verified (the index may be stale).

@@ -4,6 +4,7 @@
 
 pub mod chunks;
 pub mod conflict;
+mod convergence;
 pub mod decide;
 pub mod device;
 pub mod path;

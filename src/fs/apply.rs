@@ -133,12 +133,70 @@ pub fn remove(root: &Path, rel: &str, local: Option<&FileRecord>) -> Result<bool
     }
 }
 
-/// Moves our losing version aside to its conflict name.
-pub fn move_aside(root: &Path, rel: &str, copy: &str) -> Result<(), ApplyError> {
+/// Where a conflict copy goes: `copy` if nothing has that name yet; `None` if a file there (or at a
+/// numbered variant) already holds the same content (another node made this copy first and it
+/// synced here); else `copy` with `-2`, `-3`, ... before the extension. Two losing versions by one
+/// device within one second share a conflict name, and the second must not replace the first.
+pub fn free_name(root: &Path, copy: &str, same: impl Fn(&Path) -> bool) -> Option<String> {
+    let (dir, file) = copy.rsplit_once('/').map_or(("", copy), |(d, f)| (d, f));
+    let (stem, ext) = match file.rfind('.') {
+        Some(i) if i > 0 && file[..i].contains(".sync-conflict-") => (&file[..i], &file[i..]),
+        _ => (file, ""),
+    };
+    let candidates = std::iter::once(copy.to_string()).chain((2..).map(|n| {
+        let name = format!("{stem}-{n}{ext}");
+        if dir.is_empty() { name } else { format!("{dir}/{name}") }
+    }));
+    for name in candidates {
+        let Ok(path) = safe_path(root, &name) else { return Some(name) };
+        match std::fs::symlink_metadata(&path) {
+            Err(_) => return Some(name),
+            Ok(m) if m.is_file() && same(&path) => return None,
+            Ok(_) => {}
+        }
+    }
+    unreachable!("the candidate names are endless")
+}
+
+/// Whether two files hold the same bytes.
+pub fn same_bytes(a: &Path, b: &Path) -> bool {
+    use std::io::Read;
+    let (Ok(fa), Ok(fb)) = (File::open(a), File::open(b)) else { return false };
+    if fa.metadata().map(|m| m.len()).ok() != fb.metadata().map(|m| m.len()).ok() {
+        return false;
+    }
+    let (mut ra, mut rb) = (io::BufReader::new(fa), io::BufReader::new(fb));
+    let (mut ba, mut bb) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
+    loop {
+        let n = match ra.read(&mut ba) {
+            Ok(n) => n,
+            Err(_) => return false,
+        };
+        if n == 0 {
+            return true;
+        }
+        if rb.read_exact(&mut bb[..n]).is_err() || ba[..n] != bb[..n] {
+            return false;
+        }
+    }
+}
+
+/// Moves our losing version aside to its conflict name, never over another file; returns the
+/// name used (or drops ours if an identical copy is already there).
+pub fn move_aside(root: &Path, rel: &str, copy: &str) -> Result<String, ApplyError> {
     let from = safe_path(root, rel)?;
-    let to = safe_path(root, copy)?;
-    ensure_parent(root, copy)?;
-    std::fs::rename(from, to).map_err(io_err(rel))
+    match free_name(root, copy, |existing| same_bytes(existing, &from)) {
+        Some(copy) => {
+            let to = safe_path(root, &copy)?;
+            ensure_parent(root, &copy)?;
+            std::fs::rename(&from, to).map_err(io_err(rel))?;
+            Ok(copy)
+        }
+        None => {
+            std::fs::remove_file(&from).map_err(io_err(rel))?;
+            Ok(copy.to_string())
+        }
+    }
 }
 
 #[cfg(test)]
@@ -158,6 +216,19 @@ mod tests {
         assert_eq!(std::fs::read(root.path().join("d/x.bin")).unwrap(), b"hello");
         assert_eq!(state.mtime_ns, record.mtime_ns);
         assert!(!root.path().join("d/.syncnode-tmp-x.bin").exists());
+    }
+
+    #[test]
+    fn a_conflict_copy_never_replaces_another() {
+        let root = tempfile::tempdir().unwrap();
+        let copy = "d/x.sync-conflict-20240101-000000-ABCDEFG.txt";
+        std::fs::create_dir(root.path().join("d")).unwrap();
+        std::fs::write(root.path().join(copy), b"first loser").unwrap();
+        std::fs::write(root.path().join("d/x.txt"), b"second loser").unwrap();
+        let moved = move_aside(root.path(), "d/x.txt", copy).unwrap();
+        assert_eq!(moved, "d/x.sync-conflict-20240101-000000-ABCDEFG-2.txt");
+        assert_eq!(std::fs::read(root.path().join(copy)).unwrap(), b"first loser");
+        assert_eq!(std::fs::read(root.path().join(moved)).unwrap(), b"second loser");
     }
 
     #[test]
