@@ -58,20 +58,30 @@ pub struct PeerDown {
     pub conn: u64,
 }
 
-/// Ask the peer for one chunk of a file (the caller verifies the hash).
+/// Ask the peer for one chunk of a file (the caller verifies the hash). With `base` (our old data
+/// for that region) and its rsync `signature`, the peer may answer with a delta against it.
 #[derive(Message)]
 #[rtype(result = "Result<Vec<u8>, String>")]
 pub struct FetchChunk {
     pub folder: String,
     pub path: String,
     pub chunk: Chunk,
+    pub signature: Vec<u8>,
+    pub base: Option<Arc<Vec<u8>>>,
+}
+
+/// A chunk request of ours waiting for its response.
+struct Pending {
+    size: u32,
+    base: Option<Arc<Vec<u8>>>,
+    reply: oneshot::Sender<Result<Vec<u8>, String>>,
 }
 
 pub struct PeerActor {
     setup: PeerSetup,
     roots: HashMap<String, PathBuf>,
     senders: HashMap<String, watch::Sender<u64>>,
-    pending: HashMap<u64, (u32, oneshot::Sender<Result<Vec<u8>, String>>)>,
+    pending: HashMap<u64, Pending>,
     next_id: u64,
     last_seen: Instant,
     hello: bool,
@@ -162,7 +172,7 @@ impl PeerActor {
         let counters = self.setup.counters.clone();
         let compression = self.setup.compression;
         tokio::task::spawn_blocking(move || {
-            let result = read_chunk(root, &request).map(|data| encode(data, compression));
+            let result = read_chunk(root, &request).map(|data| encode(data, &request.signature, compression));
             let response = match result {
                 Ok((data, encoding)) => proto::ChunkResponse { id: request.id, data, encoding: encoding as i32, error: String::new() },
                 Err(e) => proto::ChunkResponse { id: request.id, data: Vec::new(), encoding: 0, error: e },
@@ -188,9 +198,29 @@ fn read_chunk(root: Option<PathBuf>, r: &proto::ChunkRequest) -> Result<Vec<u8>,
     Ok(data)
 }
 
-/// Compresses a chunk when that makes it smaller by at least 1/16 (random or already compressed
-/// data is sent as it is, saving the receiver a pointless decompression).
-fn encode(data: Vec<u8>, compression: Compression) -> (Vec<u8>, proto::Encoding) {
+/// The cheapest encoding of a chunk: an rsync delta against the requester's old data when it sent a
+/// signature and the delta is smaller; else compressed when that saves at least 1/16 (random or
+/// already compressed data goes raw, saving the receiver a pointless decompression).
+fn encode(data: Vec<u8>, signature: &[u8], compression: Compression) -> (Vec<u8>, proto::Encoding) {
+    let (best, encoding) = compress(data.clone(), compression);
+    if signature.is_empty() {
+        return (best, encoding);
+    }
+    match delta(&data, signature) {
+        Some(d) if d.len() < best.len() => (d, proto::Encoding::RsyncDelta),
+        _ => (best, encoding),
+    }
+}
+
+/// A fast_rsync delta of `data` against the signature a peer sent (`None` if it is not one).
+fn delta(data: &[u8], signature: &[u8]) -> Option<Vec<u8>> {
+    let signature = fast_rsync::Signature::deserialize(signature.to_vec()).ok()?;
+    let mut out = Vec::new();
+    fast_rsync::diff(&signature.index(), data, &mut out).ok()?;
+    Some(out)
+}
+
+fn compress(data: Vec<u8>, compression: Compression) -> (Vec<u8>, proto::Encoding) {
     let packed = match compression {
         Compression::None => return (data, proto::Encoding::Raw),
         Compression::Zstd => zstd::bulk::compress(&data, 1).ok().map(|c| (c, proto::Encoding::Zstd)),
@@ -206,9 +236,15 @@ fn encode(data: Vec<u8>, compression: Compression) -> (Vec<u8>, proto::Encoding)
     }
 }
 
-fn decode(data: Vec<u8>, encoding: i32, size: u32) -> Result<Vec<u8>, String> {
+fn decode(data: Vec<u8>, encoding: i32, size: u32, base: Option<&[u8]>) -> Result<Vec<u8>, String> {
     match proto::Encoding::try_from(encoding) {
         Ok(proto::Encoding::Raw) => Ok(data),
+        Ok(proto::Encoding::RsyncDelta) => {
+            let base = base.ok_or("a delta we did not ask for")?;
+            let mut out = Vec::with_capacity(size as usize);
+            fast_rsync::apply_limited(base, &data, &mut out, size as usize).map_err(|e| format!("bad delta: {e}"))?;
+            Ok(out)
+        }
         Ok(proto::Encoding::Zstd) => zstd::bulk::decompress(&data, size as usize).map_err(|e| format!("bad zstd data: {e}")),
         Ok(proto::Encoding::Gzip) => {
             use std::io::Read;
@@ -324,9 +360,9 @@ impl StreamHandler<Result<DataMessage, Status>> for PeerActor {
                 self.serve_chunk(r);
             }
             Some(data_message::Kind::Response(r)) => {
-                if let Some((size, reply)) = self.pending.remove(&r.id) {
-                    let result = if r.error.is_empty() { decode(r.data, r.encoding, size) } else { Err(r.error) };
-                    let _ = reply.send(result);
+                if let Some(p) = self.pending.remove(&r.id) {
+                    let result = if r.error.is_empty() { decode(r.data, r.encoding, p.size, p.base.as_deref().map(|b| b.as_slice())) } else { Err(r.error) };
+                    let _ = p.reply.send(result);
                 }
             }
             None => self.close("empty data message".into(), ctx),
@@ -345,7 +381,7 @@ impl Handler<FetchChunk> for PeerActor {
         let id = self.next_id;
         self.next_id += 1;
         let (reply, response) = oneshot::channel();
-        self.pending.insert(id, (msg.chunk.size, reply));
+        self.pending.insert(id, Pending { size: msg.chunk.size, base: msg.base, reply });
         let request = proto::ChunkRequest {
             id,
             folder: msg.folder,
@@ -353,7 +389,7 @@ impl Handler<FetchChunk> for PeerActor {
             offset: msg.chunk.offset,
             size: msg.chunk.size,
             hash: msg.chunk.hash.to_vec(),
-            signature: Vec::new(),
+            signature: msg.signature,
         };
         let data = DataMessage { kind: Some(data_message::Kind::Request(request)) };
         self.setup.counters.add_out(data.encoded_len());

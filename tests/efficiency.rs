@@ -1,0 +1,166 @@
+//! Move the fewest bytes: counted on the wire by a TCP proxy between the nodes (TLS and gRPC
+//! framing included). Renames, copies and directory moves are rebuilt from local chunks; an
+//! insertion near the start of a big file costs one chunk's delta; memory stays flat for 4 GiB.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+
+const T: Duration = Duration::from_secs(60);
+
+/// Forwards every connection to `target`, counting the bytes in both directions.
+struct CountingProxy {
+    port: u16,
+    bytes: Arc<AtomicU64>,
+}
+
+impl CountingProxy {
+    fn start(target: String) -> CountingProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let bytes = Arc::new(AtomicU64::new(0));
+        let counter = bytes.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = TcpStream::connect(&target) else { continue };
+                for (mut from, mut to) in [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)] {
+                    let counter = counter.clone();
+                    std::thread::spawn(move || {
+                        let mut buf = vec![0u8; 1 << 16];
+                        while let Ok(n) = from.read(&mut buf) {
+                            if n == 0 || to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                            counter.fetch_add(n as u64, Ordering::Relaxed);
+                        }
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        CountingProxy { port, bytes }
+    }
+
+    fn take(&self) -> u64 {
+        self.bytes.swap(0, Ordering::Relaxed)
+    }
+}
+
+/// A and B, where B reaches A only through the proxy (A does not dial B).
+fn proxied_pair() -> (Node, Node, CountingProxy) {
+    let mut a = Node::new("a");
+    let mut b = Node::new("b");
+    let proxy = CountingProxy::start(a.address());
+    a.peers.push((b.device_id.clone(), None));
+    b.peers.push((a.device_id.clone(), Some(format!("127.0.0.1:{}", proxy.port))));
+    a.write_config();
+    b.write_config();
+    a.start();
+    b.start();
+    (a, b, proxy)
+}
+
+fn place(node: &Node, rel: &str, data: &[u8]) {
+    let staging = node.dir.join("staging.tmp");
+    std::fs::write(&staging, data).unwrap();
+    let target = node.path(rel);
+    std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+    std::fs::rename(staging, target).unwrap();
+}
+
+/// Waits for convergence, then for the link to fall quiet (trailing index messages counted).
+fn settle(a: &Node, b: &Node, proxy: &CountingProxy, check: impl Fn(&std::collections::BTreeMap<String, Entry>) -> bool) -> u64 {
+    assert!(converged(&[a, b], T, check), "{}", describe(&[a, b]));
+    let mut total = proxy.take();
+    // Quiet means no bytes for 300 ms (pings come every 5 s).
+    let mut quiet = 0;
+    assert!(wait_until(T, || {
+        let n = proxy.take();
+        total += n;
+        quiet = if n == 0 { quiet + 1 } else { 0 };
+        quiet >= 15
+    }));
+    total
+}
+
+#[test]
+fn renames_copies_and_directory_moves_send_no_file_data() {
+    let (a, b, proxy) = proxied_pair();
+    let size = 64 << 20;
+    place(&a, "data/big.bin", &random_bytes(size, 3));
+    let first = settle(&a, &b, &proxy, |t| t.len() == 2);
+    assert!(first > size as u64, "the first transfer must carry the data ({first} bytes)");
+    let budget = size as u64 / 100;
+
+    std::fs::rename(a.path("data/big.bin"), a.path("data/renamed.bin")).unwrap();
+    let renamed = settle(&a, &b, &proxy, |t| t.contains_key("data/renamed.bin") && !t.contains_key("data/big.bin"));
+    std::fs::copy(a.path("data/renamed.bin"), a.path("copy.bin")).unwrap();
+    let copied = settle(&a, &b, &proxy, |t| t.contains_key("copy.bin"));
+    std::fs::rename(a.path("data"), a.path("moved")).unwrap();
+    let moved = settle(&a, &b, &proxy, |t| t.contains_key("moved/renamed.bin") && !t.contains_key("data"));
+    println!("64 MiB: first {first} B, rename {renamed} B, copy {copied} B, directory move {moved} B (budget {budget})");
+    assert!(renamed < budget && copied < budget && moved < budget, "rename {renamed}, copy {copied}, move {moved}");
+}
+
+#[test]
+fn ten_bytes_inserted_at_the_start_of_64_mib_cost_under_64_kib() {
+    let (a, b, proxy) = proxied_pair();
+    let data = random_bytes(64 << 20, 5);
+    place(&a, "big.bin", &data);
+    settle(&a, &b, &proxy, |t| t.len() == 1);
+    let mut shifted = b"0123456789".to_vec();
+    shifted.extend_from_slice(&data);
+    place(&a, "big.bin", &shifted);
+    let cost = settle(&a, &b, &proxy, |t| matches!(t.get("big.bin"), Some(Entry::File { size, .. }) if *size == shifted.len() as u64));
+    println!("10 bytes inserted at the start of 64 MiB: {cost} bytes on the wire");
+    assert!(cost < 64 * 1024, "{cost} bytes");
+    // One byte flipped in the middle.
+    let mut flipped = shifted.clone();
+    flipped[32 << 20] ^= 0xff;
+    place(&a, "big.bin", &flipped);
+    let cost = settle(&a, &b, &proxy, |_| std::fs::read(b.path("big.bin")).map(|d| d == flipped).unwrap_or(false));
+    println!("1 byte flipped in the middle of 64 MiB: {cost} bytes on the wire");
+    assert!(cost < 32 * 1024, "{cost} bytes");
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+#[test]
+fn a_4_gib_file_syncs_with_the_receiver_under_200_mib() {
+    let mut nodes = vec![Node::new("a"), Node::new("b")];
+    connect(&mut nodes, &[(0, 1)]);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    // A sparse 4 GiB file with some random data sprinkled in.
+    let staging = a.dir.join("huge.tmp");
+    let f = std::fs::File::create(&staging).unwrap();
+    f.set_len(4 << 30).unwrap();
+    use std::os::unix::fs::FileExt;
+    for i in 0..64u64 {
+        f.write_all_at(&random_bytes(1 << 20, i + 1), i * (64 << 20)).unwrap();
+    }
+    drop(f);
+    std::fs::rename(&staging, a.path("huge.bin")).unwrap();
+    let pid = b.pid().expect("b runs");
+    let mut peak = 0;
+    assert!(
+        wait_until(Duration::from_secs(240), || {
+            peak = peak.max(peak_rss_kib(pid));
+            std::fs::metadata(b.path("huge.bin")).is_ok_and(|m| m.len() == 4 << 30)
+        }),
+        "{}",
+        b.log_text()
+    );
+    peak = peak.max(peak_rss_kib(pid));
+    println!("4 GiB: receiver peak RSS {} MiB", peak / 1024);
+    assert!(peak < 200 * 1024, "peak RSS {} MiB", peak / 1024);
+    assert!(converged(&[a, b], T, |_| true));
+}
