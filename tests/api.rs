@@ -1,0 +1,293 @@
+//! The local HTTP API and `syncnode status`, against real running nodes: `GET /rest/status` (shape
+//! and values), `GET /metrics` (Prometheus text agreeing with the status), the status command's
+//! table and JSON, and its clear failure when no node runs.
+//!
+//! HTTP is spoken by hand over `std::net::TcpStream` (HTTP/1.1, `Connection: close`), so the test
+//! depends on nothing but std and serde_json.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(30);
+
+/// A minimal HTTP/1.1 GET: status code, headers (lower-cased names), body.
+fn http_get(port: u16, path: &str) -> std::io::Result<(u16, BTreeMap<String, String>, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: */*\r\nConnection: close\r\n\r\n")?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| std::io::Error::other("no end of headers"))?;
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let mut body = raw[split + 4..].to_vec();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let code: u16 = status_line.split(' ').nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| std::io::Error::other(format!("bad status line {status_line:?}")))?;
+    let headers: BTreeMap<String, String> =
+        lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string())).collect();
+    if headers.get("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        body = dechunk(&body);
+    } else if let Some(len) = headers.get("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        assert_eq!(body.len(), len, "{path}: body length differs from Content-Length");
+    }
+    Ok((code, headers, String::from_utf8(body).expect("UTF-8 body")))
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = data.windows(2).position(|w| w == b"\r\n") else { break };
+        let size = usize::from_str_radix(String::from_utf8_lossy(&data[..eol]).split(';').next().unwrap().trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        out.extend_from_slice(&data[eol + 2..eol + 2 + size]);
+        data = &data[eol + 2 + size + 2..];
+    }
+    out
+}
+
+fn status(port: u16) -> Option<Value> {
+    let (code, _, body) = http_get(port, "/rest/status").ok()?;
+    if code != 200 {
+        return None;
+    }
+    serde_json::from_str(&body).ok()
+}
+
+/// Polls the status until `check` holds; returns the last status seen either way.
+fn status_until(port: u16, timeout: Duration, check: impl Fn(&Value) -> bool) -> (bool, Value) {
+    let mut last = Value::Null;
+    let ok = wait_until(timeout, || match status(port) {
+        Some(s) => {
+            let ok = check(&s);
+            last = s;
+            ok
+        }
+        None => false,
+    });
+    (ok, last)
+}
+
+/// The Prometheus text format, parsed strictly enough to catch a malformed exposition: every
+/// sample belongs to a family announced by `# TYPE`, every value is a number. Keys are the sample
+/// name with its labels as written (`{}` and no braces are the same thing).
+fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
+    let mut families = BTreeMap::new();
+    let mut samples = BTreeMap::new();
+    for line in text.lines() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut it = rest.split_whitespace();
+            let (name, kind) = (it.next().unwrap(), it.next().unwrap());
+            assert!(["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind), "bad TYPE line {line:?}");
+            families.insert(name.to_string(), kind.to_string());
+            continue;
+        }
+        if line.starts_with('#') {
+            assert!(line.starts_with("# HELP "), "unexpected comment {line:?}");
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("no value in {line:?}"));
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("value is not a number in {line:?}"));
+        let name = series.split('{').next().unwrap();
+        assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'), "bad metric name in {line:?}");
+        assert!(families.contains_key(name), "sample {name} without a # TYPE line");
+        let key = series.strip_suffix("{}").unwrap_or(series).to_string();
+        if let Some(labels) = key.strip_prefix(name).filter(|l| !l.is_empty()) {
+            assert!(labels.starts_with('{') && labels.ends_with('}') && labels.contains("=\""), "bad labels in {line:?}");
+        }
+        assert!(samples.insert(key, value).is_none(), "duplicate sample in {line:?}");
+    }
+    samples
+}
+
+fn metrics(port: u16) -> Option<BTreeMap<String, f64>> {
+    let (code, headers, body) = http_get(port, "/metrics").ok()?;
+    assert_eq!(code, 200);
+    assert!(headers.get("content-type").is_some_and(|c| c.starts_with("text/plain")), "metrics content type: {headers:?}");
+    Some(parse_metrics(&body))
+}
+
+fn syncnode(args: &[&str], config: &std::path::Path) -> std::process::Output {
+    Command::new(bin()).args(args).arg("--config").arg(config).output().unwrap()
+}
+
+fn u(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not an unsigned number: {v}"))
+}
+
+/// Two connected nodes; `a` holds three files and `b` has pulled them.
+fn synced_pair() -> Vec<Node> {
+    let mut nodes = vec![Node::new("a"), Node::new("b")];
+    connect(&mut nodes, &[(0, 1)]);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    a.write("one.txt", b"one\n");
+    a.write("two.txt", b"two two\n");
+    a.write("three.bin", &random_bytes(300_000, 3));
+    assert!(converged(&[a, b], T, |t| t.len() == 3), "no sync:\n{}", describe(&[a, b]));
+    nodes
+}
+
+#[test]
+fn rest_status_and_metrics_describe_two_connected_nodes() {
+    let started = Instant::now();
+    let nodes = synced_pair();
+    let (a, b) = (&nodes[0], &nodes[1]);
+
+    let id = syncnode(&["id"], &a.config);
+    assert!(id.status.success());
+    let printed_id = String::from_utf8(id.stdout).unwrap().trim().to_string();
+    assert_eq!(printed_id, a.device_id);
+
+    // Both sides settle: files counted, nothing needed, the peer connected with traffic counted.
+    for (me, peer) in [(a, b), (b, a)] {
+        let (ok, s) = status_until(me.api_port, T, |s| {
+            let f = &s["folders"][0];
+            let p = &s["peers"][0];
+            f["local_files"] == 3
+                && f["need_files"] == 0
+                && f["state"] == "idle"
+                && p["connected"] == true
+                && p["name"] == peer.name.as_str()
+                && p["bytes_in"].as_u64().unwrap_or(0) > 0
+                && p["bytes_out"].as_u64().unwrap_or(0) > 0
+        });
+        assert!(ok, "{}: status never settled: {s:#}", me.name);
+
+        // The shape the contract fixes, with the values we know.
+        let expected_id = if me.name == "a" { &printed_id } else { &me.device_id };
+        assert_eq!(s["device_id"], expected_id.as_str());
+        assert_eq!(s["name"], me.name.as_str());
+        let folders = s["folders"].as_array().expect("folders[]");
+        assert_eq!(folders.len(), 1);
+        let f = &folders[0];
+        assert_eq!(f["id"], "default");
+        assert_eq!(f["path"], me.folder.display().to_string().as_str());
+        assert_eq!(u(&f["need_bytes"]), 0);
+        assert_eq!(u(&f["local_bytes"]), 4 + 8 + 300_000);
+        let peers = s["peers"].as_array().expect("peers[]");
+        assert_eq!(peers.len(), 1, "{s:#}");
+        let p = &peers[0];
+        assert_eq!(p["device_id"], peer.device_id.as_str());
+        assert!(p["address"].as_str().expect("address").starts_with("127.0.0.1:"), "{p}");
+        // b pulled the big file, so its received bytes are at least that much (compression cannot
+        // shrink random data).
+        if me.name == "b" {
+            assert!(u(&p["bytes_in"]) >= 300_000, "b received only {} bytes", p["bytes_in"]);
+            assert!(u(&f["pulls"]) >= 3, "{f}");
+        }
+    }
+
+    // /metrics agrees with /rest/status.
+    for me in [a, b] {
+        let mut last = BTreeMap::new();
+        let ok = wait_until(T, || {
+            let Some(m) = metrics(me.api_port) else { return false };
+            let good = m.get("syncnode_peers_connected") == Some(&1.0)
+                && m.get("syncnode_folder_files{folder=\"default\"}") == Some(&3.0)
+                && m.get("syncnode_folder_need_files{folder=\"default\"}") == Some(&0.0);
+            last = m;
+            good
+        });
+        assert!(ok, "{}: metrics never matched: {last:#?}", me.name);
+        let s = status(me.api_port).unwrap();
+        assert_eq!(last["syncnode_folder_bytes{folder=\"default\"}"], u(&s["folders"][0]["local_bytes"]) as f64);
+        let other = if me.name == "a" { b } else { a };
+        let bytes_in = last[&format!("syncnode_peer_bytes_in_total{{peer=\"{}\"}}", other.device_id)];
+        let bytes_out = last[&format!("syncnode_peer_bytes_out_total{{peer=\"{}\"}}", other.device_id)];
+        assert!(bytes_in > 0.0 && bytes_out > 0.0, "{}: {bytes_in} in, {bytes_out} out", me.name);
+    }
+
+    // The status page is served too.
+    let (code, headers, body) = http_get(a.api_port, "/").unwrap();
+    assert_eq!(code, 200);
+    assert!(headers["content-type"].starts_with("text/html"));
+    assert!(body.contains("/rest/status"));
+    eprintln!("api test took {:?}", started.elapsed());
+}
+
+#[test]
+fn status_command_prints_a_table_and_json() {
+    let nodes = synced_pair();
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let (ok, s) = status_until(a.api_port, T, |s| s["peers"][0]["connected"] == true && s["peers"][0]["name"] == "b");
+    assert!(ok, "{s:#}");
+
+    let out = syncnode(&["status"], &a.config);
+    let table = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
+    eprintln!("{table}");
+    assert!(table.contains(&a.device_id), "{table}");
+    let folder_row = table.lines().find(|l| l.starts_with("default")).unwrap_or_else(|| panic!("no folder row:\n{table}"));
+    assert!(folder_row.contains(&a.folder.display().to_string()), "{folder_row}");
+    assert!(folder_row.split_whitespace().nth(2) == Some("3"), "3 files expected: {folder_row}");
+    let peer_row = table.lines().find(|l| l.contains(&b.device_id)).unwrap_or_else(|| panic!("no peer row:\n{table}"));
+    assert!(peer_row.starts_with("b ") && peer_row.contains("connected"), "{peer_row}");
+
+    let out = syncnode(&["status", "--json"], &a.config);
+    assert!(out.status.success());
+    let json: Value = serde_json::from_slice(&out.stdout).expect("status --json prints JSON");
+    assert_eq!(json["device_id"], a.device_id.as_str());
+    assert_eq!(json["name"], "a");
+    assert_eq!(json["peers"][0]["device_id"], b.device_id.as_str());
+    assert_eq!(json["folders"][0]["path"], a.folder.display().to_string().as_str());
+}
+
+#[test]
+fn status_command_without_a_node_fails_clearly() {
+    let node = Node::new("lonely"); // configured, never started
+    let started = Instant::now();
+    let out = syncnode(&["status"], &node.config);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no node is running"), "{stderr}");
+    assert!(stderr.contains(&format!("127.0.0.1:{}", node.api_port)), "the message names the address: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.stdout.is_empty());
+    let out = syncnode(&["status", "--json"], &node.config);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no node is running"));
+    assert!(started.elapsed() < Duration::from_secs(10), "status took {:?} to give up", started.elapsed());
+}
+
+/// While a file is being pulled it is still needed: `need_bytes` must count it, as `need_files`
+/// does. Ignored until the puller counts in-flight files in need_bytes (src/actors/puller.rs,
+/// `update_gauges` sums only the queue, while `need_files` counts queue + in-flight); today a
+/// single 256 MiB pull shows `need_files: 1, need_bytes: 0` from start to end.
+/// Run with `cargo test --test api -- --ignored`.
+#[test]
+#[ignore = "known bug: need_bytes leaves out files being pulled (src/actors/puller.rs update_gauges)"]
+fn need_bytes_counts_the_file_being_pulled() {
+    const BIG: u64 = 256 << 20;
+    let mut nodes = vec![Node::new("a"), Node::new("b")];
+    connect(&mut nodes, &[(0, 1)]);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    assert!(status_until(a.api_port, T, |s| s["peers"][0]["connected"] == true).0);
+    let staged = b.dir.join("big.staging");
+    std::fs::write(&staged, random_bytes(BIG as usize, 9)).unwrap();
+    std::fs::rename(&staged, b.path("big.bin")).unwrap();
+    let mut samples = Vec::new();
+    let done = wait_until(T, || {
+        let Some(s) = status(a.api_port) else { return false };
+        let f = &s["folders"][0];
+        if u(&f["need_files"]) > 0 {
+            samples.push((u(&f["need_files"]), u(&f["need_bytes"]), u(&f["current_done"])));
+        }
+        f["local_files"] == 1 && f["need_files"] == 0
+    });
+    assert!(done, "the pull did not finish");
+    assert!(!samples.is_empty(), "the pull was never seen in progress");
+    let wrong: Vec<_> = samples.iter().filter(|(_, bytes, _)| *bytes == 0).collect();
+    assert!(wrong.is_empty(), "{} of {} samples during the pull say need_bytes 0: (need_files, need_bytes, current_done) {:?}", wrong.len(), samples.len(), &wrong[..wrong.len().min(5)]);
+}
