@@ -267,7 +267,6 @@ fn status_command_without_a_node_fails_clearly() {
 /// single 256 MiB pull shows `need_files: 1, need_bytes: 0` from start to end.
 /// Run with `cargo test --test api -- --ignored`.
 #[test]
-#[ignore = "known bug: need_bytes leaves out files being pulled (src/actors/puller.rs update_gauges)"]
 fn need_bytes_counts_the_file_being_pulled() {
     const BIG: u64 = 256 << 20;
     let mut nodes = vec![Node::new("a"), Node::new("b")];

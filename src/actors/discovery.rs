@@ -1,7 +1,8 @@
 //! The Discovery actor: tells the Supervisor where trusted peers can be reached. Static `[[peer]]`
 //! entries with an address are announced once at start; with mDNS on, every trusted syncnode seen
-//! on the LAN is reported as it appears and as it leaves. An untrusted one is logged once with its
-//! device ID and address, so a user can add it, and never dialed.
+//! on the LAN is reported as it appears, and again, to be dialed at once, when it reappears after
+//! its records went away. An untrusted one is logged once with its device ID and address, so a user
+//! can add it, and never dialed.
 
 use std::collections::HashSet;
 
@@ -22,6 +23,8 @@ pub struct Discovery {
     mdns: Option<Mdns>,
     filter: SightingFilter,
     reported_strangers: HashSet<DeviceId>,
+    /// Trusted devices whose mDNS records went away (a goodbye, or their lifetime ran out).
+    away: HashSet<DeviceId>,
 }
 
 struct MdnsEvent(mdns_sd::ServiceEvent);
@@ -32,7 +35,7 @@ impl Message for MdnsEvent {
 
 impl Discovery {
     pub fn new(me: DeviceId, name: String, port: u16, mdns_enabled: bool, peers: Vec<PeerConfig>, supervisor: Addr<Supervisor>) -> Self {
-        Discovery { me, name, port, mdns_enabled, peers, supervisor, mdns: None, filter: SightingFilter::new(me), reported_strangers: HashSet::new() }
+        Discovery { me, name, port, mdns_enabled, peers, supervisor, mdns: None, filter: SightingFilter::new(me), reported_strangers: HashSet::new(), away: HashSet::new() }
     }
 
     fn trusted(&self, device: &DeviceId) -> bool {
@@ -90,6 +93,12 @@ impl StreamHandler<MdnsEvent> for Discovery {
             Some(Sighting::Found { device, addresses }) => {
                 if self.trusted(&device) {
                     tracing::debug!(peer = %device.prefix(), ?addresses, "found on the LAN");
+                    if self.away.remove(&device) {
+                        // The Supervisor dials at once only for an address it did not know; it
+                        // still knows these from before, so it would wait out its backoff (up to a
+                        // minute). Clearing them first makes them new: a returning peer is dialed now.
+                        self.supervisor.do_send(PeerVanished { device });
+                    }
                     self.supervisor.do_send(PeerDiscovered { device, addresses: addresses.iter().map(|a| a.to_string()).collect() });
                 } else if self.reported_strangers.insert(device) {
                     tracing::info!(device = %device, ?addresses, "untrusted syncnode on the LAN; add it as a [[peer]] to sync with it");
@@ -97,8 +106,14 @@ impl StreamHandler<MdnsEvent> for Discovery {
             }
             Some(Sighting::Lost { device }) => {
                 if self.trusted(&device) {
+                    // Not proof that it is gone: its records also expire (after 2 minutes) when the
+                    // network between us fails without either host losing its link, and then
+                    // nothing makes either side look again until the next browse query, which
+                    // mdns-sd spaces out to an hour. So the Supervisor keeps its addresses and
+                    // keeps redialing with backoff, as for a static peer; if the peer is seen
+                    // again, it is dialed at once (above).
                     tracing::debug!(peer = %device.prefix(), "left the LAN");
-                    self.supervisor.do_send(PeerVanished { device });
+                    self.away.insert(device);
                 }
             }
             None => {}

@@ -2,7 +2,7 @@
 //! commits their results, stores what peers announce, asks `core::decide` what each announcement
 //! means, hands the work to the folder's Puller, and records what the Puller applied.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -10,7 +10,7 @@ use actix::prelude::*;
 
 use super::status::NodeState;
 use super::messages::*;
-use super::now_secs;
+use super::now_millis;
 use super::puller::Puller;
 use crate::config::{FolderConfig, FolderMode};
 use crate::core::{decide, Action, DeviceId, FileRecord, ShortId};
@@ -27,6 +27,8 @@ struct FolderState {
     /// A scan is running; paths that change meanwhile wait here.
     scanning: bool,
     pending: BTreeSet<String>,
+    /// Paths to hash even if size and mtime match their record.
+    suspect: HashSet<String>,
     puller: Option<Addr<Puller>>,
 }
 
@@ -37,17 +39,26 @@ pub struct IndexActor {
     folders: HashMap<String, FolderState>,
     subscribers: Vec<Recipient<IndexUpdated>>,
     state: Arc<NodeState>,
+    /// The last value this node put in its own version counters. Every new version gets a larger
+    /// one: two different versions of a path made by this node must never carry the same counter,
+    /// or one would wrongly look like it had seen the other.
+    clock: u64,
 }
 
 /// The scanner's view of our records, straight from the store.
 struct StoreView<'a> {
     store: &'a Store,
     folder: &'a str,
+    suspect: &'a HashSet<String>,
 }
 
 impl KnownRecords for StoreView<'_> {
     fn get(&self, path: &str) -> Option<FileRecord> {
-        self.store.get(self.folder, path).ok().flatten()
+        let mut record = self.store.get(self.folder, path).ok().flatten()?;
+        if self.suspect.contains(path) {
+            record.mtime_ns = i64::MIN; // never matches the disk: the file is hashed again
+        }
+        Some(record)
     }
     fn under(&self, dir: &str) -> Vec<FileRecord> {
         if dir.is_empty() {
@@ -78,11 +89,17 @@ impl IndexActor {
         let folders = folders
             .iter()
             .map(|f| {
-                let state = FolderState { config: f.clone(), ignore: IgnoreRules::load(&f.path), scanning: false, pending: BTreeSet::new(), puller: None };
+                let state = FolderState { config: f.clone(), ignore: IgnoreRules::load(&f.path), scanning: false, pending: BTreeSet::new(), suspect: HashSet::new(), puller: None };
                 (f.id.clone(), state)
             })
             .collect();
-        IndexActor { store, me: me.short(), params: ChunkParams::new(chunk_size), folders, subscribers: Vec::new(), state }
+        IndexActor { store, me: me.short(), params: ChunkParams::new(chunk_size), folders, subscribers: Vec::new(), state, clock: 0 }
+    }
+
+    /// A fresh counter value: milliseconds since the epoch, or one more than the last one issued.
+    fn tick(&mut self) -> u64 {
+        self.clock = now_millis().max(self.clock + 1);
+        self.clock
     }
 
     fn start_scan(&mut self, folder: &str, ctx: &mut Context<Self>) {
@@ -97,14 +114,16 @@ impl IndexActor {
             state.ignore = IgnoreRules::load(&state.config.path);
         }
         let scanner = Scanner { root: state.config.path.clone(), params: self.params, me: self.me, ignore: state.ignore.clone() };
+        let suspect = std::mem::take(&mut state.suspect);
         let store = self.store.clone();
         let folder = folder.to_string();
         let full = scope.iter().any(|p| p.is_empty());
+        let now = self.tick();
         let addr = ctx.address();
         tokio::task::spawn_blocking(move || {
             let started = std::time::Instant::now();
-            let view = StoreView { store: &store, folder: &folder };
-            let records = match scanner.scan(&scope, &view, now_secs()) {
+            let view = StoreView { store: &store, folder: &folder, suspect: &suspect };
+            let records = match scanner.scan(&scope, &view, now) {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::warn!(folder = %folder, error = %e, "scan failed");
@@ -263,6 +282,17 @@ impl Handler<LocalChanged> for IndexActor {
     }
 }
 
+impl Handler<Rehash> for IndexActor {
+    type Result = ();
+    fn handle(&mut self, msg: Rehash, ctx: &mut Context<Self>) {
+        let Some(state) = self.folders.get_mut(&msg.folder) else { return };
+        tracing::warn!(folder = %msg.folder, path = %msg.path, "content no longer matches the index; hashing it again");
+        state.suspect.insert(msg.path.clone());
+        state.pending.insert(msg.path);
+        self.start_scan(&msg.folder, ctx);
+    }
+}
+
 impl Handler<ScanDone> for IndexActor {
     type Result = ();
     fn handle(&mut self, msg: ScanDone, ctx: &mut Context<Self>) {
@@ -373,7 +403,8 @@ impl Handler<Applied> for IndexActor {
             }
             Outcome::Reissue { path, other } => {
                 let Some(mut local) = current(&path) else { return };
-                local.version = local.version.merged(&other).updated(self.me, now_secs());
+                let now = self.tick();
+                local.version = local.version.merged(&other).updated(self.me, now);
                 local.modified_by = self.me;
                 local
             }

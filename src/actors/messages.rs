@@ -14,6 +14,15 @@ pub struct LocalChanged {
     pub paths: Vec<String>,
 }
 
+/// A file's content no longer matches its record although its size and mtime do (found when a
+/// peer asked for a chunk of it): hash it again.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Rehash {
+    pub folder: String,
+    pub path: String,
+}
+
 /// Records a peer sent for a folder; `reply` learns if they were refused.
 #[derive(Message)]
 #[rtype(result = "()")]

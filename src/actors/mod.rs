@@ -19,7 +19,7 @@ pub mod status;
 pub mod supervisor;
 pub mod watcher;
 
-/// Seconds since the epoch, for version counters (the only clock the decisions see).
-pub fn now_secs() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+/// Milliseconds since the epoch, the floor for new version counters (the only clock the decisions see).
+pub fn now_millis() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }

@@ -171,8 +171,12 @@ impl PeerActor {
         let tx = self.setup.data.tx.clone();
         let counters = self.setup.counters.clone();
         let compression = self.setup.compression;
+        let index = self.setup.index.clone();
         tokio::task::spawn_blocking(move || {
             let result = read_chunk(root, &request).map(|data| encode(data, &request.signature, compression));
+            if matches!(&result, Err(e) if e == CHANGED) {
+                index.do_send(Rehash { folder: request.folder.clone(), path: request.path.clone() });
+            }
             let response = match result {
                 Ok((data, encoding)) => proto::ChunkResponse { id: request.id, data, encoding: encoding as i32, error: String::new() },
                 Err(e) => proto::ChunkResponse { id: request.id, data: Vec::new(), encoding: 0, error: e },
@@ -184,6 +188,8 @@ impl PeerActor {
     }
 }
 
+const CHANGED: &str = "file changed since it was indexed";
+
 fn read_chunk(root: Option<PathBuf>, r: &proto::ChunkRequest) -> Result<Vec<u8>, String> {
     let root = root.ok_or("folder not shared")?;
     if r.size as usize > crate::net::MAX_MESSAGE {
@@ -193,7 +199,7 @@ fn read_chunk(root: Option<PathBuf>, r: &proto::ChunkRequest) -> Result<Vec<u8>,
     let file = std::fs::File::open(&path).map_err(|e| e.to_string())?;
     let data = read_range(&file, r.offset, r.size).map_err(|e| e.to_string())?.ok_or("file is shorter now")?;
     if hash(&data).as_slice() != r.hash.as_slice() {
-        return Err("file changed since it was indexed".into());
+        return Err(CHANGED.into());
     }
     Ok(data)
 }

@@ -55,7 +55,8 @@ pub struct PullContext {
 pub struct Puller {
     ctx: PullContext,
     queue: BTreeMap<String, NeedItem>,
-    in_flight: HashSet<String>,
+    /// Paths being worked on now: whether it is a delete, and the bytes it brings.
+    in_flight: HashMap<String, (bool, u64)>,
     failed: HashSet<String>,
     retry_scheduled: bool,
 }
@@ -69,13 +70,13 @@ struct Finished {
 
 impl Puller {
     pub fn new(ctx: PullContext) -> Self {
-        Puller { ctx, queue: BTreeMap::new(), in_flight: HashSet::new(), failed: HashSet::new(), retry_scheduled: false }
+        Puller { ctx, queue: BTreeMap::new(), in_flight: HashMap::new(), failed: HashSet::new(), retry_scheduled: false }
     }
 
     /// The next item to start: directories (shallow first), then files, then deletes (deep first)
     /// once nothing else is queued or running.
     fn next(&self) -> Option<String> {
-        let busy = |p: &String| self.in_flight.contains(p) || self.in_flight.iter().any(|f| paths::is_inside(f, p) || paths::is_inside(p, f));
+        let busy = |p: &String| self.in_flight.contains_key(p) || self.in_flight.keys().any(|f| paths::is_inside(f, p) || paths::is_inside(p, f));
         let is_delete = |i: &NeedItem| i.remote.deleted && matches!(i.action, Action::Take);
         let creates = self.queue.iter().filter(|(_, i)| !is_delete(i));
         let dirs = creates.clone().filter(|(_, i)| i.remote.kind == FileKind::Directory);
@@ -85,7 +86,7 @@ impl Puller {
         if let Some((p, _)) = creates.clone().find(|(p, _)| !busy(p)) {
             return Some(p.clone());
         }
-        let creating = creates.count() > 0 || self.in_flight.iter().any(|p| self.queue.get(p).is_none_or(|i| !is_delete(i)));
+        let creating = creates.count() > 0 || self.in_flight.values().any(|(delete, _)| !delete);
         if creating {
             return None;
         }
@@ -93,8 +94,8 @@ impl Puller {
     }
 
     fn update_gauges(&self) {
-        let items = self.queue.values().filter(|i| !i.remote.deleted);
-        let bytes: u64 = items.map(|i| i.remote.size).sum();
+        let queued: u64 = self.queue.values().filter(|i| !i.remote.deleted).map(|i| i.remote.size).sum();
+        let bytes = queued + self.in_flight.values().map(|(_, b)| b).sum::<u64>();
         self.ctx.gauges.need_files.store((self.queue.len() + self.in_flight.len()) as u64, Relaxed);
         self.ctx.gauges.need_bytes.store(bytes, Relaxed);
     }
@@ -103,7 +104,8 @@ impl Puller {
         while self.in_flight.len() < FILES_IN_FLIGHT {
             let Some(path) = self.next() else { break };
             let item = self.queue.remove(&path).expect("queued");
-            self.in_flight.insert(path.clone());
+            let delete = item.remote.deleted && matches!(item.action, Action::Take);
+            self.in_flight.insert(path.clone(), (delete, if item.remote.deleted { 0 } else { item.remote.size }));
             let pctx = self.ctx.clone();
             let me = ctx.address();
             tokio::spawn(async move {
@@ -127,7 +129,7 @@ impl Handler<Needs> for Puller {
             self.failed.clear();
         }
         for item in msg.items {
-            if !self.in_flight.contains(&item.remote.path) {
+            if !self.in_flight.contains_key(&item.remote.path) {
                 self.queue.insert(item.remote.path.clone(), item);
             }
         }
@@ -192,7 +194,7 @@ async fn execute(ctx: &PullContext, item: NeedItem) -> Result<(), PullError> {
             let copy = blocking(move || apply::move_aside(&root, &p, &c)).await??;
             ctx.gauges.conflicts.fetch_add(1, Relaxed);
             tracing::warn!(folder = %ctx.folder, path = %path, copy = %copy, "conflict: our version kept as a copy");
-            ctx.index.do_send(LocalChanged { folder: ctx.folder.clone(), paths: vec![path.clone(), copy] });
+            ctx.index.do_send(LocalChanged { folder: ctx.folder.clone(), paths: vec![copy] });
             let disk = materialize(ctx, &remote, &path, None, &item.sources).await?;
             Outcome::Took { record: remote, disk: Some(disk) }
         }

@@ -35,7 +35,11 @@ pub fn prometheus_text(r: &StatusReport) -> String {
     let mut family = |name: &str, help: &str, kind: &str, samples: Vec<(String, u64)>| {
         let _ = writeln!(out, "# HELP syncnode_{name} {help}\n# TYPE syncnode_{name} {kind}");
         for (labels, v) in samples {
-            let _ = writeln!(out, "syncnode_{name}{{{labels}}} {v}");
+            if labels.is_empty() {
+                let _ = writeln!(out, "syncnode_{name} {v}");
+            } else {
+                let _ = writeln!(out, "syncnode_{name}{{{labels}}} {v}");
+            }
         }
     };
     let per_folder = |f: &dyn Fn(&crate::actors::status::FolderReport) -> u64| -> Vec<(String, u64)> {

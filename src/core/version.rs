@@ -44,9 +44,11 @@ impl VersionVector {
         self.counters.is_empty()
     }
 
-    /// The version after `id` changed the file at `now` (seconds since the epoch). The counter
-    /// jumps to at least `now`, as Syncthing's does, so that a device whose index was lost and
-    /// starts counting again still produces versions newer than the ones it made before.
+    /// The version after `id` changed the file at `now` (a value from the device's own clock that
+    /// it never issues twice: milliseconds since the epoch, bumped past the last one issued). The
+    /// counter jumps to at least `now`, so a device whose index was lost still produces versions
+    /// newer than the ones it made before; and since `now` is unique per device, two different
+    /// versions made by one device never share a counter (which would make one wrongly dominate).
     pub fn updated(&self, id: ShortId, now: u64) -> Self {
         let mut next = self.clone();
         let value = self.get(id).saturating_add(1).max(now);
