@@ -72,6 +72,8 @@ pub struct Config {
     pub rescan_interval: Duration,
     pub debounce: Duration,
     pub compression: Compression,
+    /// How long a delete is remembered (and passed on) before its record is purged.
+    pub tombstone_ttl: Duration,
     pub mdns: bool,
     pub peers: Vec<PeerConfig>,
     pub trust: Trust,
@@ -135,6 +137,7 @@ struct RawSync {
     rescan_interval: String,
     debounce: String,
     compression: String,
+    tombstone_ttl: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -163,7 +166,7 @@ struct RawSecurity {
 const KNOWN_KEYS: &[(&str, &[&str])] = &[
     ("node", &["name", "data_dir", "listen", "api_listen"]),
     ("folder", &["id", "path", "mode"]),
-    ("sync", &["chunk_size", "rescan_interval", "debounce", "compression"]),
+    ("sync", &["chunk_size", "rescan_interval", "debounce", "compression", "tombstone_ttl"]),
     ("discovery", &["mdns"]),
     ("peer", &["device_id", "address"]),
     ("security", &["trust", "network_key"]),
@@ -195,6 +198,7 @@ impl Config {
             .and_then(|b| b.set_default("sync.rescan_interval", "1m"))
             .and_then(|b| b.set_default("sync.debounce", "20ms"))
             .and_then(|b| b.set_default("sync.compression", "zstd"))
+            .and_then(|b| b.set_default("sync.tombstone_ttl", "30d"))
             .and_then(|b| b.set_default("discovery.mdns", true))
             .and_then(|b| b.set_default("security.trust", "listed"))
             .and_then(|b| b.set_default("security.network_key", ""))
@@ -323,6 +327,7 @@ fn validate(raw: Raw, file: &str, base: &Path) -> Result<Config, ConfigError> {
         .map_err(|m| err("sync.chunk_size", m))?;
     let rescan_interval = parse_duration(&raw.sync.rescan_interval).map_err(|m| err("sync.rescan_interval", m))?;
     let debounce = parse_duration(&raw.sync.debounce).map_err(|m| err("sync.debounce", m))?;
+    let tombstone_ttl = parse_duration(&raw.sync.tombstone_ttl).map_err(|m| err("sync.tombstone_ttl", m))?;
     let compression = match raw.sync.compression.as_str() {
         "none" => Compression::None,
         "zstd" => Compression::Zstd,
@@ -359,6 +364,7 @@ fn validate(raw: Raw, file: &str, base: &Path) -> Result<Config, ConfigError> {
         rescan_interval,
         debounce,
         compression,
+        tombstone_ttl,
         mdns: raw.discovery.mdns,
         peers,
         trust,
@@ -466,6 +472,7 @@ chunk_size = "64KiB"
 rescan_interval = "1m"
 debounce = "20ms"
 compression = "zstd"
+tombstone_ttl = "30d"
 
 [discovery]
 mdns = true

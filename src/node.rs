@@ -48,7 +48,7 @@ async fn serve(config: Config, identity: Identity, store: Arc<Store>) -> Result<
         directory: directory.clone(),
         store: store.clone(),
     });
-    let index = IndexActor::new(store.clone(), identity.device_id, config.chunk_size, &config.folders, state.clone()).start();
+    let index = IndexActor::new(store.clone(), identity.device_id, config.chunk_size, config.tombstone_ttl, &config.folders, state.clone()).start();
     for folder in config.folders.iter() {
         let puller = Puller::new(PullContext {
             folder: folder.id.clone(),

@@ -43,6 +43,7 @@ pub struct IndexActor {
     /// one: two different versions of a path made by this node must never carry the same counter,
     /// or one would wrongly look like it had seen the other.
     clock: u64,
+    tombstone_ttl: std::time::Duration,
 }
 
 /// The scanner's view of our records, straight from the store.
@@ -85,7 +86,7 @@ pub struct SetPuller {
 }
 
 impl IndexActor {
-    pub fn new(store: Arc<Store>, me: DeviceId, chunk_size: u32, folders: &[FolderConfig], state: Arc<NodeState>) -> Self {
+    pub fn new(store: Arc<Store>, me: DeviceId, chunk_size: u32, tombstone_ttl: std::time::Duration, folders: &[FolderConfig], state: Arc<NodeState>) -> Self {
         let folders = folders
             .iter()
             .map(|f| {
@@ -93,7 +94,7 @@ impl IndexActor {
                 (f.id.clone(), state)
             })
             .collect();
-        IndexActor { store, me: me.short(), params: ChunkParams::new(chunk_size), folders, subscribers: Vec::new(), state, clock: 0 }
+        IndexActor { store, me: me.short(), params: ChunkParams::new(chunk_size), folders, subscribers: Vec::new(), state, clock: 0, tombstone_ttl }
     }
 
     /// A fresh counter value: milliseconds since the epoch, or one more than the last one issued.
@@ -240,10 +241,28 @@ impl IndexActor {
     }
 }
 
+impl IndexActor {
+    /// Forgets deletes older than `sync.tombstone_ttl`. A peer that was offline for longer and
+    /// still has such a file brings it back (it is then a new file to everyone): the setting is the
+    /// longest absence after which a delete is still honoured.
+    fn purge(&mut self) {
+        let cutoff = now_millis().saturating_sub(self.tombstone_ttl.as_millis() as u64);
+        for folder in self.folders.keys() {
+            match self.store.purge_tombstones(folder, cutoff) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(folder = %folder, purged = n, "forgot old deletes"),
+                Err(e) => tracing::warn!(folder = %folder, error = %e, "cannot purge tombstones"),
+            }
+        }
+    }
+}
+
 impl Actor for IndexActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        self.purge();
+        ctx.run_interval(std::time::Duration::from_secs(3600), |this, _| this.purge());
         let ids: Vec<String> = self.folders.keys().cloned().collect();
         for id in ids {
             let state = self.folders.get_mut(&id).expect("folder");

@@ -218,6 +218,27 @@ impl Store {
         Ok(())
     }
 
+    /// Forgets tombstones (ours and the ones peers announced) whose delete happened before
+    /// `cutoff` (the deleting device's counter, milliseconds since the epoch). Returns how many.
+    pub fn purge_tombstones(&self, folder: &str, cutoff: u64) -> Result<usize> {
+        let old = |r: &FileRecord| r.deleted && deleted_at(r) < cutoff;
+        let mut batch = WriteBatch::default();
+        let mut purged = 0;
+        for r in self.local_records(folder).filter(|r| old(r)) {
+            batch.delete_cf(self.cf("files"), keys::file(folder, &r.path));
+            batch.delete_cf(self.cf("seq"), keys::seq(folder, r.sequence));
+            batch.delete_cf(self.cf("diffs"), keys::file(folder, &r.path));
+            purged += 1;
+        }
+        for device in self.remote_devices(folder)? {
+            for r in self.remote_records(&device, folder).filter(|r| old(r)) {
+                batch.delete_cf(self.cf("remote"), keys::remote(&device, folder, &r.path));
+            }
+        }
+        self.db.write(batch)?;
+        Ok(purged)
+    }
+
     /// Where a chunk with this hash lives in our folders (entries may be stale: verify the bytes).
     pub fn chunk_locations(&self, hash: &[u8; 32], limit: usize) -> Vec<ChunkLocation> {
         self.scan_prefix("chunks", hash.to_vec())
@@ -239,10 +260,31 @@ impl Store {
     }
 }
 
+/// When a tombstone was made, in milliseconds: the deleting device's counter (which jumps to its
+/// clock; counters from before millisecond clocks are seconds).
+fn deleted_at(r: &FileRecord) -> u64 {
+    let v = r.version.get(r.modified_by);
+    if v < 100_000_000_000 { v * 1000 } else { v }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::core::record::fixtures::file;
+
+    #[test]
+    fn old_tombstones_are_purged_and_recent_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let by = crate::core::ShortId(1);
+        let old = file("old", 1, &[(1, 1)], 1, 1).tombstone(by, 200_000_000_000);
+        let recent = file("recent", 1, &[(1, 1)], 1, 1).tombstone(by, 900_000_000_000);
+        store.commit_local("f", vec![old, recent, file("live", 2, &[(1, 1)], 1, 1)]).unwrap();
+        assert_eq!(store.purge_tombstones("f", 500_000_000_000).unwrap(), 1);
+        let left: Vec<_> = store.local_records("f").map(|r| r.path).collect();
+        assert_eq!(left, vec!["live", "recent"]);
+        assert_eq!(store.since("f", 0, 10).unwrap().len(), 2);
+    }
 
     #[test]
     fn commits_assign_sequences_and_move_old_entries() {
