@@ -16,8 +16,6 @@ use crate::core::DeviceId;
 pub struct PeerCounters {
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
-    /// File data we did not transfer thanks to local chunk reuse and deltas.
-    pub bytes_saved: AtomicU64,
 }
 
 impl PeerCounters {

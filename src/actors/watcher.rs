@@ -111,7 +111,7 @@ impl StreamHandler<FsEvent> for Watcher {
                 }
                 for path in &event.paths {
                     let Some(rel) = Self::rel(&folder.path, path) else { continue };
-                    if rel.is_empty() || is_internal(&rel) && rel != crate::core::path::IGNORE_FILE {
+                    if rel.is_empty() || (is_internal(&rel) && rel != crate::core::path::IGNORE_FILE) {
                         continue;
                     }
                     self.mark(&folder.id, rel, ctx);
