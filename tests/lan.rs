@@ -77,6 +77,12 @@ struct Lan {
 
 impl Lan {
     fn new(hosts: usize) -> Option<Lan> {
+        Lan::with(hosts, true)
+    }
+
+    /// `ipv6: false` turns IPv6 off in the hosts (before their link comes up): they then have
+    /// IPv4 addresses only.
+    fn with(hosts: usize, ipv6: bool) -> Option<Lan> {
         if let Some(why) = cannot_run() {
             eprintln!("SKIPPED: {why}");
             return None;
@@ -96,6 +102,14 @@ impl Lan {
             let cidr = format!("{}/24", lan.ip(i));
             ip(&["netns", "add", ns]);
             ip(&["-n", ns, "link", "set", "lo", "up"]);
+            if !ipv6 {
+                // /proc/sys/net shows the namespace of the thread that opens it.
+                let i = lan.hosts.iter().position(|h| h == ns).expect("own host");
+                for conf in ["all", "default"] {
+                    let path = format!("/proc/sys/net/ipv6/conf/{conf}/disable_ipv6");
+                    lan.inside(i, move || std::fs::write(&path, "1")).unwrap_or_else(|e| panic!("turning IPv6 off: {e}"));
+                }
+            }
             // The host's end is created directly in its namespace: nothing passes through ours.
             ip(&["-n", sw, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", ns]);
             ip(&["-n", sw, "link", "set", &port, "master", "br0"]);
@@ -124,6 +138,18 @@ impl Lan {
     /// come and go while keeping its address, as with a real cable.
     fn set_cable(&self, host: usize, plugged: bool) {
         ip(&["-n", &self.switch, "link", "set", &format!("p{host}"), if plugged { "up" } else { "down" }]);
+    }
+
+    /// Cuts `host` off from the others, or joins it again, with its link staying up on both ends
+    /// (its port leaves the bridge): the network fails somewhere between hosts, say a switch's
+    /// uplink, and no host notices anything but silence.
+    fn set_bridged(&self, host: usize, bridged: bool) {
+        let port = format!("p{host}");
+        if bridged {
+            ip(&["-n", &self.switch, "link", "set", &port, "master", "br0"]);
+        } else {
+            ip(&["-n", &self.switch, "link", "set", &port, "nomaster"]);
+        }
     }
 
     /// Runs `f` on a thread inside `host`'s namespace; sockets and threads it creates stay there.
@@ -282,8 +308,10 @@ fn time_until(timeout: Duration, check: impl FnMut() -> bool) -> Option<Duration
     wait_until(timeout, check).then(|| start.elapsed())
 }
 
+/// Every node connected to every other one and found it by mDNS itself (a connection can come
+/// from the other side's dial first; redialing needs the addresses of one's own sighting).
 fn all_connected(nodes: &[LanNode]) -> bool {
-    nodes.iter().all(|n| nodes.iter().all(|m| std::ptr::eq(n, m) || n.about("peer connected", m) > 0))
+    nodes.iter().all(|n| nodes.iter().all(|m| std::ptr::eq(n, m) || (n.about("peer connected", m) > 0 && n.about("found on the LAN", m) > 0)))
 }
 
 fn same_trees(nodes: &[LanNode], check: impl Fn(&std::collections::BTreeMap<String, common::Entry>) -> bool) -> bool {
@@ -473,4 +501,63 @@ fn mdns_ignores_itself_other_services_and_untrusted_nodes() {
     assert_eq!(dialed, 0, "the look-alike's port was dialed");
     assert_eq!(untrusted(&a), 1, "{a_log}");
     println!("lan: a ignored itself, the _http._tcp look-alike and the stranger (reported once)");
+}
+
+/// The time a log line starts with (RFC 3339, UTC).
+fn stamp(line: &str) -> Option<chrono::DateTime<chrono::FixedOffset>> {
+    chrono::DateTime::parse_from_rfc3339(line.split_whitespace().next()?).ok()
+}
+
+/// Whether `node` logged a failed dial to `peer` that began after it last saw `peer`'s mDNS
+/// records go: more than the 5 s connect timeout after that, so not a dial already under way.
+fn redialed_after_expiry(node: &LanNode, peer: &LanNode) -> bool {
+    let tag = format!("peer={}", peer.prefix());
+    let text = node.log_text();
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains(&tag)).collect();
+    let Some(gone) = lines.iter().rev().find(|l| l.contains("left the LAN")).and_then(|l| stamp(l)) else { return false };
+    lines.iter().filter(|l| l.contains("dial failed")).filter_map(|l| stamp(l)).any(|t| t > gone + chrono::Duration::seconds(6))
+}
+
+/// A network failure that lasts longer than mDNS records live (2 minutes), with no host losing its
+/// link: each side sees the other's records expire, and nothing announces anything when the
+/// network comes back. The nodes must keep redialing the addresses mDNS gave them and reconnect.
+/// IPv6 is off here so that redials go to addresses the nodes listen on (they listen on IPv4 but
+/// mDNS also announces their IPv6 link-local addresses, and a refused dial there doubles the
+/// backoff), which keeps the reconnection within one backoff period. Takes about 3.5 minutes.
+#[test]
+fn a_partition_that_outlives_the_mdns_records_heals() {
+    let Some(lan) = Lan::with(2, false) else { return };
+    let mut nodes: Vec<LanNode> = ["a", "b"].iter().enumerate().map(|(i, n)| LanNode::new(n, &lan, i)).collect();
+    nodes[0].configure(&[&nodes[1].device_id]);
+    nodes[1].configure(&[&nodes[0].device_id]);
+    for n in nodes.iter_mut() {
+        n.start();
+    }
+    let (a, b) = (&nodes[0], &nodes[1]);
+    assert!(wait_until(T, || all_connected(&nodes)), "a and b did not connect");
+    a.write("before.txt", b"before the partition");
+    assert!(wait_until(T, || same_trees(&nodes, |t| t.len() == 1)), "no sync:\n{}", listing(&nodes));
+
+    let cut = Instant::now();
+    lan.set_bridged(1, false);
+    // Records live 120 s from when they were last heard; mdns-sd's refresh queries go unanswered.
+    let expiry = Duration::from_secs(150);
+    let expired = time_until(expiry, || a.about("left the LAN", b) > 0 && b.about("left the LAN", a) > 0);
+    let expired = expired.unwrap_or_else(|| panic!("the mDNS records did not expire within {expiry:?} of the cut"));
+    println!("lan: partition; records expired on both sides {} after the cut", ms(expired));
+    // Still dialed after that: the addresses were not forgotten (backoff is at most a minute).
+    let redial = Duration::from_secs(80);
+    let redialed = time_until(redial, || redialed_after_expiry(a, b) && redialed_after_expiry(b, a));
+    let redialed = redialed.unwrap_or_else(|| panic!("no redial within {redial:?} of the records expiring: the addresses mDNS gave were forgotten"));
+    println!("lan: both still redialing {} after the records expired", ms(redialed));
+
+    b.write("during.txt", b"written during the partition");
+    let connected_before = [a.about("peer connected", b), b.about("peer connected", a)];
+    let healed = Instant::now();
+    lan.set_bridged(1, true);
+    let back = Duration::from_secs(75);
+    let reconnected = time_until(back, || a.about("peer connected", b) > connected_before[0] && b.about("peer connected", a) > connected_before[1]);
+    let reconnected = reconnected.unwrap_or_else(|| panic!("a and b did not reconnect within {back:?} of the network coming back"));
+    assert!(wait_until(T, || same_trees(&nodes, |t| t.len() == 2)), "no convergence after the partition:\n{}", listing(&nodes));
+    println!("lan: partition of {} healed; reconnected {} after the network came back", ms(healed - cut), ms(reconnected));
 }
