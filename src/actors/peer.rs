@@ -310,11 +310,12 @@ impl Actor for PeerActor {
         ctx.add_stream(data);
         self.send_control(control_message::Kind::Hello(self.hello()));
         self.setup.index.do_send(Subscribe(ctx.address().recipient()));
-        ctx.run_interval(PING_INTERVAL, |this, ctx| {
+        ctx.run_interval(PING_INTERVAL, |this, _| this.send_control(control_message::Kind::Ping(proto::Ping { nonce: 0 })));
+        // Checked every second, so silence is noticed within a second of PEER_TIMEOUT.
+        ctx.run_interval(Duration::from_secs(1), |this, ctx| {
             if this.last_seen.elapsed() > PEER_TIMEOUT {
-                return this.close(format!("no message for {}s", PEER_TIMEOUT.as_secs()), ctx);
+                this.close(format!("no message for {}s", PEER_TIMEOUT.as_secs()), ctx);
             }
-            this.send_control(control_message::Kind::Ping(proto::Ping { nonce: 0 }));
         });
     }
 

@@ -61,7 +61,6 @@ struct Slot {
     backoff: Duration,
     next_attempt: Option<Instant>,
     dialing: bool,
-    attempt: usize,
 }
 
 #[derive(Default)]
@@ -99,19 +98,29 @@ impl Supervisor {
             return;
         }
         let now = Instant::now();
-        let due: Vec<(DeviceId, String)> = self
+        let due: Vec<(DeviceId, Vec<String>)> = self
             .peers
             .iter_mut()
             .filter(|(_, s)| s.active.is_none() && !s.dialing && !s.addresses.is_empty() && s.next_attempt.is_none_or(|t| t <= now))
             .map(|(d, s)| {
                 s.dialing = true;
-                s.attempt += 1;
-                (*d, s.addresses[s.attempt % s.addresses.len()].clone())
+                (*d, s.addresses.clone())
             })
             .collect();
-        for (device, address) in due {
+        for (device, addresses) in due {
             let identity = self.identity.clone();
-            let fut = async move { dial(&identity, device, &address).await.map_err(|e| format!("{address}: {e:#}")) };
+            // Every known address in turn (mDNS lists IPv4 first), so one the peer does not
+            // listen on (say its IPv6 link-local one) costs a refused connection, not a backoff.
+            let fut = async move {
+                let mut errors = Vec::new();
+                for address in &addresses {
+                    match dial(&identity, device, address).await {
+                        Ok(out) => return Ok(out),
+                        Err(e) => errors.push(format!("{address}: {e:#}")),
+                    }
+                }
+                Err(errors.join("; "))
+            };
             ctx.spawn(fut.into_actor(self).map(move |result, this, ctx| this.dialed(device, result, ctx)));
         }
         // Half-open inbound connections whose second stream never came.
