@@ -40,13 +40,6 @@ pub enum Compression {
     Gzip,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Trust {
-    Listed,
-    /// Any peer proving it holds the key (an HMAC over its certificate during the handshake).
-    NetworkKey(String),
-}
-
 #[derive(Debug, Clone)]
 pub struct FolderConfig {
     pub id: String,
@@ -76,7 +69,6 @@ pub struct Config {
     pub tombstone_ttl: Duration,
     pub mdns: bool,
     pub peers: Vec<PeerConfig>,
-    pub trust: Trust,
     /// The file the settings came from, if any (for messages).
     pub file: Option<PathBuf>,
 }
@@ -249,7 +241,7 @@ impl Config {
             self.data_dir = absolute(dir, Path::new(""));
         }
         for spec in &o.peers {
-            self.peers.push(parse_peer_flag(spec, &self.trust).map_err(|m| flag(format!("--peer {spec}: {m}")))?);
+            self.peers.push(parse_peer_flag(spec).map_err(|m| flag(format!("--peer {spec}: {m}")))?);
         }
         if o.no_mdns {
             self.mdns = false;
@@ -336,22 +328,23 @@ fn validate(raw: Raw, file: &str, base: &Path) -> Result<Config, ConfigError> {
         "gzip" => Compression::Gzip,
         other => return Err(err("sync.compression", format!("`{other}`: expected none, zstd or gzip"))),
     };
-    let trust = match raw.security.trust.as_str() {
-        "listed" => Trust::Listed,
+    // Only "listed" peers are trusted (the TLS verifiers check their device IDs).
+    match raw.security.trust.as_str() {
+        "listed" => {}
         // The shared-key mode (any peer proving it holds network_key) is part of the contract but
         // not built yet; refusing it is better than a node that silently trusts no one.
         "network-key" => {
             return Err(err("security.trust", "\"network-key\" is not supported by this version; use \"listed\" with [[peer]] device_id entries".into()))
         }
         other => return Err(err("security.trust", format!("`{other}`: expected listed or network-key"))),
-    };
+    }
     let mut peers = Vec::new();
     for (i, p) in raw.peer.into_iter().enumerate() {
         let device_id = match p.device_id {
             Some(id) => Some(id.parse::<DeviceId>().map_err(|e| err(&format!("peer[{i}].device_id"), e.to_string()))?),
             None => None,
         };
-        if device_id.is_none() && !matches!(trust, Trust::NetworkKey(_)) {
+        if device_id.is_none() {
             return Err(err(&format!("peer[{i}].device_id"), "required under trust = \"listed\"".into()));
         }
         if let Some(a) = &p.address {
@@ -372,7 +365,6 @@ fn validate(raw: Raw, file: &str, base: &Path) -> Result<Config, ConfigError> {
         tombstone_ttl,
         mdns: raw.discovery.mdns,
         peers,
-        trust,
         file: None,
     })
 }
@@ -384,19 +376,12 @@ fn check_address(address: &str) -> Result<(), String> {
     }
 }
 
-fn parse_peer_flag(spec: &str, trust: &Trust) -> Result<PeerConfig, String> {
-    match spec.split_once('@') {
-        Some((id, address)) => {
-            check_address(address)?;
-            let device_id = id.parse::<DeviceId>().map_err(|e| e.to_string())?;
-            Ok(PeerConfig { device_id: Some(device_id), address: Some(address.into()) })
-        }
-        None if matches!(trust, Trust::NetworkKey(_)) => {
-            check_address(spec)?;
-            Ok(PeerConfig { device_id: None, address: Some(spec.into()) })
-        }
-        None => Err("expected DEVICE_ID@HOST:PORT (a bare HOST:PORT needs trust = \"network-key\")".into()),
-    }
+fn parse_peer_flag(spec: &str) -> Result<PeerConfig, String> {
+    // A bare HOST:PORT would need trust = "network-key", which this version refuses.
+    let (id, address) = spec.split_once('@').ok_or("expected DEVICE_ID@HOST:PORT")?;
+    check_address(address)?;
+    let device_id = id.parse::<DeviceId>().map_err(|e| e.to_string())?;
+    Ok(PeerConfig { device_id: Some(device_id), address: Some(address.into()) })
 }
 
 fn bytesize_of(text: &str) -> Result<u64, String> {
@@ -521,11 +506,10 @@ mod tests {
     }
 
     #[test]
-    fn peer_flags_need_an_id_unless_a_network_key_is_used() {
+    fn peer_flags_need_a_device_id() {
         let id = crate::core::DeviceId([7; 32]).to_string();
-        assert!(parse_peer_flag(&format!("{id}@127.0.0.1:5000"), &Trust::Listed).is_ok());
-        assert!(parse_peer_flag("127.0.0.1:5000", &Trust::Listed).is_err());
-        assert!(parse_peer_flag("127.0.0.1:5000", &Trust::NetworkKey("k".repeat(16))).is_ok());
-        assert!(parse_peer_flag(&format!("{id}@nowhere"), &Trust::Listed).is_err());
+        assert!(parse_peer_flag(&format!("{id}@127.0.0.1:5000")).is_ok());
+        assert!(parse_peer_flag("127.0.0.1:5000").is_err());
+        assert!(parse_peer_flag(&format!("{id}@nowhere")).is_err());
     }
 }

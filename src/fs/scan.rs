@@ -178,7 +178,7 @@ impl Scanner {
             return Ok(());
         }
         let base = previous.as_ref().map(|p| p.version.clone()).unwrap_or_else(VersionVector::new);
-        let mut record = FileRecord {
+        let record = FileRecord {
             path: rel.to_string(),
             kind: state.kind,
             size,
@@ -192,13 +192,10 @@ impl Scanner {
             chunks,
         };
         // Only metadata we do not sync changed (a directory's mtime): keep the record as it is.
+        // (Same bytes with a new file mtime is a touch, and a new version: mtime is synced.)
         if let Some(prev) = &previous {
             if !prev.deleted && prev.same_content(&record) && prev.permissions == record.permissions && (prev.mtime_ns == record.mtime_ns || record.kind == FileKind::Directory) {
                 return Ok(());
-            }
-            if prev.same_content(&record) && record.kind == FileKind::File && prev.permissions == record.permissions && !prev.deleted {
-                // Same bytes, new mtime: a touch. It is a new version (mtime is synced).
-                record.version = prev.version.updated(self.me, now);
             }
         }
         out.push(record);
