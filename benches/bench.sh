@@ -21,12 +21,13 @@ ready='curl -sf http://127.0.0.1:28301/rest/status | grep -q "\"connected\":true
 counters='curl -sf http://127.0.0.1:28301/rest/status | python3 -c "import json,sys; p=json.load(sys.stdin)[\"peers\"][0]; print(json.dumps({\"sent\": p[\"bytes_out\"], \"recv\": p[\"bytes_in\"]}))"'
 export START_A="env SYNCNODE_NODE__API_LISTEN=127.0.0.1:28301 $here/pair_node.sh {HOME_A} {HOME_B} {A} 27301 27302 28301"
 export START_B="env SYNCNODE_NODE__API_LISTEN=127.0.0.1:28302 $here/pair_node.sh {HOME_B} {HOME_A} {B} 27302 27301 28302"
-export READY_CMD="$ready" COUNTERS_CMD="$counters" TAG="${TAG:-syncnode}" STATE_A='{HOME_A}/data' STATE_B='{HOME_B}/data'
+export READY_CMD="$ready" COUNTERS_CMD="$counters" STATE_A='{HOME_A}/data' STATE_B='{HOME_B}/data'
 command -v curl >/dev/null || apt-get install -y -qq curl >/dev/null
 if [ "${COMPARE:-0}" = 1 ]; then
-  command -v syncthing >/dev/null && command -v rsync >/dev/null || { apt-get update -qq && apt-get install -y -qq syncthing rsync unison >/dev/null; }
+  command -v syncthing >/dev/null && command -v rsync >/dev/null && [ -x /usr/bin/time ] || { apt-get update -qq && apt-get install -y -qq syncthing rsync unison time >/dev/null; }
   bash "$anchors/syncthing_pair.sh"
   TOOLS="rsyncd" bash "$anchors/oneway_baselines.sh"
 fi
-bash "$anchors/daemon_pair.sh"
+# The label only for our own runs: the Syncthing and rsync scripts keep their own.
+TAG="${TAG:-syncnode}" bash "$anchors/daemon_pair.sh"
 python3 "$anchors/benchlib.py" summarize "$RESULTS"/*.json

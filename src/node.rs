@@ -12,7 +12,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::actors::directory::PeerDirectory;
 use crate::actors::discovery::{Discovery, StopDiscovery};
 use crate::actors::index::{index_path, IndexActor, SetPuller};
-use crate::actors::puller::{PullContext, Puller};
+use crate::actors::puller::{CommitQueue, PullContext, Puller};
 use crate::actors::status::NodeState;
 use crate::actors::supervisor::{Shutdown, Supervisor};
 use crate::actors::watcher::Watcher;
@@ -52,6 +52,7 @@ async fn serve(config: Config, identity: Identity, store: Arc<Store>) -> Result<
     for folder in config.folders.iter() {
         let puller = Puller::new(PullContext {
             folder: folder.id.clone(),
+            commits: CommitQueue::start(),
             root: folder.path.clone(),
             roots: roots.clone(),
             store: store.clone(),

@@ -29,6 +29,8 @@ struct FolderState {
     pending: BTreeSet<String>,
     /// Paths to hash even if size and mtime match their record.
     suspect: HashSet<String>,
+    /// Paths the Puller is writing now: not scanned until it is done with them.
+    pulling: HashSet<String>,
     puller: Option<Addr<Puller>>,
 }
 
@@ -90,7 +92,7 @@ impl IndexActor {
         let folders = folders
             .iter()
             .map(|f| {
-                let state = FolderState { config: f.clone(), ignore: IgnoreRules::load(&f.path), scanning: false, pending: BTreeSet::new(), suspect: HashSet::new(), puller: None };
+                let state = FolderState { config: f.clone(), ignore: IgnoreRules::load(&f.path), scanning: false, pending: BTreeSet::new(), suspect: HashSet::new(), pulling: HashSet::new(), puller: None };
                 (f.id.clone(), state)
             })
             .collect();
@@ -105,16 +107,18 @@ impl IndexActor {
 
     fn start_scan(&mut self, folder: &str, ctx: &mut Context<Self>) {
         let Some(state) = self.folders.get_mut(folder) else { return };
-        if state.scanning || state.pending.is_empty() {
+        if state.scanning || state.pending.iter().all(|p| state.pulling.contains(p)) {
             return;
         }
         state.scanning = true;
         self.state.gauges(folder).scanning.store(true, std::sync::atomic::Ordering::Relaxed);
-        let scope: Vec<String> = std::mem::take(&mut state.pending).into_iter().collect();
+        let (waiting, scope): (BTreeSet<String>, BTreeSet<String>) = std::mem::take(&mut state.pending).into_iter().partition(|p| state.pulling.contains(p));
+        state.pending = waiting;
+        let scope: Vec<String> = scope.into_iter().collect();
         if scope.iter().any(|p| p == crate::core::path::IGNORE_FILE) {
             state.ignore = IgnoreRules::load(&state.config.path);
         }
-        let scanner = Scanner { root: state.config.path.clone(), params: self.params, me: self.me, ignore: state.ignore.clone() };
+        let scanner = Scanner { root: state.config.path.clone(), params: self.params, me: self.me, ignore: state.ignore.clone(), busy: state.pulling.clone() };
         let suspect = std::mem::take(&mut state.suspect);
         let store = self.store.clone();
         let folder = folder.to_string();
@@ -131,8 +135,11 @@ impl IndexActor {
                     Vec::new()
                 }
             };
+            let ms = started.elapsed().as_millis() as u64;
             if full {
-                tracing::debug!(folder = %folder, changed = records.len(), ms = started.elapsed().as_millis() as u64, "full scan done");
+                tracing::debug!(folder = %folder, changed = records.len(), ms, "full scan done");
+            } else {
+                tracing::debug!(folder = %folder, paths = scope.len(), changed = records.len(), ms, "scan done");
             }
             addr.do_send(ScanDone { folder, records });
         });
@@ -403,6 +410,35 @@ impl Handler<RecomputeNeeds> for IndexActor {
             let items = self.needs(&msg.folder, None);
             self.dispatch(&msg.folder, items, true);
         }
+    }
+}
+
+impl Handler<Pulling> for IndexActor {
+    type Result = ();
+    fn handle(&mut self, msg: Pulling, ctx: &mut Context<Self>) {
+        let Some(state) = self.folders.get_mut(&msg.folder) else { return };
+        if msg.active {
+            state.pulling.insert(msg.path);
+        } else {
+            // Look once at what the pull left (or a local edit that was held back meanwhile).
+            state.pulling.remove(&msg.path);
+            state.pending.insert(msg.path);
+            self.start_scan(&msg.folder, ctx);
+        }
+    }
+}
+
+impl Handler<RecomputePaths> for IndexActor {
+    type Result = ();
+    fn handle(&mut self, msg: RecomputePaths, _: &mut Context<Self>) {
+        let devices = self.store.remote_devices(&msg.folder).unwrap_or_default();
+        let announced: Vec<(DeviceId, FileRecord)> = msg
+            .paths
+            .iter()
+            .flat_map(|path| devices.iter().filter_map(|d| Some((*d, self.store.remote(d, &msg.folder, path).ok().flatten()?))))
+            .collect();
+        let items = self.needs(&msg.folder, Some(&announced));
+        self.dispatch(&msg.folder, items, false);
     }
 }
 

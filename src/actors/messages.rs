@@ -60,6 +60,25 @@ pub struct RecomputeNeeds {
     pub folder: String,
 }
 
+/// The Puller starts (`active`) or ends work on a path. While a path is being written, local
+/// events on it are held back: its rename into place is the pull itself, not a local change, and
+/// hashing it again would only race the Puller's `Applied`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Pulling {
+    pub folder: String,
+    pub path: String,
+    pub active: bool,
+}
+
+/// Recompute what these paths of a folder need: a newer version arrived while one was being pulled.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RecomputePaths {
+    pub folder: String,
+    pub paths: Vec<String>,
+}
+
 /// One thing a folder needs from its peers.
 #[derive(Debug, Clone)]
 pub struct NeedItem {

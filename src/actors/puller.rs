@@ -8,8 +8,9 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use futures::StreamExt;
@@ -20,13 +21,19 @@ use super::messages::*;
 use super::peer::FetchChunk;
 use super::status::FolderGauges;
 use std::sync::atomic::Ordering::Relaxed;
-use crate::core::{path as paths, Action, Chunk, DeviceId, FileKind, FileRecord};
+use crate::core::{path as paths, Action, Chunk, DeviceId, FileKind, FileRecord, VersionVector};
 use crate::fs::apply::{self, ApplyError, TempFile};
 use crate::fs::chunker::{hash, read_range};
+use crate::fs::reuse::Plan;
+use crate::fs::scan::DiskState;
 use crate::fs::safe_path::safe_path;
 use crate::store::Store;
 
 const FILES_IN_FLIGHT: usize = 8;
+/// Small files may have more in flight, while all in flight bring under `SMALL_BYTES_IN_FLIGHT`:
+/// their chunk requests then fill the pipe, and their commits share a flush.
+const SMALL_FILES_IN_FLIGHT: usize = 64;
+const SMALL_BYTES_IN_FLIGHT: u64 = 16 << 20;
 const CHUNKS_IN_FLIGHT: usize = 16;
 const RETRY_AFTER: Duration = Duration::from_secs(5);
 /// Chunks smaller than this are fetched whole: a signature would cost more than it saves.
@@ -43,6 +50,7 @@ fn delta_block(size: u32) -> u32 {
 #[derive(Clone)]
 pub struct PullContext {
     pub folder: String,
+    pub commits: CommitQueue,
     pub root: PathBuf,
     /// Every folder's root, for chunks found in other folders.
     pub roots: Arc<HashMap<String, PathBuf>>,
@@ -55,10 +63,23 @@ pub struct PullContext {
 pub struct Puller {
     ctx: PullContext,
     queue: BTreeMap<String, NeedItem>,
-    /// Paths being worked on now: whether it is a delete, and the bytes it brings.
-    in_flight: HashMap<String, (bool, u64)>,
+    /// Paths being worked on now.
+    in_flight: HashMap<String, InFlight>,
     failed: HashSet<String>,
     retry_scheduled: bool,
+}
+
+/// The devices that hold the version being pulled: peers that announce it mid-file join in.
+pub type Sources = Arc<RwLock<Vec<DeviceId>>>;
+
+struct InFlight {
+    delete: bool,
+    /// Bytes it brings.
+    bytes: u64,
+    version: VersionVector,
+    sources: Sources,
+    /// A newer need for this path arrived meanwhile: look again when this one is done.
+    superseded: bool,
 }
 
 #[derive(Message)]
@@ -86,7 +107,7 @@ impl Puller {
         if let Some((p, _)) = creates.clone().find(|(p, _)| !busy(p)) {
             return Some(p.clone());
         }
-        let creating = creates.count() > 0 || self.in_flight.values().any(|(delete, _)| !delete);
+        let creating = creates.count() > 0 || self.in_flight.values().any(|f| !f.delete);
         if creating {
             return None;
         }
@@ -95,21 +116,29 @@ impl Puller {
 
     fn update_gauges(&self) {
         let queued: u64 = self.queue.values().filter(|i| !i.remote.deleted).map(|i| i.remote.size).sum();
-        let bytes = queued + self.in_flight.values().map(|(_, b)| b).sum::<u64>();
+        let bytes = queued + self.in_flight.values().map(|f| f.bytes).sum::<u64>();
         self.ctx.gauges.need_files.store((self.queue.len() + self.in_flight.len()) as u64, Relaxed);
         self.ctx.gauges.need_bytes.store(bytes, Relaxed);
     }
 
+    fn room(&self) -> bool {
+        let n = self.in_flight.len();
+        n < FILES_IN_FLIGHT || (n < SMALL_FILES_IN_FLIGHT && self.in_flight.values().map(|f| f.bytes).sum::<u64>() < SMALL_BYTES_IN_FLIGHT)
+    }
+
     fn pump(&mut self, ctx: &mut Context<Self>) {
-        while self.in_flight.len() < FILES_IN_FLIGHT {
+        while self.room() {
             let Some(path) = self.next() else { break };
             let item = self.queue.remove(&path).expect("queued");
             let delete = item.remote.deleted && matches!(item.action, Action::Take);
-            self.in_flight.insert(path.clone(), (delete, if item.remote.deleted { 0 } else { item.remote.size }));
+            let sources: Sources = Arc::new(RwLock::new(item.sources.clone()));
+            let bytes = if item.remote.deleted { 0 } else { item.remote.size };
+            self.in_flight.insert(path.clone(), InFlight { delete, bytes, version: item.remote.version.clone(), sources: sources.clone(), superseded: false });
+            self.ctx.index.do_send(Pulling { folder: self.ctx.folder.clone(), path: path.clone(), active: true });
             let pctx = self.ctx.clone();
             let me = ctx.address();
             tokio::spawn(async move {
-                let result = execute(&pctx, item).await.map_err(|e| e.to_string());
+                let result = execute(&pctx, item, &sources).await.map_err(|e| e.to_string());
                 me.do_send(Finished { path, result });
             });
         }
@@ -129,8 +158,22 @@ impl Handler<Needs> for Puller {
             self.failed.clear();
         }
         for item in msg.items {
-            if !self.in_flight.contains_key(&item.remote.path) {
-                self.queue.insert(item.remote.path.clone(), item);
+            match self.in_flight.get_mut(&item.remote.path) {
+                None => {
+                    self.queue.insert(item.remote.path.clone(), item);
+                }
+                // Another peer now has the version we are pulling: it shares the work.
+                Some(running) if running.version == item.remote.version => {
+                    let mut sources = running.sources.write().expect("sources lock");
+                    for d in item.sources {
+                        if !sources.contains(&d) {
+                            sources.push(d);
+                        }
+                    }
+                }
+                // Newer than what we are pulling: decided again (against what that pull leaves
+                // on disk) once it is done.
+                Some(running) => running.superseded = true,
             }
         }
         self.pump(ctx);
@@ -140,7 +183,11 @@ impl Handler<Needs> for Puller {
 impl Handler<Finished> for Puller {
     type Result = ();
     fn handle(&mut self, msg: Finished, ctx: &mut Context<Self>) {
-        self.in_flight.remove(&msg.path);
+        let superseded = self.in_flight.remove(&msg.path).is_some_and(|f| f.superseded);
+        self.ctx.index.do_send(Pulling { folder: self.ctx.folder.clone(), path: msg.path.clone(), active: false });
+        if superseded {
+            self.ctx.index.do_send(RecomputePaths { folder: self.ctx.folder.clone(), paths: vec![msg.path.clone()] });
+        }
         if let Err(e) = msg.result {
             self.ctx.gauges.errors.fetch_add(1, Relaxed);
             tracing::warn!(folder = %self.ctx.folder, path = %msg.path, error = %e, "pull failed; will retry");
@@ -166,6 +213,8 @@ pub enum PullError {
     NoSource { offset: u64, size: u32 },
     #[error("worker failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error("the node is stopping")]
+    Stopped,
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, PullError> {
@@ -173,7 +222,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 }
 
 /// Carries out one need; tells the Index what it did.
-async fn execute(ctx: &PullContext, item: NeedItem) -> Result<(), PullError> {
+async fn execute(ctx: &PullContext, item: NeedItem, sources: &Sources) -> Result<(), PullError> {
     let remote = item.remote.clone();
     let path = remote.path.clone();
     let outcome = match &item.action {
@@ -186,7 +235,7 @@ async fn execute(ctx: &PullContext, item: NeedItem) -> Result<(), PullError> {
             Outcome::Took { record: remote, disk: None }
         }
         Action::Take => {
-            let disk = materialize(ctx, &remote, &path, item.local.clone(), &item.sources).await?;
+            let disk = materialize(ctx, &remote, &path, item.local.clone(), sources).await?;
             Outcome::Took { record: remote, disk: Some(disk) }
         }
         Action::ConflictLocalLoses { copy } => {
@@ -195,7 +244,7 @@ async fn execute(ctx: &PullContext, item: NeedItem) -> Result<(), PullError> {
             ctx.gauges.conflicts.fetch_add(1, Relaxed);
             tracing::warn!(folder = %ctx.folder, path = %path, copy = %copy, "conflict: our version kept as a copy");
             ctx.index.do_send(LocalChanged { folder: ctx.folder.clone(), paths: vec![copy] });
-            let disk = materialize(ctx, &remote, &path, None, &item.sources).await?;
+            let disk = materialize(ctx, &remote, &path, None, sources).await?;
             Outcome::Took { record: remote, disk: Some(disk) }
         }
         Action::ConflictRemoteLoses { copy } => {
@@ -204,7 +253,7 @@ async fn execute(ctx: &PullContext, item: NeedItem) -> Result<(), PullError> {
                 let has_remote = move |p: &std::path::Path| holds(p, &wanted);
                 // The winner's node may have made this copy already, and it may have synced here.
                 if let Some(copy) = blocking(move || apply::free_name(&root, &c, has_remote)).await? {
-                    materialize(ctx, &remote, &copy, None, &item.sources).await?;
+                    materialize(ctx, &remote, &copy, None, sources).await?;
                     ctx.index.do_send(LocalChanged { folder: ctx.folder.clone(), paths: vec![copy] });
                 }
             }
@@ -221,63 +270,147 @@ async fn execute(ctx: &PullContext, item: NeedItem) -> Result<(), PullError> {
 }
 
 /// Puts `record`'s content (or directory) at `target`.
-async fn materialize(ctx: &PullContext, record: &FileRecord, target: &str, local: Option<FileRecord>, sources: &[DeviceId]) -> Result<crate::fs::scan::DiskState, PullError> {
+async fn materialize(ctx: &PullContext, record: &FileRecord, target: &str, local: Option<FileRecord>, sources: &Sources) -> Result<DiskState, PullError> {
     if record.kind == FileKind::Directory {
         let (root, r) = (ctx.root.clone(), FileRecord { path: target.to_string(), ..record.clone() });
         return Ok(blocking(move || apply::make_dir(&root, &r, local.as_ref())).await??);
     }
+    let started = Instant::now();
     let (root, t, size) = (ctx.root.clone(), target.to_string(), record.size);
     let temp = Arc::new(blocking(move || TempFile::create(&root, &t, size)).await??);
-    let mut reused = 0u64;
-    let mut received = 0u64;
-    let mut by_peer: HashMap<DeviceId, u64> = HashMap::new();
-    let mut results = futures::stream::iter(record.chunks.iter().copied().enumerate())
-        .map(|(i, chunk)| fetch_chunk(ctx, record, chunk, sources, i, local.as_ref()))
-        .buffer_unordered(CHUNKS_IN_FLIGHT);
-    let mut failure = None;
-    let progress = Progress::new(ctx, target, record.size);
-    while let Some(result) = results.next().await {
-        match result {
-            Ok((chunk, data, from)) => {
-                match from {
-                    Some(d) => {
-                        received += data.len() as u64;
-                        *by_peer.entry(d).or_default() += data.len() as u64;
-                    }
-                    None => reused += data.len() as u64,
-                }
-                progress.advance(data.len() as u64);
-                let temp = temp.clone();
-                if let Err(e) = blocking(move || temp.write_at(chunk.offset, &data)).await? {
-                    failure = Some(PullError::from(e));
-                    break;
-                }
-            }
-            Err(e) => {
-                failure = Some(e);
-                break;
-            }
-        }
+    let progress = Arc::new(Progress::new(ctx, target, record.size));
+    let plan = {
+        let (store, roots, root, r, l) = (ctx.store.clone(), ctx.roots.clone(), ctx.root.clone(), record.clone(), local.clone());
+        Arc::new(blocking(move || locate(&store, &roots, &root, &r, l.as_ref())).await?)
+    };
+    // Local copies run beside the network fetches of the chunks nobody here has.
+    let copying = {
+        let (plan, temp, progress, chunks) = (plan.clone(), temp.clone(), progress.clone(), record.chunks.clone());
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        tokio::task::spawn_blocking(move || plan.copy(&chunks, &temp, threads, &|n| progress.advance(n)))
+    };
+    let mut tally = Tally::default();
+    let network = fetch_all(ctx, record, plan.missing(), sources, local.as_ref(), &temp, &progress, &mut tally, false);
+    let located_ms = started.elapsed().as_millis();
+    let (filled, mut result) = tokio::join!(copying, network);
+    let filled = filled?;
+    let copied_ms = started.elapsed().as_millis();
+    tally.reused += record.chunks.iter().zip(&filled).filter(|(_, f)| **f).map(|(c, _)| c.size as u64).sum::<u64>();
+    if result.is_ok() {
+        // Local copies that turned out stale: other local files, else the network.
+        let stale: Vec<usize> = (0..filled.len()).filter(|&i| plan.located[i].is_some() && !filled[i]).collect();
+        result = fetch_all(ctx, record, stale, sources, local.as_ref(), &temp, &progress, &mut tally, true).await;
     }
-    drop(results);
     let temp = Arc::try_unwrap(temp).map_err(|_| PullError::NoSource { offset: 0, size: 0 })?;
-    if let Some(e) = failure {
+    if let Err(e) = result {
         temp.abandon();
         return Err(e);
     }
-    let r = record.clone();
-    let disk = blocking(move || temp.commit(&r, local.as_ref())).await??;
-    ctx.gauges.bytes_reused.fetch_add(reused, Relaxed);
-    let from: Vec<String> = by_peer.keys().map(|d| d.prefix()).collect();
-    tracing::info!(folder = %ctx.folder, path = %target, size = record.size, received, reused, from = ?from, "pulled");
+    let disk = ctx.commits.commit(temp, record.clone(), local).await?;
+    ctx.gauges.bytes_reused.fetch_add(tally.reused, Relaxed);
+    let from: Vec<String> = tally.by_peer.keys().map(|d| d.prefix()).collect();
+    let ms = started.elapsed().as_millis();
+    tracing::debug!(folder = %ctx.folder, path = %target, located_ms, copied_ms, ms, "pull timing");
+    tracing::info!(folder = %ctx.folder, path = %target, size = record.size, received = tally.received, reused = tally.reused, from = ?from, ms, "pulled");
     Ok(disk)
 }
 
+/// Finished downloads wait here to be committed together: whatever arrives while one batch is being
+/// made durable forms the next batch, so many small files share a flush instead of paying one each.
+#[derive(Clone)]
+pub struct CommitQueue(tokio::sync::mpsc::UnboundedSender<CommitJob>);
+
+type CommitJob = (TempFile, FileRecord, Option<FileRecord>, tokio::sync::oneshot::Sender<Result<DiskState, ApplyError>>);
+
+/// Most downloads committed with one flush.
+const COMMIT_BATCH: usize = 256;
+
+impl CommitQueue {
+    /// Starts the committer task (on the current runtime).
+    pub fn start() -> CommitQueue {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<CommitJob>();
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut jobs = vec![first];
+                while jobs.len() < COMMIT_BATCH {
+                    match rx.try_recv() {
+                        Ok(job) => jobs.push(job),
+                        Err(_) => break,
+                    }
+                }
+                let (batch, replies): (Vec<_>, Vec<_>) = jobs.into_iter().map(|(t, r, l, reply)| ((t, r, l), reply)).unzip();
+                let Ok(results) = tokio::task::spawn_blocking(move || apply::commit_all(batch)).await else { continue };
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(result);
+                }
+            }
+        });
+        CommitQueue(tx)
+    }
+
+    async fn commit(&self, temp: TempFile, record: FileRecord, local: Option<FileRecord>) -> Result<DiskState, PullError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.0.send((temp, record, local, reply)).map_err(|_| PullError::Stopped)?;
+        Ok(answer.await.map_err(|_| PullError::Stopped)??)
+    }
+}
+
+/// Bytes of one file by where they came from.
+#[derive(Default)]
+struct Tally {
+    received: u64,
+    reused: u64,
+    by_peer: HashMap<DeviceId, u64>,
+}
+
+/// Fetches chunks `indices` of `record` (several in flight) and writes them into `temp`.
+#[allow(clippy::too_many_arguments)]
+async fn fetch_all(ctx: &PullContext, record: &FileRecord, indices: Vec<usize>, sources: &Sources, previous: Option<&FileRecord>, temp: &Arc<TempFile>, progress: &Progress, tally: &mut Tally, try_local: bool) -> Result<(), PullError> {
+    let mut results = futures::stream::iter(indices)
+        .map(|i| fetch_chunk(ctx, record, record.chunks[i], sources, i, previous, try_local))
+        .buffer_unordered(CHUNKS_IN_FLIGHT);
+    while let Some(result) = results.next().await {
+        let (chunk, data, from) = result?;
+        match from {
+            Some(d) => {
+                tally.received += data.len() as u64;
+                *tally.by_peer.entry(d).or_default() += data.len() as u64;
+            }
+            None => tally.reused += data.len() as u64,
+        }
+        progress.advance(data.len() as u64);
+        let temp = temp.clone();
+        blocking(move || temp.write_at(chunk.offset, &data)).await??;
+    }
+    Ok(())
+}
+
+/// Where this node already holds each chunk of `record`: our previous version of the same path
+/// first (no index lookup), else wherever the chunk index points. Copies are verified as they are
+/// made, so a stale location only costs a fetch later.
+fn locate(store: &Store, roots: &HashMap<String, PathBuf>, root: &std::path::Path, record: &FileRecord, previous: Option<&FileRecord>) -> Plan {
+    let previous = previous.filter(|p| p.is_file() && !p.deleted).and_then(|p| Some((safe_path(root, &p.path).ok()?, p)));
+    let in_previous: HashMap<[u8; 32], u64> = previous.iter().flat_map(|(_, p)| p.chunks.iter().map(|c| (c.hash, c.offset))).collect();
+    let mut checked: HashMap<(String, String), Option<PathBuf>> = HashMap::new();
+    Plan::build(record.chunks.len(), |i| {
+        let chunk = &record.chunks[i];
+        if let (Some((path, _)), Some(&offset)) = (&previous, in_previous.get(&chunk.hash)) {
+            return Some((path.clone(), offset));
+        }
+        store.chunk_locations(&chunk.hash, 4).into_iter().find_map(|loc| {
+            let path = checked.entry((loc.folder.clone(), loc.path.clone())).or_insert_with(|| safe_path(roots.get(&loc.folder)?, &loc.path).ok());
+            Some((path.clone()?, loc.offset))
+        })
+    })
+}
+
 /// One chunk's bytes, verified: from a local file if any has it, else from a peer.
-async fn fetch_chunk(ctx: &PullContext, record: &FileRecord, chunk: Chunk, sources: &[DeviceId], index: usize, previous: Option<&FileRecord>) -> Result<(Chunk, Vec<u8>, Option<DeviceId>), PullError> {
+async fn fetch_chunk(ctx: &PullContext, record: &FileRecord, chunk: Chunk, sources: &Sources, index: usize, previous: Option<&FileRecord>, try_local: bool) -> Result<(Chunk, Vec<u8>, Option<DeviceId>), PullError> {
     let (store, roots) = (ctx.store.clone(), ctx.roots.clone());
-    if let Some(data) = blocking(move || find_local(&store, &roots, &chunk)).await? {
-        return Ok((chunk, data, None));
+    if try_local {
+        if let Some(data) = blocking(move || find_local(&store, &roots, &chunk)).await? {
+            return Ok((chunk, data, None));
+        }
     }
     // Our old data for this region, to receive a delta against instead of the whole chunk.
     let old = previous.filter(|p| !p.deleted && chunk.size >= DELTA_MIN_CHUNK).and_then(|p| {
@@ -301,6 +434,7 @@ async fn fetch_chunk(ctx: &PullContext, record: &FileRecord, chunk: Chunk, sourc
         None => (None, Vec::new()),
     };
     // Spread the chunks of a file over every peer that has this version.
+    let sources = sources.read().expect("sources lock").clone();
     let n = sources.len().max(1);
     for k in 0..sources.len() {
         let device = sources[(index + k) % n];
@@ -339,42 +473,45 @@ pub fn find_local(store: &Store, roots: &HashMap<String, PathBuf>, chunk: &Chunk
 }
 
 /// Progress of one large download: in the status gauges, and a log line every few seconds
-/// (percent and rate), never one per chunk.
-struct Progress<'a> {
-    ctx: &'a PullContext,
-    path: &'a str,
+/// (percent and rate), never one per chunk. Shared with the threads that copy local chunks.
+struct Progress {
+    gauges: Arc<FolderGauges>,
+    folder: String,
+    path: String,
     total: u64,
-    done: std::cell::Cell<u64>,
-    started: std::time::Instant,
-    last_log: std::cell::Cell<std::time::Instant>,
+    done: AtomicU64,
+    started: Instant,
+    last_log: Mutex<Instant>,
 }
 
-impl<'a> Progress<'a> {
+impl Progress {
     const LOG_EVERY: Duration = Duration::from_secs(3);
 
-    fn new(ctx: &'a PullContext, path: &'a str, total: u64) -> Self {
+    fn new(ctx: &PullContext, path: &str, total: u64) -> Self {
         ctx.gauges.current_total.store(total, Relaxed);
         ctx.gauges.current_done.store(0, Relaxed);
-        let now = std::time::Instant::now();
-        Progress { ctx, path, total, done: 0.into(), started: now, last_log: now.into() }
+        let now = Instant::now();
+        let (gauges, folder) = (ctx.gauges.clone(), ctx.folder.clone());
+        Progress { gauges, folder, path: path.to_string(), total, done: AtomicU64::new(0), started: now, last_log: Mutex::new(now) }
     }
 
     fn advance(&self, n: u64) {
-        self.done.set(self.done.get() + n);
-        self.ctx.gauges.current_done.store(self.done.get(), Relaxed);
-        if self.last_log.get().elapsed() >= Self::LOG_EVERY {
-            self.last_log.set(std::time::Instant::now());
+        let done = self.done.fetch_add(n, Relaxed) + n;
+        self.gauges.current_done.store(done, Relaxed);
+        let Ok(mut last_log) = self.last_log.try_lock() else { return };
+        if last_log.elapsed() >= Self::LOG_EVERY {
+            *last_log = Instant::now();
             let secs = self.started.elapsed().as_secs_f64().max(1e-3);
-            let percent = 100.0 * self.done.get() as f64 / self.total.max(1) as f64;
-            let mib_per_s = self.done.get() as f64 / secs / (1 << 20) as f64;
-            tracing::info!(folder = %self.ctx.folder, path = %self.path, percent = format!("{percent:.0}"), rate = format!("{mib_per_s:.1} MiB/s"), "pulling");
+            let percent = 100.0 * done as f64 / self.total.max(1) as f64;
+            let mib_per_s = done as f64 / secs / (1 << 20) as f64;
+            tracing::info!(folder = %self.folder, path = %self.path, percent = format!("{percent:.0}"), rate = format!("{mib_per_s:.1} MiB/s"), "pulling");
         }
     }
 }
 
-impl Drop for Progress<'_> {
+impl Drop for Progress {
     fn drop(&mut self) {
-        self.ctx.gauges.current_total.store(0, Relaxed);
-        self.ctx.gauges.current_done.store(0, Relaxed);
+        self.gauges.current_total.store(0, Relaxed);
+        self.gauges.current_done.store(0, Relaxed);
     }
 }

@@ -5,5 +5,6 @@
 pub mod apply;
 pub mod chunker;
 pub mod ignore;
+pub mod reuse;
 pub mod safe_path;
 pub mod scan;

@@ -25,6 +25,8 @@ pub struct Scanner {
     pub params: ChunkParams,
     pub me: ShortId,
     pub ignore: IgnoreRules,
+    /// Paths being written by a pull right now: left alone (the pull reports what it wrote).
+    pub busy: HashSet<String>,
 }
 
 /// The state of one path on disk, as far as records care.
@@ -153,7 +155,7 @@ impl Scanner {
     }
 
     fn examine(&self, rel: &str, state: DiskState, known: &dyn KnownRecords, now: u64, done: &mut HashSet<String>, out: &mut Vec<FileRecord>) -> io::Result<()> {
-        if !done.insert(rel.to_string()) {
+        if self.busy.contains(rel) || !done.insert(rel.to_string()) {
             return Ok(());
         }
         let previous = known.get(rel);
@@ -164,7 +166,8 @@ impl Scanner {
         let (chunks, size) = match state.kind {
             FileKind::File => match chunk_file(&full, self.params) {
                 Ok(result) => result,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                // Gone, or shrinking as we read: the event of that change brings another scan.
+                Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::UnexpectedEof) => return Ok(()),
                 Err(e) => {
                     tracing::warn!(path = rel, error = %e, "scan: cannot read file");
                     return Ok(());
@@ -203,7 +206,7 @@ impl Scanner {
     }
 
     fn tombstone(&self, rel: &str, known: &dyn KnownRecords, now: u64, done: &mut HashSet<String>, out: &mut Vec<FileRecord>) {
-        if !done.insert(rel.to_string()) {
+        if self.busy.contains(rel) || !done.insert(rel.to_string()) {
             return;
         }
         if let Some(prev) = known.get(rel).filter(|p| !p.deleted) {
@@ -214,7 +217,7 @@ impl Scanner {
     /// Tombstones for known records under `dir` that are no longer on disk.
     fn tombstones_under(&self, dir: &str, known: &dyn KnownRecords, now: u64, done: &mut HashSet<String>, out: &mut Vec<FileRecord>) {
         for record in known.under(dir) {
-            if record.deleted || done.contains(&record.path) || self.ignore.is_ignored(&record.path, record.kind == FileKind::Directory) {
+            if record.deleted || done.contains(&record.path) || self.busy.contains(&record.path) || self.ignore.is_ignored(&record.path, record.kind == FileKind::Directory) {
                 continue;
             }
             if matches!(DiskState::read(&self.root.join(&record.path)), Ok(None)) {
@@ -254,7 +257,7 @@ mod tests {
     }
 
     fn scanner(root: &Path) -> Scanner {
-        Scanner { root: root.to_path_buf(), params: ChunkParams::new(4096), me: ShortId(1), ignore: IgnoreRules::load(root) }
+        Scanner { root: root.to_path_buf(), params: ChunkParams::new(4096), me: ShortId(1), ignore: IgnoreRules::load(root), busy: HashSet::new() }
     }
 
     #[test]

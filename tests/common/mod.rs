@@ -13,9 +13,18 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_syncnode")
 }
 
-/// A port that was free a moment ago.
+/// A port that was free a moment ago, and never handed out before in this test process (the
+/// kernel may give a just-released port again, and two nodes of one test would then collide).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap();
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Polls `check` every 20 ms until it returns true or `timeout` passes.
