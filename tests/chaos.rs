@@ -144,6 +144,11 @@ fn three_nodes_converge_through_kills_and_restarts_without_losing_a_version() {
         // Quiet period: everyone converges; whatever is on disk now must never be lost later.
         let refs: Vec<&Node> = nodes.iter().collect();
         let ok = converged(&refs, Duration::from_secs(90), |_| true);
+        if !ok {
+            for ((hash, _), what) in ledger.written.iter().zip(&ledger.what) {
+                eprintln!("ledger: {what} hash={:?}", &hash[..4]);
+            }
+        }
         assert!(ok, "round {round} did not converge (CHAOS_SEED={seed}):\n{}", describe(&refs));
         let present = contents(&refs);
         let lost: Vec<_> = ledger

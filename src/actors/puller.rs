@@ -76,10 +76,22 @@ struct InFlight {
     delete: bool,
     /// Bytes it brings.
     bytes: u64,
+    /// The paths it may write: its own, and a conflict copy's.
+    targets: Vec<String>,
     version: VersionVector,
     sources: Sources,
     /// A newer need for this path arrived meanwhile: look again when this one is done.
     superseded: bool,
+}
+
+/// The paths carrying out `item` may write. (A conflict copy may end up at a numbered variant of
+/// its name; those are only ever created, never replaced.)
+fn targets(item: &NeedItem) -> impl Iterator<Item = &str> {
+    let copy = match &item.action {
+        Action::ConflictLocalLoses { copy } | Action::ConflictRemoteLoses { copy } => Some(copy.as_str()),
+        _ => None,
+    };
+    std::iter::once(item.remote.path.as_str()).chain(copy)
 }
 
 #[derive(Message)]
@@ -97,21 +109,24 @@ impl Puller {
     /// The next item to start: directories (shallow first), then files, then deletes (deep first)
     /// once nothing else is queued or running.
     fn next(&self) -> Option<String> {
-        let busy = |p: &String| self.in_flight.contains_key(p) || self.in_flight.keys().any(|f| paths::is_inside(f, p) || paths::is_inside(p, f));
+        // Two pulls never touch the same path, or one inside the other: a conflict copy made by one
+        // (`targets`) may be the very path another pulls.
+        let overlaps = |p: &str, f: &str| p == f || paths::is_inside(f, p) || paths::is_inside(p, f);
+        let busy = |(_, i): &(&String, &NeedItem)| targets(i).any(|p| self.in_flight.values().flat_map(|f| &f.targets).any(|f| overlaps(p, f)));
         let is_delete = |i: &NeedItem| i.remote.deleted && matches!(i.action, Action::Take);
         let creates = self.queue.iter().filter(|(_, i)| !is_delete(i));
         let dirs = creates.clone().filter(|(_, i)| i.remote.kind == FileKind::Directory);
-        if let Some((p, _)) = dirs.filter(|(p, _)| !busy(p)).min_by_key(|(p, _)| paths::depth(p)) {
+        if let Some((p, _)) = dirs.filter(|e| !busy(e)).min_by_key(|(p, _)| paths::depth(p)) {
             return Some(p.clone());
         }
-        if let Some((p, _)) = creates.clone().find(|(p, _)| !busy(p)) {
+        if let Some((p, _)) = creates.clone().find(|e| !busy(e)) {
             return Some(p.clone());
         }
         let creating = creates.count() > 0 || self.in_flight.values().any(|f| !f.delete);
         if creating {
             return None;
         }
-        self.queue.iter().filter(|(p, _)| !busy(p)).max_by_key(|(p, _)| paths::depth(p)).map(|(p, _)| p.clone())
+        self.queue.iter().filter(|e| !busy(e)).max_by_key(|(p, _)| paths::depth(p)).map(|(p, _)| p.clone())
     }
 
     fn update_gauges(&self) {
@@ -133,7 +148,8 @@ impl Puller {
             let delete = item.remote.deleted && matches!(item.action, Action::Take);
             let sources: Sources = Arc::new(RwLock::new(item.sources.clone()));
             let bytes = if item.remote.deleted { 0 } else { item.remote.size };
-            self.in_flight.insert(path.clone(), InFlight { delete, bytes, version: item.remote.version.clone(), sources: sources.clone(), superseded: false });
+            let targets = targets(&item).map(str::to_string).collect();
+            self.in_flight.insert(path.clone(), InFlight { delete, bytes, targets, version: item.remote.version.clone(), sources: sources.clone(), superseded: false });
             self.ctx.index.do_send(Pulling { folder: self.ctx.folder.clone(), path: path.clone(), active: true });
             let pctx = self.ctx.clone();
             let me = ctx.address();

@@ -56,11 +56,13 @@ pub fn is_internal(path: &str) -> bool {
     path == IGNORE_FILE || path.split('/').any(|c| c.starts_with(TEMP_PREFIX))
 }
 
-/// The temp file name used while `path` is downloaded (same directory, so the rename is atomic).
-pub fn temp_name(path: &str) -> String {
+/// A temp file name for one download of `path` (same directory, so the rename is atomic). `token`
+/// tells apart downloads of the same path: two writers must never share a temp file, or one's
+/// truncation wipes what the other verified and wrote.
+pub fn temp_name(path: &str, token: &str) -> String {
     match path.rsplit_once('/') {
-        Some((dir, name)) => format!("{dir}/{TEMP_PREFIX}{name}"),
-        None => format!("{TEMP_PREFIX}{path}"),
+        Some((dir, name)) => format!("{dir}/{TEMP_PREFIX}{token}-{name}"),
+        None => format!("{TEMP_PREFIX}{token}-{path}"),
     }
 }
 
@@ -106,8 +108,8 @@ mod tests {
 
     #[test]
     fn temp_names_stay_in_the_same_directory() {
-        assert_eq!(temp_name("a/b/c.txt"), "a/b/.syncnode-tmp-c.txt");
-        assert_eq!(temp_name("c"), ".syncnode-tmp-c");
+        assert_eq!(temp_name("a/b/c.txt", "7"), "a/b/.syncnode-tmp-7-c.txt");
+        assert_eq!(temp_name("c", "1f"), ".syncnode-tmp-1f-c");
     }
 
     #[test]

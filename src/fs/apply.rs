@@ -1,4 +1,4 @@
-//! Applying remote versions to disk. Content goes to `.syncnode-tmp-<name>` beside the target, is
+//! Applying remote versions to disk. Content goes to `.syncnode-tmp-<token>-<name>` beside the target, is
 //! verified and fsynced, gets its mtime and permissions, and is renamed into place only if the
 //! target still is what our index says it is: a user's edit made meanwhile is never overwritten.
 
@@ -72,9 +72,20 @@ impl TempFile {
     pub fn create(root: &Path, rel: &str, size: u64) -> Result<TempFile, ApplyError> {
         let target = safe_path(root, rel)?;
         ensure_parent(root, rel)?;
-        // The target's parents were checked by safe_path; the temp file sits beside it.
-        let temp = root.join(temp_name(rel));
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&temp).map_err(io_err(rel))?;
+        // The target's parents were checked by safe_path; the temp file sits beside it, under a
+        // name no other download uses (never opened twice: a second open would truncate the first
+        // writer's verified data under it).
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let (temp, file) = loop {
+            let token = format!("{:x}.{:x}", std::process::id(), NEXT.fetch_add(1, Relaxed));
+            let temp = root.join(temp_name(rel, &token));
+            match OpenOptions::new().read(true).write(true).create_new(true).open(&temp) {
+                Ok(file) => break (temp, file),
+                // A leftover of an earlier process with the same pid: take the next number.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(io_err(rel)(e)),
+            }
+        };
         file.set_len(size).map_err(io_err(rel))?;
         Ok(TempFile { file, temp, target, rel: rel.to_string(), unflushed: AtomicU64::new(0) })
     }
@@ -264,6 +275,10 @@ mod tests {
     use super::*;
     use crate::core::record::fixtures::file;
 
+    fn temp_files(root: &Path) -> Vec<PathBuf> {
+        walkdir::WalkDir::new(root).into_iter().flatten().filter(|e| e.file_name().to_string_lossy().starts_with(".syncnode-tmp-")).map(|e| e.into_path()).collect()
+    }
+
     #[test]
     fn a_download_is_invisible_until_committed() {
         let root = tempfile::tempdir().unwrap();
@@ -271,11 +286,26 @@ mod tests {
         let temp = TempFile::create(root.path(), &record.path, 5).unwrap();
         temp.write_at(0, b"hello").unwrap();
         assert!(!root.path().join("d/x.bin").exists());
-        assert!(root.path().join("d/.syncnode-tmp-x.bin").exists());
+        assert_eq!(temp_files(root.path()).len(), 1);
         let state = temp.commit(&record, None).unwrap();
         assert_eq!(std::fs::read(root.path().join("d/x.bin")).unwrap(), b"hello");
         assert_eq!(state.mtime_ns, record.mtime_ns);
-        assert!(!root.path().join("d/.syncnode-tmp-x.bin").exists());
+        assert!(temp_files(root.path()).is_empty());
+    }
+
+    #[test]
+    fn two_downloads_of_one_path_never_share_a_temp_file() {
+        let root = tempfile::tempdir().unwrap();
+        let record = file("x", 1, &[(1, 1)], 1_600_000_000, 1);
+        let first = TempFile::create(root.path(), "x", 5).unwrap();
+        first.write_at(0, b"hello").unwrap();
+        // A second writer of the same path starts (and fails) meanwhile.
+        let second = TempFile::create(root.path(), "x", 5).unwrap();
+        assert_eq!(temp_files(root.path()).len(), 2);
+        second.abandon();
+        first.commit(&record, None).unwrap();
+        assert_eq!(std::fs::read(root.path().join("x")).unwrap(), b"hello");
+        assert!(temp_files(root.path()).is_empty());
     }
 
     #[test]
@@ -298,8 +328,7 @@ mod tests {
         assert_eq!(std::fs::read(root.path().join("a.txt")).unwrap(), b"a.t");
         assert_eq!(std::fs::read(root.path().join("b/c.txt")).unwrap(), b"b/c");
         assert_eq!(std::fs::read(root.path().join("edited.txt")).unwrap(), b"a local edit");
-        let left: Vec<_> = walkdir::WalkDir::new(root.path()).into_iter().flatten().filter(|e| e.file_name().to_string_lossy().starts_with(".syncnode-tmp")).collect();
-        assert!(left.is_empty(), "temp files left: {left:?}");
+        assert!(temp_files(root.path()).is_empty(), "temp files left");
     }
 
     #[test]
@@ -323,6 +352,6 @@ mod tests {
         let temp = TempFile::create(root.path(), "x", 5).unwrap();
         assert!(matches!(temp.commit(&record, None), Err(ApplyError::LocalChange(_))));
         assert_eq!(std::fs::read(root.path().join("x")).unwrap(), b"mine");
-        assert!(!root.path().join(".syncnode-tmp-x").exists());
+        assert!(temp_files(root.path()).is_empty());
     }
 }

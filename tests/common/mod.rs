@@ -270,8 +270,19 @@ pub fn converged(nodes: &[&Node], timeout: Duration, check: impl Fn(&BTreeMap<St
     })
 }
 
+/// Each node's paths, then every entry that differs from the first node's.
 pub fn describe(nodes: &[&Node]) -> String {
-    nodes.iter().map(|n| format!("{}: {:?}\n", n.name, tree(&n.folder).keys().collect::<Vec<_>>())).collect()
+    let trees: Vec<_> = nodes.iter().map(|n| tree(&n.folder)).collect();
+    let mut out: String = nodes.iter().zip(&trees).map(|(n, t)| format!("{}: {:?}\n", n.name, t.keys().collect::<Vec<_>>())).collect();
+    for (n, t) in nodes.iter().zip(&trees).skip(1) {
+        for key in trees[0].keys().chain(t.keys()).collect::<std::collections::BTreeSet<_>>() {
+            let (mine, first) = (t.get(key), trees[0].get(key));
+            if mine != first {
+                out += &format!("differs on {}: {key}: {:?} vs {}: {:?}\n", n.name, mine, nodes[0].name, first);
+            }
+        }
+    }
+    out
 }
 
 /// Deterministic pseudo-random bytes (xorshift), fast enough for hundreds of MiB.
