@@ -35,6 +35,9 @@ const FILES_IN_FLIGHT: usize = 8;
 const SMALL_FILES_IN_FLIGHT: usize = 64;
 const SMALL_BYTES_IN_FLIGHT: u64 = 16 << 20;
 const CHUNKS_IN_FLIGHT: usize = 16;
+/// Bytes of one file requested and not yet received: enough to keep a fast link busy while each
+/// chunk pays its round trip, and bounded so memory stays flat (8 files × 4 MiB at most).
+const BYTES_IN_FLIGHT: u64 = 4 << 20;
 const RETRY_AFTER: Duration = Duration::from_secs(5);
 /// Chunks smaller than this are fetched whole: a signature would cost more than it saves.
 const DELTA_MIN_CHUNK: u32 = 4096;
@@ -379,24 +382,30 @@ struct Tally {
     by_peer: HashMap<DeviceId, u64>,
 }
 
-/// Fetches chunks `indices` of `record` (several in flight) and writes them into `temp`.
+/// Fetches chunks `indices` of `record` and writes them into `temp`, with about
+/// `BYTES_IN_FLIGHT` requested at a time (at least `CHUNKS_IN_FLIGHT` chunks). Each chunk is written
+/// as soon as it arrives, while the others are still on their way.
 #[allow(clippy::too_many_arguments)]
 async fn fetch_all(ctx: &PullContext, record: &FileRecord, indices: Vec<usize>, sources: &Sources, previous: Option<&FileRecord>, temp: &Arc<TempFile>, progress: &Progress, tally: &mut Tally, try_local: bool) -> Result<(), PullError> {
+    let average = (record.size / record.chunks.len().max(1) as u64).max(1);
+    let in_flight = ((BYTES_IN_FLIGHT / average) as usize).clamp(CHUNKS_IN_FLIGHT, 8 * CHUNKS_IN_FLIGHT);
     let mut results = futures::stream::iter(indices)
-        .map(|i| fetch_chunk(ctx, record, record.chunks[i], sources, i, previous, try_local))
-        .buffer_unordered(CHUNKS_IN_FLIGHT);
+        .map(|i| async move {
+            let (chunk, data, from) = fetch_chunk(ctx, record, record.chunks[i], sources, i, previous, try_local).await?;
+            let (temp, len) = (temp.clone(), data.len() as u64);
+            blocking(move || temp.write_at(chunk.offset, &data)).await??;
+            progress.advance(len);
+            Ok::<_, PullError>((len, from))
+        })
+        .buffer_unordered(in_flight);
     while let Some(result) = results.next().await {
-        let (chunk, data, from) = result?;
-        match from {
-            Some(d) => {
-                tally.received += data.len() as u64;
-                *tally.by_peer.entry(d).or_default() += data.len() as u64;
+        match result? {
+            (len, Some(d)) => {
+                tally.received += len;
+                *tally.by_peer.entry(d).or_default() += len;
             }
-            None => tally.reused += data.len() as u64,
+            (len, None) => tally.reused += len,
         }
-        progress.advance(data.len() as u64);
-        let temp = temp.clone();
-        blocking(move || temp.write_at(chunk.offset, &data)).await??;
     }
     Ok(())
 }

@@ -1,11 +1,13 @@
-//! The Watcher actor: one recursive notify watcher per folder. Events are coalesced for
-//! `sync.debounce` (tens of milliseconds) and handed to the Index as paths to look at; an overflowed
-//! event queue, a watch that could not be set up, and the periodic `sync.rescan_interval` all turn
-//! into a full rescan, so nothing the kernel dropped is missed for long.
+//! The Watcher actor: one recursive notify watcher per folder. A path is handed to the Index once it
+//! has been quiet for `sync.debounce` (tens of milliseconds), so a file being written is hashed once,
+//! when its writer is done, not again and again as it grows (a file that never goes quiet is looked
+//! at every `MAX_DELAY`). An overflowed event queue, a watch that could not be set up, and the
+//! periodic `sync.rescan_interval` all turn into a full rescan, so nothing the kernel dropped is
+//! missed for long.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use notify::{RecursiveMode, Watcher as _};
@@ -23,9 +25,13 @@ pub struct Watcher {
     debounce: Duration,
     rescan_interval: Duration,
     watchers: Vec<notify::RecommendedWatcher>,
-    pending: HashMap<String, BTreeSet<String>>,
+    /// Per folder, each changed path's first and latest event.
+    pending: HashMap<String, HashMap<String, (Instant, Instant)>>,
     flush_scheduled: bool,
 }
+
+/// A path that keeps changing (a long copy, a log) is still looked at this often.
+const MAX_DELAY: Duration = Duration::from_secs(1);
 
 struct FsEvent {
     folder: usize,
@@ -42,19 +48,40 @@ impl Watcher {
     }
 
     fn mark(&mut self, folder: &str, rel: String, ctx: &mut Context<Self>) {
-        self.pending.entry(folder.to_string()).or_default().insert(rel);
+        let now = Instant::now();
+        self.pending.entry(folder.to_string()).or_default().entry(rel).and_modify(|(_, last)| *last = now).or_insert((now, now));
         if !self.flush_scheduled {
             self.flush_scheduled = true;
-            ctx.run_later(self.debounce, |this, _| this.flush());
+            ctx.run_later(self.debounce, |this, ctx| this.flush(ctx));
         }
     }
 
-    fn flush(&mut self) {
+    /// Hands the Index every path that has gone quiet (or waited `MAX_DELAY`), and comes back for
+    /// the others when the first of them is due.
+    fn flush(&mut self, ctx: &mut Context<Self>) {
         self.flush_scheduled = false;
-        for (folder, paths) in self.pending.drain() {
-            // A full rescan covers every path.
-            let paths: Vec<String> = if paths.contains("") { vec![String::new()] } else { paths.into_iter().collect() };
-            self.index.do_send(LocalChanged { folder, paths });
+        let now = Instant::now();
+        let due = |&(first, last): &(Instant, Instant)| (last + self.debounce).min(first + MAX_DELAY);
+        let mut next: Option<Instant> = None;
+        for (folder, paths) in self.pending.iter_mut() {
+            // A full rescan covers every path, and waits for nothing.
+            let ready: Vec<String> = if paths.contains_key("") {
+                paths.clear();
+                vec![String::new()]
+            } else {
+                let ready: Vec<String> = paths.iter().filter(|(_, t)| due(t) <= now).map(|(p, _)| p.clone()).collect();
+                paths.retain(|_, t| due(t) > now);
+                ready
+            };
+            next = paths.values().map(due).chain(next).min();
+            if !ready.is_empty() {
+                self.index.do_send(LocalChanged { folder: folder.clone(), paths: ready });
+            }
+        }
+        self.pending.retain(|_, paths| !paths.is_empty());
+        if let Some(at) = next {
+            self.flush_scheduled = true;
+            ctx.run_later(at.saturating_duration_since(now), |this, ctx| this.flush(ctx));
         }
     }
 

@@ -38,6 +38,9 @@ impl World {
         World { replicas: vec![Replica::default(); n], clock: 1, writes: Vec::new(), history: Vec::new() }
     }
 
+    /// The devices' clock, as the Index's `tick`: never the same value twice, so no device issues
+    /// one counter for two different versions (a counter reused after taking a peer's version over
+    /// our own tombstone would let a later merge of two deletes swallow a newer write).
     fn tick(&mut self) -> i64 {
         self.clock += 1;
         self.clock
@@ -62,7 +65,7 @@ impl World {
             // conflict name; the filesystem layer makes such a name unique (fs::apply::free_name).
             mtime_ns: t * 1_000_000_000,
             permissions: 0o644,
-            version: base.updated(Self::id(r), 0),
+            version: base.updated(Self::id(r), t as u64),
             deleted: false,
             sequence: 0,
             modified_by: Self::id(r),
@@ -76,14 +79,15 @@ impl World {
     /// A copy written by the Puller is picked up by the next scan as a new local file.
     fn write_copy(&mut self, r: usize, path: &str, from: &FileRecord) {
         let base = self.replicas[r].files.get(path).map(|f| f.version.clone()).unwrap_or_default();
-        let record = FileRecord { path: path.into(), version: base.updated(Self::id(r), 0), modified_by: Self::id(r), ..from.clone() };
+        let now = self.tick() as u64;
+        let record = FileRecord { path: path.into(), version: base.updated(Self::id(r), now), modified_by: Self::id(r), ..from.clone() };
         self.history.push(record.clone());
         self.replicas[r].files.insert(path.into(), record);
     }
 
     fn delete(&mut self, r: usize, path: &str) {
-        let Some(f) = self.replicas[r].files.get(path).filter(|f| !f.deleted) else { return };
-        let t = f.tombstone(Self::id(r), 0);
+        let Some(f) = self.replicas[r].files.get(path).filter(|f| !f.deleted).cloned() else { return };
+        let t = f.tombstone(Self::id(r), self.tick() as u64);
         self.history.push(t.clone());
         self.replicas[r].files.insert(path.into(), t);
     }
@@ -124,7 +128,7 @@ impl World {
 
     fn reissue(&mut self, r: usize, path: &str, other: &VersionVector) {
         let mut l = self.replicas[r].files[path].clone();
-        l.version = l.version.merged(other).updated(Self::id(r), 0);
+        l.version = l.version.merged(other).updated(Self::id(r), self.tick() as u64);
         l.modified_by = Self::id(r);
         self.history.push(l.clone());
         self.replicas[r].files.insert(path.into(), l);
