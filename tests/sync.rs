@@ -95,3 +95,26 @@ fn a_large_file_arrives_whole_and_never_half_written() {
     assert!(!seen_partial);
     assert!(converged(&[a, b], T, |_| true));
 }
+
+#[test]
+fn a_file_being_written_is_announced_once_when_its_writer_is_done() {
+    let nodes = pair();
+    let (a, b) = (&nodes[0], &nodes[1]);
+    // A slow writer: 48 pieces of 64 KiB, 5 ms apart (the folder's debounce is 20 ms), so the file
+    // grows for about a quarter of a second.
+    let data = random_bytes(48 << 16, 11);
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(a.path("growing.bin")).unwrap();
+        for piece in data.chunks(1 << 16) {
+            file.write_all(piece).unwrap();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    assert!(converged(&[a, b], T, |t| matches!(t.get("growing.bin"), Some(Entry::File { size, .. }) if *size == data.len() as u64)), "{}", describe(&[a, b]));
+    assert_eq!(std::fs::read(b.path("growing.bin")).unwrap(), data);
+    // Each partial state hashed would be a version of its own (and a pull for the peer). A writer
+    // stalled for more than the debounce by a busy machine may add one or two; not one per piece.
+    let versions = a.log_text().lines().filter(|l| l.contains("local change") && l.contains("path=growing.bin")).count();
+    assert!((1..=3).contains(&versions), "{versions} versions of a file written once:\n{}", a.log_text());
+}

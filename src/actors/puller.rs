@@ -234,6 +234,8 @@ pub enum PullError {
     Join(#[from] tokio::task::JoinError),
     #[error("the node is stopping")]
     Stopped,
+    #[error("a chunk was still being written after the download ended")]
+    StillWriting,
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, PullError> {
@@ -320,11 +322,16 @@ async fn materialize(ctx: &PullContext, record: &FileRecord, target: &str, local
         let stale: Vec<usize> = (0..filled.len()).filter(|&i| plan.located[i].is_some() && !filled[i]).collect();
         result = fetch_all(ctx, record, stale, sources, local.as_ref(), &temp, &progress, &mut tally, true).await;
     }
-    let temp = Arc::try_unwrap(temp).map_err(|_| PullError::NoSource { offset: 0, size: 0 })?;
+    // On failure, writes of chunks that were still arriving may hold the temp file a moment longer:
+    // its name goes now, its space when they are done.
     if let Err(e) = result {
         temp.abandon();
         return Err(e);
     }
+    let temp = Arc::try_unwrap(temp).map_err(|temp| {
+        temp.abandon();
+        PullError::StillWriting
+    })?;
     let disk = ctx.commits.commit(temp, record.clone(), local).await?;
     ctx.gauges.bytes_reused.fetch_add(tally.reused, Relaxed);
     let from: Vec<String> = tally.by_peer.keys().map(|d| d.prefix()).collect();

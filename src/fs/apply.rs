@@ -121,7 +121,8 @@ impl TempFile {
         DiskState::read(&self.target).map_err(io_err(&self.rel))?.ok_or_else(|| ApplyError::LocalChange(self.rel.clone()))
     }
 
-    pub fn abandon(self) {
+    /// Removes the temp file (a writer still holding it only keeps its space until it is done).
+    pub fn abandon(&self) {
         let _ = std::fs::remove_file(&self.temp);
     }
 }
