@@ -97,6 +97,91 @@ pub fn chunk_file_with(file: &File, params: ChunkParams, threads: usize, part_mi
     Ok((chunks, size))
 }
 
+/// `chunk_file` for a file whose previous version was cut into `old` (covering `old_size` bytes):
+/// the same chunks, found with less work. FastCDC's cut of a chunk depends on the chunk's bytes, the
+/// byte after it (its gear hash reads one byte ahead) and how far the end of the file is (up to
+/// `max`). So where the true chain of cuts stands at the start of an old chunk whose bytes are still
+/// there, and so are the next old chunk's (which holds the byte after), at the same distance from
+/// the end, the cut is the old one: only hashes are checked, no content-defined cutting. Cutting
+/// runs from a chunk that changed until a cut chunk equals an old one again (one or two chunks after
+/// an edit, whatever the shift). Chunks still in place are checked by all threads at once.
+pub fn rechunk_file(path: &Path, params: ChunkParams, old: &[Chunk], old_size: u64) -> io::Result<(Vec<Chunk>, u64)> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    rechunk_file_with(&File::open(path)?, params, old, old_size, threads)
+}
+
+/// `rechunk_file` on an open file, with at most `threads` threads.
+pub fn rechunk_file_with(file: &File, params: ChunkParams, old: &[Chunk], old_size: u64, threads: usize) -> io::Result<(Vec<Chunk>, u64)> {
+    // Old chunks cut with other parameters (the chunk size setting changed) are no hint.
+    let cut_like_this = old.iter().rev().skip(1).all(|c| (params.min..=params.max).contains(&c.size)) && old.last().is_some_and(|c| c.size <= params.max);
+    if !cut_like_this {
+        return chunk_file_with(file, params, threads, PART_MIN);
+    }
+    let size = file.metadata()?.len();
+    let to_end = |total: u64, pos: u64| total.saturating_sub(pos).min(params.max as u64);
+    // Whether old chunk `j` may stand at `pos` of the new file, if its bytes are there.
+    let fits = |j: usize, pos: u64| pos + old[j].size as u64 <= size && to_end(size, pos) == to_end(old_size, old[j].offset);
+    // Whether old chunk `j`'s bytes are at `pos`.
+    let holds = move |window: &mut Window, j: usize, pos: u64| -> io::Result<bool> { Ok(fits(j, pos) && window.hash_at(pos, old[j].size)? == old[j].hash) };
+    let mut window = Window::new(file, size, params);
+    // Which old chunks still hold their bytes where they were, checked by all threads when the first
+    // and the last still do (an edit in place). Otherwise (an insertion or deletion shifts the rest)
+    // each is checked when the chain gets there.
+    let first_and_last = [0, old.len() - 1].into_iter().map(|j| holds(&mut window, j, old[j].offset)).collect::<io::Result<Vec<bool>>>()?;
+    let groups = if first_and_last.iter().all(|&b| b) { threads.clamp(1, old.len()) } else { 0 };
+    let in_place: Vec<bool> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..groups)
+            .map(|g| {
+                let range = old.len() * g / groups..old.len() * (g + 1) / groups;
+                scope.spawn(move || -> io::Result<Vec<bool>> {
+                    let mut window = Window::new(file, size, params);
+                    range.map(|j| holds(&mut window, j, old[j].offset)).collect()
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().expect("chunker thread panicked")).collect::<io::Result<Vec<Vec<bool>>>>().map(|g| g.concat())
+    })?;
+    let by_hash: std::collections::HashMap<[u8; 32], usize> = old.iter().enumerate().rev().map(|(j, c)| (c.hash, j)).collect();
+    // `holds`, with the answers above, and the last one kept: each place is asked twice, once for
+    // the next chunk and once for the chunk.
+    let mut last: Option<(usize, u64, bool)> = None;
+    let mut there = |window: &mut Window, j: usize, pos: u64| -> io::Result<bool> {
+        if j >= old.len() {
+            return Ok(false);
+        }
+        if let Some(&answer) = in_place.get(j).filter(|_| pos == old[j].offset) {
+            return Ok(answer);
+        }
+        if let Some((_, _, answer)) = last.filter(|&(k, p, _)| (k, p) == (j, pos)) {
+            return Ok(answer);
+        }
+        let answer = holds(window, j, pos)?;
+        last = Some((j, pos, answer));
+        Ok(answer)
+    };
+    let mut chunks = Vec::new();
+    let (mut pos, mut expected) = (0u64, Some(0usize));
+    while pos < size {
+        // The old chunk that would come next, if the chain is on old content here: kept if its bytes
+        // and the byte after it (the next old chunk's first, or the end of the file) are unchanged.
+        if let Some(j) = expected {
+            let end = pos + old.get(j).map_or(0, |c| c.size as u64);
+            if there(&mut window, j, pos)? && (end == size && j + 1 == old.len() || there(&mut window, j + 1, end)?) {
+                chunks.push(Chunk { offset: pos, ..old[j] });
+                pos = end;
+                expected = Some(j + 1);
+                continue;
+            }
+        }
+        let (cut, next) = window.chain(pos, |p| p > pos)?;
+        let chunk = cut[0];
+        expected = by_hash.get(&chunk.hash).map(|&j| j + 1);
+        chunks.push(chunk);
+        pos = next;
+    }
+    Ok((chunks, size))
+}
+
 /// Reads a file in windows and cuts chunks from them.
 struct Window<'a> {
     file: &'a File,
@@ -124,6 +209,11 @@ impl<'a> Window<'a> {
         }
         let from = (pos - self.at) as usize;
         Ok(&self.buf[from..from + want])
+    }
+
+    /// The hash of `len` bytes at `pos` (at most `max`).
+    fn hash_at(&mut self, pos: u64, len: u32) -> io::Result<[u8; 32]> {
+        Ok(hash(&self.bytes(pos)?[..len as usize]))
     }
 
     /// Cuts chunks from `pos` on while `stop(start of the next chunk)` is false and the file has
@@ -227,6 +317,67 @@ mod tests {
         let shrinking = Window { file: &file, size: 2 << 20, params: ChunkParams::new(4096), buf: Vec::new(), at: 0 };
         let err = { shrinking }.chain(0, |_| false).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    /// `data` after one of a user's edits at `at`: a flipped byte, an insertion, a deletion, an
+    /// append, a truncation, or a rewrite of a run.
+    fn edited(data: &[u8], kind: u8, at: usize, len: usize) -> Vec<u8> {
+        let at = at % (data.len() + 1);
+        let mut out = data.to_vec();
+        match kind % 6 {
+            0 if !data.is_empty() => out[at.min(data.len() - 1)] ^= 0x5a,
+            1 => out.splice(at..at, pseudo_random(len, at as u64 | 1)).for_each(drop),
+            2 => out.drain(at..(at + len).min(data.len())).for_each(drop),
+            3 => out.extend(pseudo_random(len, 5)),
+            4 => out.truncate(at),
+            _ => out[at..(at + len).min(data.len())].fill(7),
+        }
+        out
+    }
+
+    #[test]
+    fn rechunking_with_the_old_chunks_gives_the_chunks_of_one_pass() {
+        let params = ChunkParams::new(64 * 1024);
+        let data = pseudo_random(24 << 20, 13);
+        let (old, old_size) = chunk_file_with(&temp_file(&data), params, 1, PART_MIN).unwrap();
+        for (kind, at) in [(0, 12 << 20), (1, 0), (1, 9 << 20), (2, 100), (3, 0), (4, 20 << 20), (5, 3 << 20)] {
+            let new = edited(&data, kind, at, 100);
+            let (reference, _) = chunk_reader(&new[..], params).unwrap();
+            for threads in [1, 2, 3] {
+                let (chunks, size) = rechunk_file_with(&temp_file(&new), params, &old, old_size, threads).unwrap();
+                assert_eq!(size, new.len() as u64);
+                assert_eq!(chunks, reference, "edit {kind} at {at}, {threads} threads");
+            }
+        }
+        // Chunks of another chunk size are no hint, and mislead nothing.
+        let (other, other_size) = chunk_file_with(&temp_file(&data), ChunkParams::new(8 * 1024), 1, PART_MIN).unwrap();
+        let (chunks, _) = rechunk_file_with(&temp_file(&data), params, &other, other_size, 2).unwrap();
+        assert_eq!(chunks, chunk_reader(&data[..], params).unwrap().0);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Edits near the end (where the distance to the end decides cuts), runs of one byte (cuts
+        /// only at the maximum size), repeated content (one hash at several old places).
+        #[test]
+        fn rechunked_edits_equal_one_pass(seed in any::<u64>(), len in 0usize..120_000, repeat in any::<bool>(), edits in proptest::collection::vec((any::<u8>(), any::<usize>(), 0usize..3000), 1..4), threads in 1usize..4) {
+            let params = ChunkParams::new(256);
+            let mut data = pseudo_random(len, seed | 1);
+            if repeat && len > 4000 {
+                let head = data[..2000].to_vec();
+                data[2000..4000].copy_from_slice(&head);
+                data[len / 2..].fill(0);
+            }
+            let (old, old_size) = chunk_reader(&data[..], params).unwrap();
+            let mut new = data;
+            for (kind, at, n) in edits {
+                new = edited(&new, kind, at, n);
+            }
+            let (reference, _) = chunk_reader(&new[..], params).unwrap();
+            let (chunks, size) = rechunk_file_with(&temp_file(&new), params, &old, old_size, threads).unwrap();
+            prop_assert_eq!(size, new.len() as u64);
+            prop_assert_eq!(chunks, reference);
+        }
     }
 
     proptest! {

@@ -8,9 +8,9 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::core::path as paths;
-use crate::core::{FileKind, FileRecord, ShortId, VersionVector};
+use crate::core::{Chunk, FileKind, FileRecord, ShortId, VersionVector};
 
-use super::chunker::{chunk_file, ChunkParams};
+use super::chunker::{chunk_file, rechunk_file, ChunkParams};
 use super::ignore::IgnoreRules;
 
 /// What the scanner needs to know of our current records.
@@ -154,6 +154,14 @@ impl Scanner {
         Ok(())
     }
 
+    /// The file's chunks; the previous version's spare the cutting wherever its content is unchanged.
+    fn chunk(&self, full: &Path, previous: Option<&FileRecord>) -> io::Result<(Vec<Chunk>, u64)> {
+        match previous.filter(|p| p.is_file() && !p.deleted && !p.chunks.is_empty()) {
+            Some(p) => rechunk_file(full, self.params, &p.chunks, p.size),
+            None => chunk_file(full, self.params),
+        }
+    }
+
     fn examine(&self, rel: &str, state: DiskState, known: &dyn KnownRecords, now: u64, done: &mut HashSet<String>, out: &mut Vec<FileRecord>) -> io::Result<()> {
         if self.busy.contains(rel) || !done.insert(rel.to_string()) {
             return Ok(());
@@ -164,7 +172,7 @@ impl Scanner {
         }
         let full = self.root.join(rel);
         let (chunks, size) = match state.kind {
-            FileKind::File => match chunk_file(&full, self.params) {
+            FileKind::File => match self.chunk(&full, previous.as_ref()) {
                 Ok(result) => result,
                 // Gone, or shrinking as we read: the event of that change brings another scan.
                 Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::UnexpectedEof) => return Ok(()),
