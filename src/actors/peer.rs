@@ -441,16 +441,11 @@ impl Handler<Disconnect> for PeerActor {
 mod tests {
     use super::*;
 
+    /// Bytes that do not compress (BLAKE3's output stream).
     fn random(len: usize) -> Vec<u8> {
-        let mut x = 0x9e3779b97f4a7c15u64;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
+        let mut out = vec![0; len];
+        blake3::Hasher::new().update(b"noise").finalize_xof().fill(&mut out);
+        out
     }
 
     fn signature(old: &[u8]) -> Vec<u8> {
