@@ -1,6 +1,6 @@
-//! Applying remote versions to disk. Content goes to `.syncnode-tmp-<token>-<name>` beside the target, is
-//! verified and fsynced, gets its mtime and permissions, and is renamed into place only if the
-//! target still is what our index says it is: a user's edit made meanwhile is never overwritten.
+//! Applying remote versions to disk. Content goes to `.syncnode-tmp-<token>-<name>` beside the
+//! target, is verified and fsynced, gets its mtime and permissions, and is renamed into place only if
+//! the target still is what our index says it is: a user's edit made meanwhile is never overwritten.
 
 use std::fs::{File, OpenOptions};
 use std::io;
