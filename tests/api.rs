@@ -43,8 +43,7 @@ fn http_get(port: u16, path: &str) -> std::io::Result<(u16, BTreeMap<String, Str
 
 fn dechunk(mut data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    loop {
-        let Some(eol) = data.windows(2).position(|w| w == b"\r\n") else { break };
+    while let Some(eol) = data.windows(2).position(|w| w == b"\r\n") {
         let size = usize::from_str_radix(String::from_utf8_lossy(&data[..eol]).split(';').next().unwrap().trim(), 16).unwrap_or(0);
         if size == 0 {
             break;
@@ -203,6 +202,8 @@ fn rest_status_and_metrics_describe_two_connected_nodes() {
         assert!(ok, "{}: metrics never matched: {last:#?}", me.name);
         let s = status(me.api_port).unwrap();
         assert_eq!(last["syncnode_folder_bytes{folder=\"default\"}"], u(&s["folders"][0]["local_bytes"]) as f64);
+        assert_eq!(last["syncnode_reused_bytes_total{folder=\"default\"}"], u(&s["folders"][0]["bytes_reused"]) as f64);
+        assert_eq!(last["syncnode_wire_saved_bytes_total{folder=\"default\"}"], u(&s["folders"][0]["bytes_saved_on_wire"]) as f64);
         let other = if me.name == "a" { b } else { a };
         let bytes_in = last[&format!("syncnode_peer_bytes_in_total{{peer=\"{}\"}}", other.device_id)];
         let bytes_out = last[&format!("syncnode_peer_bytes_out_total{{peer=\"{}\"}}", other.device_id)];

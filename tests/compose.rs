@@ -178,7 +178,7 @@ impl Cluster {
         let mut checks = 0u32;
         let ok = common::wait_until(timeout, || {
             checks += 1;
-            if checks % 20 == 0 {
+            if checks.is_multiple_of(20) {
                 for (name, id) in containers {
                     let state = self.state(id);
                     assert!(state.starts_with("running"), "{name} is not running any more ({state})");

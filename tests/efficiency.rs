@@ -142,6 +142,31 @@ fn ten_bytes_inserted_at_the_start_of_64_mib_cost_under_64_kib() {
     let cost = settle(&a, &b, &proxy, |_| std::fs::read(b.path("big.bin")).map(|d| d == flipped).unwrap_or(false));
     println!("1 byte flipped in the middle of 64 MiB: {cost} bytes on the wire");
     assert!(cost < 32 * 1024, "{cost} bytes");
+    // B's own account of that pull (its info line per file): one chunk from A, carried by a delta
+    // that fits in what the proxy counted; everything else taken from B's old copy.
+    let mut counts = None;
+    assert!(wait_until(T, || {
+        counts = last_pull(&b, "big.bin");
+        counts.is_some_and(|c| c.received + c.reused == flipped.len() as u64)
+    }), "no pull of the flipped file in b's log: {counts:?}");
+    let c = counts.unwrap();
+    assert!(c.received > 0 && c.received < 1 << 20, "{c:?}");
+    assert!(c.wire > 0 && c.wire < cost && c.wire < c.received / 4, "a delta must carry the chunk: {c:?}, {cost} bytes on the wire");
+}
+
+#[derive(Debug, Clone, Copy)]
+struct PullCounts {
+    received: u64,
+    wire: u64,
+    reused: u64,
+}
+
+/// The counts of the last `pulled` line `node` logged for `path`.
+fn last_pull(node: &Node, path: &str) -> Option<PullCounts> {
+    let text = node.log_text();
+    let line = text.lines().rev().find(|l| l.contains(" pulled ") && l.contains(&format!(" path={path} ")))?;
+    let field = |name: &str| line.split_whitespace().find_map(|w| w.strip_prefix(name)?.strip_prefix('=')?.parse().ok());
+    Some(PullCounts { received: field("received")?, wire: field("wire")?, reused: field("reused")? })
 }
 
 /// s1 and s2 hold the same version of a 64 MiB file; r pulls it from both at once, each through a

@@ -104,19 +104,17 @@ impl StreamHandler<MdnsEvent> for Discovery {
                     tracing::info!(device = %device, ?addresses, "untrusted syncnode on the LAN; add it as a [[peer]] to sync with it");
                 }
             }
-            Some(Sighting::Lost { device }) => {
-                if self.trusted(&device) {
-                    // Not proof that it is gone: its records also expire (after 2 minutes) when the
-                    // network between us fails without either host losing its link, and then
-                    // nothing makes either side look again until the next browse query, which
-                    // mdns-sd spaces out to an hour. So the Supervisor keeps its addresses and
-                    // keeps redialing with backoff, as for a static peer; if the peer is seen
-                    // again, it is dialed at once (above).
-                    tracing::debug!(peer = %device.prefix(), "left the LAN");
-                    self.away.insert(device);
-                }
+            Some(Sighting::Lost { device }) if self.trusted(&device) => {
+                // Not proof that it is gone: its records also expire (after 2 minutes) when the
+                // network between us fails without either host losing its link, and then nothing
+                // makes either side look again until the next browse query, which mdns-sd spaces
+                // out to an hour. So the Supervisor keeps its addresses and keeps redialing with
+                // backoff, as for a static peer; if the peer is seen again, it is dialed at once
+                // (above).
+                tracing::debug!(peer = %device.prefix(), "left the LAN");
+                self.away.insert(device);
             }
-            None => {}
+            Some(Sighting::Lost { .. }) | None => {}
         }
     }
 

@@ -61,7 +61,7 @@ pub struct PeerDown {
 /// Ask the peer for one chunk of a file (the caller verifies the hash). With `base` (our old data
 /// for that region) and its rsync `signature`, the peer may answer with a delta against it.
 #[derive(Message)]
-#[rtype(result = "Result<Vec<u8>, String>")]
+#[rtype(result = "Result<Fetched, String>")]
 pub struct FetchChunk {
     pub folder: String,
     pub path: String,
@@ -70,11 +70,20 @@ pub struct FetchChunk {
     pub base: Option<Arc<Vec<u8>>>,
 }
 
+/// A chunk's bytes, and what they cost on the wire: the signature we sent plus the encoded answer
+/// (a delta or compressed data may be far smaller than the chunk).
+#[derive(Debug)]
+pub struct Fetched {
+    pub data: Vec<u8>,
+    pub wire: u64,
+}
+
 /// A chunk request of ours waiting for its response.
 struct Pending {
     size: u32,
     base: Option<Arc<Vec<u8>>>,
-    reply: oneshot::Sender<Result<Vec<u8>, String>>,
+    signature: u64,
+    reply: oneshot::Sender<Result<Fetched, String>>,
 }
 
 pub struct PeerActor {
@@ -377,7 +386,12 @@ impl StreamHandler<Result<DataMessage, Status>> for PeerActor {
             }
             Some(data_message::Kind::Response(r)) => {
                 if let Some(p) = self.pending.remove(&r.id) {
-                    let result = if r.error.is_empty() { decode(r.data, r.encoding, p.size, p.base.as_deref().map(|b| b.as_slice())) } else { Err(r.error) };
+                    let wire = p.signature + r.data.len() as u64;
+                    let result = if r.error.is_empty() {
+                        decode(r.data, r.encoding, p.size, p.base.as_deref().map(|b| b.as_slice())).map(|data| Fetched { data, wire })
+                    } else {
+                        Err(r.error)
+                    };
                     let _ = p.reply.send(result);
                 }
             }
@@ -391,13 +405,13 @@ impl StreamHandler<Result<DataMessage, Status>> for PeerActor {
 }
 
 impl Handler<FetchChunk> for PeerActor {
-    type Result = ResponseFuture<Result<Vec<u8>, String>>;
+    type Result = ResponseFuture<Result<Fetched, String>>;
 
     fn handle(&mut self, msg: FetchChunk, _: &mut Context<Self>) -> Self::Result {
         let id = self.next_id;
         self.next_id += 1;
         let (reply, response) = oneshot::channel();
-        self.pending.insert(id, Pending { size: msg.chunk.size, base: msg.base, reply });
+        self.pending.insert(id, Pending { size: msg.chunk.size, base: msg.base, signature: msg.signature.len() as u64, reply });
         let request = proto::ChunkRequest {
             id,
             folder: msg.folder,

@@ -18,7 +18,7 @@ use futures::StreamExt;
 use super::directory::PeerDirectory;
 use super::index::IndexActor;
 use super::messages::*;
-use super::peer::FetchChunk;
+use super::peer::{FetchChunk, Fetched};
 use super::status::FolderGauges;
 use std::sync::atomic::Ordering::Relaxed;
 use crate::core::{path as paths, Action, Chunk, DeviceId, FileKind, FileRecord, VersionVector};
@@ -334,10 +334,13 @@ async fn materialize(ctx: &PullContext, record: &FileRecord, target: &str, local
     })?;
     let disk = ctx.commits.commit(temp, record.clone(), local).await?;
     ctx.gauges.bytes_reused.fetch_add(tally.reused, Relaxed);
+    ctx.gauges.bytes_saved_on_wire.fetch_add(tally.received.saturating_sub(tally.wire), Relaxed);
     let from: Vec<String> = tally.by_peer.keys().map(|d| d.prefix()).collect();
     let ms = started.elapsed().as_millis();
     tracing::debug!(folder = %ctx.folder, path = %target, located_ms, copied_ms, ms, "pull timing");
-    tracing::info!(folder = %ctx.folder, path = %target, size = record.size, received = tally.received, reused = tally.reused, from = ?from, ms, "pulled");
+    // `received`: chunk bytes that came from peers; `wire`: what carried them (signatures sent and
+    // deltas or compressed data received); `reused`: bytes taken from local files.
+    tracing::info!(folder = %ctx.folder, path = %target, size = record.size, received = tally.received, wire = tally.wire, reused = tally.reused, from = ?from, ms, "pulled");
     Ok(disk)
 }
 
@@ -385,6 +388,8 @@ impl CommitQueue {
 #[derive(Default)]
 struct Tally {
     received: u64,
+    /// Bytes on the wire for the `received` ones.
+    wire: u64,
     reused: u64,
     by_peer: HashMap<DeviceId, u64>,
 }
@@ -407,8 +412,9 @@ async fn fetch_all(ctx: &PullContext, record: &FileRecord, indices: Vec<usize>, 
         .buffer_unordered(in_flight);
     while let Some(result) = results.next().await {
         match result? {
-            (len, Some(d)) => {
+            (len, Some((d, wire))) => {
                 tally.received += len;
+                tally.wire += wire;
                 *tally.by_peer.entry(d).or_default() += len;
             }
             (len, None) => tally.reused += len,
@@ -436,8 +442,9 @@ fn locate(store: &Store, roots: &HashMap<String, PathBuf>, root: &std::path::Pat
     })
 }
 
-/// One chunk's bytes, verified: from a local file if any has it, else from a peer.
-async fn fetch_chunk(ctx: &PullContext, record: &FileRecord, chunk: Chunk, sources: &Sources, index: usize, previous: Option<&FileRecord>, try_local: bool) -> Result<(Chunk, Vec<u8>, Option<DeviceId>), PullError> {
+/// One chunk's bytes, verified: from a local file if any has it, else from a peer (which one, and
+/// the bytes the exchange cost on the wire).
+async fn fetch_chunk(ctx: &PullContext, record: &FileRecord, chunk: Chunk, sources: &Sources, index: usize, previous: Option<&FileRecord>, try_local: bool) -> Result<(Chunk, Vec<u8>, Option<(DeviceId, u64)>), PullError> {
     let (store, roots) = (ctx.store.clone(), ctx.roots.clone());
     if try_local {
         if let Some(data) = blocking(move || find_local(&store, &roots, &chunk)).await? {
@@ -473,7 +480,7 @@ async fn fetch_chunk(ctx: &PullContext, record: &FileRecord, chunk: Chunk, sourc
         let Some(peer) = ctx.directory.connected(&device) else { continue };
         let request = FetchChunk { folder: ctx.folder.clone(), path: record.path.clone(), chunk, signature: signature.clone(), base: base.clone() };
         match peer.send(request).await {
-            Ok(Ok(data)) if data.len() == chunk.size as usize && hash(&data) == chunk.hash => return Ok((chunk, data, Some(device))),
+            Ok(Ok(Fetched { data, wire })) if data.len() == chunk.size as usize && hash(&data) == chunk.hash => return Ok((chunk, data, Some((device, wire)))),
             Ok(Ok(_)) => tracing::warn!(peer = %device.prefix(), path = %record.path, "chunk failed verification; trying another source"),
             Ok(Err(e)) => tracing::debug!(peer = %device.prefix(), path = %record.path, error = %e, "chunk request failed"),
             Err(_) => {}

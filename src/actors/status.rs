@@ -23,6 +23,9 @@ pub struct FolderGauges {
     pub conflicts: AtomicU64,
     pub errors: AtomicU64,
     pub bytes_reused: AtomicU64,
+    /// Chunk bytes from peers minus the bytes that carried them: what rsync deltas and compression
+    /// kept off the wire.
+    pub bytes_saved_on_wire: AtomicU64,
 }
 
 pub struct NodeState {
@@ -71,6 +74,7 @@ impl NodeState {
                     conflicts: g.conflicts.load(Relaxed),
                     errors: g.errors.load(Relaxed),
                     bytes_reused: g.bytes_reused.load(Relaxed),
+                    bytes_saved_on_wire: g.bytes_saved_on_wire.load(Relaxed),
                 }
             })
             .collect();
@@ -114,6 +118,7 @@ pub struct FolderReport {
     pub conflicts: u64,
     pub errors: u64,
     pub bytes_reused: u64,
+    pub bytes_saved_on_wire: u64,
 }
 
 #[derive(Debug, Serialize, serde::Deserialize)]

@@ -53,6 +53,7 @@ pub fn prometheus_text(r: &StatusReport) -> String {
     family("conflicts_total", "Conflicts resolved (a copy kept).", "counter", per_folder(&|f| f.conflicts));
     family("errors_total", "Failed pulls (retried).", "counter", per_folder(&|f| f.errors));
     family("reused_bytes_total", "File bytes taken from local files instead of the network.", "counter", per_folder(&|f| f.bytes_reused));
+    family("wire_saved_bytes_total", "File bytes from peers that rsync deltas and compression kept off the wire.", "counter", per_folder(&|f| f.bytes_saved_on_wire));
     let connected = r.peers.iter().filter(|p| p.connected).count() as u64;
     family("peers_connected", "Peers connected now.", "gauge", vec![(String::new(), connected)]);
     let per_peer = |f: &dyn Fn(&crate::actors::status::PeerReport) -> u64| -> Vec<(String, u64)> {

@@ -318,7 +318,7 @@ mod tests {
             .map(|name| {
                 let record = file(name, 1, &[(1, 1)], 1_600_000_000, 1);
                 let temp = TempFile::create(root.path(), name, 3).unwrap();
-                temp.write_at(0, name[..3].as_bytes()).unwrap();
+                temp.write_at(0, &name.as_bytes()[..3]).unwrap();
                 // We hold no record of `edited.txt`, so the file on disk is someone's edit.
                 (temp, record, None)
             })

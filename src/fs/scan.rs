@@ -8,7 +8,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::core::path as paths;
-use crate::core::{Chunk, FileKind, FileRecord, ShortId, VersionVector};
+use crate::core::{Chunk, FileKind, FileRecord, ShortId};
 
 use super::chunker::{chunk_file, rechunk_file, ChunkParams};
 use super::ignore::IgnoreRules;
@@ -188,7 +188,7 @@ impl Scanner {
         if state.kind == FileKind::File && after.is_none_or(|a| a.size != size || a.mtime_ns != state.mtime_ns) {
             return Ok(());
         }
-        let base = previous.as_ref().map(|p| p.version.clone()).unwrap_or_else(VersionVector::new);
+        let base = previous.as_ref().map(|p| p.version.clone()).unwrap_or_default();
         let record = FileRecord {
             path: rel.to_string(),
             kind: state.kind,
