@@ -201,12 +201,31 @@ fn a_source_that_leaves_mid_file_costs_only_its_chunks_in_flight() {
     assert!(converged(&[&s1, &r], T, |t| t.len() == 1), "{}", describe(&[&s1, &r]));
     assert!(std::fs::read(r.path("big.bin")).unwrap() == data);
     let total = p1.take() + p2.take();
-    // The puller keeps 16 chunks in flight, each at most 4 x the 64 KiB average; TLS, HTTP/2 and
-    // gRPC framing add under 3%.
-    let in_flight = 16 * 256 * 1024;
+    // The puller keeps about 4 MiB of a file's chunks in flight (half of them to s2); TLS, HTTP/2
+    // and gRPC framing add under 3%.
+    let in_flight = 4 << 20;
     let budget = size as u64 + in_flight + size as u64 * 3 / 100;
     println!("64 MiB from two sources, one killed mid-file: {total} B on the wire (s1 {} B, s2 {} B when killed); budget {budget}", before_kill.0, before_kill.1);
     assert!(total <= budget, "{total} B on the wire for a {size} B file (budget {budget})");
+    // r's line for the file names both sources with the bytes each sent, adding up to what came
+    // over the network (all of it: r had nothing to reuse).
+    assert!(wait_until(T, || last_pull(&r, "big.bin").is_some()), "r never logged the pull");
+    let text = r.log_text();
+    let line = text.lines().rev().find(|l| l.contains(" pulled ") && l.contains(" path=big.bin ")).unwrap();
+    let from = line.split("from=[").nth(1).and_then(|rest| rest.split(']').next()).expect("from=[...]");
+    let by_peer: Vec<(String, u64)> = from
+        .split(", ")
+        .map(|e| {
+            let (peer, bytes) = e.trim_matches('"').split_once(':').expect("PEER:bytes");
+            (peer.to_string(), bytes.parse().expect("bytes"))
+        })
+        .collect();
+    let counts = last_pull(&r, "big.bin").unwrap();
+    assert_eq!(counts.received, size as u64, "{line}");
+    assert_eq!(by_peer.iter().map(|(_, n)| n).sum::<u64>(), counts.received, "{line}");
+    for source in [&s1, &s2] {
+        assert!(by_peer.iter().any(|(p, n)| source.device_id.starts_with(p.as_str()) && *n > 0), "{} missing: {line}", source.name);
+    }
 }
 
 fn peak_rss_kib(pid: u32) -> u64 {

@@ -338,7 +338,9 @@ impl Actor for PeerActor {
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
-        tracing::info!(peer = %self.setup.device.prefix(), reason = self.reason.as_deref().unwrap_or("connection closed"), "peer lost");
+        // The peer's protocol bytes since this node started, over all its connections.
+        let (bytes_in, bytes_out) = (self.setup.counters.bytes_in.load(std::sync::atomic::Ordering::Relaxed), self.setup.counters.bytes_out.load(std::sync::atomic::Ordering::Relaxed));
+        tracing::info!(peer = %self.setup.device.prefix(), reason = self.reason.as_deref().unwrap_or("connection closed"), bytes_in, bytes_out, "peer lost");
         self.setup.supervisor.do_send(PeerDown { device: self.setup.device, conn: self.setup.conn });
     }
 }

@@ -335,11 +335,12 @@ async fn materialize(ctx: &PullContext, record: &FileRecord, target: &str, local
     let disk = ctx.commits.commit(temp, record.clone(), local).await?;
     ctx.gauges.bytes_reused.fetch_add(tally.reused, Relaxed);
     ctx.gauges.bytes_saved_on_wire.fetch_add(tally.received.saturating_sub(tally.wire), Relaxed);
-    let from: Vec<String> = tally.by_peer.keys().map(|d| d.prefix()).collect();
+    let from: Vec<String> = tally.by_peer.iter().map(|(d, n)| format!("{}:{n}", d.prefix())).collect();
     let ms = started.elapsed().as_millis();
     tracing::debug!(folder = %ctx.folder, path = %target, located_ms, copied_ms, ms, "pull timing");
     // `received`: chunk bytes that came from peers; `wire`: what carried them (signatures sent and
-    // deltas or compressed data received); `reused`: bytes taken from local files.
+    // deltas or compressed data received); `reused`: bytes taken from local files; `from`: chunk
+    // bytes by peer.
     tracing::info!(folder = %ctx.folder, path = %target, size = record.size, received = tally.received, wire = tally.wire, reused = tally.reused, from = ?from, ms, "pulled");
     Ok(disk)
 }
