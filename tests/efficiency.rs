@@ -147,18 +147,20 @@ fn ten_bytes_inserted_at_the_start_of_64_mib_cost_under_64_kib() {
     let mut counts = None;
     assert!(wait_until(T, || {
         counts = last_pull(&b, "big.bin");
-        counts.is_some_and(|c| c.received + c.reused == flipped.len() as u64)
+        counts.as_ref().is_some_and(|c| c.received + c.reused == flipped.len() as u64)
     }), "no pull of the flipped file in b's log: {counts:?}");
     let c = counts.unwrap();
     assert!(c.received > 0 && c.received < 1 << 20, "{c:?}");
     assert!(c.wire > 0 && c.wire < cost && c.wire < c.received / 4, "a delta must carry the chunk: {c:?}, {cost} bytes on the wire");
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct PullCounts {
     received: u64,
     wire: u64,
     reused: u64,
+    /// Chunk bytes by peer (device ID prefix).
+    from: Vec<(String, u64)>,
 }
 
 /// The counts of the last `pulled` line `node` logged for `path`.
@@ -166,7 +168,16 @@ fn last_pull(node: &Node, path: &str) -> Option<PullCounts> {
     let text = node.log_text();
     let line = text.lines().rev().find(|l| l.contains(" pulled ") && l.contains(&format!(" path={path} ")))?;
     let field = |name: &str| line.split_whitespace().find_map(|w| w.strip_prefix(name)?.strip_prefix('=')?.parse().ok());
-    Some(PullCounts { received: field("received")?, wire: field("wire")?, reused: field("reused")? })
+    let list = line.split(" from=[").nth(1)?.split(']').next()?;
+    let from = list
+        .split(", ")
+        .filter(|e| !e.is_empty())
+        .map(|e| {
+            let (peer, bytes) = e.trim_matches('"').split_once(':')?;
+            Some((peer.to_string(), bytes.parse().ok()?))
+        })
+        .collect::<Option<_>>()?;
+    Some(PullCounts { received: field("received")?, wire: field("wire")?, reused: field("reused")?, from })
 }
 
 /// s1 and s2 hold the same version of a 64 MiB file; r pulls it from both at once, each through a
@@ -209,22 +220,16 @@ fn a_source_that_leaves_mid_file_costs_only_its_chunks_in_flight() {
     assert!(total <= budget, "{total} B on the wire for a {size} B file (budget {budget})");
     // r's line for the file names both sources with the bytes each sent, adding up to what came
     // over the network (all of it: r had nothing to reuse).
-    assert!(wait_until(T, || last_pull(&r, "big.bin").is_some()), "r never logged the pull");
-    let text = r.log_text();
-    let line = text.lines().rev().find(|l| l.contains(" pulled ") && l.contains(" path=big.bin ")).unwrap();
-    let from = line.split("from=[").nth(1).and_then(|rest| rest.split(']').next()).expect("from=[...]");
-    let by_peer: Vec<(String, u64)> = from
-        .split(", ")
-        .map(|e| {
-            let (peer, bytes) = e.trim_matches('"').split_once(':').expect("PEER:bytes");
-            (peer.to_string(), bytes.parse().expect("bytes"))
-        })
-        .collect();
-    let counts = last_pull(&r, "big.bin").unwrap();
-    assert_eq!(counts.received, size as u64, "{line}");
-    assert_eq!(by_peer.iter().map(|(_, n)| n).sum::<u64>(), counts.received, "{line}");
+    let mut counts = None;
+    assert!(wait_until(T, || {
+        counts = last_pull(&r, "big.bin");
+        counts.is_some()
+    }), "r never logged the pull:\n{}", r.log_text());
+    let c = counts.unwrap();
+    assert_eq!(c.received, size as u64, "{c:?}");
+    assert_eq!(c.from.iter().map(|(_, n)| n).sum::<u64>(), c.received, "{c:?}");
     for source in [&s1, &s2] {
-        assert!(by_peer.iter().any(|(p, n)| source.device_id.starts_with(p.as_str()) && *n > 0), "{} missing: {line}", source.name);
+        assert!(c.from.iter().any(|(p, n)| source.device_id.starts_with(p.as_str()) && *n > 0), "{} missing: {c:?}", source.name);
     }
 }
 
