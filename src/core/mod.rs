@@ -9,9 +9,11 @@ pub mod decide;
 pub mod device;
 pub mod path;
 pub mod record;
+pub mod sharing;
 pub mod version;
 
 pub use decide::{decide, Action};
 pub use device::{DeviceId, ShortId};
 pub use record::{Chunk, FileKind, FileRecord};
+pub use sharing::SharedWith;
 pub use version::{Ordering, VersionVector};
