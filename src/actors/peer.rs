@@ -182,7 +182,7 @@ impl PeerActor {
             return self.close(format!("index update of {} records", update.files.len()), ctx);
         }
         if !self.roots.contains_key(&update.folder) {
-            return self.refuse_unshared(&update.folder.clone(), "index records");
+            return self.refuse_unshared(&update.folder, "index records");
         }
         self.setup.index.do_send(RemoteIndex {
             device: self.setup.device,
@@ -404,8 +404,14 @@ impl StreamHandler<Result<DataMessage, Status>> for PeerActor {
                 }
                 if !self.roots.contains_key(&r.folder) {
                     self.refuse_unshared(&r.folder, "chunk request");
+                    // An answer, so an honest requester moves on at once instead of timing out.
+                    let refusal = proto::ChunkResponse { id: r.id, data: Vec::new(), encoding: 0, error: "folder not shared with this peer".into() };
+                    let msg = DataMessage { kind: Some(data_message::Kind::Response(refusal)) };
+                    self.setup.counters.add_out(msg.encoded_len());
+                    let _ = self.setup.data.tx.try_send(msg);
+                    return;
                 }
-                self.serve_chunk(r); // answers "folder not shared" for a folder not in `roots`
+                self.serve_chunk(r);
             }
             Some(data_message::Kind::Response(r)) => {
                 if let Some(p) = self.pending.remove(&r.id) {
