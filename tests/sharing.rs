@@ -283,6 +283,11 @@ fn nodes_with_the_same_network_key_join_and_sync_without_device_ids() {
     // Each side learned the other's device ID from the session, not from its config.
     assert!(a.log_text().contains("peer connected") && b.log_text().contains("peer connected"));
     assert!(!a.log_text().contains(REFUSED_KEY) && !b.log_text().contains("network-key exchange failed"));
+    // A restarts: B redials the address and the key admits it again.
+    assert_eq!(a.stop(), Some(0));
+    a.start();
+    a.write("after-restart.txt", b"A is back");
+    assert!(wait_until(Duration::from_secs(20), || has(&b.folder, "after-restart.txt", b"A is back")), "{}", b.log_text());
     assert_eq!(a.stop(), Some(0));
     assert_eq!(b.stop(), Some(0));
 }
