@@ -267,8 +267,8 @@ fn nodes_with_the_same_network_key_join_and_sync_without_device_ids() {
     let key = "kV7p2QmZ9xR4tL8wN3bY6cH1";
     let mut a = Node::new("a");
     let mut b = Node::new("b");
-    // A knows no one; B knows only A's address.
-    configure(&a, &[Folder::on(&a, "default", None)], &[], &network_key(key));
+    // A knows only its own address (as in a config listing every node's); B knows only A's address.
+    configure(&a, &[Folder::on(&a, "default", None)], &[(None, Some(a.address()))], &network_key(key));
     configure(&b, &[Folder::on(&b, "default", None)], &[(None, Some(a.address()))], &network_key(key));
     a.start();
     b.start();
@@ -283,6 +283,9 @@ fn nodes_with_the_same_network_key_join_and_sync_without_device_ids() {
     // Each side learned the other's device ID from the session, not from its config.
     assert!(a.log_text().contains("peer connected") && b.log_text().contains("peer connected"));
     assert!(!a.log_text().contains(REFUSED_KEY) && !b.log_text().contains("network-key exchange failed"));
+    let own = "this node's own address; not dialed";
+    assert!(wait_until(Duration::from_secs(10), || a.log_text().contains(own)), "{}", a.log_text());
+    assert_eq!(a.log_text().matches(own).count(), 1, "{}", a.log_text());
     // A restarts: B redials the address and the key admits it again.
     assert_eq!(a.stop(), Some(0));
     a.start();

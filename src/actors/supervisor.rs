@@ -17,7 +17,7 @@ use super::messages::Disconnect;
 use super::peer::{PeerActor, PeerDown, PeerSetup};
 use crate::config::{Compression, FolderConfig};
 use crate::core::DeviceId;
-use crate::net::dial::{dial, Outbound};
+use crate::net::dial::{dial, OwnAddress, Outbound};
 use crate::net::identity::Identity;
 use crate::net::network_key::NetworkKey;
 use crate::net::proto::{ControlMessage, DataMessage};
@@ -172,22 +172,27 @@ impl Supervisor {
             let identity = self.identity.clone();
             let key = network_key.clone();
             let target = address.clone();
-            let fut = async move { dial(&identity, None, &target, Some(key)).await.map_err(|e| format!("{e:#}")) };
+            let fut = async move { dial(&identity, None, &target, Some(key)).await.map_err(|e| (e.is::<OwnAddress>(), format!("{e:#}"))) };
             ctx.spawn(fut.into_actor(self).map(move |result, this, ctx| this.dialed_address(address, result, ctx)));
         }
     }
 
-    fn dialed_address(&mut self, address: String, result: Result<Outbound, String>, ctx: &mut Context<Self>) {
+    fn dialed_address(&mut self, address: String, result: Result<Outbound, (bool, String)>, ctx: &mut Context<Self>) {
+        let me = self.me();
         let Some(slot) = self.addresses.get_mut(&address) else { return };
         slot.dialing = false;
         match result {
+            Err((true, _)) => {
+                // A config listing every node's address, this one's included: never dialed again.
+                tracing::debug!(address = %address, "this node's own address; not dialed");
+                slot.device = Some(me);
+            }
             Ok(out) => {
                 slot.device = Some(out.device);
-                let me = self.me();
                 tracing::debug!(peer = %out.device.prefix(), address = %address, "reached by address");
                 self.establish(out.device, out.conn, me, Some(out.address), out.control, out.data, ctx);
             }
-            Err(e) => {
+            Err((false, e)) => {
                 slot.backoff = (slot.backoff * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
                 let jitter = Duration::from_millis(rand::random::<u64>() % 250);
                 slot.next_attempt = Some(Instant::now() + slot.backoff + jitter);

@@ -127,6 +127,11 @@ pub struct Outbound {
     pub data: Duplex<super::proto::DataMessage>,
 }
 
+/// A dial reached this node itself (its own address is among its peers' addresses).
+#[derive(Debug, thiserror::Error)]
+#[error("{0} is this node's own address")]
+pub struct OwnAddress(pub String);
+
 /// Dials `address`, expecting the certificate of `device`; anything else fails the handshake.
 /// With `network_key`, the peer must also prove the key, and `device` may be `None`: whoever
 /// answers there with the key is admitted, and `Outbound::device` says who that was.
@@ -156,6 +161,7 @@ pub async fn dial(identity: &Identity, device: Option<DeviceId>, address: &str, 
             let peer = peer_device(tls.get_ref().1.peer_certificates()).ok_or_else(|| io::Error::other("the peer sent no certificate"))?;
             if let Some(key) = &network_key {
                 if peer == me {
+                    *reached.lock().expect("reached lock") = Some(me);
                     return Err(io::Error::other(ProofError::OwnDevice));
                 }
                 let proved = match SessionBinding::of(tls.get_ref().1, me, peer) {
@@ -182,8 +188,11 @@ pub async fn dial(identity: &Identity, device: Option<DeviceId>, address: &str, 
         .initial_stream_window_size(Some(4 << 20))
         .initial_connection_window_size(Some(8 << 20))
         .connect_with_connector(connector)
-        .await
-        .with_context(|| format!("cannot connect to {address}"))?;
+        .await;
+    let channel = match channel {
+        Err(_) if device.is_none() && *reached.lock().expect("reached lock") == Some(me) => return Err(OwnAddress(address.to_string()).into()),
+        other => other.with_context(|| format!("cannot connect to {address}"))?,
+    };
     let mut client = SyncClient::new(channel).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE);
     let conn: u64 = rand::random();
     let (ctl_tx, ctl_out) = mpsc::channel(STREAM_BUFFER);
