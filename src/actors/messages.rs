@@ -80,7 +80,7 @@ pub struct RecomputePaths {
 }
 
 /// One thing a folder needs from its peers.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct NeedItem {
     pub action: Action,
     pub remote: FileRecord,

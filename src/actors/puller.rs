@@ -22,7 +22,7 @@ use super::peer::{FetchChunk, Fetched};
 use super::status::FolderGauges;
 use std::sync::atomic::Ordering::Relaxed;
 use super::now_millis;
-use crate::core::plan::{Entry, Phase, PullQueue, Targets};
+use crate::core::plan::{self, Entry, Phase, PullQueue, Targets};
 use crate::core::retry::{FailureKind, PathFailure};
 use crate::core::root::RootProblem;
 use crate::core::{Action, Chunk, DeviceId, FileKind, FileRecord, VersionVector};
@@ -32,7 +32,7 @@ use crate::fs::reuse::Plan;
 use crate::fs::root::{free_bytes, RootGuard};
 use crate::fs::scan::DiskState;
 use crate::fs::safe_path::safe_path;
-use crate::store::Store;
+use crate::store::{NeedKey, Store};
 
 const FILES_IN_FLIGHT: usize = 8;
 /// Small files may have more in flight, while all in flight bring under `SMALL_BYTES_IN_FLIGHT`:
@@ -126,6 +126,21 @@ fn is_delete(item: &NeedItem) -> bool {
     item.remote.deleted && matches!(item.action, Action::Take)
 }
 
+fn phase_of(item: &NeedItem) -> Phase {
+    if is_delete(item) {
+        Phase::Delete
+    } else if item.remote.kind == FileKind::Directory {
+        Phase::Directory
+    } else {
+        Phase::File
+    }
+}
+
+/// Most needs held in memory: the rest wait in the store (`needs`), in pull order. Enough to keep
+/// `SMALL_FILES_IN_FLIGHT` busy and to look past needs blocked by the overlap rule; small enough
+/// that a million queued files cost what a thousand do.
+const WINDOW: usize = 4096;
+
 #[derive(Message)]
 #[rtype(result = "()")]
 struct Finished {
@@ -148,18 +163,75 @@ impl Puller {
         }
     }
 
-    /// Queues a need in the pull order.
-    fn queue_insert(&mut self, item: NeedItem) {
-        let phase = if is_delete(&item) {
-            Phase::Delete
-        } else if item.remote.kind == FileKind::Directory {
-            Phase::Directory
-        } else {
-            Phase::File
-        };
+    /// Puts a need into the window (the store already holds it).
+    fn window_insert(&mut self, item: NeedItem) {
+        let phase = phase_of(&item);
         let bytes = if item.remote.deleted { 0 } else { item.remote.size };
         let also_writes = targets(&item).nth(1).map(str::to_string);
         self.queue.insert(item.remote.path.clone(), Entry { phase, bytes, also_writes, item });
+    }
+
+    /// Queues needs: all go to the store, and those that sort into the window (the first `WINDOW`
+    /// needs in pull order) into memory as well.
+    fn queue_needs(&mut self, items: Vec<NeedItem>) {
+        if items.is_empty() {
+            return;
+        }
+        let store = self.ctx.store.clone();
+        let folder = &self.ctx.folder;
+        let was_whole = store.need_counts(folder).records as usize == self.queue.len();
+        let keyed: Vec<(NeedKey, NeedItem)> = items.into_iter().map(|i| (NeedKey { order: plan::order(phase_of(&i), &i.remote.path), path: i.remote.path.clone() }, i)).collect();
+        let rows: Vec<(NeedKey, u64, Vec<u8>)> = keyed.iter().map(|(k, i)| (k.clone(), if i.remote.deleted { 0 } else { i.remote.size }, postcard::to_stdvec(i).expect("in-memory serialization"))).collect();
+        if let Err(e) = store.put_needs(folder, &rows) {
+            tracing::error!(folder = %folder, error = %e, "cannot write the need queue");
+            return;
+        }
+        let mut whole = was_whole;
+        for (key, item) in keyed {
+            self.queue.remove(&key.path);
+            let before_last = self.queue.last().is_none_or(|(o, p)| (key.order, key.path.as_str()) < (o, p));
+            if whole || before_last {
+                self.window_insert(item);
+                if self.queue.len() > WINDOW {
+                    // The last one stays in the store only.
+                    let (_, last) = self.queue.last().expect("not empty");
+                    let last = last.to_string();
+                    self.queue.remove(&last);
+                    whole = false;
+                }
+            }
+        }
+        self.publish_window();
+    }
+
+    fn publish_window(&self) {
+        let n = self.queue.len() as u64;
+        self.ctx.gauges.window.store(n, Relaxed);
+        self.ctx.gauges.window_peak.fetch_max(n, Relaxed);
+    }
+
+    /// Tops the window up from the store when it runs low.
+    fn refill(&mut self) {
+        let queued = self.ctx.store.need_counts(&self.ctx.folder).records as usize;
+        if self.queue.len() >= WINDOW / 2 || queued <= self.queue.len() {
+            return;
+        }
+        let after = self.queue.last().map(|(order, path)| NeedKey { order, path: path.to_string() });
+        match self.ctx.store.needs_after(&self.ctx.folder, after.as_ref(), WINDOW - self.queue.len()) {
+            Ok(rows) => {
+                for (key, value) in rows {
+                    match postcard::from_bytes::<NeedItem>(&value) {
+                        Ok(item) => self.window_insert(item),
+                        Err(e) => {
+                            tracing::error!(folder = %self.ctx.folder, path = %key.path, error = %e, "corrupt need entry; dropped");
+                            let _ = self.ctx.store.remove_needs(&self.ctx.folder, &[key.path.as_str()]);
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::error!(folder = %self.ctx.folder, error = %e, "cannot read the need queue"),
+        }
+        self.publish_window();
     }
 
     fn park(&mut self, path: String, item: NeedItem) {
@@ -177,8 +249,9 @@ impl Puller {
 
     /// O(1): the counters are kept as needs come and go.
     fn update_gauges(&self) {
-        let bytes = self.queue.bytes() + self.in_flight_bytes + self.parked_bytes;
-        self.ctx.gauges.need_files.store((self.queue.len() + self.in_flight.len() + self.parked.len()) as u64, Relaxed);
+        let queued = self.ctx.store.need_counts(&self.ctx.folder);
+        let bytes = queued.bytes + self.in_flight_bytes + self.parked_bytes;
+        self.ctx.gauges.need_files.store(queued.records + (self.in_flight.len() + self.parked.len()) as u64, Relaxed);
         self.ctx.gauges.need_bytes.store(bytes, Relaxed);
     }
 
@@ -191,17 +264,18 @@ impl Puller {
         *self.ctx.gauges.failures.lock().expect("gauges lock") = self.failures.clone();
     }
 
-    /// Parks a need until its retry is due, or queues it now.
-    fn enqueue(&mut self, item: NeedItem) {
+    /// Parks a need until its retry is due; or returns it, to be queued now.
+    fn park_or_pass(&mut self, item: NeedItem) -> Option<NeedItem> {
         let path = item.remote.path.clone();
         let waiting = self.failures.get(&path).is_some_and(|f| now_millis() < f.next_retry_ms);
         // A different version than the one that failed is a new need: it goes at once.
         let same_version = self.parked.get(&path).is_some_and(|p| p.remote.version == item.remote.version);
         if waiting && (same_version || !self.parked.contains_key(&path)) {
             self.park(path, item);
+            None
         } else {
             self.unpark(&path);
-            self.queue_insert(item);
+            Some(item)
         }
     }
 
@@ -235,9 +309,12 @@ impl Puller {
             self.update_gauges();
             return;
         }
+        self.refill();
+        let mut started = Vec::new();
         while self.room() {
             let Some(path) = self.queue.next(&self.targets, self.creating > 0).map(str::to_string) else { break };
             let item = self.queue.remove(&path).expect("queued").item;
+            started.push(path.clone());
             let delete = is_delete(&item);
             let sources: Sources = Arc::new(RwLock::new(item.sources.clone()));
             let bytes = if item.remote.deleted { 0 } else { item.remote.size };
@@ -254,6 +331,12 @@ impl Puller {
                 me.do_send(Finished { path, result });
             });
         }
+        // Running needs leave the store: a failure parks them, a retry queues them anew.
+        let started: Vec<&str> = started.iter().map(String::as_str).collect();
+        if let Err(e) = self.ctx.store.remove_needs(&self.ctx.folder, &started) {
+            tracing::error!(folder = %self.ctx.folder, error = %e, "cannot write the need queue");
+        }
+        self.publish_window();
         self.update_gauges();
     }
 }
@@ -280,6 +363,9 @@ impl Handler<Needs> for Puller {
     fn handle(&mut self, msg: Needs, ctx: &mut Context<Self>) {
         if msg.complete {
             self.queue.clear();
+            if let Err(e) = self.ctx.store.clear_needs(&self.ctx.folder) {
+                tracing::error!(folder = %self.ctx.folder, error = %e, "cannot write the need queue");
+            }
             // Failures of paths that are no longer needed are over.
             let wanted: std::collections::HashSet<&str> = msg.items.iter().map(|i| i.remote.path.as_str()).collect();
             self.parked.retain(|p, _| wanted.contains(p.as_str()));
@@ -294,9 +380,10 @@ impl Handler<Needs> for Puller {
             }
             self.publish_failures();
         }
+        let mut queue = Vec::new();
         for item in msg.items {
             match self.in_flight.get_mut(&item.remote.path) {
-                None => self.enqueue(item),
+                None => queue.extend(self.park_or_pass(item)),
                 // Another peer now has the version we are pulling: it shares the work.
                 Some(running) if running.version == item.remote.version => {
                     let mut sources = running.sources.write().expect("sources lock");
@@ -311,6 +398,7 @@ impl Handler<Needs> for Puller {
                 Some(running) => running.superseded = true,
             }
         }
+        self.queue_needs(queue);
         self.pump(ctx);
     }
 }

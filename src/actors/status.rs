@@ -36,6 +36,10 @@ pub struct FolderGauges {
     pub failures: Mutex<BTreeMap<String, PathFailure>>,
     /// Files that exist but could not be read, with why, as the Index last saw them.
     pub unreadable: Mutex<BTreeMap<String, String>>,
+    /// Needs the Puller holds in memory now (its window; the rest waits in the store).
+    pub window: AtomicU64,
+    /// The most it ever held.
+    pub window_peak: AtomicU64,
 }
 
 /// Most failed paths listed in a status report (the count is always complete).
@@ -101,6 +105,8 @@ impl NodeState {
                     pull_errors,
                     unreadable_paths,
                     read_errors,
+                    need_window: g.window.load(Relaxed),
+                    need_window_peak: g.window_peak.load(Relaxed),
                     local_files: files,
                     local_bytes: bytes,
                     need_files,
@@ -158,6 +164,11 @@ pub struct FolderReport {
     pub unreadable_paths: u64,
     #[serde(default)]
     pub read_errors: Vec<ReadErrorReport>,
+    /// Needs held in memory by the Puller now, and at most so far (the rest wait in the index).
+    #[serde(default)]
+    pub need_window: u64,
+    #[serde(default)]
+    pub need_window_peak: u64,
     pub local_files: u64,
     pub local_bytes: u64,
     pub need_files: u64,

@@ -13,7 +13,7 @@ use super::conflict::conflict_name;
 use super::record::FileRecord;
 use super::version::Ordering;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Action {
     /// We have this version or a newer one.
     Skip,

@@ -19,6 +19,19 @@ pub enum Phase {
     Delete,
 }
 
+/// A need's place in the pull order as bytes (phase, then depth for directories, reverse depth
+/// for deletes), so that an ordered store lists needs as `PullQueue` takes them: (order, path).
+pub fn order(phase: Phase, path: &str) -> [u8; 3] {
+    let depth = paths::depth(path).min(u16::MAX as usize) as u16;
+    let (p, d) = match phase {
+        Phase::Directory => (0, depth),
+        Phase::File => (1, 0),
+        Phase::Delete => (2, u16::MAX - depth),
+    };
+    let [hi, lo] = d.to_be_bytes();
+    [p, hi, lo]
+}
+
 /// What the planner needs to know of a queued need.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry<T> {
@@ -102,6 +115,18 @@ impl<T> PullQueue<T> {
 
     pub fn paths(&self) -> impl Iterator<Item = &String> {
         self.entries.keys()
+    }
+
+    /// The last queued need in the pull order, as (order, path).
+    pub fn last(&self) -> Option<([u8; 3], &str)> {
+        let (phase, path) = if let Some((_, p)) = self.deletes.last() {
+            (Phase::Delete, p)
+        } else if let Some(p) = self.files.last() {
+            (Phase::File, p)
+        } else {
+            (Phase::Directory, &self.dirs.last()?.1)
+        };
+        Some((order(phase, path), path.as_str()))
     }
 
     /// The next need to start, in the pull order, skipping those whose paths overlap one being
@@ -207,6 +232,26 @@ mod tests {
     }
 
     proptest! {
+        /// Sorting by (order, path) gives exactly the order `next` takes needs in.
+        #[test]
+        fn order_bytes_sort_as_the_planner_takes(items in proptest::collection::btree_map("[abc](/[abc]){0,3}", 0u8..3, 0..24)) {
+            let mut q = PullQueue::default();
+            let mut keyed: Vec<([u8; 3], String)> = Vec::new();
+            for (p, phase) in &items {
+                let phase = [Phase::Directory, Phase::File, Phase::Delete][*phase as usize];
+                q.insert(p.clone(), entry(phase, 0));
+                keyed.push((order(phase, p), p.clone()));
+            }
+            keyed.sort();
+            prop_assert_eq!(q.last().map(|(o, p)| (o, p.to_string())), keyed.last().cloned());
+            let mut taken = Vec::new();
+            while let Some(p) = q.next(&Targets::default(), false).map(str::to_string) {
+                q.remove(&p);
+                taken.push(p);
+            }
+            prop_assert_eq!(taken, keyed.into_iter().map(|(_, p)| p).collect::<Vec<_>>());
+        }
+
         /// The planner's choice equals the obvious whole-queue scan it replaces.
         #[test]
         fn next_agrees_with_a_full_scan(

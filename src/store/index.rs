@@ -13,7 +13,7 @@ use crate::core::chunks::{self, ChunkEdit};
 use crate::core::root::RootId;
 use crate::core::{DeviceId, FileRecord};
 
-const FAMILIES: &[&str] = &["files", "seq", "remote", "chunks", "diffs", "meta"];
+const FAMILIES: &[&str] = &["files", "seq", "remote", "chunks", "diffs", "meta", "needs", "needpath"];
 
 /// A folder's index identity and counter. The index id changes when the database is recreated,
 /// which tells peers to forget what they had read of it.
@@ -52,6 +52,15 @@ pub struct Store {
     /// Per folder, the live records and their bytes, counted once and then kept up to date by
     /// every commit: the status API answers in O(1) whatever the size of the tree.
     counts: std::sync::Mutex<std::collections::HashMap<String, LocalCounts>>,
+    /// Per folder, the queued needs and the bytes they bring (kept by every change to them).
+    need_counts: std::sync::Mutex<std::collections::HashMap<String, LocalCounts>>,
+}
+
+/// Where a queued need sorts: its pull order (`core::plan::order`), then its path.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct NeedKey {
+    pub order: [u8; 3],
+    pub path: String,
 }
 
 /// Live (not deleted) records of a folder, and the bytes of their content.
@@ -92,7 +101,13 @@ impl Store {
         let cfs = FAMILIES.iter().map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
         let db = DB::open_cf_descriptors(&opts, path, cfs)
             .with_context(|| format!("cannot open the index at {} (is another node using this data_dir?)", path.display()))?;
-        Ok(Store { db, counts: Default::default() })
+        let store = Store { db, counts: Default::default(), need_counts: Default::default() };
+        // Needs are the Puller's queue, recomputed from the index whenever a peer connects: what a
+        // previous run left is stale.
+        for folder in store.need_folders() {
+            store.clear_needs(&folder)?;
+        }
+        Ok(store)
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
@@ -296,6 +311,103 @@ impl Store {
         Ok(purged)
     }
 
+    fn need_folders(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for (k, _) in self.db.iterator_cf(self.cf("needpath"), IteratorMode::Start).map_while(|i| i.ok()) {
+            let folder = k.split(|b| *b == 0).next().map(|f| String::from_utf8_lossy(f).to_string()).unwrap_or_default();
+            if out.last() != Some(&folder) {
+                out.push(folder);
+            }
+        }
+        out
+    }
+
+    /// Queues needs (replacing any queued need of the same path); `value` is the caller's encoding
+    /// of the need, `size` the bytes it brings.
+    pub fn put_needs(&self, folder: &str, needs: &[(NeedKey, u64, Vec<u8>)]) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        let mut counts = self.need_counts.lock().expect("counts lock");
+        let c = counts.entry(folder.to_string()).or_default();
+        for (key, size, value) in needs {
+            self.forget_need(folder, &key.path, &mut batch, c)?;
+            let mut v = size.to_be_bytes().to_vec();
+            v.extend_from_slice(value);
+            batch.put_cf(self.cf("needs"), keys::need(folder, key.order, &key.path), v);
+            batch.put_cf(self.cf("needpath"), keys::file(folder, &key.path), key.order);
+            c.records += 1;
+            c.bytes += size;
+        }
+        self.db.write(batch)?;
+        Ok(())
+    }
+
+    fn forget_need(&self, folder: &str, path: &str, batch: &mut WriteBatch, c: &mut LocalCounts) -> Result<()> {
+        let Some(order) = self.db.get_cf(self.cf("needpath"), keys::file(folder, path))? else { return Ok(()) };
+        let order: [u8; 3] = order.as_slice().try_into().context("corrupt need entry")?;
+        let key = keys::need(folder, order, path);
+        if let Some(v) = self.db.get_cf(self.cf("needs"), &key)? {
+            let size = u64::from_be_bytes(v.get(..8).context("corrupt need entry")?.try_into()?);
+            c.records -= 1;
+            c.bytes -= size;
+        }
+        batch.delete_cf(self.cf("needs"), key);
+        batch.delete_cf(self.cf("needpath"), keys::file(folder, path));
+        Ok(())
+    }
+
+    /// Drops the queued needs of these paths.
+    pub fn remove_needs(&self, folder: &str, paths: &[&str]) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        let mut counts = self.need_counts.lock().expect("counts lock");
+        let c = counts.entry(folder.to_string()).or_default();
+        for path in paths {
+            self.forget_need(folder, path, &mut batch, c)?;
+        }
+        self.db.write(batch)?;
+        Ok(())
+    }
+
+    /// Drops every queued need of the folder.
+    pub fn clear_needs(&self, folder: &str) -> Result<()> {
+        let prefix = keys::folder_prefix(folder);
+        let mut end = prefix.clone();
+        *end.last_mut().expect("a separator") = 1;
+        self.db.delete_range_cf(self.cf("needs"), &prefix, &end)?;
+        self.db.delete_range_cf(self.cf("needpath"), &prefix, &end)?;
+        self.need_counts.lock().expect("counts lock").insert(folder.to_string(), LocalCounts::default());
+        Ok(())
+    }
+
+    /// Queued needs (count and bytes).
+    pub fn need_counts(&self, folder: &str) -> LocalCounts {
+        self.need_counts.lock().expect("counts lock").get(folder).copied().unwrap_or_default()
+    }
+
+    /// Up to `limit` queued needs after `after` (from the first without it), in pull order.
+    pub fn needs_after(&self, folder: &str, after: Option<&NeedKey>, limit: usize) -> Result<Vec<(NeedKey, Vec<u8>)>> {
+        let prefix = keys::folder_prefix(folder);
+        let start = match after {
+            Some(k) => {
+                let mut s = keys::need(folder, k.order, &k.path);
+                s.push(0);
+                s
+            }
+            None => prefix.clone(),
+        };
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf("needs"), IteratorMode::From(&start, Direction::Forward)) {
+            let (k, v) = item?;
+            if !k.starts_with(&prefix) || out.len() >= limit {
+                break;
+            }
+            let rest = &k[prefix.len()..];
+            let order: [u8; 3] = rest.get(..3).context("corrupt need key")?.try_into()?;
+            let path = std::str::from_utf8(&rest[3..]).context("corrupt need key")?.to_string();
+            out.push((NeedKey { order, path }, v.get(8..).context("corrupt need entry")?.to_vec()));
+        }
+        Ok(out)
+    }
+
     /// Where a chunk with this hash lives in our folders (entries may be stale: verify the bytes).
     pub fn chunk_locations(&self, hash: &[u8; 32], limit: usize) -> Vec<ChunkLocation> {
         self.scan_prefix("chunks", hash.to_vec())
@@ -341,6 +453,27 @@ mod tests {
         let left: Vec<_> = store.local_records("f").map(|r| r.path).collect();
         assert_eq!(left, vec!["live", "recent"]);
         assert_eq!(store.since("f", 0, 10).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn needs_come_back_in_pull_order_with_counts_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let key = |o: u8, p: &str| NeedKey { order: [o, 0, 0], path: p.into() };
+        store.put_needs("f", &[(key(1, "b"), 5, b"B".to_vec()), (key(0, "a"), 0, b"A".to_vec()), (key(1, "c"), 7, b"C".to_vec())]).unwrap();
+        store.put_needs("g", &[(key(0, "other"), 1, b"O".to_vec())]).unwrap();
+        let all: Vec<_> = store.needs_after("f", None, 10).unwrap().into_iter().map(|(k, v)| (k.path, v)).collect();
+        assert_eq!(all, vec![("a".into(), b"A".to_vec()), ("b".into(), b"B".to_vec()), ("c".into(), b"C".to_vec())]);
+        assert_eq!(store.needs_after("f", Some(&key(1, "b")), 10).unwrap()[0].0.path, "c");
+        // A need for a path already queued replaces it, even in another phase.
+        store.put_needs("f", &[(key(2, "b"), 0, b"B2".to_vec())]).unwrap();
+        assert_eq!(store.need_counts("f"), LocalCounts { records: 3, bytes: 7 });
+        assert_eq!(store.needs_after("f", None, 10).unwrap().last().unwrap().0, key(2, "b"));
+        store.remove_needs("f", &["a", "nothing"]).unwrap();
+        assert_eq!(store.need_counts("f"), LocalCounts { records: 2, bytes: 7 });
+        store.clear_needs("f").unwrap();
+        assert!(store.needs_after("f", None, 10).unwrap().is_empty());
+        assert_eq!(store.needs_after("g", None, 10).unwrap().len(), 1, "other folders keep theirs");
     }
 
     #[test]

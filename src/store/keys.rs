@@ -7,6 +7,8 @@
 //! | remote  | device(32) folder 0 path              | FileRecord (as the peer sent) |
 //! | chunks  | hash(32) folder 0 path 0 offset(be64) | size (be32)                  |
 //! | diffs   | folder 0 path                         | (base seq, seq, chunk edits) |
+//! | needs   | folder 0 order(3) path                | size(be64) + a queued need    |
+//! | needpath | folder 0 path                        | its order(3)                  |
 //! | meta    | "f" folder / "p" device(32) folder / "r" folder | FolderMeta / Progress / RootId |
 
 use crate::core::DeviceId;
@@ -64,6 +66,14 @@ pub fn parse_chunk(key: &[u8]) -> Option<(String, String, u64)> {
 pub fn folder_meta(folder: &str) -> Vec<u8> {
     let mut k = b"f".to_vec();
     k.extend_from_slice(folder.as_bytes());
+    k
+}
+
+/// A queued need's key: ordered for the pull by `order` (phase, then depth), then by path.
+pub fn need(folder: &str, order: [u8; 3], path: &str) -> Vec<u8> {
+    let mut k = folder_prefix(folder);
+    k.extend_from_slice(&order);
+    k.extend_from_slice(path.as_bytes());
     k
 }
 

@@ -4,4 +4,4 @@
 mod keys;
 pub mod index;
 
-pub use index::{ChunkLocation, FolderMeta, Progress, Store};
+pub use index::{ChunkLocation, FolderMeta, NeedKey, Progress, Store};
