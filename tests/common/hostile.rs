@@ -119,9 +119,11 @@ impl HostilePeer {
 }
 
 impl Conn<'_> {
+    /// Sends on the control stream; a connection the node closed already just drops it (tests
+    /// look at how the node ended it with [`Conn::wait_closed`]).
     fn send_control(&self, kind: control_message::Kind) {
         let tx = self.control.clone();
-        self.peer.rt.block_on(async move { tx.send(ControlMessage { kind: Some(kind) }).await }).unwrap();
+        let _ = self.peer.rt.block_on(async move { tx.send(ControlMessage { kind: Some(kind) }).await });
     }
 
     /// Our Hello: we share folder `default` and have read nothing of the node's index.
@@ -250,6 +252,12 @@ pub fn file_record(path: &str, data: &[u8], chunk: usize, version: &[(u64, u64)]
 /// The short id (first 8 bytes of the device ID) a device's counters are kept under.
 pub fn short_id(device_id: &str) -> u64 {
     device_id.parse::<DeviceId>().unwrap().short().0
+}
+
+/// Forgets the node's peak resident memory so far, so the next [`memory_kib`] peak is the one of
+/// what happens from now on (Linux: writing 5 to `clear_refs` resets VmHWM to the current RSS).
+pub fn reset_peak(pid: u32) {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").unwrap();
 }
 
 /// The node's peak resident memory so far (VmHWM) and now (VmRSS), in KiB.
