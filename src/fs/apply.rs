@@ -26,6 +26,15 @@ pub enum ApplyError {
     Io { path: String, source: io::Error },
 }
 
+impl ApplyError {
+    /// Whether retrying cannot help until the folder itself changes: the path is refused by the
+    /// rules, or has a link or a file on the way. The refusal was logged once already (a link
+    /// by `safe_path::refuse_once`); a retry loop would only repeat it.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, ApplyError::Unsafe(e) if !matches!(e, UnsafePath::Io { .. }))
+    }
+}
+
 fn io_err(path: &str) -> impl FnOnce(io::Error) -> ApplyError + '_ {
     move |source| ApplyError::Io { path: path.to_string(), source }
 }
@@ -298,6 +307,17 @@ mod tests {
         assert_eq!(std::fs::read(root.path().join("d/x.bin")).unwrap(), b"hello");
         assert_eq!(state.mtime_ns, record.mtime_ns);
         assert!(temp_files(root.path()).is_empty());
+    }
+
+    #[test]
+    fn a_path_behind_a_link_is_a_permanent_refusal() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), root.path().join("link")).unwrap();
+        let e = TempFile::create(root.path(), "link/x", 5).err().unwrap();
+        assert!(e.is_permanent(), "{e}");
+        assert!(std::fs::read_dir(outside.path()).unwrap().next().is_none(), "nothing written outside");
+        assert!(!ApplyError::LocalChange("x".into()).is_permanent());
     }
 
     #[test]
