@@ -67,6 +67,9 @@ pub struct Config {
     pub compression: Compression,
     /// How long a delete is remembered (and passed on) before its record is purged.
     pub tombstone_ttl: Duration,
+    /// A scan that would delete every file of a folder holding at least this many is held for the
+    /// user to confirm (0: never held).
+    pub empty_folder_guard: u64,
     pub mdns: bool,
     pub peers: Vec<PeerConfig>,
     /// The file the settings came from, if any (for messages).
@@ -130,6 +133,7 @@ struct RawSync {
     debounce: String,
     compression: String,
     tombstone_ttl: String,
+    empty_folder_guard: i64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -160,7 +164,7 @@ struct RawSecurity {
 const KNOWN_KEYS: &[(&str, &[&str])] = &[
     ("node", &["name", "data_dir", "listen", "api_listen"]),
     ("folder", &["id", "path", "mode"]),
-    ("sync", &["chunk_size", "rescan_interval", "debounce", "compression", "tombstone_ttl"]),
+    ("sync", &["chunk_size", "rescan_interval", "debounce", "compression", "tombstone_ttl", "empty_folder_guard"]),
     ("discovery", &["mdns"]),
     ("peer", &["device_id", "address"]),
     ("security", &["trust", "network_key"]),
@@ -193,6 +197,7 @@ impl Config {
             .and_then(|b| b.set_default("sync.debounce", "20ms"))
             .and_then(|b| b.set_default("sync.compression", "zstd"))
             .and_then(|b| b.set_default("sync.tombstone_ttl", "30d"))
+            .and_then(|b| b.set_default("sync.empty_folder_guard", 10))
             .and_then(|b| b.set_default("discovery.mdns", true))
             .and_then(|b| b.set_default("security.trust", "listed"))
             .and_then(|b| b.set_default("security.network_key", ""))
@@ -322,6 +327,7 @@ fn validate(raw: Raw, file: &str, base: &Path) -> Result<Config, ConfigError> {
     let rescan_interval = parse_duration(&raw.sync.rescan_interval).map_err(|m| err("sync.rescan_interval", m))?;
     let debounce = parse_duration(&raw.sync.debounce).map_err(|m| err("sync.debounce", m))?;
     let tombstone_ttl = parse_duration(&raw.sync.tombstone_ttl).map_err(|m| err("sync.tombstone_ttl", m))?;
+    let empty_folder_guard = u64::try_from(raw.sync.empty_folder_guard).map_err(|_| err("sync.empty_folder_guard", format!("`{}`: expected a count of files (0 turns the guard off)", raw.sync.empty_folder_guard)))?;
     let compression = match raw.sync.compression.as_str() {
         "none" => Compression::None,
         "zstd" => Compression::Zstd,
@@ -363,6 +369,7 @@ fn validate(raw: Raw, file: &str, base: &Path) -> Result<Config, ConfigError> {
         debounce,
         compression,
         tombstone_ttl,
+        empty_folder_guard,
         mdns: raw.discovery.mdns,
         peers,
         file: None,

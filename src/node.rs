@@ -16,6 +16,8 @@ use crate::actors::puller::{CommitQueue, PullContext, Puller};
 use crate::actors::status::NodeState;
 use crate::actors::supervisor::{Shutdown, Supervisor};
 use crate::actors::watcher::Watcher;
+use crate::api::Control;
+use crate::fs::root::RootGuard;
 use crate::config::Config;
 use crate::net::identity::Identity;
 use crate::net::tls::TrustedDevices;
@@ -48,8 +50,14 @@ async fn serve(config: Config, identity: Identity, store: Arc<Store>) -> Result<
         directory: directory.clone(),
         store: store.clone(),
     });
-    let index = IndexActor::new(store.clone(), identity.device_id, config.chunk_size, config.tombstone_ttl, &config.folders, state.clone()).start();
+    let mut guarded = Vec::new();
     for folder in config.folders.iter() {
+        let expected = store.root_id(&folder.id).context("reading the index")?;
+        guarded.push((folder.clone(), Arc::new(RootGuard::new(folder.path.clone(), expected))));
+    }
+    let index = IndexActor::new(store.clone(), identity.device_id, config.chunk_size, config.tombstone_ttl, config.empty_folder_guard, &guarded, state.clone()).start();
+    let mut pullers = HashMap::new();
+    for (folder, guard) in guarded.iter() {
         let puller = Puller::new(PullContext {
             folder: folder.id.clone(),
             commits: CommitQueue::start(),
@@ -59,8 +67,10 @@ async fn serve(config: Config, identity: Identity, store: Arc<Store>) -> Result<
             directory: directory.clone(),
             index: index.clone(),
             gauges: state.gauges(&folder.id),
+            guard: guard.clone(),
         })
         .start();
+        pullers.insert(folder.id.clone(), puller.clone().recipient());
         index.do_send(SetPuller { folder: folder.id.clone(), puller });
     }
     let supervisor = Supervisor::new(identity.clone(), config.name.clone(), folders.clone(), store.clone(), index.clone(), directory.clone(), config.compression);
@@ -83,7 +93,7 @@ async fn serve(config: Config, identity: Identity, store: Arc<Store>) -> Result<
         .await
     });
     let api = match config.api_listen {
-        Some(address) => Some(crate::api::start(address, state.clone())?),
+        Some(address) => Some(crate::api::start(address, state.clone(), Control { confirm: index.clone().recipient(), retry: pullers })?),
         None => None,
     };
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);

@@ -1,13 +1,15 @@
 //! Live numbers about the node that the actors update and the status API reads: per folder its
 //! state and what it still needs, per node the totals of pulls, conflicts and errors.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
 use super::directory::PeerDirectory;
 use crate::config::FolderConfig;
+use crate::core::retry::{FailureKind, PathFailure};
 use crate::core::DeviceId;
 use crate::store::Store;
 
@@ -26,6 +28,22 @@ pub struct FolderGauges {
     /// Chunk bytes from peers minus the bytes that carried them: what rsync deltas and compression
     /// kept off the wire.
     pub bytes_saved_on_wire: AtomicU64,
+    /// Why the folder is stopped (its root is gone or replaced, or a scan would delete every file);
+    /// `faulted` mirrors it for the hot paths.
+    pub fault: Mutex<Option<String>>,
+    pub faulted: AtomicBool,
+    /// Paths whose pull failed and waits for a retry, as the Puller last published them.
+    pub failures: Mutex<BTreeMap<String, PathFailure>>,
+}
+
+/// Most failed paths listed in a status report (the count is always complete).
+const FAILURES_LISTED: usize = 100;
+
+impl FolderGauges {
+    pub fn set_fault(&self, reason: Option<String>) {
+        self.faulted.store(reason.is_some(), Relaxed);
+        *self.fault.lock().expect("gauges lock") = reason;
+    }
 }
 
 pub struct NodeState {
@@ -47,13 +65,23 @@ impl NodeState {
             .folders
             .iter()
             .map(|(f, g)| {
-                let (mut files, mut bytes) = (0u64, 0u64);
-                for r in self.store.local_records(&f.id).filter(|r| !r.deleted) {
-                    files += 1;
-                    bytes += r.size;
-                }
+                let counts = self.store.local_counts(&f.id);
+                let (files, bytes) = (counts.records, counts.bytes);
                 let need_files = g.need_files.load(Relaxed);
-                let state = if g.scanning.load(Relaxed) {
+                let fault = g.fault.lock().expect("gauges lock").clone();
+                let (failed_paths, pull_errors) = {
+                    let failures = g.failures.lock().expect("gauges lock");
+                    let listed = failures.iter().take(FAILURES_LISTED).map(|(path, f)| PullErrorReport::new(path, f)).collect::<Vec<_>>();
+                    (failures.len() as u64, listed)
+                };
+                let stuck = pull_errors.iter().filter(|e| e.kind.is_error()).count();
+                let error = fault.or_else(|| {
+                    let first = pull_errors.iter().find(|e| e.kind.is_error())?;
+                    Some(format!("{stuck} path(s) cannot be pulled; {}: {}", first.path, first.reason))
+                });
+                let state = if error.is_some() {
+                    "error"
+                } else if g.scanning.load(Relaxed) {
                     "scanning"
                 } else if need_files > 0 {
                     "syncing"
@@ -64,6 +92,9 @@ impl NodeState {
                     id: f.id.clone(),
                     path: f.path.display().to_string(),
                     state: state.into(),
+                    error,
+                    failed_paths,
+                    pull_errors,
                     local_files: files,
                     local_bytes: bytes,
                     need_files,
@@ -111,6 +142,14 @@ pub struct FolderReport {
     pub id: String,
     pub path: String,
     pub state: String,
+    /// One line saying why, when `state` is `error`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Paths whose last pull failed (transient ones included), and the first of them in detail.
+    #[serde(default)]
+    pub failed_paths: u64,
+    #[serde(default)]
+    pub pull_errors: Vec<PullErrorReport>,
     pub local_files: u64,
     pub local_bytes: u64,
     pub need_files: u64,
@@ -122,6 +161,23 @@ pub struct FolderReport {
     pub errors: u64,
     pub bytes_reused: u64,
     pub bytes_saved_on_wire: u64,
+}
+
+/// One path whose pull failed: why, since when, and when it is tried again (ms since the epoch).
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct PullErrorReport {
+    pub path: String,
+    pub kind: FailureKind,
+    pub reason: String,
+    pub attempts: u32,
+    pub since_ms: u64,
+    pub next_retry_ms: u64,
+}
+
+impl PullErrorReport {
+    fn new(path: &str, f: &PathFailure) -> Self {
+        PullErrorReport { path: path.to_string(), kind: f.kind, reason: f.reason.clone(), attempts: f.attempts, since_ms: f.since_ms, next_retry_ms: f.next_retry_ms }
+    }
 }
 
 #[derive(Debug, Serialize, serde::Deserialize)]

@@ -8,7 +8,10 @@ mod convergence;
 pub mod decide;
 pub mod device;
 pub mod path;
+pub mod plan;
 pub mod record;
+pub mod retry;
+pub mod root;
 pub mod version;
 
 pub use decide::{decide, Action};
