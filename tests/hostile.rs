@@ -119,6 +119,30 @@ fn an_amplifying_edit_script_is_refused_before_it_is_expanded() {
 }
 
 #[test]
+fn a_message_of_many_empty_records_is_refused_before_it_is_decoded() {
+    let h = HostilePeer::new();
+    let mut b = node_trusting("b", &[&h]);
+    b.start();
+    let mut conn = h.connect(&b);
+    conn.hello();
+    assert!(wait_log(&b, "peer connected", Duration::from_secs(10)));
+    let pid = b.pid().unwrap();
+    reset_peak(pid);
+    let (before, _) = memory_kib(pid);
+    // 8 million empty records: 2 bytes each on the wire (16 MB, under the message size limit),
+    // some 170 bytes each if decoded.
+    conn.send_index(vec![proto::FileInfo::default(); 8_000_000]);
+    let reason = conn.wait_closed(Duration::from_secs(20));
+    let (after, _) = memory_kib(pid);
+    eprintln!("8M empty records in one message: closed ({reason:?}); B's peak RSS {} MiB before, {} MiB after", before / MIB, after / MIB);
+    let reason = reason.expect("B cuts the peer off");
+    assert!(reason.contains("8000000 records"), "{reason}");
+    assert!(after < before + 48 * MIB, "B's peak RSS grew from {before} KiB to {after} KiB");
+    assert!(wait_until(Duration::from_secs(5), || metric(&b, "syncnode_peer_protocol_violations_total", &peer_label(&h.device_id)).unwrap_or(0) >= 1));
+    assert_eq!(b.stop(), Some(0));
+}
+
+#[test]
 fn unread_and_oversized_chunk_requests_keep_memory_bounded_while_an_honest_peer_syncs() {
     let h = HostilePeer::new();
     let mut a = Node::new("a");
@@ -257,6 +281,19 @@ fn garbage_and_refused_requests_are_logged_counted_and_cut_off() {
     again.hello();
     assert!(again.wait_closed(Duration::from_secs(5)).is_some(), "a peer that broke the protocol was let back in at once");
     assert!(b.log_text().contains("refused until its backoff ends"));
+
+    // A Hello offering one folder twice (each offer would start a sender of our whole index).
+    let twice = HostilePeer::new();
+    b.stop();
+    b.peers.push((twice.device_id.clone(), None));
+    b.write_config();
+    b.start();
+    let mut conn = twice.connect(&b);
+    let offer = proto::FolderOffer { id: "default".into(), your_index_id: 0, your_max_sequence: 0, receive_only: false };
+    let hello = proto::Hello { protocol_version: syncnode::net::PROTOCOL_VERSION, device_name: "twice".into(), folders: vec![offer; 1000] };
+    conn.send_raw_control(proto::ControlMessage { kind: Some(proto::control_message::Kind::Hello(hello)) });
+    let reason = conn.wait_closed(Duration::from_secs(10)).expect("B cuts the peer off");
+    assert!(reason.contains("offered twice"), "{reason}");
     assert_eq!(b.stop(), Some(0));
 }
 

@@ -187,9 +187,16 @@ impl PeerActor {
         if self.hello {
             return self.violation("second Hello".into(), 0, ctx);
         }
+        // Each folder once: a Hello offering one folder many times would start as many index
+        // senders, each streaming our whole index.
+        let mut offered = std::collections::HashSet::new();
+        if let Some(twice) = hello.folders.iter().find(|o| !offered.insert(o.id.as_str())).map(|o| o.id.clone()) {
+            return self.violation(format!("folder `{twice}` offered twice in Hello"), 0, ctx);
+        }
         self.hello = true;
-        tracing::info!(peer = %self.setup.device.prefix(), name = %hello.device_name, address = ?self.setup.address, "peer connected");
-        let name = hello.device_name.clone();
+        // A name is for people: the first 256 characters are plenty.
+        let name: String = hello.device_name.chars().take(256).collect();
+        tracing::info!(peer = %self.setup.device.prefix(), name = %name, address = ?self.setup.address, "peer connected");
         self.setup.directory.update(self.setup.device, |e| e.name = name);
         for offer in hello.folders {
             let Some(folder) = self.setup.folders.iter().find(|f| f.id == offer.id) else { continue };
@@ -401,18 +408,19 @@ fn decode(data: Vec<u8>, encoding: i32, size: u32, base: Option<&[u8]>) -> Resul
 /// the receiver checks: chunk entries counting expanded edits, and bytes. Always at least one
 /// record, unless that one can never be sent (over a limit alone): it is then skipped, logged.
 fn fit_batch(folder: &str, records: &mut Vec<proto::FileInfo>) -> usize {
-    let (mut chunks, mut bytes, mut n) = (0u64, 0usize, 0usize);
+    let (mut chunks, mut counters, mut bytes, mut n) = (0u64, 0u64, 0usize, 0usize);
     while n < records.len() {
-        let (c, b) = (wire::record_chunks(&records[n]), records[n].encoded_len() + 8);
+        let (c, v, b) = (wire::record_chunks(&records[n]), wire::record_counters(&records[n]), records[n].encoded_len() + 8);
         if c > crate::core::chunks::MAX_CHUNKS_PER_RECORD || b > MAX_INDEX_BYTES {
             tracing::warn!(folder, path = %records[n].path, chunks = c, bytes = b, "file has too many chunks to announce; not synced");
             records.remove(n);
             continue;
         }
-        if n > 0 && (chunks + c > wire::MAX_CHUNKS_PER_UPDATE || bytes + b > MAX_INDEX_BYTES) {
+        if n > 0 && (chunks + c > wire::MAX_CHUNKS_PER_UPDATE || counters + v > wire::MAX_COUNTERS_PER_UPDATE || bytes + b > MAX_INDEX_BYTES) {
             break;
         }
         chunks += c;
+        counters += v;
         bytes += b;
         n += 1;
     }
@@ -660,6 +668,27 @@ mod tests {
             let back = decode(wire, encoding as i32, data.len() as u32, Some(&noise)).unwrap();
             assert_eq!(&back, data, "case {i}");
         }
+    }
+
+    #[test]
+    fn our_index_batches_stay_within_what_the_receiver_accepts() {
+        let record = |path: &str, chunks: usize| proto::FileInfo {
+            path: path.into(),
+            chunks: vec![proto::Chunk { offset: 0, size: 1, hash: vec![7; 32] }; chunks],
+            version: Some(proto::Vector { counters: vec![proto::Counter { id: 1, value: 1 }] }),
+            ..Default::default()
+        };
+        // Three records of 200,000 chunks: two fit one message by count, but not by bytes.
+        let mut records = vec![record("a", 200_000), record("b", 200_000), record("c", 10)];
+        let n = fit_batch("default", &mut records);
+        assert!(n >= 1 && n < 3, "{n}");
+        let batch = proto::IndexUpdate { folder: "default".into(), index_id: 1, files: records[..n].to_vec() };
+        assert!(wire::check_update(&batch).is_ok());
+        assert!(batch.encoded_len() <= MAX_INDEX_BYTES);
+        // A record that no message could carry is skipped, not sent to be refused forever.
+        let mut records = vec![record("huge", 600_000), record("small", 1)];
+        assert_eq!(fit_batch("default", &mut records), 1);
+        assert_eq!(records[0].path, "small");
     }
 
     #[test]

@@ -14,12 +14,17 @@ use crate::core::version::{MAX_COUNTER, MAX_COUNTERS};
 use crate::core::{path, Chunk, FileKind, FileRecord, ShortId, VersionVector};
 use crate::store::index::StoredDiff;
 
+/// Most folders one Hello may offer.
+pub const MAX_OFFERS: usize = 1024;
 /// Most records in one index message.
 pub const MAX_FILES_PER_UPDATE: usize = 10_000;
 /// Most chunk entries one index message may amount to, whole lists and expanded edit scripts
 /// together (a chunk costs about 48 bytes once decoded, so about 25 MiB): the sender cuts its
 /// batches to fit.
 pub const MAX_CHUNKS_PER_UPDATE: u64 = 1 << 19;
+/// Most version counters in one index message, all records together (each decodes to a map entry
+/// of some 40 bytes, so about 10 MiB): the sender cuts its batches to fit.
+pub const MAX_COUNTERS_PER_UPDATE: u64 = 1 << 18;
 /// Largest chunk: FastCDC's largest maximum size.
 pub const MAX_CHUNK_SIZE: u32 = 16 << 20;
 /// Largest file size and chunk request end: 2^43 bytes (8 TiB), as many chunks as a record may have
@@ -38,6 +43,13 @@ pub enum UpdateError {
     TooManyFiles(usize),
     #[error("index update of {0} chunks, counting expanded edits (at most {MAX_CHUNKS_PER_UPDATE})")]
     TooManyChunks(u64),
+    #[error("index update of {0} version counters (at most {MAX_COUNTERS_PER_UPDATE})")]
+    TooManyCounters(u64),
+}
+
+/// Version counters a record carries.
+pub fn record_counters(info: &proto::FileInfo) -> u64 {
+    info.version.as_ref().map_or(0, |v| v.counters.len() as u64)
 }
 
 /// Chunk entries a record amounts to once decoded: its whole list, or what its edits expand to
@@ -54,6 +66,10 @@ pub fn check_update(update: &proto::IndexUpdate) -> Result<(), UpdateError> {
     let chunks: u64 = update.files.iter().map(record_chunks).sum();
     if chunks > MAX_CHUNKS_PER_UPDATE {
         return Err(UpdateError::TooManyChunks(chunks));
+    }
+    let counters: u64 = update.files.iter().map(record_counters).sum();
+    if counters > MAX_COUNTERS_PER_UPDATE {
+        return Err(UpdateError::TooManyCounters(counters));
     }
     Ok(())
 }
@@ -274,6 +290,11 @@ mod tests {
         assert_eq!(check_update(&update), Err(UpdateError::TooManyChunks(600_000)));
         let many = proto::IndexUpdate { folder: "default".into(), index_id: 1, files: vec![proto::FileInfo::default(); MAX_FILES_PER_UPDATE + 1] };
         assert_eq!(check_update(&many), Err(UpdateError::TooManyFiles(MAX_FILES_PER_UPDATE + 1)));
+        // Version vectors that each fit, but not together.
+        let mut wide = to_wire(&file("a", 3, &[(1, 2)], 12, 7), None);
+        wide.version = Some(proto::Vector { counters: (1..=MAX_COUNTERS as u64).map(|id| proto::Counter { id, value: 1 }).collect() });
+        let update = proto::IndexUpdate { folder: "default".into(), index_id: 1, files: vec![wide; 300] };
+        assert_eq!(check_update(&update), Err(UpdateError::TooManyCounters(300 * MAX_COUNTERS as u64)));
     }
 
     #[test]
