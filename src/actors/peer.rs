@@ -259,7 +259,7 @@ impl PeerActor {
         let device = self.setup.device;
         tokio::spawn(async move {
             let size = request.size;
-            // Both only fail once closed, which they never are.
+            // Both fail only once the connection has ended (see `stopped`): nobody would read the answer.
             let (Ok(()), Ok(reader)) = (budget.take(size).await, serving.readers.acquire().await) else { return };
             serving.waiting.fetch_sub(1, Relaxed);
             serving.waiting_bytes.fetch_sub(cost, Relaxed);
@@ -493,6 +493,9 @@ impl Actor for PeerActor {
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
+        // Requests of this connection still waiting to be served give up (nobody would read them).
+        self.setup.data.budget.close();
+        self.serving.readers.close();
         // The peer's protocol bytes since this node started, over all its connections.
         let (bytes_in, bytes_out) = (self.setup.counters.bytes_in.load(std::sync::atomic::Ordering::Relaxed), self.setup.counters.bytes_out.load(std::sync::atomic::Ordering::Relaxed));
         tracing::info!(peer = %self.setup.device.prefix(), reason = self.reason.as_deref().unwrap_or("connection closed"), bytes_in, bytes_out, "peer lost");
@@ -681,7 +684,7 @@ mod tests {
         // Three records of 200,000 chunks: two fit one message by count, but not by bytes.
         let mut records = vec![record("a", 200_000), record("b", 200_000), record("c", 10)];
         let n = fit_batch("default", &mut records);
-        assert!(n >= 1 && n < 3, "{n}");
+        assert!((1..3).contains(&n), "{n}");
         let batch = proto::IndexUpdate { folder: "default".into(), index_id: 1, files: records[..n].to_vec() };
         assert!(wire::check_update(&batch).is_ok());
         assert!(batch.encoded_len() <= MAX_INDEX_BYTES);

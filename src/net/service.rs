@@ -50,6 +50,11 @@ impl SendBudget {
         }
     }
 
+    /// Ends the budget with its connection: requests still waiting for it give up.
+    pub fn close(&self) {
+        self.0.close();
+    }
+
     /// Bytes free now.
     pub fn available(&self) -> usize {
         self.0.available_permits()
@@ -158,5 +163,43 @@ impl Sync for SyncService {
 
     async fn data(&self, request: Request<Streaming<DataMessage>>) -> Result<Response<Self::DataStream>, Status> {
         self.accept(request, InboundHalf::Data).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::proto::ChunkResponse;
+
+    fn response(len: usize) -> DataMessage {
+        DataMessage { kind: Some(data_message::Kind::Response(ChunkResponse { id: 1, data: vec![0; len], encoding: 0, error: String::new() })) }
+    }
+
+    #[tokio::test]
+    async fn the_budget_comes_back_as_the_transport_takes_answers_and_waiters_give_up_when_it_closes() {
+        let budget = SendBudget::new(100);
+        let (tx, rx) = mpsc::channel(8);
+        let mut stream = Box::pin(outgoing(rx, budget.clone()));
+        budget.take(100).await.unwrap();
+        tx.send(response(100)).await.unwrap();
+        // Nothing is free until the transport takes the answer off the queue.
+        let waiting = tokio::spawn({
+            let budget = budget.clone();
+            async move { budget.take(60).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        assert_eq!(budget.available(), 0);
+        stream.next().await.unwrap();
+        assert!(waiting.await.unwrap().is_ok());
+        assert_eq!(budget.available(), 40);
+        // A closed budget (its connection ended) turns every waiter away.
+        let waiting = tokio::spawn({
+            let budget = budget.clone();
+            async move { budget.take(60).await }
+        });
+        tokio::task::yield_now().await;
+        budget.close();
+        assert!(waiting.await.unwrap().is_err());
     }
 }
