@@ -307,7 +307,12 @@ impl IndexActor {
 
     /// Needs for the given remote records (or, with `None`, for everything every peer announced).
     fn needs(&self, folder: &str, records: Option<&[(DeviceId, FileRecord)]>) -> Vec<NeedItem> {
-        let devices = self.store.remote_devices(folder).unwrap_or_default();
+        let mut devices = self.store.remote_devices(folder).unwrap_or_default();
+        // Records kept from a device the folder is no longer shared with are neither pulled nor
+        // asked for (the Peer actor refuses anything new from it).
+        if let Some(state) = self.folders.get(folder) {
+            devices.retain(|d| state.config.devices.includes(d));
+        }
         let mut best: HashMap<String, FileRecord> = HashMap::new();
         let mut consider = |remote: &FileRecord| {
             match best.get(&remote.path) {

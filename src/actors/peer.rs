@@ -5,6 +5,10 @@
 //! and pings keep the link honest. Data: the peer's chunk requests are served from disk on blocking
 //! threads; our requests (from the Puller) are matched to their responses by id.
 //!
+//! The actor only ever sees the folders shared with its device (`core::SharedWith`): it offers,
+//! sends and serves those, refuses index records and chunk requests for any other folder (logged
+//! once per folder with the peer, and counted), and never asks the peer for another folder's chunks.
+//!
 //! A trusted peer may still turn hostile, so serving is bounded per peer: a chunk is read only if
 //! our index announced it at that path, offset and size (never another range, never through a
 //! symlink); at most a few reads run at once; the bytes being read or queued for the peer stay
@@ -119,16 +123,30 @@ pub struct PeerActor {
     last_seen: Instant,
     hello: bool,
     reason: Option<String>,
+    /// Folders this peer sent something for that is not shared with it (each logged once).
+    refused_folders: std::collections::HashSet<String>,
     /// The connection ends because the peer broke the protocol.
     violation: bool,
     serving: Arc<Serving>,
 }
 
 impl PeerActor {
-    pub fn new(setup: PeerSetup) -> Self {
+    pub fn new(mut setup: PeerSetup) -> Self {
+        // From here on `folders` (and so `roots`) holds only the folders shared with this device.
+        let shared: Vec<FolderConfig> = setup.folders.iter().filter(|f| f.devices.includes(&setup.device)).cloned().collect();
+        setup.folders = Arc::new(shared);
         let roots = setup.folders.iter().map(|f| (f.id.clone(), f.path.clone())).collect();
         let serving = Arc::new(Serving { waiting: AtomicUsize::new(0), waiting_bytes: AtomicUsize::new(0), readers: Semaphore::new(READERS_PER_PEER) });
-        PeerActor { setup, roots, senders: HashMap::new(), pending: HashMap::new(), next_id: 1, last_seen: Instant::now(), hello: false, reason: None, violation: false, serving }
+        PeerActor { setup, roots, senders: HashMap::new(), pending: HashMap::new(), next_id: 1, last_seen: Instant::now(), hello: false, reason: None, refused_folders: Default::default(), violation: false, serving }
+    }
+
+    /// Something the peer sent for `folder`, which is not shared with it: refused, logged once.
+    fn refuse_unshared(&mut self, folder: &str, what: &str) {
+        if self.refused_folders.len() < 64 && self.refused_folders.insert(folder.to_string()) {
+            tracing::warn!(peer = %self.setup.device.prefix(), folder = %folder, what, "refused: folder not shared with this peer");
+        } else {
+            tracing::debug!(peer = %self.setup.device.prefix(), folder = %folder, what, "refused: folder not shared with this peer");
+        }
     }
 
     pub fn device(&self) -> DeviceId {
@@ -220,7 +238,8 @@ impl PeerActor {
             return self.violation(e.to_string(), update.files.len(), ctx);
         }
         if !self.roots.contains_key(&update.folder) {
-            return; // a folder we do not share with anyone; ignore
+            self.setup.counters.refused_records(update.files.len());
+            return self.refuse_unshared(&update.folder, "index records");
         }
         self.setup.index.do_send(RemoteIndex {
             device: self.setup.device,
@@ -544,6 +563,16 @@ impl StreamHandler<Result<DataMessage, Status>> for PeerActor {
                 if !self.hello {
                     return self.violation(format!("chunk request for `{}` before Hello", r.path), 0, ctx);
                 }
+                if !self.roots.contains_key(&r.folder) {
+                    self.refuse_unshared(&r.folder, "chunk request");
+                    self.setup.counters.refused_request();
+                    // An answer, so an honest requester moves on at once instead of timing out.
+                    let refusal = proto::ChunkResponse { id: r.id, data: Vec::new(), encoding: 0, error: "folder not shared with this peer".into() };
+                    let msg = DataMessage { kind: Some(data_message::Kind::Response(refusal)) };
+                    self.setup.counters.add_out(msg.encoded_len());
+                    let _ = self.setup.data.tx.try_send(msg);
+                    return;
+                }
                 self.serve_chunk(r, ctx);
             }
             Some(data_message::Kind::Response(r)) => {
@@ -570,6 +599,11 @@ impl Handler<FetchChunk> for PeerActor {
     type Result = ResponseFuture<Result<Fetched, String>>;
 
     fn handle(&mut self, msg: FetchChunk, _: &mut Context<Self>) -> Self::Result {
+        if !self.roots.contains_key(&msg.folder) {
+            // Never reveal another folder's names or hashes to this peer (say, from records it
+            // sent before the folder stopped being shared with it).
+            return Box::pin(async { Err("folder not shared with this peer".to_string()) });
+        }
         let id = self.next_id;
         self.next_id += 1;
         let (reply, response) = oneshot::channel();

@@ -12,9 +12,11 @@ pub mod plan;
 pub mod record;
 pub mod retry;
 pub mod root;
+pub mod sharing;
 pub mod version;
 
 pub use decide::{decide, Action};
 pub use device::{DeviceId, ShortId};
 pub use record::{Chunk, FileKind, FileRecord};
+pub use sharing::SharedWith;
 pub use version::{Ordering, VersionVector};

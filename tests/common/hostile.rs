@@ -67,7 +67,7 @@ impl HostilePeer {
         let device: DeviceId = node.device_id.parse().unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
         let out = loop {
-            match self.rt.block_on(dial(&self.identity, device, &node.address())) {
+            match self.rt.block_on(dial(&self.identity, Some(device), &node.address(), None)) {
                 Ok(out) => break out,
                 Err(e) if Instant::now() < deadline => {
                     let _ = e;
@@ -102,7 +102,7 @@ impl HostilePeer {
     /// HTTP/2 should start.
     pub fn send_garbage(&self, node: &Node, garbage: &[u8]) {
         let device: DeviceId = node.device_id.parse().unwrap();
-        let config = std::sync::Arc::new(syncnode::net::tls::client_config(&self.identity, device).unwrap());
+        let config = std::sync::Arc::new(syncnode::net::tls::client_config(&self.identity, syncnode::net::tls::Admit::Device(device)).unwrap());
         let address = node.address();
         let garbage = garbage.to_vec();
         self.rt.block_on(async move {
