@@ -46,6 +46,9 @@ pub fn print(config: &Config, json: bool) -> Result<()> {
         if let Some(error) = &f.error {
             println!("{:<12} error: {error}", "");
         }
+        for e in &f.read_errors {
+            println!("{:<12} cannot read {}: {}", "", e.path, e.reason);
+        }
         for e in &f.pull_errors {
             println!("{:<12} cannot pull {} ({:?}, {} attempts): {}", "", e.path, e.kind, e.attempts, e.reason);
         }

@@ -4,7 +4,8 @@
 //! root returns, and only the documented `syncnode confirm` turns the missing files into deletes.
 //! A receiver whose disk is too small for an incoming file backs off instead of downloading it
 //! again and again, shows the path's error, leaves no temp file, and converges once space is
-//! freed. Ordinary mass deletes (a branch switch) are not held.
+//! freed. Ordinary mass deletes (a branch switch) are not held. A file the sender cannot read is
+//! reported per path and skipped, never announced as deleted.
 
 mod common;
 
@@ -212,4 +213,47 @@ fn a_full_disk_backs_off_shows_the_path_and_resumes_when_space_is_freed() {
     assert!(b.folder_until("default", T, |f| state(f) == "idle" && f["pull_errors"].as_array().is_some_and(|e| e.is_empty())).0);
     drop(nodes);
     drop(disk);
+}
+
+#[test]
+fn an_unreadable_file_is_reported_and_skipped_never_announced_as_deleted() {
+    if !require_root("an_unreadable_file_is_reported_and_skipped_never_announced_as_deleted") {
+        return;
+    }
+    let mut nodes = pair();
+    // A runs as an unprivileged user, for whom file permissions matter (root reads everything).
+    const NOBODY: u32 = 65534;
+    assert!(std::process::Command::new("chown").arg("-R").arg(format!("{NOBODY}:{NOBODY}")).arg(&nodes[0].dir).status().unwrap().success());
+    nodes[0].run_as = Some(NOBODY);
+    connect(&mut nodes, &[(0, 1)]);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    a.write("open.txt", b"readable");
+    a.write("secret.txt", b"version 1");
+    assert!(converged(&[a, b], T, |t| t.len() == 2), "{}", describe(&[a, b]));
+
+    // The file changes and becomes unreadable to A's node at once.
+    let secret = a.path("secret.txt");
+    std::fs::write(&secret, b"version 2, not readable").unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o000)).unwrap();
+    let (reported, f) = a.folder_until("default", T, |f| f["read_errors"].as_array().is_some_and(|e| e.iter().any(|e| e["path"] == "secret.txt")));
+    assert!(reported, "A never reported the unreadable file: {f}");
+    assert_eq!(f["unreadable_paths"], 1, "{f}");
+    assert!(a.metrics().contains("syncnode_folder_unreadable_paths{folder=\"default\"} 1"), "{}", a.metrics());
+    // B keeps the last version it had: an unreadable file is not a deleted one.
+    let before = tree(&b.folder);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        assert_eq!(tree(&b.folder), before, "B's folder changed while A could not read the file");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(!a.log_text().contains("local delete"), "{}", a.log_text());
+
+    // Readable again: the new version goes out and the report clears.
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    assert!(
+        converged(&[a, b], T, |t| matches!(t.get("secret.txt"), Some(Entry::File { size: 23, .. }))),
+        "{}",
+        describe(&[a, b])
+    );
+    assert!(a.folder_until("default", T, |f| f["unreadable_paths"] == 0).0);
 }

@@ -44,6 +44,8 @@ struct FolderState {
     confirmed: bool,
     /// Recompute every need once the scan that follows a resume is done.
     recompute_after_scan: bool,
+    /// Files that exist but cannot be read, with why (skipped by scans, never taken for deleted).
+    unreadable: BTreeMap<String, String>,
     /// Local deletes found by scans, held back for `DELETE_QUIET` so that deletes arriving in
     /// several watcher batches are judged together (a folder emptied at once is held, not sent).
     pending_deletes: BTreeMap<String, FileRecord>,
@@ -126,6 +128,9 @@ struct ScanDone {
     root: Result<(), RootProblem>,
     /// It covered the whole folder.
     full: bool,
+    /// What it covered, and the files in it that could not be read.
+    scope: Vec<String>,
+    unreadable: Vec<(String, String)>,
 }
 
 /// The user accepts a folder's current state: a new root, or a scan that deletes every file.
@@ -160,6 +165,7 @@ impl IndexActor {
                     fault: None,
                     confirmed: false,
                     recompute_after_scan: false,
+                    unreadable: BTreeMap::new(),
                     pending_deletes: BTreeMap::new(),
                     deletes_since: None,
                     delete_flush: 0,
@@ -252,7 +258,7 @@ impl IndexActor {
         if scope.iter().any(|p| p == crate::core::path::IGNORE_FILE) {
             state.ignore = IgnoreRules::load(&state.config.path);
         }
-        let scanner = Scanner { root: state.config.path.clone(), params: self.params, me: self.me, ignore: state.ignore.clone(), busy: state.pulling.clone() };
+        let scanner = Scanner { root: state.config.path.clone(), params: self.params, me: self.me, ignore: state.ignore.clone(), busy: state.pulling.clone(), unreadable: Default::default() };
         let suspect = std::mem::take(&mut state.suspect);
         let store = self.store.clone();
         let folder = folder.to_string();
@@ -276,7 +282,8 @@ impl IndexActor {
             } else {
                 tracing::debug!(folder = %folder, paths = scope.len(), changed = records.len(), ms, "scan done");
             }
-            addr.do_send(ScanDone { folder, records, root: guard.check(), full });
+            let unreadable = std::mem::take(&mut *scanner.unreadable.lock().expect("scanner lock"));
+            addr.do_send(ScanDone { folder, records, root: guard.check(), full, scope, unreadable });
         });
     }
 
@@ -490,6 +497,7 @@ impl Handler<ScanDone> for IndexActor {
             self.enter_fault(&msg.folder, Fault::Root(problem));
             return;
         }
+        self.note_unreadable(&msg.folder, msg.full, &msg.scope, msg.unreadable);
         let mut fresh = Vec::new();
         let mut stale = Vec::new();
         let mut deletes = Vec::new();
@@ -675,6 +683,26 @@ impl Handler<Applied> for IndexActor {
 }
 
 impl IndexActor {
+    /// Keeps the list of unreadable files up to date with what a scan of `scope` found: one WARN
+    /// line when a file becomes unreadable, one INFO when it can be read again.
+    fn note_unreadable(&mut self, folder: &str, full: bool, scope: &[String], found: Vec<(String, String)>) {
+        let Some(state) = self.folders.get_mut(folder) else { return };
+        let covered = |path: &str| full || scope.iter().any(|s| s == path || crate::core::path::is_inside(path, s));
+        let before = std::mem::take(&mut state.unreadable);
+        let (mut kept, dropped): (BTreeMap<_, _>, BTreeMap<_, _>) = before.into_iter().partition(|(p, _)| !covered(p));
+        for (path, reason) in found {
+            if !dropped.contains_key(&path) {
+                tracing::warn!(folder = %folder, path = %path, error = %reason, "cannot read a file; it is skipped (not deleted) until it can be read");
+            }
+            kept.insert(path, reason);
+        }
+        for path in dropped.keys().filter(|p| !kept.contains_key(*p)) {
+            tracing::info!(folder = %folder, path = %path, "the file can be read again");
+        }
+        *self.state.gauges(folder).unreadable.lock().expect("gauges lock") = kept.clone();
+        state.unreadable = kept;
+    }
+
     /// Commits the local deletes held back for `folder`, unless together they would delete every
     /// file of a folder that held at least `sync.empty_folder_guard` and the user has not
     /// confirmed it: then the folder stops instead (returns true). Deletes whose record changed

@@ -34,6 +34,8 @@ pub struct FolderGauges {
     pub faulted: AtomicBool,
     /// Paths whose pull failed and waits for a retry, as the Puller last published them.
     pub failures: Mutex<BTreeMap<String, PathFailure>>,
+    /// Files that exist but could not be read, with why, as the Index last saw them.
+    pub unreadable: Mutex<BTreeMap<String, String>>,
 }
 
 /// Most failed paths listed in a status report (the count is always complete).
@@ -74,6 +76,8 @@ impl NodeState {
                     let listed = failures.iter().take(FAILURES_LISTED).map(|(path, f)| PullErrorReport::new(path, f)).collect::<Vec<_>>();
                     (failures.len() as u64, listed)
                 };
+                let read_errors: Vec<ReadErrorReport> = g.unreadable.lock().expect("gauges lock").iter().take(FAILURES_LISTED).map(|(path, reason)| ReadErrorReport { path: path.clone(), reason: reason.clone() }).collect();
+                let unreadable_paths = g.unreadable.lock().expect("gauges lock").len() as u64;
                 let stuck = pull_errors.iter().filter(|e| e.kind.is_error()).count();
                 let error = fault.or_else(|| {
                     let first = pull_errors.iter().find(|e| e.kind.is_error())?;
@@ -95,6 +99,8 @@ impl NodeState {
                     error,
                     failed_paths,
                     pull_errors,
+                    unreadable_paths,
+                    read_errors,
                     local_files: files,
                     local_bytes: bytes,
                     need_files,
@@ -150,6 +156,11 @@ pub struct FolderReport {
     pub failed_paths: u64,
     #[serde(default)]
     pub pull_errors: Vec<PullErrorReport>,
+    /// Local files that could not be read (skipped, not announced, never taken for deleted).
+    #[serde(default)]
+    pub unreadable_paths: u64,
+    #[serde(default)]
+    pub read_errors: Vec<ReadErrorReport>,
     pub local_files: u64,
     pub local_bytes: u64,
     pub need_files: u64,
@@ -161,6 +172,13 @@ pub struct FolderReport {
     pub errors: u64,
     pub bytes_reused: u64,
     pub bytes_saved_on_wire: u64,
+}
+
+/// A local file that exists but could not be read.
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct ReadErrorReport {
+    pub path: String,
+    pub reason: String,
 }
 
 /// One path whose pull failed: why, since when, and when it is tried again (ms since the epoch).

@@ -104,6 +104,7 @@ pub fn prometheus_text(r: &StatusReport) -> String {
     family("errors_total", "Failed pulls (retried).", "counter", per_folder(&|f| f.errors));
     family("folder_error", "1 while the folder is in state error (root gone, folder emptied, or paths that cannot be pulled).", "gauge", per_folder(&|f| u64::from(f.state == "error")));
     family("folder_failed_paths", "Paths whose last pull failed, waiting for a retry.", "gauge", per_folder(&|f| f.failed_paths));
+    family("folder_unreadable_paths", "Local files that could not be read (skipped, never taken for deleted).", "gauge", per_folder(&|f| f.unreadable_paths));
     family("reused_bytes_total", "File bytes taken from local files instead of the network.", "counter", per_folder(&|f| f.bytes_reused));
     family("wire_saved_bytes_total", "File bytes from peers that rsync deltas and compression kept off the wire.", "counter", per_folder(&|f| f.bytes_saved_on_wire));
     let connected = r.peers.iter().filter(|p| p.connected).count() as u64;

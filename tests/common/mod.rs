@@ -79,6 +79,8 @@ pub struct Node {
     pub device_id: String,
     pub peers: Vec<(String, Option<String>)>,
     pub extra: String,
+    /// Run the node as this user id (and group), for tests where permissions must matter.
+    pub run_as: Option<u32>,
     child: Option<Child>,
     pub log: PathBuf,
     _tmp: Option<tempfile::TempDir>,
@@ -117,6 +119,7 @@ impl Node {
             device_id,
             peers: Vec::new(),
             extra: String::new(),
+            run_as: None,
             child: None,
             log: dir.join("node.log"),
             _tmp: None,
@@ -179,14 +182,13 @@ network_key = ""
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "{} already running", self.name);
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
-        let child = Command::new(bin())
-            .arg("--config")
-            .arg(&self.config)
-            .env("RUST_LOG", "info,syncnode=debug")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let mut command = Command::new(bin());
+        command.arg("--config").arg(&self.config).env("RUST_LOG", "info,syncnode=debug").stdout(Stdio::null()).stderr(log);
+        if let Some(uid) = self.run_as {
+            use std::os::unix::process::CommandExt;
+            command.uid(uid).gid(uid);
+        }
+        let child = command.spawn().unwrap();
         self.child = Some(child);
     }
 
