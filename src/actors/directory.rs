@@ -11,11 +11,19 @@ use actix::Addr;
 use super::peer::PeerActor;
 use crate::core::DeviceId;
 
-/// Traffic counters of one peer, kept across reconnections.
+/// Traffic and refusal counters of one peer, kept across reconnections.
 #[derive(Debug, Default)]
 pub struct PeerCounters {
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
+    /// Records the peer sent that were refused (nothing of their batch is applied).
+    pub refused_records: AtomicU64,
+    /// Chunk requests of the peer that were refused (bad, over a limit, not ours to serve).
+    pub refused_requests: AtomicU64,
+    /// Times the peer broke the protocol (garbage, bad messages) and was cut off.
+    pub protocol_violations: AtomicU64,
+    /// Kinds of refusal already logged for this peer: each is logged once, then only counted.
+    logged: std::sync::Mutex<std::collections::HashSet<&'static str>>,
 }
 
 impl PeerCounters {
@@ -24,6 +32,21 @@ impl PeerCounters {
     }
     pub fn add_out(&self, n: usize) {
         self.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    pub fn refused_records(&self, n: usize) {
+        self.refused_records.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    pub fn refused_request(&self) {
+        self.refused_requests.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn violation(&self) {
+        self.protocol_violations.fetch_add(1, Ordering::Relaxed);
+    }
+    /// True the first time a refusal of this kind comes from this peer: the caller logs it then
+    /// (with the peer and the reason), and only counts the ones after, so a peer repeating itself
+    /// cannot flood the log.
+    pub fn first(&self, kind: &'static str) -> bool {
+        self.logged.lock().expect("refusal kinds lock").insert(kind)
     }
 }
 

@@ -570,7 +570,8 @@ impl Handler<RemoteIndex> for IndexActor {
             let _ = store.clear_remote(&msg.device, &msg.folder);
             progress = Progress { index_id: msg.index_id, max_sequence: 0 };
         }
-        let mut records = Vec::with_capacity(msg.files.len());
+        let total = msg.files.len();
+        let mut records = Vec::with_capacity(total);
         let mut batch: HashMap<String, FileRecord> = HashMap::new();
         for info in msg.files {
             let base = |path: &str, seq: u64| {
@@ -588,12 +589,14 @@ impl Handler<RemoteIndex> for IndexActor {
                     records.push(record);
                 }
                 Err(e) => {
-                    if matches!(e, wire::WireError::MissingBase { .. }) {
+                    // A missing base is a race (we lost what the peer assumes we hold), not abuse.
+                    let missing_base = matches!(e, wire::WireError::MissingBase { .. });
+                    if missing_base {
                         // Ask for everything again on the next connection.
                         let _ = store.put_remote(&msg.device, &msg.folder, Progress { index_id: 0, max_sequence: 0 }, &[]);
                     }
-                    tracing::warn!(peer = %msg.device.prefix(), folder = %msg.folder, error = %e, "peer sent an invalid record; disconnecting");
-                    msg.reply.do_send(Disconnect { reason: format!("invalid index update: {e}") });
+                    tracing::warn!(peer = %msg.device.prefix(), folder = %msg.folder, error = %e, refused_records = total, "peer sent an invalid record; disconnecting");
+                    msg.reply.do_send(Disconnect { reason: format!("invalid index update: {e}"), violation: (!missing_base).then_some(total) });
                     return;
                 }
             }

@@ -39,6 +39,9 @@ pub struct RemoteIndex {
 #[rtype(result = "()")]
 pub struct Disconnect {
     pub reason: String,
+    /// Set when the peer broke the protocol (it is then counted, and redialed only with backoff):
+    /// how many of its records were refused with it.
+    pub violation: Option<usize>,
 }
 
 /// Our index of `folder` has new records up to `max_sequence`.

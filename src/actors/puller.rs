@@ -31,7 +31,7 @@ use crate::fs::chunker::{hash, read_range};
 use crate::fs::reuse::Plan;
 use crate::fs::root::{free_bytes, RootGuard};
 use crate::fs::scan::DiskState;
-use crate::fs::safe_path::safe_path;
+use crate::fs::safe_path::{open_inside, safe_path};
 use crate::store::{NeedKey, Store};
 
 const FILES_IN_FLIGHT: usize = 8;
@@ -470,6 +470,7 @@ impl PullError {
     pub fn kind(&self) -> FailureKind {
         match self {
             PullError::NoSpace { .. } => FailureKind::NeedsSpace,
+            PullError::Apply(e) if e.is_permanent() => FailureKind::Refused,
             PullError::Apply(ApplyError::Io { source, .. }) => io_failure_kind(source),
             _ => FailureKind::Transient,
         }
@@ -693,19 +694,30 @@ async fn fetch_all(ctx: &PullContext, record: &FileRecord, indices: Vec<usize>, 
 
 /// Where this node already holds each chunk of `record`: our previous version of the same path
 /// first (no index lookup), else wherever the chunk index points. Copies are verified as they are
-/// made, so a stale location only costs a fetch later.
+/// made (and their files opened without following symlinks), so a stale location only costs a
+/// fetch later; a location behind a link is dropped here already.
 fn locate(store: &Store, roots: &HashMap<String, PathBuf>, root: &std::path::Path, record: &FileRecord, previous: Option<&FileRecord>) -> Plan {
-    let previous = previous.filter(|p| p.is_file() && !p.deleted).and_then(|p| Some((safe_path(root, &p.path).ok()?, p)));
+    let previous = previous.filter(|p| p.is_file() && !p.deleted).and_then(|p| {
+        safe_path(root, &p.path).ok()?;
+        Some(((root.to_path_buf(), p.path.clone()), p))
+    });
     let in_previous: HashMap<[u8; 32], u64> = previous.iter().flat_map(|(_, p)| p.chunks.iter().map(|c| (c.hash, c.offset))).collect();
     let mut checked: HashMap<(String, String), Option<PathBuf>> = HashMap::new();
     Plan::build(record.chunks.len(), |i| {
         let chunk = &record.chunks[i];
-        if let (Some((path, _)), Some(&offset)) = (&previous, in_previous.get(&chunk.hash)) {
-            return Some((path.clone(), offset));
+        if let (Some((source, _)), Some(&offset)) = (&previous, in_previous.get(&chunk.hash)) {
+            return Some((source.clone(), offset));
         }
         store.chunk_locations(&chunk.hash, 4).into_iter().find_map(|loc| {
-            let path = checked.entry((loc.folder.clone(), loc.path.clone())).or_insert_with(|| safe_path(roots.get(&loc.folder)?, &loc.path).ok());
-            Some((path.clone()?, loc.offset))
+            let folder_root = checked
+                .entry((loc.folder.clone(), loc.path.clone()))
+                .or_insert_with(|| {
+                    let folder_root = roots.get(&loc.folder)?;
+                    safe_path(folder_root, &loc.path).ok()?;
+                    Some(folder_root.clone())
+                })
+                .clone()?;
+            Some(((folder_root, loc.path), loc.offset))
         })
     })
 }
@@ -727,7 +739,7 @@ async fn fetch_chunk(ctx: &PullContext, record: &FileRecord, chunk: Chunk, sourc
         Some((path, old)) => {
             let root = ctx.root.clone();
             blocking(move || {
-                let file = std::fs::File::open(safe_path(&root, &path).ok()?).ok()?;
+                let file = open_inside(&root, &path).ok()?;
                 let data = read_range(&file, old.offset, old.size).ok()??;
                 (hash(&data) == old.hash).then(|| {
                     let options = fast_rsync::SignatureOptions { block_size: delta_block(old.size), crypto_hash_size: 8 };
@@ -764,12 +776,12 @@ fn holds(path: &std::path::Path, record: &FileRecord) -> bool {
         && record.chunks.iter().all(|c| matches!(read_range(&file, c.offset, c.size), Ok(Some(d)) if hash(&d) == c.hash))
 }
 
-/// A chunk from any local file the chunk index says has it, verified (the index may be stale).
+/// A chunk from any local file the chunk index says has it, verified (the index may be stale), and
+/// never read through a symlink.
 pub fn find_local(store: &Store, roots: &HashMap<String, PathBuf>, chunk: &Chunk) -> Option<Vec<u8>> {
     for loc in store.chunk_locations(&chunk.hash, 4) {
         let Some(root) = roots.get(&loc.folder) else { continue };
-        let Ok(path) = safe_path(root, &loc.path) else { continue };
-        let Ok(file) = std::fs::File::open(&path) else { continue };
+        let Ok(file) = open_inside(root, &loc.path) else { continue };
         if let Ok(Some(data)) = read_range(&file, loc.offset, chunk.size) {
             if hash(&data) == chunk.hash {
                 return Some(data);

@@ -132,6 +132,9 @@ impl NodeState {
                 connected: e.connected.is_some_and(|a| a.connected()),
                 bytes_in: e.counters.bytes_in.load(Relaxed),
                 bytes_out: e.counters.bytes_out.load(Relaxed),
+                refused_records: e.counters.refused_records.load(Relaxed),
+                refused_requests: e.counters.refused_requests.load(Relaxed),
+                protocol_violations: e.counters.protocol_violations.load(Relaxed),
             })
             .collect();
         StatusReport { device_id: self.device_id.to_string(), name: self.name.clone(), folders, peers }
@@ -214,4 +217,10 @@ pub struct PeerReport {
     pub connected: bool,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    #[serde(default)]
+    pub refused_records: u64,
+    #[serde(default)]
+    pub refused_requests: u64,
+    #[serde(default)]
+    pub protocol_violations: u64,
 }

@@ -71,6 +71,9 @@ struct Slot {
     backoff: Duration,
     next_attempt: Option<Instant>,
     dialing: bool,
+    /// The peer broke the protocol: until then, its own connections are refused too (it is cut
+    /// off, not just disconnected), and our redial waits as long.
+    cut_off_until: Option<Instant>,
 }
 
 /// Dial state of an address configured without a device ID.
@@ -225,13 +228,17 @@ impl Supervisor {
         }
         let preferred = self.me().min(device);
         let slot = self.peers.entry(device).or_default();
+        if dialer == device && slot.cut_off_until.is_some_and(|t| t > Instant::now()) {
+            tracing::debug!(peer = %device.prefix(), "connection of a peer that broke the protocol refused until its backoff ends");
+            return;
+        }
         if let Some(active) = &slot.active {
             // Keep the existing one if it is the preferred direction and the new one is not.
             if active.dialer == preferred && dialer != preferred && active.addr.connected() {
                 tracing::debug!(peer = %device.prefix(), "duplicate connection dropped");
                 return;
             }
-            active.addr.do_send(Disconnect { reason: "replaced by another connection".into() });
+            active.addr.do_send(Disconnect { reason: "replaced by another connection".into(), violation: None });
         }
         let setup = PeerSetup {
             device,
@@ -310,12 +317,27 @@ impl Handler<PeerVanished> for Supervisor {
 impl StreamHandler<InboundStream> for Supervisor {
     fn handle(&mut self, stream: InboundStream, ctx: &mut Context<Self>) {
         let key = (stream.device, stream.conn);
+        let half = match stream.half {
+            InboundHalf::Refused(_) => {
+                // Logged by the listener; counted here, where the peer's counters live, and the
+                // peer is cut off for a backoff like one that broke the protocol mid-connection.
+                self.directory.counters(&stream.device).violation();
+                let slot = self.peers.entry(stream.device).or_default();
+                slot.backoff = (slot.backoff * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
+                let until = Instant::now() + slot.backoff;
+                slot.cut_off_until = Some(until);
+                slot.next_attempt = Some(slot.next_attempt.map_or(until, |t| t.max(until)));
+                return;
+            }
+            half => half,
+        };
         let halves = self.halves.entry(key).or_default();
         halves.address = halves.address.or(stream.address);
         halves.since.get_or_insert_with(Instant::now);
-        match stream.half {
+        match half {
             InboundHalf::Control(d) => halves.control = Some(d),
             InboundHalf::Data(d) => halves.data = Some(d),
+            InboundHalf::Refused(_) => unreachable!("handled above"),
         }
         if halves.control.is_some() && halves.data.is_some() {
             let h = self.halves.remove(&key).expect("present");
@@ -335,11 +357,16 @@ impl Handler<PeerDown> for Supervisor {
             return;
         }
         let active = slot.active.take().expect("checked");
-        if active.since.elapsed() > STABLE_AFTER {
+        // A stable connection resets the backoff, unless the peer broke the protocol: then it
+        // keeps growing, however long the connection lived, and the peer is cut off meanwhile.
+        if active.since.elapsed() > STABLE_AFTER && !msg.violation {
             slot.backoff = Duration::ZERO;
         }
         slot.backoff = (slot.backoff * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
         slot.next_attempt = Some(Instant::now() + slot.backoff);
+        if msg.violation {
+            slot.cut_off_until = slot.next_attempt;
+        }
         // An address where this device was found is redialed on the same schedule.
         let (backoff, next_attempt) = (slot.backoff, slot.next_attempt);
         for a in self.addresses.values_mut().filter(|a| a.device == Some(msg.device)) {
@@ -355,7 +382,7 @@ impl Handler<Shutdown> for Supervisor {
         self.stopping = true;
         for slot in self.peers.values() {
             if let Some(a) = &slot.active {
-                a.addr.do_send(Disconnect { reason: "node shutting down".into() });
+                a.addr.do_send(Disconnect { reason: "node shutting down".into(), violation: None });
             }
         }
     }

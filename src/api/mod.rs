@@ -116,6 +116,9 @@ pub fn prometheus_text(r: &StatusReport) -> String {
     };
     family("peer_bytes_in_total", "Protocol bytes received from the peer.", "counter", per_peer(&|p| p.bytes_in));
     family("peer_bytes_out_total", "Protocol bytes sent to the peer.", "counter", per_peer(&|p| p.bytes_out));
+    family("peer_refused_records_total", "Records from the peer refused (their batch not applied).", "counter", per_peer(&|p| p.refused_records));
+    family("peer_refused_requests_total", "Chunk requests from the peer refused.", "counter", per_peer(&|p| p.refused_requests));
+    family("peer_protocol_violations_total", "Times the peer broke the protocol and was cut off.", "counter", per_peer(&|p| p.protocol_violations));
     out
 }
 

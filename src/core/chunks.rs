@@ -43,23 +43,41 @@ pub fn diff(old: &[Chunk], new: &[Chunk]) -> Vec<ChunkEdit> {
     edits
 }
 
+/// Most chunks one record may have, whether sent whole or as edits. A whole list this long is
+/// about what the largest message can carry (some 40 bytes a chunk in 17 MiB), so an edit script may
+/// not expand past what the peer could have sent whole: at the 64 KiB average, files up to 32 GiB.
+pub const MAX_CHUNKS_PER_RECORD: u64 = 1 << 19;
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("chunk edit copies chunks {from}..{end} of a list of {len}")]
-pub struct EditOutOfRange {
-    pub from: u32,
-    pub end: u64,
-    pub len: usize,
+pub enum EditError {
+    #[error("chunk edit copies chunks {from}..{end} of a list of {len}")]
+    OutOfRange { from: u32, end: u64, len: usize },
+    #[error("chunk edits expand to {0} chunks, more than {MAX_CHUNKS_PER_RECORD}")]
+    TooLarge(u64),
 }
 
-/// Rebuilds a chunk list from `old` and an edit script, recomputing offsets.
-pub fn apply(old: &[Chunk], edits: &[ChunkEdit]) -> Result<Vec<Chunk>, EditOutOfRange> {
-    let mut out = Vec::new();
+/// How many chunks an edit script expands to, without expanding it (no allocation: a script of a
+/// few hundred KiB can describe terabytes of chunk list, and must be judged before it is built).
+pub fn expanded_len(edits: &[ChunkEdit]) -> u64 {
+    edits.iter().map(|e| e.copy_len as u64 + e.insert.len() as u64).sum()
+}
+
+/// Rebuilds a chunk list from `old` and an edit script, recomputing offsets. Every copy is checked
+/// against `old`, and the length the script expands to against `max`, before anything is built.
+pub fn apply(old: &[Chunk], edits: &[ChunkEdit], max: u64) -> Result<Vec<Chunk>, EditError> {
+    let total = expanded_len(edits);
+    if total > max {
+        return Err(EditError::TooLarge(total));
+    }
     for edit in edits {
         let end = edit.copy_from as u64 + edit.copy_len as u64;
         if end > old.len() as u64 {
-            return Err(EditOutOfRange { from: edit.copy_from, end, len: old.len() });
+            return Err(EditError::OutOfRange { from: edit.copy_from, end, len: old.len() });
         }
-        out.extend_from_slice(&old[edit.copy_from as usize..end as usize]);
+    }
+    let mut out = Vec::with_capacity(total as usize);
+    for edit in edits {
+        out.extend_from_slice(&old[edit.copy_from as usize..(edit.copy_from + edit.copy_len) as usize]);
         out.extend_from_slice(&edit.insert);
     }
     Ok(with_offsets(out))
@@ -106,7 +124,7 @@ mod tests {
         let inserted: usize = edits.iter().map(|e| e.insert.len()).sum();
         assert_eq!(inserted, 1);
         assert!(edits.len() <= 2, "{edits:?}");
-        assert_eq!(apply(&old, &edits).unwrap(), new);
+        assert_eq!(apply(&old, &edits, MAX_CHUNKS_PER_RECORD).unwrap(), new);
     }
 
     #[test]
@@ -117,16 +135,50 @@ mod tests {
         let new = list(&ids);
         let edits = diff(&old, &new);
         assert_eq!(edits.iter().map(|e| e.insert.len()).sum::<usize>(), 1);
-        assert_eq!(apply(&old, &edits).unwrap(), new);
+        assert_eq!(apply(&old, &edits, MAX_CHUNKS_PER_RECORD).unwrap(), new);
     }
 
     #[test]
     fn out_of_range_copies_are_refused() {
         let bad = [ChunkEdit { copy_from: 5, copy_len: 1, insert: vec![] }];
-        assert!(apply(&list(&[1, 2]), &bad).is_err());
+        assert!(matches!(apply(&list(&[1, 2]), &bad, MAX_CHUNKS_PER_RECORD), Err(EditError::OutOfRange { .. })));
+    }
+
+    #[test]
+    fn an_amplifying_script_is_refused_before_it_is_expanded() {
+        // The attack: a 10,000-chunk base and 1,400 edits that each copy all of it would be
+        // 14 million chunks (682 MiB); refused by arithmetic, in no time and no memory.
+        let old = list(&[7u8; 10_000]);
+        let edits = vec![ChunkEdit { copy_from: 0, copy_len: 10_000, insert: vec![] }; 1_400];
+        assert_eq!(expanded_len(&edits), 14_000_000);
+        assert_eq!(apply(&old, &edits, MAX_CHUNKS_PER_RECORD), Err(EditError::TooLarge(14_000_000)));
+        // Counted in u64: copy lengths near u32::MAX cannot wrap the sum.
+        let huge = vec![ChunkEdit { copy_from: u32::MAX, copy_len: u32::MAX, insert: vec![] }; 3];
+        assert_eq!(expanded_len(&huge), 3 * u32::MAX as u64);
+        assert!(matches!(apply(&old, &huge, u64::MAX), Err(EditError::OutOfRange { .. })));
+        // Right at the limit is fine.
+        let fits = vec![ChunkEdit { copy_from: 0, copy_len: 10_000, insert: vec![] }; 3];
+        assert_eq!(apply(&old, &fits, 30_000).unwrap().len(), 30_000);
+        assert_eq!(apply(&old, &fits, 29_999), Err(EditError::TooLarge(30_000)));
     }
 
     proptest! {
+        #[test]
+        fn a_script_is_refused_exactly_when_it_expands_past_the_limit(
+            old in proptest::collection::vec(0u8..20, 0..40),
+            edits in proptest::collection::vec((0u32..50, 0u32..50, 0usize..4), 0..10),
+            max in 0u64..200,
+        ) {
+            let old = list(&old);
+            let edits: Vec<ChunkEdit> = edits.into_iter().map(|(from, len, ins)| ChunkEdit { copy_from: from, copy_len: len, insert: list(&vec![1; ins]) }).collect();
+            let total = expanded_len(&edits);
+            match apply(&old, &edits, max) {
+                Ok(out) => { prop_assert!(total <= max); prop_assert_eq!(out.len() as u64, total); }
+                Err(EditError::TooLarge(n)) => { prop_assert_eq!(n, total); prop_assert!(total > max); }
+                Err(EditError::OutOfRange { end, .. }) => { prop_assert!(total <= max); prop_assert!(end > old.len() as u64); }
+            }
+        }
+
         #[test]
         fn applying_the_diff_rebuilds_the_new_list(
             old in proptest::collection::vec(0u8..20, 0..40),
@@ -134,7 +186,7 @@ mod tests {
         ) {
             let (old, new) = (list(&old), list(&new));
             let edits = diff(&old, &new);
-            prop_assert_eq!(apply(&old, &edits).unwrap(), new.clone());
+            prop_assert_eq!(apply(&old, &edits, MAX_CHUNKS_PER_RECORD).unwrap(), new.clone());
             prop_assert!(is_consistent(&new, new.iter().map(|c| c.size as u64).sum()));
         }
     }

@@ -17,12 +17,16 @@ pub enum FailureKind {
     NeedsSpace,
     /// Read-only filesystem, permission denied: retried on the backoff, or when the user asks.
     Permanent,
+    /// A peer's record this node will not carry out (its path lies behind a symlink, or breaks
+    /// the path rules): retried only on the slow backoff, and not an `error` state of the folder,
+    /// which a hostile peer could otherwise cause at will.
+    Refused,
 }
 
 impl FailureKind {
     /// Whether paths failing this way put the folder in state `error`.
     pub fn is_error(self) -> bool {
-        self != FailureKind::Transient
+        matches!(self, FailureKind::NeedsSpace | FailureKind::Permanent)
     }
 
     /// Classifies an OS error number (`errno`).
@@ -55,7 +59,7 @@ pub const STUCK_MAX_MS: u64 = 600_000;
 pub fn backoff_ms(kind: FailureKind, attempts: u32) -> u64 {
     let (first, max) = match kind {
         FailureKind::Transient => (TRANSIENT_FIRST_MS, TRANSIENT_MAX_MS),
-        FailureKind::NeedsSpace | FailureKind::Permanent => (STUCK_FIRST_MS, STUCK_MAX_MS),
+        FailureKind::NeedsSpace | FailureKind::Permanent | FailureKind::Refused => (STUCK_FIRST_MS, STUCK_MAX_MS),
     };
     let doublings = attempts.saturating_sub(1).min(20);
     first.saturating_mul(1 << doublings).min(max)
@@ -126,10 +130,10 @@ mod tests {
     proptest! {
         #[test]
         fn backoff_never_shrinks_and_stays_bounded(attempts in 1u32..100) {
-            for kind in [FailureKind::Transient, FailureKind::NeedsSpace, FailureKind::Permanent] {
+            for kind in [FailureKind::Transient, FailureKind::NeedsSpace, FailureKind::Permanent, FailureKind::Refused] {
                 let now = backoff_ms(kind, attempts);
                 prop_assert!(now <= backoff_ms(kind, attempts + 1));
-                prop_assert!(now <= STUCK_MAX_MS && now >= TRANSIENT_FIRST_MS);
+                prop_assert!((TRANSIENT_FIRST_MS..=STUCK_MAX_MS).contains(&now));
             }
         }
     }

@@ -18,6 +18,14 @@ pub enum Ordering {
     Concurrent,
 }
 
+/// The largest counter a peer may send (checked at the wire). Counters are milliseconds since the
+/// epoch, about 2^41 today, so no honest device comes near it; and it leaves 2^62 increments before
+/// a counter could wrap. A counter at `u64::MAX` would otherwise saturate: the next honest edit would
+/// carry an equal version, be taken for one already seen, and the path would be frozen for good.
+pub const MAX_COUNTER: u64 = 1 << 62;
+/// The most devices one version vector from a peer may name (checked at the wire).
+pub const MAX_COUNTERS: usize = 1024;
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct VersionVector {
     counters: BTreeMap<ShortId, u64>,
@@ -42,6 +50,11 @@ impl VersionVector {
 
     pub fn is_empty(&self) -> bool {
         self.counters.is_empty()
+    }
+
+    /// Whether every counter leaves room to grow: what the wire accepts from a peer.
+    pub fn within_bounds(&self) -> bool {
+        self.counters.len() <= MAX_COUNTERS && self.counters.values().all(|v| *v <= MAX_COUNTER)
     }
 
     /// The version after `id` changed the file at `now` (a value from the device's own clock that
@@ -121,6 +134,20 @@ mod tests {
     fn the_counter_jumps_to_the_clock() {
         let next = vv(&[(1, 3)]).updated(ShortId(1), 1_700_000_000);
         assert_eq!(next.get(ShortId(1)), 1_700_000_000);
+    }
+
+    #[test]
+    fn counters_near_overflow_are_out_of_bounds_and_bounded_ones_keep_growing() {
+        assert!(!vv(&[(1, u64::MAX)]).within_bounds());
+        assert!(!vv(&[(1, MAX_COUNTER + 1)]).within_bounds());
+        let top = vv(&[(1, MAX_COUNTER), (2, 5)]);
+        assert!(top.within_bounds());
+        // Any vector the wire lets in still gets strictly newer versions from every device.
+        for id in [1, 2, 3] {
+            assert_eq!(top.updated(ShortId(id), 0).compare(&top), Ordering::Greater);
+        }
+        let wide = VersionVector::from_counters((0..=MAX_COUNTERS as u64).map(|i| (ShortId(i), 1)));
+        assert!(!wide.within_bounds());
     }
 
     fn arb_vv() -> impl Strategy<Value = VersionVector> {

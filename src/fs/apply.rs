@@ -26,6 +26,15 @@ pub enum ApplyError {
     Io { path: String, source: io::Error },
 }
 
+impl ApplyError {
+    /// Whether retrying cannot help until the folder itself changes: the path is refused by the
+    /// rules, or has a link or a file on the way. The refusal was logged once already (a link
+    /// by `safe_path::refuse_once`); a retry loop would only repeat it.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, ApplyError::Unsafe(e) if !matches!(e, UnsafePath::Io { .. }))
+    }
+}
+
 fn io_err(path: &str) -> impl FnOnce(io::Error) -> ApplyError + '_ {
     move |source| ApplyError::Io { path: path.to_string(), source }
 }
@@ -107,9 +116,10 @@ impl TempFile {
         commit_all(vec![(self, record.clone(), local.cloned())]).pop().expect("one result")
     }
 
-    /// Mode and mtime of the finished file.
+    /// Mode and mtime of the finished file (only the permission bits: a peer never makes a file
+    /// setuid, setgid or sticky here, whatever its record says).
     fn finish(&self, record: &FileRecord) -> Result<(), ApplyError> {
-        self.file.set_permissions(std::fs::Permissions::from_mode(record.permissions & 0o7777)).map_err(io_err(&self.rel))?;
+        self.file.set_permissions(std::fs::Permissions::from_mode(applied_mode(record.permissions))).map_err(io_err(&self.rel))?;
         let mtime = filetime::FileTime::from_unix_time(record.mtime_ns.div_euclid(1_000_000_000), record.mtime_ns.rem_euclid(1_000_000_000) as u32);
         filetime::set_file_handle_times(&self.file, None, Some(mtime)).map_err(io_err(&self.rel))
     }
@@ -169,6 +179,11 @@ pub fn commit_all(batch: Vec<(TempFile, FileRecord, Option<FileRecord>)>) -> Vec
         .collect()
 }
 
+/// The mode a record's permissions become on disk: the permission bits 0o777 and nothing else.
+pub fn applied_mode(permissions: u32) -> u32 {
+    permissions & 0o777
+}
+
 /// Makes a directory (and its parents) with the record's permissions.
 pub fn make_dir(root: &Path, record: &FileRecord, local: Option<&FileRecord>) -> Result<DiskState, ApplyError> {
     let full = safe_path(root, &record.path)?;
@@ -181,7 +196,7 @@ pub fn make_dir(root: &Path, record: &FileRecord, local: Option<&FileRecord>) ->
         }
         None => std::fs::create_dir_all(&full).map_err(io_err(&record.path))?,
     }
-    let mode = if record.permissions & 0o700 == 0 { 0o755 } else { record.permissions & 0o7777 };
+    let mode = if record.permissions & 0o700 == 0 { 0o755 } else { applied_mode(record.permissions) };
     std::fs::set_permissions(&full, std::fs::Permissions::from_mode(mode)).map_err(io_err(&record.path))?;
     DiskState::read(&full).map_err(io_err(&record.path))?.ok_or_else(|| ApplyError::LocalChange(record.path.clone()))
 }
@@ -292,6 +307,33 @@ mod tests {
         assert_eq!(std::fs::read(root.path().join("d/x.bin")).unwrap(), b"hello");
         assert_eq!(state.mtime_ns, record.mtime_ns);
         assert!(temp_files(root.path()).is_empty());
+    }
+
+    #[test]
+    fn a_path_behind_a_link_is_a_permanent_refusal() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), root.path().join("link")).unwrap();
+        let e = TempFile::create(root.path(), "link/x", 5).err().unwrap();
+        assert!(e.is_permanent(), "{e}");
+        assert!(std::fs::read_dir(outside.path()).unwrap().next().is_none(), "nothing written outside");
+        assert!(!ApplyError::LocalChange("x".into()).is_permanent());
+    }
+
+    #[test]
+    fn setuid_setgid_and_sticky_bits_are_never_applied() {
+        let root = tempfile::tempdir().unwrap();
+        let mut record = file("x", 1, &[(1, 1)], 1_600_000_000, 1);
+        record.size = 5;
+        record.permissions = 0o7755;
+        let temp = TempFile::create(root.path(), "x", 5).unwrap();
+        temp.write_at(0, b"hello").unwrap();
+        let state = temp.commit(&record, None).unwrap();
+        assert_eq!(std::fs::metadata(root.path().join("x")).unwrap().permissions().mode() & 0o7777, 0o755);
+        assert_eq!(state.permissions, 0o755);
+        let dir = FileRecord { path: "d".into(), kind: FileKind::Directory, size: 0, chunks: vec![], permissions: 0o3777, ..record };
+        make_dir(root.path(), &dir, None).unwrap();
+        assert_eq!(std::fs::metadata(root.path().join("d")).unwrap().permissions().mode() & 0o7777, 0o777);
     }
 
     #[test]

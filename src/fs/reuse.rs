@@ -3,6 +3,8 @@
 //! source file form a run, read with one `pread` and written with one `pwrite`; every chunk is still
 //! checked against its BLAKE3 hash (the chunk index and our records may be stale), and runs are
 //! shared among a few threads, so an edit in a large file costs about one read and one write of it.
+//! Sources are named by folder root and relative path and opened with `open_inside`: a chunk is
+//! never read through a symlink, whatever the chunk index says.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -14,6 +16,10 @@ use crate::core::Chunk;
 
 use super::apply::TempFile;
 use super::chunker::hash;
+use super::safe_path::open_inside;
+
+/// A local file that may hold chunks: a folder's root and a path inside it.
+pub type Source = (PathBuf, String);
 
 /// Longest run read at once, bounding memory at one run per thread.
 pub const MAX_RUN: u64 = 4 << 20;
@@ -57,14 +63,14 @@ pub fn plan_runs(chunks: &[Chunk], located: &[Option<Located>], max_run: u64) ->
 /// What to copy, and from which files.
 #[derive(Debug, Default)]
 pub struct Plan {
-    pub sources: Vec<PathBuf>,
+    pub sources: Vec<Source>,
     pub located: Vec<Option<Located>>,
 }
 
 impl Plan {
-    /// `find(i)` names a file (absolute path) and offset holding chunk `i`, if any.
-    pub fn build(count: usize, mut find: impl FnMut(usize) -> Option<(PathBuf, u64)>) -> Plan {
-        let mut index: HashMap<PathBuf, usize> = HashMap::new();
+    /// `find(i)` names a file (folder root and relative path) and offset holding chunk `i`, if any.
+    pub fn build(count: usize, mut find: impl FnMut(usize) -> Option<(Source, u64)>) -> Plan {
+        let mut index: HashMap<Source, usize> = HashMap::new();
         let mut plan = Plan::default();
         for i in 0..count {
             let at = find(i).map(|(path, offset)| {
@@ -95,7 +101,8 @@ impl Plan {
             let mut buf = Vec::new();
             while let Some(run) = runs.get(next.fetch_add(1, Relaxed)) {
                 if open.as_ref().is_none_or(|(s, _)| *s != run.source) {
-                    open = File::open(&self.sources[run.source]).ok().map(|f| (run.source, f));
+                    let (root, rel) = &self.sources[run.source];
+                    open = open_inside(root, rel).ok().map(|f: File| (run.source, f));
                 }
                 let Some((_, file)) = &open else { continue };
                 buf.resize(run.bytes as usize, 0);
@@ -161,7 +168,7 @@ mod tests {
         new.extend(vec![7u8; 1000]);
         new.extend_from_slice(&old[..1000]);
         let chunks: Vec<Chunk> = (0..3).map(|k| Chunk { offset: k * 1000, size: 1000, hash: hash(&new[k as usize * 1000..][..1000]) }).collect();
-        let source = dir.path().join("old");
+        let source = (dir.path().to_path_buf(), "old".to_string());
         // The plan also claims chunk 1 is in the old file: a stale location, which must be refused.
         let plan = Plan::build(3, |i| Some((source.clone(), [1000, 2000, 0][i])));
         assert!(plan.missing().is_empty());
@@ -176,5 +183,22 @@ mod tests {
         let record = crate::core::FileRecord { path: "new".into(), size: new.len() as u64, chunks, ..crate::core::record::fixtures::file("new", 0, &[(1, 1)], 1, 1) };
         temp.commit(&record, None).unwrap();
         assert_eq!(std::fs::read(dir.path().join("new")).unwrap(), new);
+    }
+
+    #[test]
+    fn a_chunk_behind_a_symlink_is_never_copied() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let data = vec![5u8; 1000];
+        std::fs::write(outside.path().join("old"), &data).unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("link")).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("old"), dir.path().join("filelink")).unwrap();
+        let chunks = [Chunk { offset: 0, size: 1000, hash: hash(&data) }];
+        for rel in ["link/old", "filelink"] {
+            let plan = Plan::build(1, |_| Some(((dir.path().to_path_buf(), rel.to_string()), 0)));
+            let temp = TempFile::create(dir.path(), "new", 1000).unwrap();
+            assert_eq!(plan.copy(&chunks, &temp, 1, &|_| {}), vec![false], "{rel}");
+            temp.abandon();
+        }
     }
 }

@@ -1,6 +1,10 @@
 //! Scanning: compare what is on disk with our records and produce new records for what changed.
 //! A file whose size, mtime and permissions match its record is not read again; a changed file is
 //! chunked and hashed, and gets a version one step above its record's on this device.
+//!
+//! The scanner never follows a symlink: a link in the folder is not synced, and a path with a link
+//! on the way (`link/x` where `link` points elsewhere) is not in the folder at all — it is refused
+//! (logged once), and a record we had there becomes a tombstone, as if the directory were gone.
 
 use std::collections::HashSet;
 use std::io;
@@ -12,6 +16,7 @@ use crate::core::{Chunk, FileKind, FileRecord, ShortId};
 
 use super::chunker::{chunk_file, rechunk_file, ChunkParams};
 use super::ignore::IgnoreRules;
+use super::safe_path::{lstat_inside, refuse_once, UnsafePath};
 
 /// What the scanner needs to know of our current records.
 pub trait KnownRecords {
@@ -54,7 +59,8 @@ impl DiskState {
             kind,
             size: if kind == FileKind::File { meta.len() } else { 0 },
             mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
-            permissions: meta.permissions().mode() & 0o7777,
+            // Only the permission bits travel: setuid, setgid and sticky never do.
+            permissions: meta.permissions().mode() & 0o777,
         })
     }
 
@@ -92,9 +98,10 @@ impl Scanner {
             if paths::validate(rel).is_err() || self.ignore.is_ignored(rel, false) {
                 continue;
             }
-            self.ancestors(rel, known, now, &mut done, &mut out)?;
             let full = self.root.join(rel);
-            match DiskState::read(&full)? {
+            // A path behind a link is not in the folder: whatever we had there is gone from it.
+            let state = if self.ancestors(rel, known, now, &mut done, &mut out)? { self.state_of(rel)? } else { None };
+            match state {
                 Some(state) if state.kind == FileKind::Directory => {
                     self.examine(rel, state, known, now, &mut done, &mut out)?;
                     self.walk(&full, known, now, &mut done, &mut out)?;
@@ -115,7 +122,9 @@ impl Scanner {
     }
 
     /// A change deep in a new directory tree: make sure its parent directories have records.
-    fn ancestors(&self, rel: &str, known: &dyn KnownRecords, now: u64, done: &mut HashSet<String>, out: &mut Vec<FileRecord>) -> io::Result<()> {
+    /// False when a parent is not a real directory (a link, a file, or missing): `rel` is then not
+    /// in the folder, and nothing below that parent is looked at.
+    fn ancestors(&self, rel: &str, known: &dyn KnownRecords, now: u64, done: &mut HashSet<String>, out: &mut Vec<FileRecord>) -> io::Result<bool> {
         let mut parents = Vec::new();
         let mut cur = paths::parent(rel);
         while let Some(p) = cur {
@@ -123,18 +132,39 @@ impl Scanner {
             cur = paths::parent(p);
         }
         for p in parents.into_iter().rev() {
-            if let Some(state) = DiskState::read(&self.root.join(p))? {
-                if state.kind == FileKind::Directory {
-                    self.examine(p, state, known, now, done, out)?;
+            match self.state_of(p)? {
+                Some(state) if state.kind == FileKind::Directory => self.examine(p, state, known, now, done, out)?,
+                _ => {
+                    if let Ok(Some(meta)) = lstat_inside(&self.root, p) {
+                        if meta.file_type().is_symlink() {
+                            refuse_once(&self.root, &UnsafePath::Symlink { path: rel.into(), component: p.into() }, None);
+                        }
+                    }
+                    return Ok(false);
                 }
             }
         }
-        Ok(())
+        Ok(true)
+    }
+
+    /// The state of the entry at `rel`, never following a link: `None` when it is absent, is a
+    /// link or another unsynced kind, or lies behind a link or a file (the link refusal logged once).
+    fn state_of(&self, rel: &str) -> io::Result<Option<DiskState>> {
+        match lstat_inside(&self.root, rel) {
+            Ok(meta) => Ok(meta.as_ref().and_then(DiskState::of)),
+            Err(UnsafePath::Io { source, .. }) if source.kind() != io::ErrorKind::NotFound => Err(source),
+            Err(e) => {
+                refuse_once(&self.root, &e, None);
+                Ok(None)
+            }
+        }
     }
 
     fn walk(&self, dir: &Path, known: &dyn KnownRecords, now: u64, done: &mut HashSet<String>, out: &mut Vec<FileRecord>) -> io::Result<()> {
         let root = &self.root;
-        let walker = walkdir::WalkDir::new(dir).min_depth(1).follow_links(false).sort_by_file_name().into_iter();
+        // The folder's root may be a link (the user's choice); a directory below it, checked by the
+        // caller, is walked only if it is still not one (it could have been swapped meanwhile).
+        let walker = walkdir::WalkDir::new(dir).min_depth(1).follow_links(false).follow_root_links(dir == root.as_path()).sort_by_file_name().into_iter();
         let walker = walker.filter_entry(|e| match rel_of(root, e.path()) {
             Some(rel) => !self.ignore.is_ignored(&rel, e.file_type().is_dir()),
             None => false,
@@ -232,7 +262,7 @@ impl Scanner {
             if record.deleted || done.contains(&record.path) || self.busy.contains(&record.path) || self.ignore.is_ignored(&record.path, record.kind == FileKind::Directory) {
                 continue;
             }
-            if matches!(DiskState::read(&self.root.join(&record.path)), Ok(None)) {
+            if matches!(self.state_of(&record.path), Ok(None)) {
                 done.insert(record.path.clone());
                 out.push(record.tombstone(self.me, now));
             }
@@ -288,5 +318,37 @@ mod tests {
         let gone = s.scan(&["a".into()], &known, 102).unwrap();
         assert_eq!(gone.len(), 3);
         assert!(gone.iter().all(|r| r.deleted));
+    }
+
+    #[test]
+    fn nothing_behind_a_symlink_is_scanned_or_announced() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(outside.path().join("sub")).unwrap();
+        std::fs::write(outside.path().join("sub/secret"), b"outside").unwrap();
+        std::fs::write(outside.path().join("top"), b"outside").unwrap();
+        std::fs::write(dir.path().join("mine"), b"inside").unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("link")).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("top"), dir.path().join("filelink")).unwrap();
+        let s = scanner(dir.path());
+        let none = Known(BTreeMap::new());
+        // The whole folder, and every scope a refused pull or a watcher event could name.
+        for scope in ["", "link", "link/sub", "link/sub/secret", "link/top", "filelink", "link/nope/x"] {
+            let found = s.scan(&[scope.into()], &none, 100).unwrap();
+            let names: Vec<_> = found.iter().map(|r| r.path.as_str()).collect();
+            assert!(names.iter().all(|n| *n == "mine"), "scope `{scope}` announced {names:?}");
+        }
+        // A directory we had, replaced by a link: its records become tombstones, and nothing of
+        // what the link points to takes their place.
+        std::fs::create_dir(dir.path().join("was")).unwrap();
+        std::fs::write(dir.path().join("was/top"), b"inside").unwrap();
+        let first = s.scan(&["".into()], &none, 101).unwrap();
+        let known = Known(first.into_iter().map(|r| (r.path.clone(), r)).collect());
+        std::fs::remove_dir_all(dir.path().join("was")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("was")).unwrap();
+        for scope in ["was/top", ""] {
+            let after = s.scan(&[scope.into()], &known, 102).unwrap();
+            assert!(!after.is_empty() && after.iter().all(|r| r.deleted && r.path.starts_with("was")), "scope `{scope}`: {after:?}");
+        }
     }
 }

@@ -5,12 +5,15 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
@@ -21,13 +24,62 @@ use tonic::Request;
 use super::identity::Identity;
 use super::proto::sync_client::SyncClient;
 use super::proto::sync_server::SyncServer;
-use super::service::{Duplex, Incoming, InboundStream, SyncService, STREAM_BUFFER};
 use super::network_key::{NetworkKey, ProofError, SessionBinding};
+use super::service::{outgoing, Duplex, InboundHalf, InboundStream, Incoming, SendBudget, SyncService, SEND_BUDGET, STREAM_BUFFER};
 use super::tls::{client_config, peer_device, server_config, Admit};
 use super::{CONN_HEADER, MAX_MESSAGE};
 use crate::core::DeviceId;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// What every HTTP/2 client sends first. Checked by the listener itself: tonic would close a
+/// connection that starts with anything else without a word, and a trusted peer sending garbage
+/// must be logged (with its device ID, known from the handshake) and counted.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// A stream whose first bytes were read already (to check them): they are replayed first.
+struct Rewind<T> {
+    prefix: Vec<u8>,
+    at: usize,
+    inner: T,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.at < this.prefix.len() {
+            let n = buf.remaining().min(this.prefix.len() - this.at);
+            buf.put_slice(&this.prefix[this.at..this.at + n]);
+            this.at += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut TaskContext<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+impl<T: tonic::transport::server::Connected> tonic::transport::server::Connected for Rewind<T> {
+    type ConnectInfo = T::ConnectInfo;
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
+    }
+}
 
 /// Why an inbound connection was refused before gRPC.
 enum Refusal {
@@ -50,6 +102,7 @@ pub async fn serve(
     let me = identity.device_id;
     let acceptor = TlsAcceptor::from(Arc::new(server_config(identity, admit)?));
     let (conn_tx, conn_rx) = mpsc::channel(16);
+    let refused_tx = inbound.clone();
     tokio::spawn(async move {
         loop {
             let (tcp, addr) = match listener.accept().await {
@@ -63,6 +116,7 @@ pub async fn serve(
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let handshake_tx = conn_tx.clone();
+            let refused_tx = refused_tx.clone();
             let network_key = network_key.clone();
             tokio::spawn(async move {
                 let admitted = async {
@@ -79,8 +133,23 @@ pub async fn serve(
                     Ok(tls)
                 };
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, admitted).await.unwrap_or(Err(Refusal::TimedOut)) {
-                    Ok(tls) => {
-                        let _ = handshake_tx.send(Ok::<_, io::Error>(tls)).await;
+                    Ok(mut tls) => {
+                        let device = peer_device(tls.get_ref().1.peer_certificates());
+                        let mut preface = [0u8; 24];
+                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.read_exact(&mut preface)).await {
+                            Ok(Ok(_)) if &preface == H2_PREFACE => {
+                                let _ = handshake_tx.send(Ok::<_, io::Error>(Rewind { prefix: preface.to_vec(), at: 0, inner: tls })).await;
+                            }
+                            Ok(Ok(_)) => {
+                                let reason = "garbage after the TLS handshake (not HTTP/2)".to_string();
+                                tracing::warn!(peer = ?device.map(|d| d.prefix()), from = %addr, reason, "protocol violation; connection closed");
+                                if let Some(device) = device {
+                                    let _ = refused_tx.send(InboundStream { device, conn: 0, address: Some(addr), half: InboundHalf::Refused(reason) }).await;
+                                }
+                            }
+                            Ok(Err(e)) => tracing::debug!(peer = ?device.map(|d| d.prefix()), from = %addr, error = %e, "connection closed right after the TLS handshake"),
+                            Err(_) => tracing::warn!(peer = ?device.map(|d| d.prefix()), from = %addr, "nothing sent after the TLS handshake; connection closed"),
+                        }
                     }
                     Err(Refusal::Tls(e)) => tracing::warn!(from = %addr, error = %e, "refused connection at the TLS handshake"),
                     Err(Refusal::TimedOut) => tracing::warn!(from = %addr, "TLS handshake timed out"),
@@ -196,11 +265,13 @@ pub async fn dial(identity: &Identity, device: Option<DeviceId>, address: &str, 
     let mut client = SyncClient::new(channel).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE);
     let conn: u64 = rand::random();
     let (ctl_tx, ctl_out) = mpsc::channel(STREAM_BUFFER);
-    let mut request = Request::new(ReceiverStream::new(ctl_out));
+    let ctl_budget = SendBudget::new(SEND_BUDGET);
+    let mut request = Request::new(outgoing(ctl_out, ctl_budget.clone()));
     request.metadata_mut().insert(CONN_HEADER, conn.to_string().parse()?);
     let ctl_in: Incoming<_> = Box::pin(client.control(request).await?.into_inner());
     let (data_tx, data_out) = mpsc::channel(STREAM_BUFFER);
-    let mut request = Request::new(ReceiverStream::new(data_out));
+    let data_budget = SendBudget::new(SEND_BUDGET);
+    let mut request = Request::new(outgoing(data_out, data_budget.clone()));
     request.metadata_mut().insert(CONN_HEADER, conn.to_string().parse()?);
     let data_in: Incoming<_> = Box::pin(client.data(request).await?.into_inner());
     let device = reached.lock().expect("reached lock").context("connected without learning the peer's device")?;
@@ -208,7 +279,7 @@ pub async fn dial(identity: &Identity, device: Option<DeviceId>, address: &str, 
         device,
         conn,
         address: socket,
-        control: Duplex { tx: ctl_tx, rx: ctl_in },
-        data: Duplex { tx: data_tx, rx: data_in },
+        control: Duplex { tx: ctl_tx, rx: ctl_in, budget: ctl_budget },
+        data: Duplex { tx: data_tx, rx: data_in, budget: data_budget },
     })
 }

@@ -1,6 +1,7 @@
 //! The network side: the generated protocol, conversions between wire messages and core records
 //! (with every field checked), the TLS identity and verifiers, and the gRPC service and dialer.
 
+pub mod codec;
 pub mod dial;
 pub mod identity;
 pub mod mdns;

@@ -1,32 +1,109 @@
 //! The gRPC service a node serves to its peers. It only authenticates and hands each inbound
 //! stream, tagged with the peer's device ID (from its TLS certificate) and the connection id, to
 //! whoever owns connections (the Supervisor actor); the protocol itself lives in the Peer actor.
+//!
+//! It also holds the memory bound of serving: each stream carries a [`SendBudget`], the bytes of
+//! chunk data that may be read for the peer or queued for it at once. The Peer actor takes a
+//! request's size from it before reading; the bytes come back as the transport takes each
+//! response off the queue, so a peer that never reads its answers stalls only itself.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::proto::sync_server::Sync;
-use super::proto::{ControlMessage, DataMessage};
+use super::proto::{data_message, ControlMessage, DataMessage};
 use super::tls::peer_device;
 use super::CONN_HEADER;
 use crate::core::DeviceId;
 
 pub type Incoming<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
-/// One direction pair of a stream: what we send, and what the peer sends us.
+/// Bytes of chunk data being read for one peer or queued for it (per connection), at most
+/// [`SEND_BUDGET`]. Requests beyond it wait for earlier answers to leave.
+#[derive(Debug, Clone)]
+pub struct SendBudget(Arc<Semaphore>);
+
+/// Every peer connection's serving budget: two of the largest chunks, or 512 average ones.
+pub const SEND_BUDGET: u32 = 32 << 20;
+
+impl SendBudget {
+    pub fn new(bytes: u32) -> Self {
+        SendBudget(Arc::new(Semaphore::new(bytes as usize)))
+    }
+
+    /// Waits until `bytes` are free and takes them; they come back with [`SendBudget::give`]
+    /// (the outgoing stream gives back what it sends).
+    pub async fn take(&self, bytes: u32) -> Result<(), tokio::sync::AcquireError> {
+        self.0.acquire_many(bytes).await?.forget();
+        Ok(())
+    }
+
+    pub fn give(&self, bytes: usize) {
+        if bytes > 0 {
+            self.0.add_permits(bytes);
+        }
+    }
+
+    /// Ends the budget with its connection: requests still waiting for it give up.
+    pub fn close(&self) {
+        self.0.close();
+    }
+
+    /// Bytes free now.
+    pub fn available(&self) -> usize {
+        self.0.available_permits()
+    }
+}
+
+/// What a queued outgoing message holds of a [`SendBudget`]: the chunk data of a response.
+pub trait Budgeted {
+    fn budgeted(&self) -> usize;
+}
+
+impl Budgeted for ControlMessage {
+    fn budgeted(&self) -> usize {
+        0
+    }
+}
+
+impl Budgeted for DataMessage {
+    fn budgeted(&self) -> usize {
+        match &self.kind {
+            Some(data_message::Kind::Response(r)) => r.data.len(),
+            _ => 0,
+        }
+    }
+}
+
+/// The stream the transport sends from: each message gives its bytes back to `budget` as the
+/// transport takes it.
+pub fn outgoing<T: Budgeted + Send + 'static>(out: mpsc::Receiver<T>, budget: SendBudget) -> impl Stream<Item = T> + Send + 'static {
+    ReceiverStream::new(out).map(move |m| {
+        budget.give(m.budgeted());
+        m
+    })
+}
+
+/// One direction pair of a stream: what we send, and what the peer sends us; and the budget of
+/// what we send (see [`SendBudget`]).
 pub struct Duplex<T> {
     pub tx: mpsc::Sender<T>,
     pub rx: Incoming<T>,
+    pub budget: SendBudget,
 }
 
 pub enum InboundHalf {
     Control(Duplex<ControlMessage>),
     Data(Duplex<DataMessage>),
+    /// The peer authenticated, then broke the protocol before any stream (garbage where HTTP/2
+    /// should start): the listener logged it and closed the connection; counted against the peer.
+    Refused(String),
 }
 
 /// A stream a peer opened to us.
@@ -56,7 +133,7 @@ fn identify<T>(request: &Request<T>) -> Result<(DeviceId, u64, Option<SocketAddr
 }
 
 impl SyncService {
-    async fn accept<T: Send + 'static>(
+    async fn accept<T: Budgeted + Send + 'static>(
         &self,
         request: Request<Streaming<T>>,
         wrap: fn(Duplex<T>) -> InboundHalf,
@@ -64,12 +141,13 @@ impl SyncService {
         let (device, conn, address) = identify(&request)?;
         let (tx, out) = mpsc::channel(STREAM_BUFFER);
         let rx: Incoming<T> = Box::pin(request.into_inner());
-        let half = wrap(Duplex { tx, rx });
+        let budget = SendBudget::new(SEND_BUDGET);
+        let half = wrap(Duplex { tx, rx, budget: budget.clone() });
         self.inbound
             .send(InboundStream { device, conn, address, half })
             .await
             .map_err(|_| Status::unavailable("node is shutting down"))?;
-        let outgoing: Incoming<T> = Box::pin(ReceiverStream::new(out).map(Ok));
+        let outgoing: Incoming<T> = Box::pin(outgoing(out, budget).map(Ok));
         Ok(Response::new(outgoing))
     }
 }
@@ -85,5 +163,43 @@ impl Sync for SyncService {
 
     async fn data(&self, request: Request<Streaming<DataMessage>>) -> Result<Response<Self::DataStream>, Status> {
         self.accept(request, InboundHalf::Data).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::proto::ChunkResponse;
+
+    fn response(len: usize) -> DataMessage {
+        DataMessage { kind: Some(data_message::Kind::Response(ChunkResponse { id: 1, data: vec![0; len], encoding: 0, error: String::new() })) }
+    }
+
+    #[tokio::test]
+    async fn the_budget_comes_back_as_the_transport_takes_answers_and_waiters_give_up_when_it_closes() {
+        let budget = SendBudget::new(100);
+        let (tx, rx) = mpsc::channel(8);
+        let mut stream = Box::pin(outgoing(rx, budget.clone()));
+        budget.take(100).await.unwrap();
+        tx.send(response(100)).await.unwrap();
+        // Nothing is free until the transport takes the answer off the queue.
+        let waiting = tokio::spawn({
+            let budget = budget.clone();
+            async move { budget.take(60).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        assert_eq!(budget.available(), 0);
+        stream.next().await.unwrap();
+        assert!(waiting.await.unwrap().is_ok());
+        assert_eq!(budget.available(), 40);
+        // A closed budget (its connection ended) turns every waiter away.
+        let waiting = tokio::spawn({
+            let budget = budget.clone();
+            async move { budget.take(60).await }
+        });
+        tokio::task::yield_now().await;
+        budget.close();
+        assert!(waiting.await.unwrap().is_err());
     }
 }

@@ -1,11 +1,121 @@
 //! Conversions between core records and protocol messages. Everything from a peer is checked here:
 //! a path that breaks the rules, a hash of the wrong length or a chunk list that does not add up
 //! is a protocol violation, and the connection is closed without applying anything of the batch.
+//!
+//! Every amount a peer controls is bounded here, before any work is done on it: records per
+//! message, chunks per record and per message (an edit script is judged by what it expands to
+//! before it is expanded), devices per version vector, chunk and request sizes; and counters near
+//! overflow (a version counter, a size, an offset) are refused, never saturated. Only the
+//! permission bits 0o777 travel: setuid, setgid and sticky are dropped on both sides.
 
 use super::proto;
-use crate::core::chunks::{self, ChunkEdit};
+use crate::core::chunks::{self, ChunkEdit, MAX_CHUNKS_PER_RECORD};
+use crate::core::version::{MAX_COUNTER, MAX_COUNTERS};
 use crate::core::{path, Chunk, FileKind, FileRecord, ShortId, VersionVector};
 use crate::store::index::StoredDiff;
+
+/// Most folders one Hello may offer.
+pub const MAX_OFFERS: usize = 1024;
+/// Most records in one index message.
+pub const MAX_FILES_PER_UPDATE: usize = 10_000;
+/// Most chunk entries one index message may amount to, whole lists and expanded edit scripts
+/// together (a chunk costs about 48 bytes once decoded, so about 25 MiB): the sender cuts its
+/// batches to fit.
+pub const MAX_CHUNKS_PER_UPDATE: u64 = 1 << 19;
+/// Most version counters in one index message, all records together (each decodes to a map entry
+/// of some 40 bytes, so about 10 MiB): the sender cuts its batches to fit.
+pub const MAX_COUNTERS_PER_UPDATE: u64 = 1 << 18;
+/// Largest chunk: FastCDC's largest maximum size.
+pub const MAX_CHUNK_SIZE: u32 = 16 << 20;
+/// Largest file size and chunk request end: 2^43 bytes (8 TiB), as many chunks as a record may have
+/// times the largest chunk, far from any overflow of the offset arithmetic.
+pub const MAX_FILE_SIZE: u64 = MAX_CHUNKS_PER_RECORD * MAX_CHUNK_SIZE as u64;
+/// Largest rsync signature in a chunk request (ours: about 64 blocks of 12 bytes; 1,024 for a
+/// 16 MiB chunk).
+pub const MAX_SIGNATURE: usize = 64 << 10;
+/// Permission bits that travel and are applied: never setuid, setgid or sticky.
+pub const PERMISSION_BITS: u32 = 0o777;
+
+/// An index message that breaks a limit as a whole (nothing of it is looked at further).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum UpdateError {
+    #[error("index update of {0} records (at most {MAX_FILES_PER_UPDATE})")]
+    TooManyFiles(usize),
+    #[error("index update of {0} chunks, counting expanded edits (at most {MAX_CHUNKS_PER_UPDATE})")]
+    TooManyChunks(u64),
+    #[error("index update of {0} version counters (at most {MAX_COUNTERS_PER_UPDATE})")]
+    TooManyCounters(u64),
+}
+
+/// Version counters a record carries.
+pub fn record_counters(info: &proto::FileInfo) -> u64 {
+    info.version.as_ref().map_or(0, |v| v.counters.len() as u64)
+}
+
+/// Chunk entries a record amounts to once decoded: its whole list, or what its edits expand to
+/// (copy lengths summed in u64: nothing is expanded to count them).
+pub fn record_chunks(info: &proto::FileInfo) -> u64 {
+    info.chunks.len() as u64 + info.edits.iter().map(|e| e.copy_len as u64 + e.insert.len() as u64).sum::<u64>()
+}
+
+/// The limits of a whole index message, checked before any record of it is decoded.
+pub fn check_update(update: &proto::IndexUpdate) -> Result<(), UpdateError> {
+    if update.files.len() > MAX_FILES_PER_UPDATE {
+        return Err(UpdateError::TooManyFiles(update.files.len()));
+    }
+    let chunks: u64 = update.files.iter().map(record_chunks).sum();
+    if chunks > MAX_CHUNKS_PER_UPDATE {
+        return Err(UpdateError::TooManyChunks(chunks));
+    }
+    let counters: u64 = update.files.iter().map(record_counters).sum();
+    if counters > MAX_COUNTERS_PER_UPDATE {
+        return Err(UpdateError::TooManyCounters(counters));
+    }
+    Ok(())
+}
+
+/// A chunk request that is refused before anything is read.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RequestError {
+    #[error("bad path `{path}`: {reason}")]
+    Path { path: String, reason: path::PathError },
+    #[error("chunk size {0} (at most {MAX_CHUNK_SIZE})")]
+    Size(u32),
+    #[error("chunk range {offset}+{size} ends past {MAX_FILE_SIZE}")]
+    Range { offset: u64, size: u32 },
+    #[error("hash is not 32 bytes")]
+    Hash,
+    #[error("signature of {0} bytes (at most {MAX_SIGNATURE})")]
+    Signature(usize),
+}
+
+impl RequestError {
+    /// A short name of the reason, for logging each kind once per peer.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RequestError::Path { .. } => "path",
+            RequestError::Size(_) => "size",
+            RequestError::Range { .. } => "range",
+            RequestError::Hash => "hash",
+            RequestError::Signature(_) => "signature",
+        }
+    }
+}
+
+/// Checks a peer's chunk request; returns the hash it names.
+pub fn check_request(r: &proto::ChunkRequest) -> Result<[u8; 32], RequestError> {
+    path::validate(&r.path).map_err(|reason| RequestError::Path { path: r.path.clone(), reason })?;
+    if r.size == 0 || r.size > MAX_CHUNK_SIZE {
+        return Err(RequestError::Size(r.size));
+    }
+    if r.offset.checked_add(r.size as u64).is_none_or(|end| end > MAX_FILE_SIZE) {
+        return Err(RequestError::Range { offset: r.offset, size: r.size });
+    }
+    if r.signature.len() > MAX_SIGNATURE {
+        return Err(RequestError::Signature(r.signature.len()));
+    }
+    r.hash.as_slice().try_into().map_err(|_| RequestError::Hash)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
@@ -23,8 +133,11 @@ pub fn chunk_to_wire(c: &Chunk) -> proto::Chunk {
 
 fn chunk_from_wire(p: &str, c: &proto::Chunk) -> Result<Chunk, WireError> {
     let hash: [u8; 32] = c.hash.as_slice().try_into().map_err(|_| WireError::Invalid { path: p.into(), what: "chunk hash is not 32 bytes".into() })?;
-    if c.size == 0 || c.size as usize > super::MAX_MESSAGE {
+    if c.size == 0 || c.size > MAX_CHUNK_SIZE {
         return Err(WireError::Invalid { path: p.into(), what: format!("chunk size {}", c.size) });
+    }
+    if c.offset > MAX_FILE_SIZE {
+        return Err(WireError::Invalid { path: p.into(), what: format!("chunk offset {}", c.offset) });
     }
     Ok(Chunk { offset: c.offset, size: c.size, hash })
 }
@@ -48,7 +161,7 @@ pub fn to_wire(record: &FileRecord, diff: Option<&StoredDiff>) -> proto::FileInf
         },
         size: record.size,
         mtime_ns: record.mtime_ns,
-        permissions: record.permissions,
+        permissions: record.permissions & PERMISSION_BITS,
         version: Some(version),
         deleted: record.deleted,
         sequence: record.sequence,
@@ -61,7 +174,7 @@ pub fn to_wire(record: &FileRecord, diff: Option<&StoredDiff>) -> proto::FileInf
 
 /// A record from the wire. `base` finds the chunks of the record we hold from this peer at a
 /// sequence, for records sent as differences.
-pub fn from_wire(info: proto::FileInfo, base: impl Fn(&str, u64) -> Option<Vec<Chunk>>) -> Result<FileRecord, WireError> {
+pub fn from_wire(mut info: proto::FileInfo, base: impl Fn(&str, u64) -> Option<Vec<Chunk>>) -> Result<FileRecord, WireError> {
     let p = info.path.clone();
     path::validate(&p).map_err(|reason| WireError::Path { path: p.clone(), reason })?;
     let invalid = |what: &str| WireError::Invalid { path: p.clone(), what: what.into() };
@@ -70,9 +183,26 @@ pub fn from_wire(info: proto::FileInfo, base: impl Fn(&str, u64) -> Option<Vec<C
         Ok(proto::FileKind::Directory) => FileKind::Directory,
         Err(_) => return Err(invalid("unknown file kind")),
     };
-    let version = VersionVector::from_counters(info.version.unwrap_or_default().counters.into_iter().map(|c| (ShortId(c.id), c.value)));
+    let counters = info.version.take().unwrap_or_default().counters;
+    if counters.len() > MAX_COUNTERS {
+        return Err(invalid(&format!("version vector of {} devices (at most {MAX_COUNTERS})", counters.len())));
+    }
+    if let Some(c) = counters.iter().find(|c| c.value > MAX_COUNTER) {
+        return Err(invalid(&format!("version counter {} near overflow (at most {MAX_COUNTER})", c.value)));
+    }
+    let version = VersionVector::from_counters(counters.into_iter().map(|c| (ShortId(c.id), c.value)));
     if version.is_empty() {
         return Err(invalid("empty version vector"));
+    }
+    if info.size > MAX_FILE_SIZE {
+        return Err(invalid(&format!("size {} (at most {MAX_FILE_SIZE})", info.size)));
+    }
+    let declared = record_chunks(&info);
+    if declared > MAX_CHUNKS_PER_RECORD {
+        return Err(invalid(&format!("{declared} chunks (at most {MAX_CHUNKS_PER_RECORD})")));
+    }
+    if info.edits.len() as u64 > MAX_CHUNKS_PER_RECORD {
+        return Err(invalid(&format!("{} chunk edits (at most {MAX_CHUNKS_PER_RECORD})", info.edits.len())));
     }
     let chunks = if info.base_sequence != 0 {
         let old = base(&p, info.base_sequence).ok_or(WireError::MissingBase { path: p.clone(), base: info.base_sequence })?;
@@ -81,7 +211,7 @@ pub fn from_wire(info: proto::FileInfo, base: impl Fn(&str, u64) -> Option<Vec<C
             let insert = e.insert.iter().map(|c| chunk_from_wire(&p, c)).collect::<Result<Vec<_>, _>>()?;
             edits.push(ChunkEdit { copy_from: e.copy_from, copy_len: e.copy_len, insert });
         }
-        chunks::apply(&old, &edits).map_err(|e| invalid(&e.to_string()))?
+        chunks::apply(&old, &edits, MAX_CHUNKS_PER_RECORD).map_err(|e| invalid(&e.to_string()))?
     } else {
         info.chunks.iter().map(|c| chunk_from_wire(&p, c)).collect::<Result<Vec<_>, _>>()?
     };
@@ -97,7 +227,7 @@ pub fn from_wire(info: proto::FileInfo, base: impl Fn(&str, u64) -> Option<Vec<C
         kind,
         size: if live_file { info.size } else { 0 },
         mtime_ns: info.mtime_ns,
-        permissions: info.permissions & 0o7777,
+        permissions: info.permissions & PERMISSION_BITS,
         version,
         deleted: info.deleted,
         sequence: info.sequence,
@@ -131,5 +261,91 @@ mod tests {
         let mut info = to_wire(&file("a", 3, &[(1, 2)], 12, 7), None);
         info.base_sequence = 4;
         assert!(matches!(from_wire(info, |_, _| None), Err(WireError::MissingBase { .. })));
+    }
+
+    #[test]
+    fn an_amplifying_edit_script_is_refused_before_it_is_expanded() {
+        // A 10,000-chunk base and 1,400 edits copying all of it: 14 million chunks if expanded.
+        let base: Vec<Chunk> = chunks::with_offsets((0..10_000u32).map(|i| Chunk { offset: 0, size: 1000, hash: [(i % 251) as u8; 32] }).collect());
+        let mut info = to_wire(&file("a", 3, &[(1, 2)], 12, 7), None);
+        info.chunks.clear();
+        info.base_sequence = 9;
+        info.edits = vec![proto::ChunkEdit { copy_from: 0, copy_len: 10_000, insert: vec![] }; 1_400];
+        info.size = 14_000_000 * 1000;
+        assert_eq!(record_chunks(&info), 14_000_000);
+        let looked_up = std::cell::Cell::new(false);
+        let result = from_wire(info.clone(), |_, _| {
+            looked_up.set(true);
+            Some(base.clone())
+        });
+        assert!(matches!(result, Err(WireError::Invalid { ref what, .. }) if what.contains("14000000 chunks")), "{result:?}");
+        assert!(!looked_up.get(), "refused before the base was even fetched");
+        // The same in a message: refused as a whole by arithmetic.
+        let update = proto::IndexUpdate { folder: "default".into(), index_id: 1, files: vec![info] };
+        assert_eq!(check_update(&update), Err(UpdateError::TooManyChunks(14_000_000)));
+        // Many records that each fit, but not together.
+        let mut one = to_wire(&file("a", 3, &[(1, 2)], 12, 7), None);
+        one.chunks = vec![one.chunks[0].clone(); 100_000];
+        let update = proto::IndexUpdate { folder: "default".into(), index_id: 1, files: vec![one; 6] };
+        assert_eq!(check_update(&update), Err(UpdateError::TooManyChunks(600_000)));
+        let many = proto::IndexUpdate { folder: "default".into(), index_id: 1, files: vec![proto::FileInfo::default(); MAX_FILES_PER_UPDATE + 1] };
+        assert_eq!(check_update(&many), Err(UpdateError::TooManyFiles(MAX_FILES_PER_UPDATE + 1)));
+        // Version vectors that each fit, but not together.
+        let mut wide = to_wire(&file("a", 3, &[(1, 2)], 12, 7), None);
+        wide.version = Some(proto::Vector { counters: (1..=MAX_COUNTERS as u64).map(|id| proto::Counter { id, value: 1 }).collect() });
+        let update = proto::IndexUpdate { folder: "default".into(), index_id: 1, files: vec![wide; 300] };
+        assert_eq!(check_update(&update), Err(UpdateError::TooManyCounters(300 * MAX_COUNTERS as u64)));
+    }
+
+    #[test]
+    fn counters_and_sizes_near_overflow_are_refused_not_saturated() {
+        for value in [u64::MAX, u64::MAX - 1, MAX_COUNTER + 1] {
+            let mut info = to_wire(&file("a", 3, &[(1, 2)], 12, 7), None);
+            info.version.as_mut().unwrap().counters[0].value = value;
+            assert!(matches!(from_wire(info, |_, _| None), Err(WireError::Invalid { ref what, .. }) if what.contains("near overflow")));
+        }
+        let mut info = to_wire(&file("a", 3, &[(1, 2)], 12, 7), None);
+        info.version.as_mut().unwrap().counters[0].value = MAX_COUNTER;
+        assert!(from_wire(info, |_, _| None).is_ok());
+        let mut info = to_wire(&file("a", 3, &[(1, 2)], 12, 7), None);
+        info.version = Some(proto::Vector { counters: (1..=MAX_COUNTERS as u64 + 1).map(|id| proto::Counter { id, value: 1 }).collect() });
+        assert!(from_wire(info, |_, _| None).is_err());
+        // A tombstone with a huge size, a chunk at an offset near overflow.
+        let mut info = to_wire(&file("a", 3, &[(1, 2)], 12, 7), None);
+        info.deleted = true;
+        info.chunks.clear();
+        info.size = u64::MAX;
+        assert!(from_wire(info, |_, _| None).is_err());
+        let mut info = to_wire(&file("a", 3, &[(1, 2)], 12, 7), None);
+        info.chunks[0].offset = u64::MAX - 5;
+        assert!(from_wire(info, |_, _| None).is_err());
+    }
+
+    #[test]
+    fn only_permission_bits_travel() {
+        let mut r = file("a", 3, &[(1, 2)], 12, 7);
+        r.permissions = 0o7755;
+        assert_eq!(to_wire(&r, None).permissions, 0o755);
+        let mut info = to_wire(&file("a", 3, &[(1, 2)], 12, 7), None);
+        info.permissions = 0o7777 | 0o170000;
+        assert_eq!(from_wire(info, |_, _| None).unwrap().permissions, 0o777);
+    }
+
+    #[test]
+    fn chunk_requests_are_bounded() {
+        let ok = proto::ChunkRequest { id: 1, folder: "default".into(), path: "a".into(), offset: 0, size: 65536, hash: vec![0; 32], signature: vec![] };
+        assert_eq!(check_request(&ok), Ok([0; 32]));
+        let bad = |f: &dyn Fn(&mut proto::ChunkRequest)| {
+            let mut r = ok.clone();
+            f(&mut r);
+            check_request(&r).unwrap_err()
+        };
+        assert_eq!(bad(&|r| r.size = MAX_CHUNK_SIZE + 1).kind(), "size");
+        assert_eq!(bad(&|r| r.size = 0).kind(), "size");
+        assert_eq!(bad(&|r| r.offset = u64::MAX).kind(), "range");
+        assert_eq!(bad(&|r| r.offset = MAX_FILE_SIZE).kind(), "range");
+        assert_eq!(bad(&|r| r.hash = vec![1; 5]).kind(), "hash");
+        assert_eq!(bad(&|r| r.path = "../x".into()).kind(), "path");
+        assert_eq!(bad(&|r| r.signature = vec![0; MAX_SIGNATURE + 1]).kind(), "signature");
     }
 }

@@ -420,6 +420,13 @@ impl Store {
             .collect()
     }
 
+    /// The size of our chunk with this hash at this offset of this path, if our index has one: a
+    /// peer is served only chunks we announced, so a request cannot make us read (or rehash) any
+    /// other range of a file.
+    pub fn chunk_at(&self, hash: &[u8; 32], folder: &str, path: &str, offset: u64) -> Result<Option<u32>> {
+        Ok(self.db.get_cf(self.cf("chunks"), keys::chunk(hash, folder, path, offset))?.and_then(|v| Some(u32::from_be_bytes(v.as_slice().try_into().ok()?))))
+    }
+
     pub fn flush(&self) -> Result<()> {
         for name in FAMILIES {
             self.db.flush_cf(self.cf(name))?;
