@@ -254,9 +254,14 @@ impl IndexActor {
         self.state.gauges(folder).scanning.store(true, std::sync::atomic::Ordering::Relaxed);
         let (waiting, scope): (BTreeSet<String>, BTreeSet<String>) = std::mem::take(&mut state.pending).into_iter().partition(|p| state.pulling.contains(p));
         state.pending = waiting;
-        let scope: Vec<String> = scope.into_iter().collect();
+        let mut scope: Vec<String> = scope.into_iter().collect();
         if scope.iter().any(|p| p == crate::core::path::IGNORE_FILE) {
             state.ignore = IgnoreRules::load(&state.config.path);
+            // New rules change what every path is: a path ignored until now is found only by a
+            // full scan, and a peer's record ignored until now is wanted only if needs are
+            // computed again (tests/modes.rs).
+            scope.push(String::new());
+            state.recompute_after_scan = true;
         }
         let scanner = Scanner { root: state.config.path.clone(), params: self.params, me: self.me, ignore: state.ignore.clone(), busy: state.pulling.clone(), unreadable: Default::default() };
         let suspect = std::mem::take(&mut state.suspect);
