@@ -1,5 +1,5 @@
 //! The command line, as fixed by CONTRACT.md: `syncnode [--config PATH] [flags]` runs a node;
-//! `init`, `id` and `status` are subcommands. Exit codes: 0 clean stop, 2 bad command line or
+//! `init`, `id`, `status` and `versions list|restore` are subcommands. Exit codes: 0 clean stop, 2 bad command line or
 //! config (the message names the file and key), 1 any other fatal error.
 
 use std::path::{Path, PathBuf};
@@ -59,6 +59,38 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List or restore the versions kept of files that peers replaced or deleted
+    Versions {
+        #[command(subcommand)]
+        command: VersionsCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum VersionsCommand {
+    /// The kept versions, newest first (path, time, size, deleted or replaced, by which peer)
+    List {
+        /// Only this folder's versions
+        #[arg(long, value_name = "ID")]
+        folder: Option<String>,
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+        /// Only the versions of this file (or of everything under this directory), relative to the folder
+        #[arg(value_name = "FILE")]
+        file: Option<String>,
+    },
+    /// Put a kept version back as a new local change (the newest without --at); it then syncs
+    Restore {
+        #[arg(long, value_name = "ID")]
+        folder: String,
+        /// The file, relative to the folder
+        #[arg(value_name = "FILE")]
+        file: String,
+        /// The newest version kept at or before this time (as `versions list` prints it, or a date)
+        #[arg(long, value_name = "TIME")]
+        at: Option<String>,
+    },
 }
 
 /// An error with the exit code it maps to.
@@ -117,6 +149,20 @@ pub fn execute(cli: Cli) -> Result<(), Failure> {
         Some(Command::Status { json }) => {
             let config = cli.run.load()?;
             crate::status::print(&config, json).map_err(Failure::Fatal)
+        }
+        Some(Command::Versions { command }) => {
+            let config = cli.run.load()?;
+            let known = |id: &str| config.folder(id).map(|_| ()).ok_or_else(|| Failure::Usage(format!("--folder {id}: no such folder in the config")));
+            match command {
+                VersionsCommand::List { folder, json, file } => {
+                    folder.as_deref().map(known).transpose()?;
+                    crate::versions::list(&config, folder.as_deref(), file.as_deref(), json).map_err(Failure::Fatal)
+                }
+                VersionsCommand::Restore { folder, file, at } => {
+                    known(&folder)?;
+                    crate::versions::restore(&config, &folder, &file, at.as_deref()).map_err(Failure::Fatal)
+                }
+            }
         }
     }
 }

@@ -17,6 +17,7 @@ use crate::actors::status::NodeState;
 use crate::actors::supervisor::{Shutdown, Supervisor};
 use crate::actors::watcher::Watcher;
 use crate::config::Config;
+use crate::fs::versions::VersionStore;
 use crate::net::identity::Identity;
 use crate::net::tls::TrustedDevices;
 use crate::store::Store;
@@ -41,24 +42,27 @@ async fn serve(config: Config, identity: Identity, store: Arc<Store>) -> Result<
     let folders = Arc::new(config.folders.clone());
     let roots: Arc<HashMap<_, _>> = Arc::new(config.folders.iter().map(|f| (f.id.clone(), f.path.clone())).collect());
 
+    let versions: HashMap<String, Arc<VersionStore>> = config.folders.iter().map(|f| (f.id.clone(), Arc::new(VersionStore::new(&f.path, f.versions_path.as_deref(), f.versioning)))).collect();
     let state = Arc::new(NodeState {
         device_id: identity.device_id,
         name: config.name.clone(),
         folders: config.folders.iter().map(|f| (f.clone(), Arc::default())).collect(),
         directory: directory.clone(),
         store: store.clone(),
+        versions: versions.clone(),
     });
     let index = IndexActor::new(store.clone(), identity.device_id, config.chunk_size, config.tombstone_ttl, &config.folders, state.clone()).start();
     for folder in config.folders.iter() {
         let puller = Puller::new(PullContext {
             folder: folder.id.clone(),
-            commits: CommitQueue::start(),
+            commits: CommitQueue::start(versions[&folder.id].clone()),
             root: folder.path.clone(),
             roots: roots.clone(),
             store: store.clone(),
             directory: directory.clone(),
             index: index.clone(),
             gauges: state.gauges(&folder.id),
+            versions: versions[&folder.id].clone(),
         })
         .start();
         index.do_send(SetPuller { folder: folder.id.clone(), puller });
@@ -69,6 +73,7 @@ async fn serve(config: Config, identity: Identity, store: Arc<Store>) -> Result<
         ctx.add_stream(ReceiverStream::new(inbound_rx));
         supervisor
     });
+    let _versions = crate::actors::versions::VersionCleaner::new(versions.clone()).start();
     let _watcher = Watcher::new(config.folders.clone(), index.clone(), config.debounce, config.rescan_interval).start();
     let port = listener.local_addr()?.port();
     let discovery = Discovery::new(identity.device_id, config.name.clone(), port, config.mdns, config.peers.clone(), supervisor.clone()).start();

@@ -27,6 +27,7 @@ use crate::fs::chunker::{hash, read_range};
 use crate::fs::reuse::Plan;
 use crate::fs::scan::DiskState;
 use crate::fs::safe_path::safe_path;
+use crate::fs::versions::VersionStore;
 use crate::store::Store;
 
 const FILES_IN_FLIGHT: usize = 8;
@@ -61,6 +62,8 @@ pub struct PullContext {
     pub directory: PeerDirectory,
     pub index: Addr<IndexActor>,
     pub gauges: Arc<FolderGauges>,
+    /// Where files that pulls replace or delete are kept first.
+    pub versions: Arc<VersionStore>,
 }
 
 pub struct Puller {
@@ -248,8 +251,8 @@ async fn execute(ctx: &PullContext, item: NeedItem, sources: &Sources) -> Result
     let path = remote.path.clone();
     let outcome = match &item.action {
         Action::Take if remote.deleted => {
-            let (root, p, local) = (ctx.root.clone(), path.clone(), item.local.clone());
-            let removed = blocking(move || apply::remove(&root, &p, local.as_ref())).await??;
+            let (root, p, local, versions, by) = (ctx.root.clone(), path.clone(), item.local.clone(), ctx.versions.clone(), remote.modified_by);
+            let removed = blocking(move || apply::remove_keeping(&root, &p, local.as_ref(), Some((&versions, by)))).await??;
             if removed {
                 tracing::info!(folder = %ctx.folder, path = %path, "deleted");
             }
@@ -356,8 +359,8 @@ type CommitJob = (TempFile, FileRecord, Option<FileRecord>, tokio::sync::oneshot
 const COMMIT_BATCH: usize = 256;
 
 impl CommitQueue {
-    /// Starts the committer task (on the current runtime).
-    pub fn start() -> CommitQueue {
+    /// Starts the committer task (on the current runtime); replaced files are kept in `versions`.
+    pub fn start(versions: Arc<VersionStore>) -> CommitQueue {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<CommitJob>();
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
@@ -369,7 +372,8 @@ impl CommitQueue {
                     }
                 }
                 let (batch, replies): (Vec<_>, Vec<_>) = jobs.into_iter().map(|(t, r, l, reply)| ((t, r, l), reply)).unzip();
-                let Ok(results) = tokio::task::spawn_blocking(move || apply::commit_all(batch)).await else { continue };
+                let versions = versions.clone();
+                let Ok(results) = tokio::task::spawn_blocking(move || apply::commit_all_keeping(batch, Some(&versions))).await else { continue };
                 for (reply, result) in replies.into_iter().zip(results) {
                     let _ = reply.send(result);
                 }

@@ -9,6 +9,7 @@ use serde::Serialize;
 use super::directory::PeerDirectory;
 use crate::config::FolderConfig;
 use crate::core::DeviceId;
+use crate::fs::versions::VersionStore;
 use crate::store::Store;
 
 #[derive(Debug, Default)]
@@ -34,6 +35,8 @@ pub struct NodeState {
     pub folders: Vec<(FolderConfig, Arc<FolderGauges>)>,
     pub directory: PeerDirectory,
     pub store: Arc<Store>,
+    /// Each folder's version store, by folder id.
+    pub versions: std::collections::HashMap<String, Arc<VersionStore>>,
 }
 
 impl NodeState {
@@ -53,6 +56,7 @@ impl NodeState {
                     bytes += r.size;
                 }
                 let need_files = g.need_files.load(Relaxed);
+                let (versions_files, versions_bytes) = self.versions.get(&f.id).map_or((0, 0), |v| v.usage());
                 let state = if g.scanning.load(Relaxed) {
                     "scanning"
                 } else if need_files > 0 {
@@ -75,6 +79,8 @@ impl NodeState {
                     errors: g.errors.load(Relaxed),
                     bytes_reused: g.bytes_reused.load(Relaxed),
                     bytes_saved_on_wire: g.bytes_saved_on_wire.load(Relaxed),
+                    versions_files,
+                    versions_bytes,
                 }
             })
             .collect();
@@ -119,6 +125,11 @@ pub struct FolderReport {
     pub errors: u64,
     pub bytes_reused: u64,
     pub bytes_saved_on_wire: u64,
+    /// Kept versions in the folder's version store, and their bytes.
+    #[serde(default)]
+    pub versions_files: u64,
+    #[serde(default)]
+    pub versions_bytes: u64,
 }
 
 #[derive(Debug, Serialize, serde::Deserialize)]

@@ -1,5 +1,8 @@
 //! The local HTTP API (actix-web, on `node.api_listen`, loopback by default): `GET /rest/status`
-//! (JSON), `GET /metrics` (Prometheus text) and `GET /` (a status page that refreshes itself).
+//! (JSON), `GET /metrics` (Prometheus text) and `GET /` (a status page that refreshes itself);
+//! the version stores under `/rest/versions` (`versions.rs`).
+
+pub mod versions;
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -53,6 +56,8 @@ pub fn prometheus_text(r: &StatusReport) -> String {
     family("conflicts_total", "Conflicts resolved (a copy kept).", "counter", per_folder(&|f| f.conflicts));
     family("errors_total", "Failed pulls (retried).", "counter", per_folder(&|f| f.errors));
     family("reused_bytes_total", "File bytes taken from local files instead of the network.", "counter", per_folder(&|f| f.bytes_reused));
+    family("versions_files", "Versions kept in the folder's version store.", "gauge", per_folder(&|f| f.versions_files));
+    family("versions_bytes", "Bytes of the versions kept in the folder's version store.", "gauge", per_folder(&|f| f.versions_bytes));
     family("wire_saved_bytes_total", "File bytes from peers that rsync deltas and compression kept off the wire.", "counter", per_folder(&|f| f.bytes_saved_on_wire));
     let connected = r.peers.iter().filter(|p| p.connected).count() as u64;
     family("peers_connected", "Peers connected now.", "gauge", vec![(String::new(), connected)]);
@@ -72,6 +77,8 @@ pub fn start(address: SocketAddr, state: Arc<NodeState>) -> anyhow::Result<actix
             .app_data(data.clone())
             .route("/rest/status", web::get().to(status))
             .route("/metrics", web::get().to(metrics))
+            .route("/rest/versions", web::get().to(versions::get))
+            .route("/rest/versions/restore", web::post().to(versions::post_restore))
             .route("/", web::get().to(page))
     })
     .workers(1)

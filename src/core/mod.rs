@@ -10,6 +10,7 @@ pub mod device;
 pub mod path;
 pub mod record;
 pub mod version;
+pub mod versioning;
 
 pub use decide::{decide, Action};
 pub use device::{DeviceId, ShortId};

@@ -8,3 +8,4 @@ pub mod ignore;
 pub mod reuse;
 pub mod safe_path;
 pub mod scan;
+pub mod versions;

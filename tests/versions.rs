@@ -1,0 +1,261 @@
+//! Versioning with real nodes: what a peer deletes or replaces is kept on the receiving side (a
+//! hard link into `.syncnode-versions/`, never a copy), listed and restored with
+//! `syncnode versions`, and a restore syncs back to every peer.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(60);
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin()).args(args).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+/// Adds `keys` (TOML lines) to the node's `[[folder]]` table.
+fn folder_keys(node: &Node, keys: &str) {
+    let text = std::fs::read_to_string(&node.config).unwrap();
+    let anchor = format!("path = \"{}\"\n", node.folder.display());
+    assert!(text.contains(&anchor));
+    std::fs::write(&node.config, text.replacen(&anchor, &format!("{anchor}{keys}\n"), 1)).unwrap();
+}
+
+/// Two connected nodes; `b_keys` go into B's folder table.
+fn pair(b_keys: &str) -> Vec<Node> {
+    let mut nodes = vec![Node::new("a"), Node::new("b")];
+    let (ia, ib) = (nodes[0].device_id.clone(), nodes[1].device_id.clone());
+    let (aa, ab) = (nodes[0].address(), nodes[1].address());
+    nodes[0].peers.push((ib, Some(ab)));
+    nodes[1].peers.push((ia, Some(aa)));
+    for n in nodes.iter_mut() {
+        n.write_config();
+    }
+    folder_keys(&nodes[1], b_keys);
+    for n in nodes.iter_mut() {
+        n.start();
+    }
+    nodes
+}
+
+fn list_json(node: &Node, file: Option<&str>) -> Vec<Value> {
+    let cfg = node.config.to_str().unwrap();
+    let mut args = vec!["versions", "list", "--config", cfg, "--json"];
+    args.extend(file);
+    let (code, out, err) = run(&args);
+    assert_eq!(code, 0, "versions list failed: {err}");
+    serde_json::from_str::<Vec<Value>>(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+}
+
+/// Regular files under the store, by path relative to it.
+fn store_files(node: &Node) -> BTreeMap<String, PathBuf> {
+    let store = node.folder.join(".syncnode-versions");
+    walkdir::WalkDir::new(&store)
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_type().is_file())
+        .map(|e| (e.path().strip_prefix(&store).unwrap().to_string_lossy().to_string(), e.path().to_path_buf()))
+        .collect()
+}
+
+fn metric(node: &Node, name: &str) -> Option<u64> {
+    let (code, body) = http_get(node.api_port, "/metrics")?;
+    (code == 200).then_some(())?;
+    body.lines().find(|l| l.starts_with(&format!("{name}{{folder=\"default\"}}")))?.rsplit(' ').next()?.parse().ok()
+}
+
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).ok()?;
+    let (head, body) = raw.split_once("\r\n\r\n")?;
+    let code = head.split(' ').nth(1)?.parse().ok()?;
+    Some((code, body.to_string()))
+}
+
+#[test]
+fn a_delete_on_a_is_restorable_on_b_and_the_restore_reaches_a() {
+    let nodes = pair("");
+    let (a, b) = (&nodes[0], &nodes[1]);
+    a.write("docs/plan.txt", b"the plan, first draft\n");
+    assert!(converged(&[a, b], T, |t| t.contains_key("docs/plan.txt")), "{}", describe(&[a, b]));
+
+    std::fs::remove_file(a.path("docs/plan.txt")).unwrap();
+    assert!(converged(&[a, b], T, |t| !t.contains_key("docs/plan.txt")), "{}", describe(&[a, b]));
+    // The store is local: B holds the version, A (which deleted it itself) holds none.
+    let listed = list_json(b, Some("docs/plan.txt"));
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let v = &listed[0];
+    assert_eq!((v["folder"].as_str(), v["path"].as_str(), v["reason"].as_str()), (Some("default"), Some("docs/plan.txt"), Some("deleted")));
+    assert_eq!(v["size"].as_u64(), Some(22));
+    assert_eq!(v["by"].as_str(), Some(&a.device_id[..7]), "the deleting peer");
+    assert!(list_json(a, None).is_empty());
+    assert!(wait_until(T, || metric(b, "syncnode_versions_files") == Some(1)));
+    assert_eq!(metric(b, "syncnode_versions_bytes"), Some(22));
+    // The table names it too.
+    let (code, out, err) = run(&["versions", "list", "--config", b.config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("docs/plan.txt") && out.contains("deleted") && out.contains(&a.device_id[..7]), "{out}");
+
+    let (code, out, err) = run(&["versions", "restore", "--config", b.config.to_str().unwrap(), "--folder", "default", "docs/plan.txt"]);
+    assert_eq!(code, 0, "restore failed: {err}");
+    assert!(out.contains("restored docs/plan.txt"), "{out}");
+    assert!(converged(&[a, b], T, |t| t.contains_key("docs/plan.txt")), "{}", describe(&[a, b]));
+    assert_eq!(std::fs::read(a.path("docs/plan.txt")).unwrap(), b"the plan, first draft\n");
+    assert!(list_json(b, None).is_empty(), "a restored version leaves the store");
+    // Nothing left to restore: a clear failure, exit 1.
+    let (code, _, err) = run(&["versions", "restore", "--config", b.config.to_str().unwrap(), "--folder", "default", "docs/plan.txt"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no kept version of `docs/plan.txt`"), "{err}");
+    let (code, _, err) = run(&["versions", "restore", "--config", b.config.to_str().unwrap(), "--folder", "nope", "x"]);
+    assert_eq!(code, 2, "{err}");
+}
+
+/// The ransomware drill: every file rewritten on A; B keeps each previous version, as the very
+/// inode it had (a link, no copy), and `--at` restores one of them.
+#[test]
+fn a_thousand_files_rewritten_on_a_leave_every_old_version_on_b_without_a_copy() {
+    const N: usize = 1000;
+    let nodes = pair("");
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let name = |i: usize| format!("d{}/file-{i:04}.txt", i % 10);
+    let old = |i: usize| format!("original content of file {i}\n").into_bytes();
+    for i in 0..N {
+        a.write(&name(i), &old(i));
+    }
+    assert!(converged(&[a, b], Duration::from_secs(120), |t| t.len() == N + 10), "{}", describe(&[a, b]));
+    let inodes: HashMap<String, u64> = (0..N).map(|i| (name(i), std::fs::metadata(b.path(&name(i))).unwrap().ino())).collect();
+
+    // Each file is replaced whole (written beside the folder, renamed over the original), the way
+    // an encrypting program leaves it, so A announces exactly one new version of each.
+    let scratch = a.dir.join("scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
+    for i in 0..N {
+        let tmp = scratch.join(format!("{i}"));
+        std::fs::write(&tmp, format!("ENCRYPTED {i:04} {}\n", "x".repeat(i % 50))).unwrap();
+        std::fs::rename(&tmp, a.path(&name(i))).unwrap();
+    }
+    assert!(
+        converged(&[a, b], Duration::from_secs(120), |t| (0..N).all(|i| matches!(t.get(&name(i)), Some(Entry::File { size, .. }) if *size == 16 + (i % 50) as u64))),
+        "{}",
+        describe(&[a, b])
+    );
+
+    let stored = store_files(b);
+    assert_eq!(stored.len(), N, "one version per rewritten file");
+    let listed = list_json(b, None);
+    assert_eq!(listed.len(), N);
+    let mut seen = 0;
+    for v in &listed {
+        let path = v["path"].as_str().unwrap();
+        assert_eq!(v["reason"].as_str(), Some("replaced"));
+        assert_eq!(v["by"].as_str(), Some(&a.device_id[..7]));
+        let file = &stored[v["stored"].as_str().unwrap()];
+        assert_eq!(std::fs::metadata(file).unwrap().ino(), inodes[path], "{path}: the version is the old inode, not a copy");
+        let i: usize = path[path.len() - 8..path.len() - 4].parse().unwrap();
+        assert_eq!(std::fs::read(file).unwrap(), old(i));
+        seen += 1;
+    }
+    assert_eq!(seen, N);
+    // Newest first.
+    assert!(listed.windows(2).all(|w| w[0]["time_ms"].as_u64() >= w[1]["time_ms"].as_u64()));
+    assert!(wait_until(T, || metric(b, "syncnode_versions_files") == Some(N as u64)));
+
+    // Restoring one at its listed time puts the original back on both nodes; the encrypted file
+    // that was there is kept as a conflict copy (a restore never overwrites a changed file).
+    let pick = listed.iter().find(|v| v["path"].as_str() == Some(&name(7))).unwrap();
+    let cfg = b.config.to_str().unwrap();
+    let (code, out, err) = run(&["versions", "restore", "--config", cfg, "--folder", "default", &name(7), "--at", pick["time"].as_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("sync-conflict"), "{out}");
+    assert!(
+        converged(&[a, b], T, |t| matches!(t.get(&name(7)), Some(Entry::File { size, .. }) if *size == old(7).len() as u64) && t.len() == N + 11),
+        "{}",
+        describe(&[a, b])
+    );
+    assert_eq!(std::fs::read(a.path(&name(7))).unwrap(), old(7));
+}
+
+#[test]
+fn without_versioning_nothing_is_kept() {
+    let nodes = pair("versioning = \"none\"");
+    let (a, b) = (&nodes[0], &nodes[1]);
+    a.write("x.txt", b"x");
+    assert!(converged(&[a, b], T, |t| t.contains_key("x.txt")));
+    a.write("x.txt", b"xy");
+    assert!(converged(&[a, b], T, |t| matches!(t.get("x.txt"), Some(Entry::File { size: 2, .. }))));
+    std::fs::remove_file(a.path("x.txt")).unwrap();
+    assert!(converged(&[a, b], T, |t| t.is_empty()));
+    assert!(!b.folder.join(".syncnode-versions").exists());
+    assert!(list_json(b, None).is_empty());
+}
+
+/// A node killed while it replaces files loses no old version: each one is at its path or in the
+/// store at every moment, and after the restart every original is in the store.
+#[test]
+fn a_kill_in_the_middle_of_replacing_loses_no_old_version() {
+    const N: usize = 300;
+    let mut nodes = pair("");
+    let name = |i: usize| format!("f{i:03}.bin");
+    for i in 0..N {
+        nodes[0].write(&name(i), &random_bytes(20_000, i as u64 + 1));
+    }
+    assert!(converged(&[&nodes[0], &nodes[1]], Duration::from_secs(120), |t| t.len() == N), "{}", describe(&[&nodes[0], &nodes[1]]));
+    let originals: Vec<[u8; 32]> = (0..N).map(|i| *blake3::hash(&random_bytes(20_000, i as u64 + 1)).as_bytes()).collect();
+
+    let pulled = |n: &Node| n.log_text().lines().filter(|l| l.contains("pulled")).count();
+    let before = pulled(&nodes[1]);
+    let scratch = nodes[0].dir.join("scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
+    for i in 0..N {
+        std::fs::write(scratch.join("t"), random_bytes(20_000, 1000 + i as u64)).unwrap();
+        std::fs::rename(scratch.join("t"), nodes[0].path(&name(i))).unwrap();
+    }
+    // Kill B once it has replaced some, not all.
+    assert!(wait_until(T, || pulled(&nodes[1]) > before + 20));
+    nodes[1].kill();
+    nodes[1].start();
+    let new: Vec<[u8; 32]> = (0..N).map(|i| *blake3::hash(&random_bytes(20_000, 1000 + i as u64)).as_bytes()).collect();
+    assert!(
+        converged(&[&nodes[0], &nodes[1]], Duration::from_secs(120), |t| (0..N).all(|i| matches!(t.get(&name(i)), Some(Entry::File { hash, .. }) if *hash == new[i]))),
+        "{}",
+        describe(&[&nodes[0], &nodes[1]])
+    );
+    let kept: std::collections::HashSet<[u8; 32]> = store_files(&nodes[1]).values().map(|p| *blake3::hash(&std::fs::read(p).unwrap()).as_bytes()).collect();
+    let lost: Vec<String> = (0..N).filter(|&i| !kept.contains(&originals[i])).map(name).collect();
+    assert!(lost.is_empty(), "old versions lost: {lost:?}");
+}
+
+#[test]
+fn a_bad_versioning_setting_is_a_config_error_naming_the_key() {
+    let node = Node::new("a");
+    let cfg = node.config.to_str().unwrap().to_string();
+    for (keys, key) in [
+        ("versioning = \"weekly\"", "folder[0].versioning.type"),
+        ("versioning = { type = \"simple\", keep = 0 }", "folder[0].versioning.keep"),
+        ("versioning = { type = \"trash\", max_age = \"a while\" }", "folder[0].versioning.max_age"),
+        ("versioning = { type = \"trash\", colour = \"red\" }", "folder.versioning.colour"),
+        ("versioning = { path = \"sync/old\" }", "folder[0].versioning.path"),
+    ] {
+        node.write_config();
+        folder_keys(&node, keys);
+        let (code, _, err) = run(&["--config", &cfg]);
+        assert_eq!(code, 2, "{keys}: {err}");
+        assert!(err.contains(&cfg) && err.contains(key), "{keys}: {err}");
+    }
+    // A store outside the folder on the same filesystem is fine.
+    node.write_config();
+    folder_keys(&node, "versioning = { type = \"staggered\", max_size = \"1GiB\", path = \"versions\" }");
+    let (code, out, err) = run(&["versions", "list", "--config", &cfg]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("no versions kept"), "{out}");
+}
