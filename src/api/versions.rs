@@ -78,7 +78,7 @@ pub fn list<'a>(stores: impl IntoIterator<Item = (&'a str, &'a VersionStore)>, f
     if let (Some(f), false) = (folder, found) {
         return Err(RequestError::NoFolder(f.to_string()));
     }
-    out.sort_by(|a, b| b.version.time_ms.cmp(&a.version.time_ms));
+    out.sort_by_key(|v| std::cmp::Reverse(v.version.time_ms));
     Ok(out)
 }
 

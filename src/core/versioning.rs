@@ -372,7 +372,7 @@ mod tests {
         let mut now = start;
         while now < start + 60 * DAY {
             store.push(now);
-            if (now - start) % (10 * MINUTE) == 0 {
+            if (now - start).is_multiple_of(10 * MINUTE) {
                 store = kept(&policy, &store, now);
             }
             now += 5 * MINUTE;

@@ -196,6 +196,9 @@ impl VersionStore {
     /// Every version under the folder's directory `under`.
     fn walk(&self, under: &str, out: &mut Vec<Version>) -> io::Result<()> {
         let start = self.store_dir(under)?;
+        if !start.is_dir() {
+            return Ok(());
+        }
         for entry in walkdir::WalkDir::new(&start).follow_links(false).into_iter().filter_entry(|e| e.file_type().is_dir()) {
             let entry = entry.map_err(io::Error::other)?;
             let rel = entry.path().strip_prefix(&self.dir).ok().and_then(Path::to_str).map(str::to_string).unwrap_or_default();
