@@ -82,6 +82,7 @@ pub enum VersionsCommand {
     },
     /// Put a kept version back as a new local change (the newest without --at); it then syncs
     Restore {
+        /// The folder's id
         #[arg(long, value_name = "ID")]
         folder: String,
         /// The file, relative to the folder
