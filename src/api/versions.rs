@@ -2,7 +2,7 @@
 //! folders (`fs::versions`), listed and restored through the running node, whose watcher then
 //! sees the restored file as a local change. The store's disk work runs on a blocking thread.
 //!
-//! - `GET /rest/versions[?folder=ID][&path=FILE]`: a JSON array, newest first, of
+//! - `GET /rest/versions[?folder=ID][&path=FILE][&limit=N]`: a JSON array, newest first, of
 //!   `{folder, path, time, time_ms, size, reason: "deleted"|"replaced", by, stored}`.
 //! - `POST /rest/versions/restore` with `{"folder": ID, "path": FILE, "at": TIME?}`: the restore's
 //!   outcome `{path, version, conflict_copy, unchanged}`; 404 when no version matches.
@@ -28,6 +28,8 @@ pub struct FolderVersion {
 pub struct ListQuery {
     pub folder: Option<String>,
     pub path: Option<String>,
+    /// Only the newest this many.
+    pub limit: Option<usize>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -100,7 +102,9 @@ pub async fn get(state: web::Data<Arc<NodeState>>, query: web::Query<ListQuery>)
     let query = query.into_inner();
     let result = web::block(move || {
         let stores = state.versions.iter().map(|(id, s)| (id.as_str(), s.as_ref()));
-        list(stores, query.folder.as_deref(), query.path.as_deref())
+        let mut versions = list(stores, query.folder.as_deref(), query.path.as_deref())?;
+        versions.truncate(query.limit.unwrap_or(usize::MAX));
+        Ok::<_, RequestError>(versions)
     })
     .await
     .map_err(actix_web::error::ErrorInternalServerError)?;
