@@ -1,5 +1,6 @@
 //! The command line, as fixed by CONTRACT.md: `syncnode [--config PATH] [flags]` runs a node;
-//! `init`, `id`, `status` and `versions list|restore` are subcommands. Exit codes: 0 clean stop, 2 bad command line or
+//! `init`, `id`, `status`, `versions list|restore`, and for one-way folders `changes`, `revert` and
+//! `override` are subcommands. Exit codes: 0 clean stop, 2 bad command line or
 //! config (the message names the file and key), 1 any other fatal error.
 
 use std::path::{Path, PathBuf};
@@ -58,6 +59,27 @@ pub enum Command {
         /// Print JSON instead of a table
         #[arg(long)]
         json: bool,
+    },
+    /// One-way folders: what differs from the peers (receive-only: local changes; send-only: peer changes not taken)
+    Changes {
+        /// Only this folder
+        #[arg(long, value_name = "ID")]
+        folder: Option<String>,
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Receive-only folder: give its local changes back to the cluster (the files go to the version store)
+    Revert {
+        /// The folder's id
+        #[arg(long, value_name = "ID")]
+        folder: String,
+    },
+    /// Send-only folder: make this node's state win on every peer
+    Override {
+        /// The folder's id
+        #[arg(long, value_name = "ID")]
+        folder: String,
     },
     /// List or restore the versions kept of files that peers replaced or deleted
     Versions {
@@ -151,6 +173,18 @@ pub fn execute(cli: Cli) -> Result<(), Failure> {
             let config = cli.run.load()?;
             crate::status::print(&config, json).map_err(Failure::Fatal)
         }
+        Some(Command::Changes { folder, json }) => {
+            let config = cli.run.load()?;
+            if let Some(f) = folder.as_deref().filter(|f| config.folder(f).is_none()) {
+                return Err(Failure::Usage(format!("--folder {f}: no such folder in the config")));
+            }
+            crate::oneway::changes(&config, folder.as_deref(), json).map_err(Failure::Fatal)
+        }
+        Some(Command::Revert { folder }) | Some(Command::Override { folder }) if cli.run.load().is_ok_and(|c| c.folder(&folder).is_none()) => {
+            Err(Failure::Usage(format!("--folder {folder}: no such folder in the config")))
+        }
+        Some(Command::Revert { folder }) => crate::oneway::revert(&cli.run.load()?, &folder).map_err(Failure::Fatal),
+        Some(Command::Override { folder }) => crate::oneway::override_peers(&cli.run.load()?, &folder).map_err(Failure::Fatal),
         Some(Command::Versions { command }) => {
             let config = cli.run.load()?;
             let known = |id: &str| config.folder(id).map(|_| ()).ok_or_else(|| Failure::Usage(format!("--folder {id}: no such folder in the config")));

@@ -17,6 +17,7 @@ pub mod core;
 pub mod fs;
 pub mod net;
 pub mod node;
+pub mod oneway;
 pub mod status;
 pub mod store;
 pub mod versions;

@@ -50,8 +50,10 @@ async fn serve(config: Config, identity: Identity, store: Arc<Store>) -> Result<
         directory: directory.clone(),
         store: store.clone(),
         versions: versions.clone(),
+        index: Default::default(),
     });
     let index = IndexActor::new(store.clone(), identity.device_id, config.chunk_size, config.tombstone_ttl, &config.folders, state.clone()).start();
+    let _ = state.index.set(index.clone());
     for folder in config.folders.iter() {
         let puller = Puller::new(PullContext {
             folder: folder.id.clone(),

@@ -11,23 +11,23 @@ use crate::fs::versions::{Restored, VersionStore};
 use crate::net::identity::Identity;
 
 /// What the node's API said, or that no node is there.
-enum Answer {
+pub(crate) enum Answer {
     NoNode,
     Body(String),
 }
 
-fn agent() -> ureq::Agent {
+pub(crate) fn agent() -> ureq::Agent {
     ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(std::time::Duration::from_secs(60))).build().into()
 }
 
-fn base_url(config: &Config) -> Option<String> {
+pub(crate) fn base_url(config: &Config) -> Option<String> {
     let address = config.api_listen?;
     let host = if address.ip().is_unspecified() { std::net::SocketAddr::new([127, 0, 0, 1].into(), address.port()) } else { address };
     Some(format!("http://{host}"))
 }
 
 /// The body of a successful answer; an error answer becomes the error it names.
-fn answer(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<Answer> {
+pub(crate) fn answer(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<Answer> {
     let mut response = match result {
         Ok(r) => r,
         Err(ureq::Error::Io(e)) if matches!(e.kind(), std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound) => return Ok(Answer::NoNode),

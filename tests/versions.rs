@@ -30,6 +30,11 @@ fn folder_keys(node: &Node, keys: &str) {
 
 /// Two connected nodes; `b_keys` go into B's folder table.
 fn pair(b_keys: &str) -> Vec<Node> {
+    pair_with("", b_keys)
+}
+
+/// Two connected nodes with extra keys in each one's folder table.
+fn pair_with(a_keys: &str, b_keys: &str) -> Vec<Node> {
     let mut nodes = vec![Node::new("a"), Node::new("b")];
     let (ia, ib) = (nodes[0].device_id.clone(), nodes[1].device_id.clone());
     let (aa, ab) = (nodes[0].address(), nodes[1].address());
@@ -38,6 +43,7 @@ fn pair(b_keys: &str) -> Vec<Node> {
     for n in nodes.iter_mut() {
         n.write_config();
     }
+    folder_keys(&nodes[0], a_keys);
     folder_keys(&nodes[1], b_keys);
     for n in nodes.iter_mut() {
         n.start();
@@ -258,4 +264,87 @@ fn a_bad_versioning_setting_is_a_config_error_naming_the_key() {
     let (code, out, err) = run(&["versions", "list", "--config", &cfg]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("no versions kept"), "{out}");
+}
+
+fn status_of(node: &Node, field: &str) -> Option<u64> {
+    let (code, body) = http_get(node.api_port, "/rest/status")?;
+    (code == 200).then_some(())?;
+    serde_json::from_str::<Value>(&body).ok()?["folders"][0][field].as_u64()
+}
+
+fn changes_json(node: &Node) -> Vec<Value> {
+    let (code, out, err) = run(&["changes", "--config", node.config.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0, "changes failed: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+}
+
+/// A receive-only node's own edits are shown as local changes (never sent), and `revert` gives
+/// the paths back to the cluster, keeping the local files in the version store.
+#[test]
+fn a_receive_only_nodes_local_edit_is_listed_and_reverted() {
+    let nodes = pair("mode = \"receive-only\"");
+    let (a, b) = (&nodes[0], &nodes[1]);
+    a.write("doc.txt", b"cluster version\n");
+    assert!(converged(&[a, b], T, |t| t.contains_key("doc.txt")), "{}", describe(&[a, b]));
+
+    b.write("doc.txt", b"edited on the receive-only node\n");
+    b.write("extra.txt", b"added there\n");
+    assert!(wait_until(T, || status_of(b, "local_changes") == Some(2)), "B never counted its local changes");
+    let listed = changes_json(b);
+    let paths: Vec<(&str, &str, bool)> = listed.iter().map(|c| (c["path"].as_str().unwrap(), c["side"].as_str().unwrap(), c["deleted"].as_bool().unwrap())).collect();
+    assert_eq!(paths, vec![("doc.txt", "local", false), ("extra.txt", "local", false)]);
+    assert_eq!(std::fs::read(a.path("doc.txt")).unwrap(), b"cluster version\n", "a receive-only node announced its edit");
+    assert!(!a.path("extra.txt").exists());
+
+    let (code, out, err) = run(&["revert", "--config", b.config.to_str().unwrap(), "--folder", "default"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("reverted 2"), "{out}");
+    assert!(converged(&[a, b], T, |t| t.len() == 1 && matches!(t.get("doc.txt"), Some(Entry::File { size: 16, .. }))), "{}", describe(&[a, b]));
+    assert_eq!(std::fs::read(b.path("doc.txt")).unwrap(), b"cluster version\n");
+    assert!(wait_until(T, || status_of(b, "local_changes") == Some(0)));
+    // The local edits are not lost: they are versions now.
+    let kept = list_json(b, None);
+    let mut reverted: Vec<(&str, u64)> = kept.iter().filter(|v| v["reason"] == "reverted").map(|v| (v["path"].as_str().unwrap(), v["size"].as_u64().unwrap())).collect();
+    reverted.sort();
+    assert_eq!(reverted, vec![("doc.txt", 32), ("extra.txt", 12)]);
+    // revert is for receive-only folders only.
+    let (code, _, err) = run(&["revert", "--config", a.config.to_str().unwrap(), "--folder", "default"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("not receive-only"), "{err}");
+}
+
+/// A send-only node shows what peers changed and it did not take, and `override` makes its own
+/// state win on every peer (which keep what they lose as versions).
+#[test]
+fn a_send_only_override_wins_on_every_peer() {
+    let nodes = pair_with("mode = \"send-only\"", "");
+    let (a, b) = (&nodes[0], &nodes[1]);
+    a.write("settings.ini", b"golden\n");
+    a.write("keep.txt", b"untouched\n");
+    assert!(converged(&[a, b], T, |t| t.len() == 2), "{}", describe(&[a, b]));
+
+    b.write("settings.ini", b"tampered with\n");
+    b.write("junk.txt", b"junk\n");
+    std::fs::remove_file(b.path("keep.txt")).unwrap();
+    assert!(wait_until(T, || status_of(a, "remote_changes") == Some(3)), "A never counted the peer's changes: {:?}", changes_json(a));
+    let listed = changes_json(a);
+    let paths: Vec<(&str, &str, bool)> = listed.iter().map(|c| (c["path"].as_str().unwrap(), c["side"].as_str().unwrap(), c["deleted"].as_bool().unwrap())).collect();
+    assert_eq!(paths, vec![("junk.txt", "remote", false), ("keep.txt", "remote", true), ("settings.ini", "remote", false)]);
+    assert_eq!(std::fs::read(a.path("settings.ini")).unwrap(), b"golden\n", "a send-only node took a peer's change");
+
+    let (code, out, err) = run(&["override", "--config", a.config.to_str().unwrap(), "--folder", "default"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("re-issued 3"), "{out}");
+    assert!(
+        converged(&[a, b], T, |t| t.len() == 2 && matches!(t.get("settings.ini"), Some(Entry::File { size: 7, .. })) && t.contains_key("keep.txt")),
+        "{}",
+        describe(&[a, b])
+    );
+    assert_eq!(std::fs::read(b.path("settings.ini")).unwrap(), b"golden\n");
+    assert!(wait_until(T, || status_of(a, "remote_changes") == Some(0)), "{:?}", changes_json(a));
+    // What B lost is kept there.
+    let kept = list_json(b, None);
+    let mut lost: Vec<(&str, &str)> = kept.iter().map(|v| (v["path"].as_str().unwrap(), v["reason"].as_str().unwrap())).collect();
+    lost.sort();
+    assert_eq!(lost, vec![("junk.txt", "deleted"), ("settings.ini", "replaced")]);
 }

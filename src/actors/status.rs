@@ -37,6 +37,8 @@ pub struct NodeState {
     pub store: Arc<Store>,
     /// Each folder's version store, by folder id.
     pub versions: std::collections::HashMap<String, Arc<VersionStore>>,
+    /// The Index, once started (the API sends it `Revert` and `Override`).
+    pub index: std::sync::OnceLock<actix::Addr<super::index::IndexActor>>,
 }
 
 impl NodeState {
@@ -57,6 +59,12 @@ impl NodeState {
                 }
                 let need_files = g.need_files.load(Relaxed);
                 let (versions_files, versions_bytes) = self.versions.get(&f.id).map_or((0, 0), |v| v.usage());
+                let diverged = super::index::modes::changes(&self.store, &f.id, f.mode, self.device_id.short()).len() as u64;
+                let (local_changes, remote_changes) = match f.mode {
+                    crate::config::FolderMode::ReceiveOnly => (diverged, 0),
+                    crate::config::FolderMode::SendOnly => (0, diverged),
+                    crate::config::FolderMode::SendReceive => (0, 0),
+                };
                 let state = if g.scanning.load(Relaxed) {
                     "scanning"
                 } else if need_files > 0 {
@@ -81,6 +89,8 @@ impl NodeState {
                     bytes_saved_on_wire: g.bytes_saved_on_wire.load(Relaxed),
                     versions_files,
                     versions_bytes,
+                    local_changes,
+                    remote_changes,
                 }
             })
             .collect();
@@ -130,6 +140,12 @@ pub struct FolderReport {
     pub versions_files: u64,
     #[serde(default)]
     pub versions_bytes: u64,
+    /// Receive-only: paths changed here and not announced (`syncnode revert` gives them back).
+    #[serde(default)]
+    pub local_changes: u64,
+    /// Send-only: peer changes not taken (`syncnode override` makes ours win).
+    #[serde(default)]
+    pub remote_changes: u64,
 }
 
 #[derive(Debug, Serialize, serde::Deserialize)]

@@ -1,7 +1,9 @@
 //! The local HTTP API (actix-web, on `node.api_listen`, loopback by default): `GET /rest/status`
 //! (JSON), `GET /metrics` (Prometheus text) and `GET /` (a status page that refreshes itself);
-//! the version stores under `/rest/versions` (`versions.rs`).
+//! the version stores under `/rest/versions` (`versions.rs`); one-way folders' changes, revert and
+//! override (`modes.rs`).
 
+pub mod modes;
 pub mod versions;
 
 use std::fmt::Write as _;
@@ -58,6 +60,8 @@ pub fn prometheus_text(r: &StatusReport) -> String {
     family("reused_bytes_total", "File bytes taken from local files instead of the network.", "counter", per_folder(&|f| f.bytes_reused));
     family("versions_files", "Versions kept in the folder's version store.", "gauge", per_folder(&|f| f.versions_files));
     family("versions_bytes", "Bytes of the versions kept in the folder's version store.", "gauge", per_folder(&|f| f.versions_bytes));
+    family("local_changes", "Receive-only folders: paths changed here and not announced.", "gauge", per_folder(&|f| f.local_changes));
+    family("remote_changes", "Send-only folders: peer changes not taken.", "gauge", per_folder(&|f| f.remote_changes));
     family("wire_saved_bytes_total", "File bytes from peers that rsync deltas and compression kept off the wire.", "counter", per_folder(&|f| f.bytes_saved_on_wire));
     let connected = r.peers.iter().filter(|p| p.connected).count() as u64;
     family("peers_connected", "Peers connected now.", "gauge", vec![(String::new(), connected)]);
@@ -79,6 +83,9 @@ pub fn start(address: SocketAddr, state: Arc<NodeState>) -> anyhow::Result<actix
             .route("/metrics", web::get().to(metrics))
             .route("/rest/versions", web::get().to(versions::get))
             .route("/rest/versions/restore", web::post().to(versions::post_restore))
+            .route("/rest/changes", web::get().to(modes::get))
+            .route("/rest/revert", web::post().to(modes::revert))
+            .route("/rest/override", web::post().to(modes::override_peers))
             .route("/", web::get().to(page))
     })
     .workers(1)

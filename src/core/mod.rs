@@ -7,6 +7,7 @@ pub mod conflict;
 mod convergence;
 pub mod decide;
 pub mod device;
+pub mod divergence;
 pub mod path;
 pub mod record;
 pub mod version;

@@ -214,6 +214,8 @@ pub enum Reason {
     Deleted,
     /// A peer's version replaced it.
     Replaced,
+    /// A local change in a receive-only folder, given back to the cluster (`syncnode revert`).
+    Reverted,
 }
 
 impl Reason {
@@ -221,6 +223,7 @@ impl Reason {
         match self {
             Reason::Deleted => "deleted",
             Reason::Replaced => "replaced",
+            Reason::Reverted => "reverted",
         }
     }
 
@@ -228,6 +231,7 @@ impl Reason {
         match text {
             "deleted" => Some(Reason::Deleted),
             "replaced" => Some(Reason::Replaced),
+            "reverted" => Some(Reason::Reverted),
             _ => None,
         }
     }
@@ -449,8 +453,8 @@ mod tests {
 
     proptest! {
         #[test]
-        fn a_version_name_reads_back(name in "[a-z~. -]{0,6}[a-z]{1,8}(\\.[a-z~]{0,4})?", time in 0u64..4_000_000_000_000, deleted in any::<bool>(), by in "(local|[A-Z2-7]{7})") {
-            let reason = if deleted { Reason::Deleted } else { Reason::Replaced };
+        fn a_version_name_reads_back(name in "[a-z~. -]{0,6}[a-z]{1,8}(\\.[a-z~]{0,4})?", time in 0u64..4_000_000_000_000, by in "(local|[A-Z2-7]{7})") {
+            let reason = [Reason::Deleted, Reason::Replaced, Reason::Reverted][(time % 3) as usize];
             let stored = version_name(&name, time, reason, &by);
             prop_assert!(crate::core::path::validate(&stored).is_ok());
             let tag = parse_version_name(&stored);

@@ -1,0 +1,163 @@
+//! The Index's side of one-way folders (`core::divergence`): which paths of a receive-only folder
+//! were changed here (local changes), which peer changes a send-only folder did not take (remote
+//! changes), and the two commands that settle them: `Revert` (receive-only: each local change goes
+//! to the version store, and the cluster's version is pulled) and `Override` (send-only: our state
+//! is re-issued above the peers', so it wins everywhere).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use actix::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::IndexActor;
+use crate::actors::messages::RecomputeNeeds;
+use crate::config::FolderMode;
+use crate::core::divergence::{is_local_change, is_remote_change, overriding, reverted};
+use crate::core::versioning::Reason;
+use crate::core::{FileKind, FileRecord, ShortId};
+use crate::fs::safe_path::safe_path;
+use crate::fs::versions::VersionStore;
+use crate::store::Store;
+
+/// One path where a one-way folder and its cluster differ.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Divergent {
+    pub path: String,
+    /// "file" or "directory".
+    pub kind: String,
+    /// The change is a delete (ours for a local change, the peer's for a remote change).
+    pub deleted: bool,
+    pub size: u64,
+    /// The device (ID prefix) that made the change.
+    pub by: String,
+}
+
+fn divergent(r: &FileRecord) -> Divergent {
+    let kind = if r.kind == FileKind::Directory { "directory" } else { "file" };
+    Divergent { path: r.path.clone(), kind: kind.into(), deleted: r.deleted, size: r.size, by: r.modified_by.prefix() }
+}
+
+/// The newest version of each path the peers announced (of two concurrent ones, the first seen).
+fn cluster(store: &Store, folder: &str) -> HashMap<String, FileRecord> {
+    let mut best: HashMap<String, FileRecord> = HashMap::new();
+    for device in store.remote_devices(folder).unwrap_or_default() {
+        for r in store.remote_records(&device, folder) {
+            match best.get(&r.path) {
+                Some(cur) if !r.version.dominates(&cur.version) => {}
+                _ => {
+                    best.insert(r.path.clone(), r);
+                }
+            }
+        }
+    }
+    best
+}
+
+/// Local changes of a receive-only folder (our records), or remote changes not taken by a
+/// send-only one (the peers' records); nothing for a send-receive folder. Path order.
+pub fn changes(store: &Store, folder: &str, mode: FolderMode, me: ShortId) -> Vec<FileRecord> {
+    match mode {
+        FolderMode::SendReceive => Vec::new(),
+        FolderMode::ReceiveOnly => {
+            let best = cluster(store, folder);
+            store.local_records(folder).filter(|l| is_local_change(l, me, best.get(&l.path))).collect()
+        }
+        FolderMode::SendOnly => {
+            let mut out: Vec<FileRecord> = cluster(store, folder).into_values().filter(|r| is_remote_change(store.get(folder, &r.path).ok().flatten().as_ref(), r)).collect();
+            out.sort_by(|a, b| a.path.cmp(&b.path));
+            out
+        }
+    }
+}
+
+/// The same, as shown by the API.
+pub fn listed(store: &Store, folder: &str, mode: FolderMode, me: ShortId) -> Vec<Divergent> {
+    changes(store, folder, mode, me).iter().map(divergent).collect()
+}
+
+/// Moves a locally changed path out of the folder: a file into the version store, a directory
+/// away if it is empty (its children are reverted before it). A local delete has nothing on disk.
+fn set_aside(root: &Path, versions: &VersionStore, record: &FileRecord) -> Result<(), String> {
+    if record.deleted {
+        return Ok(());
+    }
+    let full = safe_path(root, &record.path).map_err(|e| e.to_string())?;
+    match std::fs::symlink_metadata(&full) {
+        Ok(m) if m.is_dir() => {
+            let _ = std::fs::remove_dir(&full);
+            Ok(())
+        }
+        Ok(_) => {
+            versions.keep(&full, &record.path, Reason::Reverted, "local").map_err(|e| format!("{}: {e}", record.path))?;
+            std::fs::remove_file(&full).map_err(|e| format!("{}: {e}", record.path))
+        }
+        Err(_) => Ok(()),
+    }
+}
+
+/// Give a receive-only folder's local changes back to the cluster; answers how many paths.
+#[derive(Message)]
+#[rtype(result = "Result<usize, String>")]
+pub struct Revert {
+    pub folder: String,
+}
+
+/// Make a send-only folder's state win on every peer; answers how many paths were re-issued.
+#[derive(Message)]
+#[rtype(result = "Result<usize, String>")]
+pub struct Override {
+    pub folder: String,
+}
+
+impl IndexActor {
+    fn mode_of(&self, folder: &str) -> Result<FolderMode, String> {
+        self.folders.get(folder).map(|f| f.config.mode).ok_or_else(|| format!("no folder `{folder}`"))
+    }
+}
+
+impl Handler<Revert> for IndexActor {
+    type Result = Result<usize, String>;
+    fn handle(&mut self, msg: Revert, ctx: &mut Context<Self>) -> Self::Result {
+        if self.mode_of(&msg.folder)? != FolderMode::ReceiveOnly {
+            return Err(format!("folder `{}` is not receive-only; nothing to revert", msg.folder));
+        }
+        let root = self.folders[&msg.folder].config.path.clone();
+        let versions = self.state.versions.get(&msg.folder).cloned().ok_or("no version store")?;
+        let mut local = changes(&self.store, &msg.folder, FolderMode::ReceiveOnly, self.me);
+        // Children before their directories.
+        local.sort_by_key(|r| std::cmp::Reverse(crate::core::path::depth(&r.path)));
+        let mut back = Vec::with_capacity(local.len());
+        for record in &local {
+            match set_aside(&root, &versions, record) {
+                Ok(()) => back.push(reverted(record)),
+                Err(e) => tracing::warn!(folder = %msg.folder, error = %e, "revert: cannot set a local change aside; it stays"),
+            }
+        }
+        let n = back.len();
+        tracing::info!(folder = %msg.folder, paths = n, "reverted local changes; taking the cluster's versions");
+        self.commit(&msg.folder, back);
+        ctx.address().do_send(RecomputeNeeds { folder: msg.folder });
+        Ok(n)
+    }
+}
+
+impl Handler<Override> for IndexActor {
+    type Result = Result<usize, String>;
+    fn handle(&mut self, msg: Override, _: &mut Context<Self>) -> Self::Result {
+        if self.mode_of(&msg.folder)? != FolderMode::SendOnly {
+            return Err(format!("folder `{}` is not send-only; nothing to override", msg.folder));
+        }
+        let remote = changes(&self.store, &msg.folder, FolderMode::SendOnly, self.me);
+        let mut ours = Vec::with_capacity(remote.len());
+        for r in &remote {
+            let local = self.store.get(&msg.folder, &r.path).ok().flatten();
+            let now = self.tick();
+            ours.push(overriding(local.as_ref(), r, self.me, now));
+        }
+        let n = ours.len();
+        tracing::info!(folder = %msg.folder, paths = n, "overriding the peers' changes with ours");
+        self.commit(&msg.folder, ours);
+        Ok(n)
+    }
+}
