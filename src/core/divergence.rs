@@ -34,7 +34,9 @@ pub fn reverted(local: &FileRecord) -> FileRecord {
 
 /// Whether a peer's version is a change a send-only folder did not take.
 pub fn is_remote_change(local: Option<&FileRecord>, remote: &FileRecord) -> bool {
-    !matches!(decide(local, remote), Action::Skip | Action::Merge) && !(remote.deleted && local.is_none_or(|l| l.deleted))
+    // A delete of something we do not have either is no change.
+    let nothing_either_side = remote.deleted && local.is_none_or(|l| l.deleted);
+    !nothing_either_side && !matches!(decide(local, remote), Action::Skip | Action::Merge)
 }
 
 /// Our state of `remote.path` re-issued above `remote`, so that it wins everywhere: our record
