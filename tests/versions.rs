@@ -350,3 +350,25 @@ fn a_send_only_override_wins_on_every_peer() {
     lost.sort();
     assert_eq!(lost, vec![("junk.txt", "deleted"), ("settings.ini", "replaced")]);
 }
+
+/// Without a running node, `versions list` and `restore` work on the store directly; the restored
+/// file is found by the node's startup scan and syncs then.
+#[test]
+fn versions_work_without_a_running_node() {
+    let mut nodes = pair("");
+    nodes[0].write("letter.txt", b"dear peer\n");
+    assert!(converged(&[&nodes[0], &nodes[1]], T, |t| t.contains_key("letter.txt")), "{}", describe(&[&nodes[0], &nodes[1]]));
+    std::fs::remove_file(nodes[0].path("letter.txt")).unwrap();
+    assert!(converged(&[&nodes[0], &nodes[1]], T, |t| t.is_empty()), "{}", describe(&[&nodes[0], &nodes[1]]));
+    assert!(wait_until(T, || list_json(&nodes[1], None).len() == 1));
+    assert_eq!(nodes[1].stop(), Some(0));
+
+    let listed = list_json(&nodes[1], Some("letter.txt"));
+    assert_eq!(listed.len(), 1);
+    let (code, out, err) = run(&["versions", "restore", "--config", nodes[1].config.to_str().unwrap(), "--folder", "default", "letter.txt"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("restored letter.txt") && err.contains("no node is running"), "{out} {err}");
+    assert_eq!(std::fs::read(nodes[1].path("letter.txt")).unwrap(), b"dear peer\n");
+    nodes[1].start();
+    assert!(converged(&[&nodes[0], &nodes[1]], T, |t| t.contains_key("letter.txt")), "{}", describe(&[&nodes[0], &nodes[1]]));
+}

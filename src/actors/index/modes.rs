@@ -4,7 +4,6 @@
 //! to the version store, and the cluster's version is pulled) and `Override` (send-only: our state
 //! is re-issued above the peers', so it wins everywhere).
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use actix::prelude::*;
@@ -38,35 +37,40 @@ fn divergent(r: &FileRecord) -> Divergent {
     Divergent { path: r.path.clone(), kind: kind.into(), deleted: r.deleted, size: r.size, by: r.modified_by.prefix() }
 }
 
-/// The newest version of each path the peers announced (of two concurrent ones, the first seen).
-fn cluster(store: &Store, folder: &str) -> HashMap<String, FileRecord> {
-    let mut best: HashMap<String, FileRecord> = HashMap::new();
-    for device in store.remote_devices(folder).unwrap_or_default() {
-        for r in store.remote_records(&device, folder) {
-            match best.get(&r.path) {
-                Some(cur) if !r.version.dominates(&cur.version) => {}
-                _ => {
-                    best.insert(r.path.clone(), r);
-                }
-            }
+/// The newest version of `path` the peers announced (of two concurrent ones, the first seen).
+fn cluster(store: &Store, devices: &[crate::core::DeviceId], folder: &str, path: &str) -> Option<FileRecord> {
+    let mut best: Option<FileRecord> = None;
+    for r in devices.iter().filter_map(|d| store.remote(d, folder, path).ok().flatten()) {
+        if best.as_ref().is_none_or(|b| r.version.dominates(&b.version)) {
+            best = Some(r);
         }
     }
     best
 }
 
 /// Local changes of a receive-only folder (our records), or remote changes not taken by a
-/// send-only one (the peers' records); nothing for a send-receive folder. Path order.
+/// send-only one (the peers' records); nothing for a send-receive folder. Path order. Memory
+/// holds only the changes: the records are streamed from the index (this runs for every status
+/// request of a one-way folder).
 pub fn changes(store: &Store, folder: &str, mode: FolderMode, me: ShortId) -> Vec<FileRecord> {
+    let devices = store.remote_devices(folder).unwrap_or_default();
     match mode {
         FolderMode::SendReceive => Vec::new(),
-        FolderMode::ReceiveOnly => {
-            let best = cluster(store, folder);
-            store.local_records(folder).filter(|l| is_local_change(l, me, best.get(&l.path))).collect()
-        }
+        // Only records made here can be local changes.
+        FolderMode::ReceiveOnly => store.local_records(folder).filter(|l| l.modified_by == me && is_local_change(l, me, cluster(store, &devices, folder, &l.path).as_ref())).collect(),
         FolderMode::SendOnly => {
-            let mut out: Vec<FileRecord> = cluster(store, folder).into_values().filter(|r| is_remote_change(store.get(folder, &r.path).ok().flatten().as_ref(), r)).collect();
-            out.sort_by(|a, b| a.path.cmp(&b.path));
-            out
+            let mut out: std::collections::BTreeMap<String, FileRecord> = std::collections::BTreeMap::new();
+            for d in &devices {
+                for r in store.remote_records(d, folder) {
+                    if out.get(&r.path).is_some_and(|cur| !r.version.dominates(&cur.version)) {
+                        continue;
+                    }
+                    if is_remote_change(store.get(folder, &r.path).ok().flatten().as_ref(), &r) {
+                        out.insert(r.path.clone(), r);
+                    }
+                }
+            }
+            out.into_values().collect()
         }
     }
 }
