@@ -296,8 +296,8 @@ async fn execute(ctx: &PullContext, item: NeedItem, sources: &Sources) -> Result
 /// Puts `record`'s content (or directory) at `target`.
 async fn materialize(ctx: &PullContext, record: &FileRecord, target: &str, local: Option<FileRecord>, sources: &Sources) -> Result<DiskState, PullError> {
     if record.kind == FileKind::Directory {
-        let (root, r) = (ctx.root.clone(), FileRecord { path: target.to_string(), ..record.clone() });
-        return Ok(blocking(move || apply::make_dir(&root, &r, local.as_ref())).await??);
+        let (root, r, versions) = (ctx.root.clone(), FileRecord { path: target.to_string(), ..record.clone() }, ctx.versions.clone());
+        return Ok(blocking(move || apply::make_dir_keeping(&root, &r, local.as_ref(), Some((&versions, r.modified_by)))).await??);
     }
     let started = Instant::now();
     let (root, t, size) = (ctx.root.clone(), target.to_string(), record.size);

@@ -192,11 +192,19 @@ pub fn commit_all_keeping(batch: Vec<(TempFile, FileRecord, Option<FileRecord>)>
 
 /// Makes a directory (and its parents) with the record's permissions.
 pub fn make_dir(root: &Path, record: &FileRecord, local: Option<&FileRecord>) -> Result<DiskState, ApplyError> {
+    make_dir_keeping(root, record, local, None)
+}
+
+/// `make_dir`, keeping a file that the directory replaces in the version store first.
+pub fn make_dir_keeping(root: &Path, record: &FileRecord, local: Option<&FileRecord>, keep: Keep) -> Result<DiskState, ApplyError> {
     let full = safe_path(root, &record.path)?;
     match DiskState::read(&full).map_err(io_err(&record.path))? {
         Some(s) if s.kind == FileKind::Directory => {}
         Some(_) => {
             check_unchanged(&full, &record.path, local)?;
+            if let Some((store, by)) = keep {
+                store.keep(&full, &record.path, Reason::Replaced, &by.prefix()).map_err(io_err(&record.path))?;
+            }
             std::fs::remove_file(&full).map_err(io_err(&record.path))?;
             std::fs::create_dir_all(&full).map_err(io_err(&record.path))?;
         }

@@ -400,6 +400,24 @@ mod tests {
     }
 
     #[test]
+    fn a_file_replaced_by_a_directory_or_deleted_by_a_peer_is_kept() {
+        use crate::core::record::fixtures::file;
+        let root = tempfile::tempdir().unwrap();
+        let s = store(root.path(), Policy::DEFAULT);
+        std::fs::write(root.path().join("x"), b"was a file").unwrap();
+        std::fs::write(root.path().join("y"), b"deleted").unwrap();
+        let disk = |p: &str| DiskState::read(&root.path().join(p)).unwrap().unwrap();
+        let local = |p: &str| FileRecord { size: disk(p).size, mtime_ns: disk(p).mtime_ns, permissions: disk(p).permissions, ..file(p, 1, &[(1, 1)], 0, 1) };
+        let (lx, ly) = (local("x"), local("y"));
+        let dir = FileRecord { kind: FileKind::Directory, chunks: Vec::new(), size: 0, ..file("x", 1, &[(1, 2)], 0, 2) };
+        apply::make_dir_keeping(root.path(), &dir, Some(&lx), Some((&s, ShortId(2)))).unwrap();
+        assert!(root.path().join("x").is_dir());
+        assert!(apply::remove_keeping(root.path(), "y", Some(&ly), Some((&s, ShortId(2)))).unwrap());
+        let kept: Vec<(String, Reason)> = s.list(None).unwrap().into_iter().map(|v| (v.path, v.reason)).collect();
+        assert!(kept.contains(&("x".into(), Reason::Replaced)) && kept.contains(&("y".into(), Reason::Deleted)), "{kept:?}");
+    }
+
+    #[test]
     fn nothing_is_kept_without_versioning() {
         let root = tempfile::tempdir().unwrap();
         std::fs::write(root.path().join("x"), b"x").unwrap();
