@@ -372,3 +372,26 @@ fn versions_work_without_a_running_node() {
     nodes[1].start();
     assert!(converged(&[&nodes[0], &nodes[1]], T, |t| t.contains_key("letter.txt")), "{}", describe(&[&nodes[0], &nodes[1]]));
 }
+
+/// Past `max_size`, the oldest versions go first, within seconds of the store growing past it.
+#[test]
+fn a_size_cap_keeps_the_newest_versions() {
+    let nodes = pair("versioning = { type = \"trash\", max_size = \"25KiB\" }");
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let name = |i: usize| format!("f{i}.bin");
+    for i in 0..5 {
+        a.write(&name(i), &random_bytes(10_000, i as u64 + 7));
+    }
+    assert!(converged(&[a, b], T, |t| t.len() == 5), "{}", describe(&[a, b]));
+    for i in 0..5 {
+        std::fs::remove_file(a.path(&name(i))).unwrap();
+        assert!(converged(&[a, b], T, |t| !t.contains_key(&name(i))), "{}", describe(&[a, b]));
+    }
+    let mut left = Vec::new();
+    let trimmed = wait_until(T, || {
+        left = list_json(b, None).iter().map(|v| v["path"].as_str().unwrap().to_string()).collect();
+        left == [name(4), name(3)]
+    });
+    assert!(trimmed, "the store kept {left:?}");
+    assert!(wait_until(T, || metric(b, "syncnode_versions_bytes") == Some(20_000)));
+}

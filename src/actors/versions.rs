@@ -1,7 +1,7 @@
 //! The VersionCleaner actor: runs each folder's version-store cleanup (`fs::versions`) on a
-//! blocking thread, at start and then every `EVERY`, never two passes of one store at once. When a
-//! size cap has not settled (it cuts in finer steps each pass), the next pass follows after
-//! `AGAIN`. The actor thread only keeps the schedule; the store's walk never runs on it.
+//! blocking thread, at start and then every `EVERY`, never two passes of one store at once; a store
+//! that grew past its size cap is trimmed within `CHECK_CAP`. When a size cap has not settled (it
+//! cuts in finer steps each pass), the next pass follows after `AGAIN`. The actor thread only keeps the schedule; the store's walk never runs on it.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -14,6 +14,9 @@ use crate::fs::versions::VersionStore;
 
 const EVERY: Duration = Duration::from_secs(600);
 const AGAIN: Duration = Duration::from_secs(1);
+/// How often the stores' sizes (two counters, no disk access) are compared with their caps: a
+/// burst of versions past `max_size` is trimmed within seconds, not at the next regular pass.
+const CHECK_CAP: Duration = Duration::from_secs(10);
 
 pub struct VersionCleaner {
     stores: HashMap<String, Arc<VersionStore>>,
@@ -60,6 +63,10 @@ impl Actor for VersionCleaner {
         };
         all(self, ctx);
         ctx.run_interval(EVERY, all);
+        ctx.run_interval(CHECK_CAP, |this, ctx| {
+            let over: Vec<String> = this.stores.iter().filter(|(_, s)| s.policy().max_size.is_some_and(|max| s.usage().1 > max)).map(|(f, _)| f.clone()).collect();
+            over.into_iter().for_each(|f| this.pass(f, ctx));
+        });
     }
 }
 
