@@ -8,6 +8,10 @@
 #  4. Writes the config: the folder, mDNS on, and one [[peer]] per neighbour with a device_id and
 #     NO address, so neighbours are found by mDNS on the container network. Then execs syncnode.
 #
+# With NETWORK_KEY set, steps 3 and 4 change: no waiting and no [[peer]] at all. The config says
+# trust = "network-key", the key goes to syncnode as SYNCNODE_SECURITY__NETWORK_KEY (never into the
+# file), and every syncnode found by mDNS that proves the same key joins.
+#
 # Settings (deliberately not SYNCNODE_*: syncnode reads SYNCNODE_<SECTION>__<KEY> as config
 # overrides and refuses unknown ones; real overrides such as SYNCNODE_SYNC__COMPRESSION pass through):
 #   NODE_NAME   this node's name (default: the container's hostname)
@@ -17,6 +21,7 @@
 #   SYNC_DIR    the synced folder (default /data/sync)
 #   DATA_DIR    index and identity (default /var/lib/syncnode)
 #   CONFIG      config path (default /etc/syncnode/node.toml)
+#   NETWORK_KEY the cluster's shared key (trust = "network-key"); empty: trust by device ID
 set -eu
 
 NODE_NAME="${NODE_NAME:-$(hostname)}"
@@ -26,6 +31,9 @@ IDS_DIR="${IDS_DIR:-/ids}"
 SYNC_DIR="${SYNC_DIR:-/data/sync}"
 DATA_DIR="${DATA_DIR:-/var/lib/syncnode}"
 CONFIG="${CONFIG:-/etc/syncnode/node.toml}"
+NETWORK_KEY="${NETWORK_KEY:-}"
+# Exported now: `syncnode id` below reads a config that may already say trust = "network-key".
+if [ -n "$NETWORK_KEY" ]; then export SYNCNODE_SECURITY__NETWORK_KEY="$NETWORK_KEY"; fi
 
 log() { echo "entrypoint[$NODE_NAME]: $*" >&2; }
 
@@ -52,9 +60,9 @@ log "device ID $my_id"
 printf '%s\n' "$my_id" > "$IDS_DIR/.$NODE_NAME.tmp"
 mv -f "$IDS_DIR/.$NODE_NAME.tmp" "$IDS_DIR/$NODE_NAME"
 
-# 3. Wait for the others.
+# 3. Wait for the others (not needed under a network key: whoever proves it joins).
 deadline=$(( $(date +%s) + PEER_WAIT ))
-while :; do
+while [ -z "$NETWORK_KEY" ]; do
   missing=""
   for name in $PEER_NAMES; do
     [ "$name" = "$NODE_NAME" ] && continue
@@ -92,20 +100,26 @@ compression = "zstd"
 [discovery]
 mdns = true
 
-[security]
-trust = "listed"
-network_key = ""
 EOF
-  for name in $PEER_NAMES; do
-    [ "$name" = "$NODE_NAME" ] && continue
-    id="$(tr -d ' \r\n' < "$IDS_DIR/$name")"
-    [ "$id" = "$my_id" ] && continue
-    printf '\n# %s (found by mDNS: no address)\n[[peer]]\ndevice_id = "%s"\n' "$name" "$id"
-  done
+  if [ -n "$NETWORK_KEY" ]; then
+    printf '\n[security]\ntrust = "network-key"   # the key: SYNCNODE_SECURITY__NETWORK_KEY\nnetwork_key = ""\n'
+  else
+    printf '\n[security]\ntrust = "listed"\nnetwork_key = ""\n'
+    for name in $PEER_NAMES; do
+      [ "$name" = "$NODE_NAME" ] && continue
+      id="$(tr -d ' \r\n' < "$IDS_DIR/$name")"
+      [ "$id" = "$my_id" ] && continue
+      printf '\n# %s (found by mDNS: no address)\n[[peer]]\ndevice_id = "%s"\n' "$name" "$id"
+    done
+  fi
 } > "$CONFIG.tmp"
 mv -f "$CONFIG.tmp" "$CONFIG"
-log "trusting:$(for n in $PEER_NAMES; do [ "$n" = "$NODE_NAME" ] || printf ' %s' "$n"; done); starting syncnode"
+if [ -n "$NETWORK_KEY" ]; then
+  log "trusting whoever proves the network key; starting syncnode"
+else
+  log "trusting:$(for n in $PEER_NAMES; do [ "$n" = "$NODE_NAME" ] || printf ' %s' "$n"; done); starting syncnode"
+fi
 
 cfg="$CONFIG"
-unset NODE_NAME PEER_NAMES PEER_WAIT IDS_DIR SYNC_DIR DATA_DIR CONFIG
+unset NODE_NAME PEER_NAMES PEER_WAIT IDS_DIR SYNC_DIR DATA_DIR CONFIG NETWORK_KEY
 exec syncnode --config "$cfg" "$@"

@@ -1,6 +1,6 @@
 //! The command line, as fixed by CONTRACT.md: `syncnode [--config PATH] [flags]` runs a node;
-//! `init`, `id`, `status`, `versions list|restore`, and for one-way folders `changes`, `revert` and
-//! `override` are subcommands. Exit codes: 0 clean stop, 2 bad command line or
+//! `init`, `id`, `status`, `confirm`, `retry`, `versions list|restore`, and for one-way folders
+//! `changes`, `revert` and `override` are subcommands. Exit codes: 0 clean stop, 2 bad command line or
 //! config (the message names the file and key), 1 any other fatal error.
 
 use std::path::{Path, PathBuf};
@@ -59,6 +59,18 @@ pub enum Command {
         /// Print JSON instead of a table
         #[arg(long)]
         json: bool,
+    },
+    /// Accept a stopped folder's current state: a new (or empty) root, or the deletes of every file
+    Confirm {
+        /// The folder id
+        #[arg(long)]
+        folder: String,
+    },
+    /// Retry the folder's failed pulls now instead of at their next backoff step
+    Retry {
+        /// The folder id
+        #[arg(long)]
+        folder: String,
     },
     /// One-way folders: what differs from the peers (receive-only: local changes; send-only: peer changes not taken)
     Changes {
@@ -172,6 +184,14 @@ pub fn execute(cli: Cli) -> Result<(), Failure> {
         Some(Command::Status { json }) => {
             let config = cli.run.load()?;
             crate::status::print(&config, json).map_err(Failure::Fatal)
+        }
+        Some(Command::Confirm { folder }) => {
+            let config = cli.run.load()?;
+            crate::status::control(&config, "confirm", &folder).map_err(Failure::Fatal)
+        }
+        Some(Command::Retry { folder }) => {
+            let config = cli.run.load()?;
+            crate::status::control(&config, "retry", &folder).map_err(Failure::Fatal)
         }
         Some(Command::Changes { folder, json }) => {
             let config = cli.run.load()?;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::core::versioning::{Kind as VersioningKind, Policy as VersioningPolicy};
-use crate::core::DeviceId;
+use crate::core::{DeviceId, SharedWith};
 
 /// A config problem: the CLI reports it and exits with status 2.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +50,37 @@ pub struct FolderConfig {
     pub versioning: VersioningPolicy,
     /// Where the kept versions go; `None`: `.syncnode-versions/` at the folder's root.
     pub versions_path: Option<PathBuf>,
+    /// The peers this folder is shared with (`devices`; absent: every trusted peer).
+    pub devices: SharedWith,
+}
+
+/// Whom this node admits (`security.trust`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trust {
+    /// Only peers whose device ID is a configured `[[peer]]`.
+    Listed,
+    /// Any peer that proves, bound to its TLS session, that it holds this key.
+    NetworkKey(NetworkSecret),
+}
+
+/// The shared network key. Its `Debug` never prints it, so a logged config cannot leak it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NetworkSecret(String);
+
+impl NetworkSecret {
+    pub fn new(key: &str) -> Self {
+        NetworkSecret(key.to_string())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for NetworkSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NetworkSecret(..)")
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -72,8 +103,12 @@ pub struct Config {
     pub compression: Compression,
     /// How long a delete is remembered (and passed on) before its record is purged.
     pub tombstone_ttl: Duration,
+    /// A scan that would delete every file of a folder holding at least this many is held for the
+    /// user to confirm (0: never held).
+    pub empty_folder_guard: u64,
     pub mdns: bool,
     pub peers: Vec<PeerConfig>,
+    pub trust: Trust,
     /// The file the settings came from, if any (for messages).
     pub file: Option<PathBuf>,
 }
@@ -122,6 +157,8 @@ struct RawFolder {
     #[serde(default = "default_mode")]
     mode: String,
     #[serde(default)]
+    devices: Option<Vec<String>>,
+    #[serde(default)]
     versioning: Option<RawVersioning>,
 }
 
@@ -162,6 +199,7 @@ struct RawSync {
     debounce: String,
     compression: String,
     tombstone_ttl: String,
+    empty_folder_guard: i64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -183,16 +221,14 @@ struct RawPeer {
 #[serde(deny_unknown_fields)]
 struct RawSecurity {
     trust: String,
-    /// Accepted so configs written for the shared-key mode parse; that mode is refused above.
-    #[allow(dead_code)]
     network_key: String,
 }
 
 /// Every key the file may hold, by section; arrays of tables are listed by their element keys.
 const KNOWN_KEYS: &[(&str, &[&str])] = &[
     ("node", &["name", "data_dir", "listen", "api_listen"]),
-    ("folder", &["id", "path", "mode", "versioning"]),
-    ("sync", &["chunk_size", "rescan_interval", "debounce", "compression", "tombstone_ttl"]),
+    ("folder", &["id", "path", "mode", "devices", "versioning"]),
+    ("sync", &["chunk_size", "rescan_interval", "debounce", "compression", "tombstone_ttl", "empty_folder_guard"]),
     ("discovery", &["mdns"]),
     ("peer", &["device_id", "address"]),
     ("security", &["trust", "network_key"]),
@@ -225,6 +261,7 @@ impl Config {
             .and_then(|b| b.set_default("sync.debounce", "20ms"))
             .and_then(|b| b.set_default("sync.compression", "zstd"))
             .and_then(|b| b.set_default("sync.tombstone_ttl", "30d"))
+            .and_then(|b| b.set_default("sync.empty_folder_guard", 10))
             .and_then(|b| b.set_default("discovery.mdns", true))
             .and_then(|b| b.set_default("security.trust", "listed"))
             .and_then(|b| b.set_default("security.network_key", ""))
@@ -257,7 +294,7 @@ impl Config {
             let path = absolute(dir, Path::new(""));
             match self.folders.iter_mut().find(|f| f.id == "default") {
                 Some(f) => f.path = path,
-                None => self.folders.push(FolderConfig { id: "default".into(), path, mode: FolderMode::SendReceive, versioning: VersioningPolicy::DEFAULT, versions_path: None }),
+                None => self.folders.push(FolderConfig { id: "default".into(), path, mode: FolderMode::SendReceive, devices: SharedWith::EveryTrustedPeer, versioning: VersioningPolicy::DEFAULT, versions_path: None }),
             }
         }
         if let Some(port) = o.port {
@@ -273,7 +310,8 @@ impl Config {
             self.data_dir = absolute(dir, Path::new(""));
         }
         for spec in &o.peers {
-            self.peers.push(parse_peer_flag(spec).map_err(|m| flag(format!("--peer {spec}: {m}")))?);
+            let network_key = matches!(self.trust, Trust::NetworkKey(_));
+            self.peers.push(parse_peer_flag(spec, network_key).map_err(|m| flag(format!("--peer {spec}: {m}")))?);
         }
         if o.no_mdns {
             self.mdns = false;
@@ -349,8 +387,19 @@ fn validate(raw: Raw, file: &str, base: &Path) -> Result<Config, ConfigError> {
             "receive-only" => FolderMode::ReceiveOnly,
             other => return Err(err(&format!("folder[{i}].mode"), format!("`{other}`: expected send-receive, send-only or receive-only"))),
         };
+        let devices = match f.devices {
+            None => SharedWith::EveryTrustedPeer,
+            Some(list) => {
+                let mut ids = std::collections::BTreeSet::new();
+                for (j, text) in list.iter().enumerate() {
+                    let id = text.parse::<DeviceId>().map_err(|e| err(&format!("folder[{i}].devices[{j}]"), e.to_string()))?;
+                    ids.insert(id);
+                }
+                SharedWith::Only(ids)
+            }
+        };
         let (versioning, versions_path) = versioning_of(f.versioning, base).map_err(|(key, m)| err(&format!("folder[{i}].versioning{key}"), m))?;
-        folders.push(FolderConfig { id: f.id, path: absolute(Path::new(&f.path), base), mode, versioning, versions_path });
+        folders.push(FolderConfig { id: f.id, path: absolute(Path::new(&f.path), base), mode, devices, versioning, versions_path });
     }
     let chunk_size = bytesize_of(&raw.sync.chunk_size)
         .and_then(check_chunk_size)
@@ -358,30 +407,34 @@ fn validate(raw: Raw, file: &str, base: &Path) -> Result<Config, ConfigError> {
     let rescan_interval = parse_duration(&raw.sync.rescan_interval).map_err(|m| err("sync.rescan_interval", m))?;
     let debounce = parse_duration(&raw.sync.debounce).map_err(|m| err("sync.debounce", m))?;
     let tombstone_ttl = parse_duration(&raw.sync.tombstone_ttl).map_err(|m| err("sync.tombstone_ttl", m))?;
+    let empty_folder_guard = u64::try_from(raw.sync.empty_folder_guard).map_err(|_| err("sync.empty_folder_guard", format!("`{}`: expected a count of files (0 turns the guard off)", raw.sync.empty_folder_guard)))?;
     let compression = match raw.sync.compression.as_str() {
         "none" => Compression::None,
         "zstd" => Compression::Zstd,
         "gzip" => Compression::Gzip,
         other => return Err(err("sync.compression", format!("`{other}`: expected none, zstd or gzip"))),
     };
-    // Only "listed" peers are trusted (the TLS verifiers check their device IDs).
-    match raw.security.trust.as_str() {
-        "listed" => {}
-        // The shared-key mode (any peer proving it holds network_key) is part of the contract but
-        // not built yet; refusing it is better than a node that silently trusts no one.
-        "network-key" => {
-            return Err(err("security.trust", "\"network-key\" is not supported by this version; use \"listed\" with [[peer]] device_id entries".into()))
-        }
+    // "listed": the TLS verifiers admit configured device IDs only. "network-key": they admit any
+    // certificate, and the peer must then prove it holds the key (net/network_key.rs).
+    let trust = match raw.security.trust.as_str() {
+        "listed" => Trust::Listed,
+        // Surrounding whitespace is dropped, so a key pasted from a file with its newline matches.
+        "network-key" => match raw.security.network_key.trim() {
+            "" => return Err(err("security.network_key", "required under trust = \"network-key\" (better given as SYNCNODE_SECURITY__NETWORK_KEY)".into())),
+            key => Trust::NetworkKey(NetworkSecret::new(key)),
+        },
         other => return Err(err("security.trust", format!("`{other}`: expected listed or network-key"))),
-    }
+    };
     let mut peers = Vec::new();
     for (i, p) in raw.peer.into_iter().enumerate() {
         let device_id = match p.device_id {
             Some(id) => Some(id.parse::<DeviceId>().map_err(|e| err(&format!("peer[{i}].device_id"), e.to_string()))?),
             None => None,
         };
-        if device_id.is_none() {
-            return Err(err(&format!("peer[{i}].device_id"), "required under trust = \"listed\"".into()));
+        match (&device_id, &p.address, &trust) {
+            (None, _, Trust::Listed) => return Err(err(&format!("peer[{i}].device_id"), "required under trust = \"listed\"".into())),
+            (None, None, Trust::NetworkKey(_)) => return Err(err(&format!("peer[{i}]"), "give a device_id, an address, or both".into())),
+            _ => {}
         }
         if let Some(a) = &p.address {
             check_address(a).map_err(|m| err(&format!("peer[{i}].address"), m))?;
@@ -399,8 +452,10 @@ fn validate(raw: Raw, file: &str, base: &Path) -> Result<Config, ConfigError> {
         debounce,
         compression,
         tombstone_ttl,
+        empty_folder_guard,
         mdns: raw.discovery.mdns,
         peers,
+        trust,
         file: None,
     })
 }
@@ -456,9 +511,16 @@ fn check_address(address: &str) -> Result<(), String> {
     }
 }
 
-fn parse_peer_flag(spec: &str) -> Result<PeerConfig, String> {
-    // A bare HOST:PORT would need trust = "network-key", which this version refuses.
-    let (id, address) = spec.split_once('@').ok_or("expected DEVICE_ID@HOST:PORT")?;
+/// `--peer DEVICE_ID@HOST:PORT`, or a bare `HOST:PORT` under trust = "network-key" (the peer
+/// then proves it holds the key; whoever answers there with it is admitted).
+fn parse_peer_flag(spec: &str, network_key: bool) -> Result<PeerConfig, String> {
+    let Some((id, address)) = spec.split_once('@') else {
+        if !network_key {
+            return Err("expected DEVICE_ID@HOST:PORT (a bare HOST:PORT needs trust = \"network-key\")".into());
+        }
+        check_address(spec)?;
+        return Ok(PeerConfig { device_id: None, address: Some(spec.into()) });
+    };
     check_address(address)?;
     let device_id = id.parse::<DeviceId>().map_err(|e| e.to_string())?;
     Ok(PeerConfig { device_id: Some(device_id), address: Some(address.into()) })
@@ -541,6 +603,7 @@ api_listen = "127.0.0.1:{api}"   # local status API and page; "" turns it off
 id = "default"
 path = "{folder}"
 mode = "send-receive"
+# devices = ["..."]             # only these peers see this folder; absent: every trusted peer
 # What a peer's change replaces or deletes is kept in .syncnode-versions/ for 30 days;
 # `syncnode versions list` / `versions restore` bring it back. Types: none, trash, simple, staggered.
 versioning = {{ type = "trash", max_age = "30d" }}
@@ -561,8 +624,8 @@ mdns = true
 # address = "192.0.2.10:50051"   # optional: without it the peer is found by mDNS
 
 [security]
-trust = "listed"
-network_key = ""
+trust = "listed"               # or "network-key": any peer proving it holds network_key joins
+network_key = ""               # better given as SYNCNODE_SECURITY__NETWORK_KEY
 "#,
         data_dir = data_dir.display(),
         folder = folder.display(),
@@ -573,6 +636,50 @@ network_key = ""
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Loads `text` (with `FOLDER` replaced by an existing directory) as a config file.
+    fn load_text(text: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("sync");
+        std::fs::create_dir(&folder).unwrap();
+        let file = dir.path().join("n.toml");
+        std::fs::write(&file, text.replace("FOLDER", &folder.display().to_string())).unwrap();
+        Config::load(Some(&file), &Overrides::default())
+    }
+
+    fn id(n: u8) -> DeviceId {
+        DeviceId([n; 32])
+    }
+
+    #[test]
+    fn a_folder_lists_the_devices_it_is_shared_with() {
+        let text = format!("[[folder]]\nid = \"a\"\npath = \"FOLDER\"\ndevices = [\"{}\", \"{}\"]\n\n[[folder]]\nid = \"b\"\npath = \"FOLDER\"\n", id(1), id(2));
+        let config = load_text(&text).unwrap();
+        assert_eq!(config.folders[0].devices, SharedWith::Only([id(1), id(2)].into_iter().collect()));
+        assert_eq!(config.folders[1].devices, SharedWith::EveryTrustedPeer);
+    }
+
+    #[test]
+    fn a_device_list_entry_that_is_not_an_id_names_the_file_and_key() {
+        let text = format!("[[folder]]\nid = \"a\"\npath = \"FOLDER\"\ndevices = [\"{}\", \"not-an-id\"]\n", id(1));
+        let e = load_text(&text).unwrap_err().to_string();
+        assert!(e.contains("n.toml: folder[0].devices[1]: `not-an-id` is not a device ID"), "{e}");
+    }
+
+    #[test]
+    fn network_key_trust_needs_a_key_and_accepts_address_only_peers() {
+        let base = "[[folder]]\nid = \"a\"\npath = \"FOLDER\"\n\n[[peer]]\naddress = \"127.0.0.1:5000\"\n\n[security]\n";
+        let config = load_text(&format!("{base}trust = \"network-key\"\nnetwork_key = \" s3cret-key \"\n")).unwrap();
+        assert_eq!(config.trust, Trust::NetworkKey(NetworkSecret::new("s3cret-key")));
+        assert_eq!(config.peers[0].device_id, None);
+        assert!(!format!("{config:?}").contains("s3cret"), "the key must not appear in Debug output");
+        let e = load_text(&format!("{base}trust = \"network-key\"\nnetwork_key = \"\"\n")).unwrap_err().to_string();
+        assert!(e.contains("n.toml: security.network_key: required"), "{e}");
+        let e = load_text(&format!("{base}trust = \"listed\"\n")).unwrap_err().to_string();
+        assert!(e.contains("n.toml: peer[0].device_id: required"), "{e}");
+        let e = load_text("[[folder]]\nid = \"a\"\npath = \"FOLDER\"\n\n[[peer]]\n\n[security]\ntrust = \"network-key\"\nnetwork_key = \"k\"\n").unwrap_err().to_string();
+        assert!(e.contains("n.toml: peer[0]: give a device_id, an address, or both"), "{e}");
+    }
 
     #[test]
     fn unknown_keys_are_named() {
@@ -627,8 +734,15 @@ mod tests {
     #[test]
     fn peer_flags_need_a_device_id() {
         let id = crate::core::DeviceId([7; 32]).to_string();
-        assert!(parse_peer_flag(&format!("{id}@127.0.0.1:5000")).is_ok());
-        assert!(parse_peer_flag("127.0.0.1:5000").is_err());
-        assert!(parse_peer_flag(&format!("{id}@nowhere")).is_err());
+        assert!(parse_peer_flag(&format!("{id}@127.0.0.1:5000"), false).is_ok());
+        assert!(parse_peer_flag("127.0.0.1:5000", false).is_err());
+        assert!(parse_peer_flag(&format!("{id}@nowhere"), false).is_err());
+    }
+
+    #[test]
+    fn a_bare_peer_address_is_accepted_only_under_network_key() {
+        let p = parse_peer_flag("127.0.0.1:5000", true).unwrap();
+        assert_eq!((p.device_id, p.address.as_deref()), (None, Some("127.0.0.1:5000")));
+        assert!(parse_peer_flag("nowhere", true).is_err());
     }
 }

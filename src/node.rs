@@ -16,10 +16,13 @@ use crate::actors::puller::{CommitQueue, PullContext, Puller};
 use crate::actors::status::NodeState;
 use crate::actors::supervisor::{Shutdown, Supervisor};
 use crate::actors::watcher::Watcher;
-use crate::config::Config;
+use crate::api::Control;
+use crate::fs::root::RootGuard;
+use crate::config::{Config, Trust};
 use crate::fs::versions::VersionStore;
 use crate::net::identity::Identity;
-use crate::net::tls::TrustedDevices;
+use crate::net::network_key::NetworkKey;
+use crate::net::tls::{Admit, TrustedDevices};
 use crate::store::Store;
 
 /// Runs a node in the foreground until SIGINT or SIGTERM.
@@ -52,9 +55,15 @@ async fn serve(config: Config, identity: Identity, store: Arc<Store>) -> Result<
         versions: versions.clone(),
         index: Default::default(),
     });
-    let index = IndexActor::new(store.clone(), identity.device_id, config.chunk_size, config.tombstone_ttl, &config.folders, state.clone()).start();
-    let _ = state.index.set(index.clone());
+    let mut guarded = Vec::new();
     for folder in config.folders.iter() {
+        let expected = store.root_id(&folder.id).context("reading the index")?;
+        guarded.push((folder.clone(), Arc::new(RootGuard::new(folder.path.clone(), expected))));
+    }
+    let index = IndexActor::new(store.clone(), identity.device_id, config.chunk_size, config.tombstone_ttl, config.empty_folder_guard, &guarded, state.clone()).start();
+    let _ = state.index.set(index.clone());
+    let mut pullers = HashMap::new();
+    for (folder, guard) in guarded.iter() {
         let puller = Puller::new(PullContext {
             folder: folder.id.clone(),
             commits: CommitQueue::start(versions[&folder.id].clone()),
@@ -64,12 +73,19 @@ async fn serve(config: Config, identity: Identity, store: Arc<Store>) -> Result<
             directory: directory.clone(),
             index: index.clone(),
             gauges: state.gauges(&folder.id),
+            guard: guard.clone(),
             versions: versions[&folder.id].clone(),
         })
         .start();
+        pullers.insert(folder.id.clone(), puller.clone().recipient());
         index.do_send(SetPuller { folder: folder.id.clone(), puller });
     }
-    let supervisor = Supervisor::new(identity.clone(), config.name.clone(), folders.clone(), store.clone(), index.clone(), directory.clone(), config.compression);
+    let network_key = match &config.trust {
+        Trust::Listed => None,
+        Trust::NetworkKey(secret) => Some(Arc::new(NetworkKey::new(secret.expose()))),
+    };
+    warn_about_trust(&config);
+    let supervisor = Supervisor::new(identity.clone(), config.name.clone(), folders.clone(), store.clone(), index.clone(), directory.clone(), config.compression, network_key.clone());
     let (inbound_tx, inbound_rx) = mpsc::channel(64);
     let supervisor = Supervisor::create(move |ctx| {
         ctx.add_stream(ReceiverStream::new(inbound_rx));
@@ -78,19 +94,22 @@ async fn serve(config: Config, identity: Identity, store: Arc<Store>) -> Result<
     let _versions = crate::actors::versions::VersionCleaner::new(versions.clone()).start();
     let _watcher = Watcher::new(config.folders.clone(), index.clone(), config.debounce, config.rescan_interval).start();
     let port = listener.local_addr()?.port();
-    let discovery = Discovery::new(identity.device_id, config.name.clone(), port, config.mdns, config.peers.clone(), supervisor.clone()).start();
+    let discovery = Discovery::new(identity.device_id, config.name.clone(), port, config.mdns, config.peers.clone(), network_key.is_some(), supervisor.clone()).start();
 
-    let trusted = TrustedDevices::new(config.peers.iter().filter_map(|p| p.device_id));
+    let admit = match &network_key {
+        None => Admit::Listed(TrustedDevices::new(config.peers.iter().filter_map(|p| p.device_id))),
+        Some(_) => Admit::AnyCertificate,
+    };
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let server_identity = identity.clone();
     let server = tokio::spawn(async move {
-        crate::net::dial::serve(listener, &server_identity, trusted, inbound_tx, async {
+        crate::net::dial::serve(listener, &server_identity, admit, network_key, inbound_tx, async {
             let _ = stop_rx.await;
         })
         .await
     });
     let api = match config.api_listen {
-        Some(address) => Some(crate::api::start(address, state.clone())?),
+        Some(address) => Some(crate::api::start(address, state.clone(), Control { confirm: index.clone().recipient(), retry: pullers })?),
         None => None,
     };
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
@@ -107,6 +126,23 @@ async fn serve(config: Config, identity: Identity, store: Arc<Store>) -> Result<
     }
     System::current().stop();
     Ok(())
+}
+
+/// Settings that work but are probably not what the user meant.
+fn warn_about_trust(config: &Config) {
+    match &config.trust {
+        Trust::NetworkKey(secret) if secret.expose().chars().count() < 16 => {
+            tracing::warn!("security.network_key is short: a host this node dials could guess it offline; use 16 or more random characters")
+        }
+        Trust::NetworkKey(_) => {}
+        Trust::Listed => {
+            for folder in &config.folders {
+                for device in folder.devices.listed().filter(|d| !config.peers.iter().any(|p| p.device_id.as_ref() == Some(*d))) {
+                    tracing::warn!(folder = %folder.id, device = %device, "folder is shared with a device that is not a [[peer]]; it cannot connect");
+                }
+            }
+        }
+    }
 }
 
 async fn wait_for_signal() {

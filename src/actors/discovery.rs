@@ -2,13 +2,14 @@
 //! entries with an address are announced once at start; with mDNS on, every trusted syncnode seen
 //! on the LAN is reported as it appears, and again, to be dialed at once, when it reappears after
 //! its records went away. An untrusted one is logged once with its device ID and address, so a user
-//! can add it, and never dialed.
+//! can add it, and never dialed. Under `trust = "network-key"` every syncnode seen is dialed (the
+//! key exchange decides), and a static peer may be an address alone.
 
 use std::collections::HashSet;
 
 use actix::prelude::*;
 
-use super::supervisor::{PeerDiscovered, PeerVanished, Supervisor};
+use super::supervisor::{PeerAtAddress, PeerDiscovered, PeerVanished, Supervisor};
 use crate::config::PeerConfig;
 use crate::core::DeviceId;
 use crate::net::mdns::{Mdns, Sighting, SightingFilter};
@@ -19,6 +20,8 @@ pub struct Discovery {
     port: u16,
     mdns_enabled: bool,
     peers: Vec<PeerConfig>,
+    /// trust = "network-key": any device may be dialed; its key proof admits it or not.
+    network_key: bool,
     supervisor: Addr<Supervisor>,
     mdns: Option<Mdns>,
     filter: SightingFilter,
@@ -34,12 +37,12 @@ impl Message for MdnsEvent {
 }
 
 impl Discovery {
-    pub fn new(me: DeviceId, name: String, port: u16, mdns_enabled: bool, peers: Vec<PeerConfig>, supervisor: Addr<Supervisor>) -> Self {
-        Discovery { me, name, port, mdns_enabled, peers, supervisor, mdns: None, filter: SightingFilter::new(me), reported_strangers: HashSet::new(), away: HashSet::new() }
+    pub fn new(me: DeviceId, name: String, port: u16, mdns_enabled: bool, peers: Vec<PeerConfig>, network_key: bool, supervisor: Addr<Supervisor>) -> Self {
+        Discovery { me, name, port, mdns_enabled, peers, network_key, supervisor, mdns: None, filter: SightingFilter::new(me), reported_strangers: HashSet::new(), away: HashSet::new() }
     }
 
     fn trusted(&self, device: &DeviceId) -> bool {
-        self.peers.iter().any(|p| p.device_id.as_ref() == Some(device))
+        self.network_key || self.peers.iter().any(|p| p.device_id.as_ref() == Some(device))
     }
 }
 
@@ -48,8 +51,10 @@ impl Actor for Discovery {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         for p in &self.peers {
-            if let (Some(device), Some(address)) = (p.device_id, &p.address) {
-                self.supervisor.do_send(PeerDiscovered { device, addresses: vec![address.clone()] });
+            match (p.device_id, &p.address) {
+                (Some(device), Some(address)) => self.supervisor.do_send(PeerDiscovered { device, addresses: vec![address.clone()] }),
+                (None, Some(address)) => self.supervisor.do_send(PeerAtAddress { address: address.clone() }),
+                _ => {}
             }
         }
         if !self.mdns_enabled {

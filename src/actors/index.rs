@@ -2,7 +2,7 @@
 //! commits their results, stores what peers announce, asks `core::decide` what each announcement
 //! means, hands the work to the folder's Puller, and records what the Puller applied.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -13,8 +13,10 @@ use super::messages::*;
 use super::now_millis;
 use super::puller::Puller;
 use crate::config::{FolderConfig, FolderMode};
-use crate::core::{decide, Action, DeviceId, FileRecord, ShortId};
+use crate::core::root::{holds_mass_delete, Observed, RootProblem};
+use crate::core::{decide, Action, DeviceId, FileKind, FileRecord, ShortId};
 use crate::fs::chunker::ChunkParams;
+use crate::fs::root::{observe, RootGuard};
 use crate::fs::ignore::IgnoreRules;
 use crate::fs::scan::{remove_stale_temp_files, KnownRecords, Scanner};
 use crate::net::wire;
@@ -34,7 +36,51 @@ struct FolderState {
     /// Paths the Puller is writing now: not scanned until it is done with them.
     pulling: HashSet<String>,
     puller: Option<Addr<Puller>>,
+    /// The root this folder must keep (shared with its Puller).
+    guard: Arc<RootGuard>,
+    /// Why the folder is stopped, if it is: nothing is scanned into the index, announced, or
+    /// applied until the cause goes away or the user confirms.
+    fault: Option<Fault>,
+    /// The user confirmed the folder's current state: the next full scan commits its deletes even
+    /// if they take every file.
+    confirmed: bool,
+    /// Recompute every need once the scan that follows a resume is done.
+    recompute_after_scan: bool,
+    /// Files that exist but cannot be read, with why (skipped by scans, never taken for deleted).
+    unreadable: BTreeMap<String, String>,
+    /// Local deletes found by scans, held back for `DELETE_QUIET` so that deletes arriving in
+    /// several watcher batches are judged together (a folder emptied at once is held, not sent).
+    pending_deletes: BTreeMap<String, FileRecord>,
+    /// When the oldest pending delete was found, and the generation of the flush scheduled for them.
+    deletes_since: Option<std::time::Instant>,
+    delete_flush: u64,
 }
+
+/// Why a folder stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Fault {
+    /// The root is gone, not a directory, or not the one indexed: resumes by itself when it is back.
+    Root(RootProblem),
+    /// A scan would have deleted all `files` files: held until confirmed, or until they reappear.
+    Emptied { files: u64 },
+}
+
+impl std::fmt::Display for Fault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fault::Root(p) => write!(f, "{p}; nothing is sent or applied until it is back (or `syncnode confirm` accepts a new root)"),
+            Fault::Emptied { files } => write!(f, "all {files} files disappeared; their deletes are held until `syncnode confirm` (or until they reappear)"),
+        }
+    }
+}
+
+/// Local deletes are sent once no new one has been found for this long (or `DELETE_MAX_WAIT`
+/// after the first): an `rm -rf` reaches the Index in many small batches, and is judged whole.
+const DELETE_QUIET: std::time::Duration = std::time::Duration::from_millis(100);
+const DELETE_MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How often a stopped folder's root is looked at (and a healthy one's, to stop it promptly).
+const ROOT_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub struct IndexActor {
     store: Arc<Store>,
@@ -43,6 +89,7 @@ pub struct IndexActor {
     folders: HashMap<String, FolderState>,
     subscribers: Vec<Recipient<IndexUpdated>>,
     state: Arc<NodeState>,
+    empty_folder_guard: u64,
     /// The last value this node put in its own version counters. Every new version gets a larger
     /// one: two different versions of a path made by this node must never carry the same counter,
     /// or one would wrongly look like it had seen the other.
@@ -79,6 +126,20 @@ impl KnownRecords for StoreView<'_> {
 struct ScanDone {
     folder: String,
     records: Vec<FileRecord>,
+    /// The root, checked again after the scan: if it went away meanwhile, the records are void.
+    root: Result<(), RootProblem>,
+    /// It covered the whole folder.
+    full: bool,
+    /// What it covered, and the files in it that could not be read.
+    scope: Vec<String>,
+    unreadable: Vec<(String, String)>,
+}
+
+/// The user accepts a folder's current state: a new root, or a scan that deletes every file.
+#[derive(Message)]
+#[rtype(result = "Result<String, String>")]
+pub struct Confirm {
+    pub folder: String,
 }
 
 /// Wires the Pullers in after they start (they need the Index's address too).
@@ -90,15 +151,77 @@ pub struct SetPuller {
 }
 
 impl IndexActor {
-    pub fn new(store: Arc<Store>, me: DeviceId, chunk_size: u32, tombstone_ttl: std::time::Duration, folders: &[FolderConfig], state: Arc<NodeState>) -> Self {
+    pub fn new(store: Arc<Store>, me: DeviceId, chunk_size: u32, tombstone_ttl: std::time::Duration, empty_folder_guard: u64, folders: &[(FolderConfig, Arc<RootGuard>)], state: Arc<NodeState>) -> Self {
         let folders = folders
             .iter()
-            .map(|f| {
-                let state = FolderState { config: f.clone(), ignore: IgnoreRules::load(&f.path), scanning: false, pending: BTreeSet::new(), suspect: HashSet::new(), pulling: HashSet::new(), puller: None };
+            .map(|(f, guard)| {
+                let state = FolderState {
+                    config: f.clone(),
+                    ignore: IgnoreRules::load(&f.path),
+                    scanning: false,
+                    pending: BTreeSet::new(),
+                    suspect: HashSet::new(),
+                    pulling: HashSet::new(),
+                    puller: None,
+                    guard: guard.clone(),
+                    fault: None,
+                    confirmed: false,
+                    recompute_after_scan: false,
+                    unreadable: BTreeMap::new(),
+                    pending_deletes: BTreeMap::new(),
+                    deletes_since: None,
+                    delete_flush: 0,
+                };
                 (f.id.clone(), state)
             })
             .collect();
-        IndexActor { store, me: me.short(), params: ChunkParams::new(chunk_size), folders, subscribers: Vec::new(), state, clock: 0, tombstone_ttl }
+        IndexActor { store, me: me.short(), params: ChunkParams::new(chunk_size), folders, subscribers: Vec::new(), state, empty_folder_guard, clock: 0, tombstone_ttl }
+    }
+
+    /// Stops a folder: one WARN line when it starts (or its reason changes), the reason in the
+    /// status, and the Puller's queue dropped.
+    fn enter_fault(&mut self, folder: &str, fault: Fault) {
+        let Some(state) = self.folders.get_mut(folder) else { return };
+        state.pending.clear();
+        state.pending_deletes.clear();
+        state.deletes_since = None;
+        if state.fault.as_ref() == Some(&fault) {
+            return;
+        }
+        tracing::warn!(folder = %folder, path = %state.config.path.display(), reason = %fault, "folder stopped");
+        self.state.gauges(folder).set_fault(Some(fault.to_string()));
+        state.fault = Some(fault);
+        if let Some(p) = &state.puller {
+            p.do_send(Needs { items: Vec::new(), complete: true, settled: Vec::new() });
+        }
+    }
+
+    /// Resumes a stopped folder: a full rescan, then every need recomputed.
+    fn leave_fault(&mut self, folder: &str, ctx: &mut Context<Self>) {
+        let Some(state) = self.folders.get_mut(folder) else { return };
+        if state.fault.take().is_none() {
+            return;
+        }
+        tracing::info!(folder = %folder, path = %state.config.path.display(), "folder resumed");
+        self.state.gauges(folder).set_fault(None);
+        state.recompute_after_scan = true;
+        state.pending.insert(String::new());
+        self.start_scan(folder, ctx);
+    }
+
+    /// Looks at every folder's root: stops a folder whose root went away, resumes one whose root
+    /// came back.
+    fn check_roots(&mut self, ctx: &mut Context<Self>) {
+        let ids: Vec<String> = self.folders.keys().cloned().collect();
+        for id in ids {
+            let state = &self.folders[&id];
+            let result = state.guard.check();
+            match (result, &state.fault) {
+                (Err(problem), _) => self.enter_fault(&id, Fault::Root(problem)),
+                (Ok(()), Some(Fault::Root(_))) => self.leave_fault(&id, ctx),
+                (Ok(()), _) => {}
+            }
+        }
     }
 
     /// A fresh counter value: milliseconds since the epoch, or one more than the last one issued.
@@ -109,9 +232,26 @@ impl IndexActor {
 
     fn start_scan(&mut self, folder: &str, ctx: &mut Context<Self>) {
         let Some(state) = self.folders.get_mut(folder) else { return };
+        match &state.fault {
+            // Nothing is read until the root is back (`check_roots`).
+            Some(Fault::Root(_)) => {
+                state.pending.clear();
+                return;
+            }
+            // Only a full scan can tell whether the files are back.
+            Some(Fault::Emptied { .. }) if !state.pending.is_empty() => {
+                state.pending = BTreeSet::from([String::new()]);
+            }
+            _ => {}
+        }
         if state.scanning || state.pending.iter().all(|p| state.pulling.contains(p)) {
             return;
         }
+        if let Err(problem) = state.guard.check() {
+            self.enter_fault(folder, Fault::Root(problem));
+            return;
+        }
+        let Some(state) = self.folders.get_mut(folder) else { return };
         state.scanning = true;
         self.state.gauges(folder).scanning.store(true, std::sync::atomic::Ordering::Relaxed);
         let (waiting, scope): (BTreeSet<String>, BTreeSet<String>) = std::mem::take(&mut state.pending).into_iter().partition(|p| state.pulling.contains(p));
@@ -120,11 +260,12 @@ impl IndexActor {
         if scope.iter().any(|p| p == crate::core::path::IGNORE_FILE) {
             state.ignore = IgnoreRules::load(&state.config.path);
         }
-        let scanner = Scanner { root: state.config.path.clone(), params: self.params, me: self.me, ignore: state.ignore.clone(), busy: state.pulling.clone() };
+        let scanner = Scanner { root: state.config.path.clone(), params: self.params, me: self.me, ignore: state.ignore.clone(), busy: state.pulling.clone(), unreadable: Default::default() };
         let suspect = std::mem::take(&mut state.suspect);
         let store = self.store.clone();
         let folder = folder.to_string();
         let full = scope.iter().any(|p| p.is_empty());
+        let guard = state.guard.clone();
         let now = self.tick();
         let addr = ctx.address();
         tokio::task::spawn_blocking(move || {
@@ -143,7 +284,8 @@ impl IndexActor {
             } else {
                 tracing::debug!(folder = %folder, paths = scope.len(), changed = records.len(), ms, "scan done");
             }
-            addr.do_send(ScanDone { folder, records });
+            let unreadable = std::mem::take(&mut *scanner.unreadable.lock().expect("scanner lock"));
+            addr.do_send(ScanDone { folder, records, root: guard.check(), full, scope, unreadable });
         });
     }
 
@@ -174,7 +316,12 @@ impl IndexActor {
 
     /// Needs for the given remote records (or, with `None`, for everything every peer announced).
     fn needs(&self, folder: &str, records: Option<&[(DeviceId, FileRecord)]>) -> Vec<NeedItem> {
-        let devices = self.store.remote_devices(folder).unwrap_or_default();
+        let mut devices = self.store.remote_devices(folder).unwrap_or_default();
+        // Records kept from a device the folder is no longer shared with are neither pulled nor
+        // asked for (the Peer actor refuses anything new from it).
+        if let Some(state) = self.folders.get(folder) {
+            devices.retain(|d| state.config.devices.includes(d));
+        }
         let mut best: HashMap<String, FileRecord> = HashMap::new();
         let mut consider = |remote: &FileRecord| {
             match best.get(&remote.path) {
@@ -216,8 +363,13 @@ impl IndexActor {
     }
 
     /// Settles what needs no disk work right here; sends the rest to the Puller.
-    fn dispatch(&mut self, folder: &str, items: Vec<NeedItem>, complete: bool) {
+    /// `settled`: paths the Puller asked about; those left without work are reported back.
+    fn dispatch(&mut self, folder: &str, items: Vec<NeedItem>, complete: bool, settled: Vec<String>) {
         let Some(state) = self.folders.get(folder) else { return };
+        if state.fault.is_some() {
+            return;
+        }
+        let requested: Vec<String> = settled;
         let mode = state.config.mode;
         let puller = state.puller.clone();
         let mut direct = Vec::new();
@@ -242,9 +394,10 @@ impl IndexActor {
             }
         }
         self.commit(folder, direct);
+        let settled: Vec<String> = requested.into_iter().filter(|p| !work.iter().any(|w| &w.remote.path == p)).collect();
         if let Some(p) = puller {
-            if !work.is_empty() || complete {
-                p.do_send(Needs { items: work, complete });
+            if !work.is_empty() || complete || !settled.is_empty() {
+                p.do_send(Needs { items: work, complete, settled });
             }
         }
     }
@@ -272,9 +425,23 @@ impl Actor for IndexActor {
     fn started(&mut self, ctx: &mut Self::Context) {
         self.purge();
         ctx.run_interval(std::time::Duration::from_secs(3600), |this, _| this.purge());
+        ctx.run_interval(ROOT_CHECK_EVERY, |this, ctx| this.check_roots(ctx));
         let ids: Vec<String> = self.folders.keys().cloned().collect();
         for id in ids {
             let state = self.folders.get_mut(&id).expect("folder");
+            // First start (or an index from before roots were recorded): this root is the one.
+            if state.guard.expected().is_none() {
+                if let Observed::Directory(root) = observe(&state.config.path) {
+                    match self.store.put_root_id(&id, &root) {
+                        Ok(()) => state.guard.accept(root),
+                        Err(e) => tracing::error!(folder = %id, error = %e, "cannot write the index"),
+                    }
+                }
+            }
+            if let Err(problem) = state.guard.check() {
+                self.enter_fault(&id, Fault::Root(problem));
+                continue;
+            }
             let removed = remove_stale_temp_files(&state.config.path);
             if removed > 0 {
                 tracing::info!(folder = %id, removed, "removed temp files left by an interrupted run");
@@ -324,29 +491,67 @@ impl Handler<Rehash> for IndexActor {
 impl Handler<ScanDone> for IndexActor {
     type Result = ();
     fn handle(&mut self, msg: ScanDone, ctx: &mut Context<Self>) {
+        self.state.gauges(&msg.folder).scanning.store(false, std::sync::atomic::Ordering::Relaxed);
+        let Some(state) = self.folders.get_mut(&msg.folder) else { return };
+        state.scanning = false;
+        // The root went away while the scan ran: what it saw means nothing.
+        if let Err(problem) = msg.root {
+            self.enter_fault(&msg.folder, Fault::Root(problem));
+            return;
+        }
+        self.note_unreadable(&msg.folder, msg.full, &msg.scope, msg.unreadable);
         let mut fresh = Vec::new();
         let mut stale = Vec::new();
+        let mut deletes = Vec::new();
         for record in msg.records {
             // The scan compared against the record at `record.sequence`; if that changed since
             // (a pull landed meanwhile), the result is stale: look at the path again.
             let current = self.store.get(&msg.folder, &record.path).ok().flatten().map_or(0, |r| r.sequence);
-            if current == record.sequence {
-                if record.deleted {
-                    tracing::info!(folder = %msg.folder, path = %record.path, "local delete");
-                } else {
-                    tracing::debug!(folder = %msg.folder, path = %record.path, size = record.size, "local change");
-                }
-                fresh.push(record);
-            } else {
+            if current != record.sequence {
                 stale.push(record.path);
+            } else if record.deleted {
+                deletes.push(record);
+            } else {
+                tracing::debug!(folder = %msg.folder, path = %record.path, size = record.size, "local change");
+                fresh.push(record);
             }
         }
         self.commit(&msg.folder, fresh);
-        if let Some(state) = self.folders.get_mut(&msg.folder) {
-            state.scanning = false;
-            state.pending.extend(stale);
+        let state = self.folders.get_mut(&msg.folder).expect("folder");
+        state.pending.extend(stale);
+        if !deletes.is_empty() {
+            state.deletes_since.get_or_insert_with(std::time::Instant::now);
+            state.pending_deletes.extend(deletes.into_iter().map(|r| (r.path.clone(), r)));
         }
-        self.state.gauges(&msg.folder).scanning.store(false, std::sync::atomic::Ordering::Relaxed);
+        // A full scan sees the whole folder: judge its deletes now. Otherwise wait until no new
+        // delete has come for `DELETE_QUIET`.
+        let overdue = state.deletes_since.is_some_and(|t| t.elapsed() >= DELETE_MAX_WAIT);
+        if msg.full || overdue {
+            let held = self.flush_deletes(&msg.folder);
+            let state = self.folders.get_mut(&msg.folder).expect("folder");
+            if msg.full && !held && matches!(state.fault, Some(Fault::Emptied { .. })) {
+                // The files are back, or the user confirmed: resume.
+                state.fault = None;
+                tracing::info!(folder = %msg.folder, "folder resumed");
+                self.state.gauges(&msg.folder).set_fault(None);
+                state.recompute_after_scan = true;
+            }
+        } else if !state.pending_deletes.is_empty() {
+            state.delete_flush += 1;
+            let generation = state.delete_flush;
+            let folder = msg.folder.clone();
+            ctx.run_later(DELETE_QUIET, move |this, _| {
+                if this.folders.get(&folder).is_some_and(|s| s.delete_flush == generation) {
+                    this.flush_deletes(&folder);
+                }
+            });
+        }
+        let state = self.folders.get_mut(&msg.folder).expect("folder");
+        let recompute = std::mem::take(&mut state.recompute_after_scan) && state.fault.is_none();
+        if recompute {
+            let items = self.needs(&msg.folder, None);
+            self.dispatch(&msg.folder, items, true, Vec::new());
+        }
         self.start_scan(&msg.folder, ctx);
     }
 }
@@ -401,7 +606,7 @@ impl Handler<RemoteIndex> for IndexActor {
         }
         let tagged: Vec<(DeviceId, FileRecord)> = records.into_iter().map(|r| (msg.device, r)).collect();
         let items = self.needs(&msg.folder, Some(&tagged));
-        self.dispatch(&msg.folder, items, false);
+        self.dispatch(&msg.folder, items, false, Vec::new());
     }
 }
 
@@ -410,7 +615,7 @@ impl Handler<RecomputeNeeds> for IndexActor {
     fn handle(&mut self, msg: RecomputeNeeds, _: &mut Context<Self>) {
         if self.folders.contains_key(&msg.folder) {
             let items = self.needs(&msg.folder, None);
-            self.dispatch(&msg.folder, items, true);
+            self.dispatch(&msg.folder, items, true, Vec::new());
         }
     }
 }
@@ -440,7 +645,7 @@ impl Handler<RecomputePaths> for IndexActor {
             .flat_map(|path| devices.iter().filter_map(|d| Some((*d, self.store.remote(d, &msg.folder, path).ok().flatten()?))))
             .collect();
         let items = self.needs(&msg.folder, Some(&announced));
-        self.dispatch(&msg.folder, items, false);
+        self.dispatch(&msg.folder, items, false, msg.paths);
     }
 }
 
@@ -473,6 +678,94 @@ impl Handler<Applied> for IndexActor {
             state.pending.insert(path);
         }
         self.start_scan(&folder, ctx);
+    }
+}
+
+impl IndexActor {
+    /// Keeps the list of unreadable files up to date with what a scan of `scope` found: one WARN
+    /// line when a file becomes unreadable, one INFO when it can be read again.
+    fn note_unreadable(&mut self, folder: &str, full: bool, scope: &[String], found: Vec<(String, String)>) {
+        let Some(state) = self.folders.get_mut(folder) else { return };
+        let covered = |path: &str| full || scope.iter().any(|s| s == path || crate::core::path::is_inside(path, s));
+        let before = std::mem::take(&mut state.unreadable);
+        let (mut kept, dropped): (BTreeMap<_, _>, BTreeMap<_, _>) = before.into_iter().partition(|(p, _)| !covered(p));
+        for (path, reason) in found {
+            if !dropped.contains_key(&path) {
+                tracing::warn!(folder = %folder, path = %path, error = %reason, "cannot read a file; it is skipped (not deleted) until it can be read");
+            }
+            kept.insert(path, reason);
+        }
+        for path in dropped.keys().filter(|p| !kept.contains_key(*p)) {
+            tracing::info!(folder = %folder, path = %path, "the file can be read again");
+        }
+        *self.state.gauges(folder).unreadable.lock().expect("gauges lock") = kept.clone();
+        state.unreadable = kept;
+    }
+
+    /// Commits the local deletes held back for `folder`, unless together they would delete every
+    /// file of a folder that held at least `sync.empty_folder_guard` and the user has not
+    /// confirmed it: then the folder stops instead (returns true). Deletes whose record changed
+    /// meanwhile, or whose path exists again, are dropped (a later scan of the path decides).
+    fn flush_deletes(&mut self, folder: &str) -> bool {
+        let Some(state) = self.folders.get_mut(folder) else { return false };
+        state.deletes_since = None;
+        let pending = std::mem::take(&mut state.pending_deletes);
+        if pending.is_empty() {
+            return false;
+        }
+        // An empty directory where the root was says nothing about the files.
+        if let Err(problem) = state.guard.check() {
+            self.enter_fault(folder, Fault::Root(problem));
+            return true;
+        }
+        let root = state.config.path.clone();
+        let current = |path: &str| self.store.get(folder, path).ok().flatten().map_or(0, |r| r.sequence);
+        let deletes: Vec<FileRecord> = pending
+            .into_values()
+            .filter(|r| current(&r.path) == r.sequence && matches!(crate::fs::scan::DiskState::read(&root.join(&r.path)), Ok(None)))
+            .collect();
+        let files = deletes.iter().filter(|r| r.kind == FileKind::File).count() as u64;
+        let live = self.store.local_counts(folder).records;
+        let state = self.folders.get_mut(folder).expect("folder");
+        if !state.confirmed && holds_mass_delete(live, deletes.len() as u64, files, self.empty_folder_guard) {
+            self.enter_fault(folder, Fault::Emptied { files });
+            return true;
+        }
+        state.confirmed = false;
+        for r in &deletes {
+            tracing::info!(folder = %folder, path = %r.path, "local delete");
+        }
+        self.commit(folder, deletes);
+        false
+    }
+}
+
+impl Handler<Confirm> for IndexActor {
+    type Result = Result<String, String>;
+    fn handle(&mut self, msg: Confirm, ctx: &mut Context<Self>) -> Self::Result {
+        let Some(state) = self.folders.get_mut(&msg.folder) else { return Err(format!("no folder `{}`", msg.folder)) };
+        match state.fault.clone() {
+            None => Ok(format!("folder `{}` is not stopped; nothing to confirm", msg.folder)),
+            Some(Fault::Emptied { files }) => {
+                tracing::warn!(folder = %msg.folder, files, "the user confirmed that every file was deleted");
+                state.confirmed = true;
+                state.pending.insert(String::new());
+                self.start_scan(&msg.folder, ctx);
+                Ok(format!("folder `{}`: the deletes of {files} files will be sent", msg.folder))
+            }
+            Some(Fault::Root(_)) => {
+                let Observed::Directory(root) = observe(&state.config.path) else {
+                    return Err(format!("folder `{}`: {} does not exist or is not a directory; create it first", msg.folder, state.config.path.display()));
+                };
+                self.store.put_root_id(&msg.folder, &root).map_err(|e| format!("cannot write the index: {e}"))?;
+                state.guard.accept(root);
+                // A new root means what it holds now is the folder: missing files are deletes.
+                state.confirmed = true;
+                tracing::warn!(folder = %msg.folder, path = %state.config.path.display(), "the user confirmed a new folder root; files missing from it will be deleted on every peer");
+                self.leave_fault(&msg.folder, ctx);
+                Ok(format!("folder `{}`: the new root is accepted; files missing from it are now deletes", msg.folder))
+            }
+        }
     }
 }
 

@@ -95,6 +95,8 @@ pub struct Needs {
     pub items: Vec<NeedItem>,
     /// True when this is the complete list (earlier items not in it are obsolete).
     pub complete: bool,
+    /// Paths the Puller asked to have decided again (`RecomputePaths`) that need nothing now.
+    pub settled: Vec<String>,
 }
 
 /// What the Puller did with a need, for the Index to record.

@@ -4,6 +4,10 @@
 //! peer left off (records of big files as chunk edits when the peer holds the previous version),
 //! and pings keep the link honest. Data: the peer's chunk requests are served from disk on blocking
 //! threads; our requests (from the Puller) are matched to their responses by id.
+//!
+//! The actor only ever sees the folders shared with its device (`core::SharedWith`): it offers,
+//! sends and serves those, refuses index records and chunk requests for any other folder (logged
+//! once per folder with the peer), and never asks the peer for another folder's chunks.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -95,12 +99,26 @@ pub struct PeerActor {
     last_seen: Instant,
     hello: bool,
     reason: Option<String>,
+    /// Folders this peer sent something for that is not shared with it (each logged once).
+    refused_folders: std::collections::HashSet<String>,
 }
 
 impl PeerActor {
-    pub fn new(setup: PeerSetup) -> Self {
+    pub fn new(mut setup: PeerSetup) -> Self {
+        // From here on `folders` (and so `roots`) holds only the folders shared with this device.
+        let shared: Vec<FolderConfig> = setup.folders.iter().filter(|f| f.devices.includes(&setup.device)).cloned().collect();
+        setup.folders = Arc::new(shared);
         let roots = setup.folders.iter().map(|f| (f.id.clone(), f.path.clone())).collect();
-        PeerActor { setup, roots, senders: HashMap::new(), pending: HashMap::new(), next_id: 1, last_seen: Instant::now(), hello: false, reason: None }
+        PeerActor { setup, roots, senders: HashMap::new(), pending: HashMap::new(), next_id: 1, last_seen: Instant::now(), hello: false, reason: None, refused_folders: Default::default() }
+    }
+
+    /// Something the peer sent for `folder`, which is not shared with it: refused, logged once.
+    fn refuse_unshared(&mut self, folder: &str, what: &str) {
+        if self.refused_folders.len() < 64 && self.refused_folders.insert(folder.to_string()) {
+            tracing::warn!(peer = %self.setup.device.prefix(), folder = %folder, what, "refused: folder not shared with this peer");
+        } else {
+            tracing::debug!(peer = %self.setup.device.prefix(), folder = %folder, what, "refused: folder not shared with this peer");
+        }
     }
 
     pub fn device(&self) -> DeviceId {
@@ -164,7 +182,7 @@ impl PeerActor {
             return self.close(format!("index update of {} records", update.files.len()), ctx);
         }
         if !self.roots.contains_key(&update.folder) {
-            return; // a folder we do not share with anyone; ignore
+            return self.refuse_unshared(&update.folder, "index records");
         }
         self.setup.index.do_send(RemoteIndex {
             device: self.setup.device,
@@ -384,6 +402,15 @@ impl StreamHandler<Result<DataMessage, Status>> for PeerActor {
                 if !self.hello || paths::validate(&r.path).is_err() {
                     return self.close(format!("bad chunk request for `{}`", r.path), ctx);
                 }
+                if !self.roots.contains_key(&r.folder) {
+                    self.refuse_unshared(&r.folder, "chunk request");
+                    // An answer, so an honest requester moves on at once instead of timing out.
+                    let refusal = proto::ChunkResponse { id: r.id, data: Vec::new(), encoding: 0, error: "folder not shared with this peer".into() };
+                    let msg = DataMessage { kind: Some(data_message::Kind::Response(refusal)) };
+                    self.setup.counters.add_out(msg.encoded_len());
+                    let _ = self.setup.data.tx.try_send(msg);
+                    return;
+                }
                 self.serve_chunk(r);
             }
             Some(data_message::Kind::Response(r)) => {
@@ -410,6 +437,11 @@ impl Handler<FetchChunk> for PeerActor {
     type Result = ResponseFuture<Result<Fetched, String>>;
 
     fn handle(&mut self, msg: FetchChunk, _: &mut Context<Self>) -> Self::Result {
+        if !self.roots.contains_key(&msg.folder) {
+            // Never reveal another folder's names or hashes to this peer (say, from records it
+            // sent before the folder stopped being shared with it).
+            return Box::pin(async { Err("folder not shared with this peer".to_string()) });
+        }
         let id = self.next_id;
         self.next_id += 1;
         let (reply, response) = oneshot::channel();

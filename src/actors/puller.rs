@@ -6,7 +6,7 @@
 //! of the peers that announced this exact version, in turn. Data is verified against its BLAKE3
 //! hash before it is written; the file appears under its real name only when complete.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
@@ -21,10 +21,15 @@ use super::messages::*;
 use super::peer::{FetchChunk, Fetched};
 use super::status::FolderGauges;
 use std::sync::atomic::Ordering::Relaxed;
-use crate::core::{path as paths, Action, Chunk, DeviceId, FileKind, FileRecord, VersionVector};
+use super::now_millis;
+use crate::core::plan::{Entry, Phase, PullQueue, Targets};
+use crate::core::retry::{FailureKind, PathFailure};
+use crate::core::root::RootProblem;
+use crate::core::{Action, Chunk, DeviceId, FileKind, FileRecord, VersionVector};
 use crate::fs::apply::{self, ApplyError, TempFile};
 use crate::fs::chunker::{hash, read_range};
 use crate::fs::reuse::Plan;
+use crate::fs::root::{free_bytes, RootGuard};
 use crate::fs::scan::DiskState;
 use crate::fs::safe_path::safe_path;
 use crate::fs::versions::VersionStore;
@@ -39,7 +44,10 @@ const CHUNKS_IN_FLIGHT: usize = 16;
 /// Bytes of one file requested and not yet received: enough to keep a fast link busy while each
 /// chunk pays its round trip, and bounded so memory stays flat (8 files × 4 MiB at most).
 const BYTES_IN_FLIGHT: u64 = 4 << 20;
-const RETRY_AFTER: Duration = Duration::from_secs(5);
+/// How often parked failures are looked at (their backoff, and free space for a full disk).
+const RETRY_TICK: Duration = Duration::from_secs(1);
+/// Space left free on the disk beyond a download's own size (for the index, logs, other writers).
+const FREE_SPACE_MARGIN: u64 = 1 << 20;
 /// Chunks smaller than this are fetched whole: a signature would cost more than it saves.
 const DELTA_MIN_CHUNK: u32 = 4096;
 
@@ -62,18 +70,33 @@ pub struct PullContext {
     pub directory: PeerDirectory,
     pub index: Addr<IndexActor>,
     pub gauges: Arc<FolderGauges>,
+    /// The folder's root must still be the one indexed before anything is written under it.
+    pub guard: Arc<RootGuard>,
     /// Where files that pulls replace or delete are kept first.
     pub versions: Arc<VersionStore>,
 }
 
 pub struct Puller {
     ctx: PullContext,
-    queue: BTreeMap<String, NeedItem>,
-    /// Paths being worked on now.
+    /// Needs in the pull order (`core::plan`).
+    queue: PullQueue<NeedItem>,
+    /// Paths being worked on now, and what they may write (for the overlap rule).
     in_flight: HashMap<String, InFlight>,
-    failed: HashSet<String>,
-    retry_scheduled: bool,
+    targets: Targets,
+    /// Running pulls that create something (not deletes), and the bytes all running pulls bring.
+    creating: usize,
+    in_flight_bytes: u64,
+    /// Paths whose last pull failed, until one succeeds or the need goes away.
+    failures: BTreeMap<String, PathFailure>,
+    /// Failed needs waiting for their retry (`core::retry` decides when), and the bytes they bring.
+    parked: BTreeMap<String, NeedItem>,
+    parked_bytes: u64,
 }
+
+/// Try every parked path now (the user asked: space was freed, permissions fixed).
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct RetryNow;
 
 /// The devices that hold the version being pulled: peers that announce it mid-file join in.
 pub type Sources = Arc<RwLock<Vec<DeviceId>>>;
@@ -88,6 +111,8 @@ struct InFlight {
     sources: Sources,
     /// A newer need for this path arrived meanwhile: look again when this one is done.
     superseded: bool,
+    /// The need itself, parked for a retry if the pull fails.
+    item: NeedItem,
 }
 
 /// The paths carrying out `item` may write. (A conflict copy may end up at a numbered variant of
@@ -100,67 +125,135 @@ fn targets(item: &NeedItem) -> impl Iterator<Item = &str> {
     std::iter::once(item.remote.path.as_str()).chain(copy)
 }
 
+fn is_delete(item: &NeedItem) -> bool {
+    item.remote.deleted && matches!(item.action, Action::Take)
+}
+
 #[derive(Message)]
 #[rtype(result = "()")]
 struct Finished {
     path: String,
-    result: Result<(), String>,
+    result: Result<(), (FailureKind, String)>,
 }
 
 impl Puller {
     pub fn new(ctx: PullContext) -> Self {
-        Puller { ctx, queue: BTreeMap::new(), in_flight: HashMap::new(), failed: HashSet::new(), retry_scheduled: false }
+        Puller {
+            ctx,
+            queue: PullQueue::default(),
+            in_flight: HashMap::new(),
+            targets: Targets::default(),
+            creating: 0,
+            in_flight_bytes: 0,
+            failures: BTreeMap::new(),
+            parked: BTreeMap::new(),
+            parked_bytes: 0,
+        }
     }
 
-    /// The next item to start: directories (shallow first), then files, then deletes (deep first)
-    /// once nothing else is queued or running.
-    fn next(&self) -> Option<String> {
-        // Two pulls never touch the same path, or one inside the other: a conflict copy made by one
-        // (`targets`) may be the very path another pulls.
-        let overlaps = |p: &str, f: &str| p == f || paths::is_inside(f, p) || paths::is_inside(p, f);
-        let busy = |(_, i): &(&String, &NeedItem)| targets(i).any(|p| self.in_flight.values().flat_map(|f| &f.targets).any(|f| overlaps(p, f)));
-        let is_delete = |i: &NeedItem| i.remote.deleted && matches!(i.action, Action::Take);
-        let creates = self.queue.iter().filter(|(_, i)| !is_delete(i));
-        let dirs = creates.clone().filter(|(_, i)| i.remote.kind == FileKind::Directory);
-        if let Some((p, _)) = dirs.filter(|e| !busy(e)).min_by_key(|(p, _)| paths::depth(p)) {
-            return Some(p.clone());
-        }
-        if let Some((p, _)) = creates.clone().find(|e| !busy(e)) {
-            return Some(p.clone());
-        }
-        let creating = creates.count() > 0 || self.in_flight.values().any(|f| !f.delete);
-        if creating {
-            return None;
-        }
-        self.queue.iter().filter(|e| !busy(e)).max_by_key(|(p, _)| paths::depth(p)).map(|(p, _)| p.clone())
+    /// Queues a need in the pull order.
+    fn queue_insert(&mut self, item: NeedItem) {
+        let phase = if is_delete(&item) {
+            Phase::Delete
+        } else if item.remote.kind == FileKind::Directory {
+            Phase::Directory
+        } else {
+            Phase::File
+        };
+        let bytes = if item.remote.deleted { 0 } else { item.remote.size };
+        let also_writes = targets(&item).nth(1).map(str::to_string);
+        self.queue.insert(item.remote.path.clone(), Entry { phase, bytes, also_writes, item });
     }
 
+    fn park(&mut self, path: String, item: NeedItem) {
+        self.parked_bytes += item.remote.size;
+        if let Some(old) = self.parked.insert(path, item) {
+            self.parked_bytes -= old.remote.size;
+        }
+    }
+
+    fn unpark(&mut self, path: &str) -> Option<NeedItem> {
+        let item = self.parked.remove(path)?;
+        self.parked_bytes -= item.remote.size;
+        Some(item)
+    }
+
+    /// O(1): the counters are kept as needs come and go.
     fn update_gauges(&self) {
-        let queued: u64 = self.queue.values().filter(|i| !i.remote.deleted).map(|i| i.remote.size).sum();
-        let bytes = queued + self.in_flight.values().map(|f| f.bytes).sum::<u64>();
-        self.ctx.gauges.need_files.store((self.queue.len() + self.in_flight.len()) as u64, Relaxed);
+        let bytes = self.queue.bytes() + self.in_flight_bytes + self.parked_bytes;
+        self.ctx.gauges.need_files.store((self.queue.len() + self.in_flight.len() + self.parked.len()) as u64, Relaxed);
         self.ctx.gauges.need_bytes.store(bytes, Relaxed);
     }
 
     fn room(&self) -> bool {
         let n = self.in_flight.len();
-        n < FILES_IN_FLIGHT || (n < SMALL_FILES_IN_FLIGHT && self.in_flight.values().map(|f| f.bytes).sum::<u64>() < SMALL_BYTES_IN_FLIGHT)
+        n < FILES_IN_FLIGHT || (n < SMALL_FILES_IN_FLIGHT && self.in_flight_bytes < SMALL_BYTES_IN_FLIGHT)
+    }
+
+    fn publish_failures(&self) {
+        *self.ctx.gauges.failures.lock().expect("gauges lock") = self.failures.clone();
+    }
+
+    /// Parks a need until its retry is due, or queues it now.
+    fn enqueue(&mut self, item: NeedItem) {
+        let path = item.remote.path.clone();
+        let waiting = self.failures.get(&path).is_some_and(|f| now_millis() < f.next_retry_ms);
+        // A different version than the one that failed is a new need: it goes at once.
+        let same_version = self.parked.get(&path).is_some_and(|p| p.remote.version == item.remote.version);
+        if waiting && (same_version || !self.parked.contains_key(&path)) {
+            self.park(path, item);
+        } else {
+            self.unpark(&path);
+            self.queue_insert(item);
+        }
+    }
+
+    /// Hands the parked paths whose retry is due to the Index, to be decided again (the disk or
+    /// the peers may have changed since).
+    fn retry_due(&mut self, force: bool) -> usize {
+        if self.parked.is_empty() || self.ctx.gauges.faulted.load(Relaxed) {
+            return 0;
+        }
+        let now = now_millis();
+        let needs_space = self.failures.values().any(|f| f.kind == FailureKind::NeedsSpace);
+        let free = if needs_space { free_bytes(&self.ctx.root) } else { None };
+        let due: Vec<String> = self.parked.keys().filter(|p| force || self.failures.get(*p).is_none_or(|f| f.due(now, free))).cloned().collect();
+        for path in &due {
+            self.unpark(path);
+            // Due now: the fresh need that comes back is queued, not parked again.
+            if let Some(f) = self.failures.get_mut(path) {
+                f.next_retry_ms = now;
+            }
+        }
+        if !due.is_empty() {
+            tracing::debug!(folder = %self.ctx.folder, paths = due.len(), "retrying failed pulls");
+            self.ctx.index.do_send(RecomputePaths { folder: self.ctx.folder.clone(), paths: due.clone() });
+        }
+        due.len()
     }
 
     fn pump(&mut self, ctx: &mut Context<Self>) {
+        // A stopped folder (root gone or replaced) gets nothing written under it.
+        if self.ctx.gauges.faulted.load(Relaxed) {
+            self.update_gauges();
+            return;
+        }
         while self.room() {
-            let Some(path) = self.next() else { break };
-            let item = self.queue.remove(&path).expect("queued");
-            let delete = item.remote.deleted && matches!(item.action, Action::Take);
+            let Some(path) = self.queue.next(&self.targets, self.creating > 0).map(str::to_string) else { break };
+            let item = self.queue.remove(&path).expect("queued").item;
+            let delete = is_delete(&item);
             let sources: Sources = Arc::new(RwLock::new(item.sources.clone()));
             let bytes = if item.remote.deleted { 0 } else { item.remote.size };
-            let targets = targets(&item).map(str::to_string).collect();
-            self.in_flight.insert(path.clone(), InFlight { delete, bytes, targets, version: item.remote.version.clone(), sources: sources.clone(), superseded: false });
+            let targets: Vec<String> = targets(&item).map(str::to_string).collect();
+            targets.iter().for_each(|t| self.targets.add(t));
+            self.creating += usize::from(!delete);
+            self.in_flight_bytes += bytes;
+            self.in_flight.insert(path.clone(), InFlight { delete, bytes, targets, version: item.remote.version.clone(), sources: sources.clone(), superseded: false, item: item.clone() });
             self.ctx.index.do_send(Pulling { folder: self.ctx.folder.clone(), path: path.clone(), active: true });
             let pctx = self.ctx.clone();
             let me = ctx.address();
             tokio::spawn(async move {
-                let result = execute(&pctx, item, &sources).await.map_err(|e| e.to_string());
+                let result = execute(&pctx, item, &sources).await.map_err(|e| (e.kind(), e.to_string()));
                 me.do_send(Finished { path, result });
             });
         }
@@ -170,6 +263,19 @@ impl Puller {
 
 impl Actor for Puller {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(RETRY_TICK, |this, _| {
+            this.retry_due(false);
+        });
+    }
+}
+
+impl Handler<RetryNow> for Puller {
+    type Result = usize;
+    fn handle(&mut self, _: RetryNow, _: &mut Context<Self>) -> usize {
+        self.retry_due(true)
+    }
 }
 
 impl Handler<Needs> for Puller {
@@ -177,13 +283,23 @@ impl Handler<Needs> for Puller {
     fn handle(&mut self, msg: Needs, ctx: &mut Context<Self>) {
         if msg.complete {
             self.queue.clear();
-            self.failed.clear();
+            // Failures of paths that are no longer needed are over.
+            let wanted: std::collections::HashSet<&str> = msg.items.iter().map(|i| i.remote.path.as_str()).collect();
+            self.parked.retain(|p, _| wanted.contains(p.as_str()));
+            self.parked_bytes = self.parked.values().map(|i| i.remote.size).sum();
+            self.failures.retain(|p, _| wanted.contains(p.as_str()) || self.in_flight.contains_key(p));
+            self.publish_failures();
+        }
+        if !msg.settled.is_empty() {
+            for path in &msg.settled {
+                self.unpark(path);
+                self.failures.remove(path);
+            }
+            self.publish_failures();
         }
         for item in msg.items {
             match self.in_flight.get_mut(&item.remote.path) {
-                None => {
-                    self.queue.insert(item.remote.path.clone(), item);
-                }
+                None => self.enqueue(item),
                 // Another peer now has the version we are pulling: it shares the work.
                 Some(running) if running.version == item.remote.version => {
                     let mut sources = running.sources.write().expect("sources lock");
@@ -205,22 +321,41 @@ impl Handler<Needs> for Puller {
 impl Handler<Finished> for Puller {
     type Result = ();
     fn handle(&mut self, msg: Finished, ctx: &mut Context<Self>) {
-        let superseded = self.in_flight.remove(&msg.path).is_some_and(|f| f.superseded);
+        let flight = self.in_flight.remove(&msg.path);
+        if let Some(f) = &flight {
+            f.targets.iter().for_each(|t| self.targets.remove(t));
+            self.creating -= usize::from(!f.delete);
+            self.in_flight_bytes -= f.bytes;
+        }
+        let superseded = flight.as_ref().is_some_and(|f| f.superseded);
         self.ctx.index.do_send(Pulling { folder: self.ctx.folder.clone(), path: msg.path.clone(), active: false });
         if superseded {
             self.ctx.index.do_send(RecomputePaths { folder: self.ctx.folder.clone(), paths: vec![msg.path.clone()] });
         }
-        if let Err(e) = msg.result {
-            self.ctx.gauges.errors.fetch_add(1, Relaxed);
-            tracing::warn!(folder = %self.ctx.folder, path = %msg.path, error = %e, "pull failed; will retry");
-            self.failed.insert(msg.path);
-            if !self.retry_scheduled {
-                self.retry_scheduled = true;
-                ctx.run_later(RETRY_AFTER, |this, _| {
-                    this.retry_scheduled = false;
-                    this.failed.clear();
-                    this.ctx.index.do_send(RecomputeNeeds { folder: this.ctx.folder.clone() });
-                });
+        match msg.result {
+            Ok(()) => {
+                if self.failures.remove(&msg.path).is_some() {
+                    tracing::info!(folder = %self.ctx.folder, path = %msg.path, "pull succeeded after failing");
+                    self.publish_failures();
+                }
+            }
+            Err((kind, reason)) => {
+                self.ctx.gauges.errors.fetch_add(1, Relaxed);
+                let previous = self.failures.get(&msg.path);
+                let needs_bytes = flight.as_ref().map_or(0, |f| f.bytes);
+                let failure = PathFailure::after(previous, kind, reason, needs_bytes, now_millis());
+                let retry_in = Duration::from_millis(failure.next_retry_ms.saturating_sub(now_millis()));
+                // One WARN per path and kind of failure; the repeats go to debug.
+                if previous.is_none_or(|p| p.kind != kind || p.reason != failure.reason) {
+                    tracing::warn!(folder = %self.ctx.folder, path = %msg.path, kind = ?kind, error = %failure.reason, retry_in = ?retry_in, "pull failed");
+                } else {
+                    tracing::debug!(folder = %self.ctx.folder, path = %msg.path, attempts = failure.attempts, error = %failure.reason, retry_in = ?retry_in, "pull failed again");
+                }
+                self.failures.insert(msg.path.clone(), failure);
+                if let (Some(f), false) = (flight, superseded) {
+                    self.park(msg.path, f.item);
+                }
+                self.publish_failures();
             }
         }
         self.pump(ctx);
@@ -239,6 +374,33 @@ pub enum PullError {
     Stopped,
     #[error("a chunk was still being written after the download ended")]
     StillWriting,
+    #[error("not enough space: the file needs {need} bytes, {free} are free")]
+    NoSpace { need: u64, free: u64 },
+    #[error("{0}")]
+    Root(RootProblem),
+}
+
+impl PullError {
+    /// What would make the pull succeed (the retry policy acts on this, never on the message).
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            PullError::NoSpace { .. } => FailureKind::NeedsSpace,
+            PullError::Apply(ApplyError::Io { source, .. }) => io_failure_kind(source),
+            _ => FailureKind::Transient,
+        }
+    }
+}
+
+/// The kind of an I/O error: by its OS error number, else by its kind (errors rebuilt from a
+/// batch commit keep only that).
+fn io_failure_kind(e: &std::io::Error) -> FailureKind {
+    use std::io::ErrorKind as K;
+    match (e.raw_os_error(), e.kind()) {
+        (Some(errno), _) => FailureKind::of_errno(errno),
+        (None, K::StorageFull | K::QuotaExceeded) => FailureKind::NeedsSpace,
+        (None, K::ReadOnlyFilesystem | K::PermissionDenied) => FailureKind::Permanent,
+        _ => FailureKind::Transient,
+    }
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, PullError> {
@@ -247,6 +409,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 
 /// Carries out one need; tells the Index what it did.
 async fn execute(ctx: &PullContext, item: NeedItem, sources: &Sources) -> Result<(), PullError> {
+    ctx.guard.check().map_err(PullError::Root)?;
     let remote = item.remote.clone();
     let path = remote.path.clone();
     let outcome = match &item.action {
@@ -300,13 +463,25 @@ async fn materialize(ctx: &PullContext, record: &FileRecord, target: &str, local
         return Ok(blocking(move || apply::make_dir_keeping(&root, &r, local.as_ref(), Some((&versions, r.modified_by)))).await??);
     }
     let started = Instant::now();
-    let (root, t, size) = (ctx.root.clone(), target.to_string(), record.size);
-    let temp = Arc::new(blocking(move || TempFile::create(&root, &t, size)).await??);
-    let progress = Arc::new(Progress::new(ctx, target, record.size));
     let plan = {
         let (store, roots, root, r, l) = (ctx.store.clone(), ctx.roots.clone(), ctx.root.clone(), record.clone(), local.clone());
         Arc::new(blocking(move || locate(&store, &roots, &root, &r, l.as_ref())).await?)
     };
+    // Nothing is created before it is known that the data can come from somewhere and fit.
+    if let Some(&first) = plan.missing().first() {
+        let connected = sources.read().expect("sources lock").iter().any(|d| ctx.directory.connected(d).is_some());
+        if !connected {
+            let chunk = record.chunks[first];
+            return Err(PullError::NoSource { offset: chunk.offset, size: chunk.size });
+        }
+    }
+    let free = free_bytes(&ctx.root).unwrap_or(u64::MAX);
+    if free < record.size.saturating_add(FREE_SPACE_MARGIN) {
+        return Err(PullError::NoSpace { need: record.size, free });
+    }
+    let (root, t, size) = (ctx.root.clone(), target.to_string(), record.size);
+    let temp = Arc::new(blocking(move || TempFile::create(&root, &t, size)).await??);
+    let progress = Arc::new(Progress::new(ctx, target, record.size));
     // Local copies run beside the network fetches of the chunks nobody here has.
     let copying = {
         let (plan, temp, progress, chunks) = (plan.clone(), temp.clone(), progress.clone(), record.chunks.clone());
@@ -335,6 +510,10 @@ async fn materialize(ctx: &PullContext, record: &FileRecord, target: &str, local
         temp.abandon();
         PullError::StillWriting
     })?;
+    if let Err(problem) = ctx.guard.check() {
+        temp.abandon();
+        return Err(PullError::Root(problem));
+    }
     let disk = ctx.commits.commit(temp, record.clone(), local).await?;
     ctx.gauges.bytes_reused.fetch_add(tally.reused, Relaxed);
     ctx.gauges.bytes_saved_on_wire.fetch_add(tally.received.saturating_sub(tally.wire), Relaxed);

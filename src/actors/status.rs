@@ -1,13 +1,15 @@
 //! Live numbers about the node that the actors update and the status API reads: per folder its
 //! state and what it still needs, per node the totals of pulls, conflicts and errors.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
 use super::directory::PeerDirectory;
 use crate::config::FolderConfig;
+use crate::core::retry::{FailureKind, PathFailure};
 use crate::core::DeviceId;
 use crate::fs::versions::VersionStore;
 use crate::store::Store;
@@ -27,6 +29,24 @@ pub struct FolderGauges {
     /// Chunk bytes from peers minus the bytes that carried them: what rsync deltas and compression
     /// kept off the wire.
     pub bytes_saved_on_wire: AtomicU64,
+    /// Why the folder is stopped (its root is gone or replaced, or a scan would delete every file);
+    /// `faulted` mirrors it for the hot paths.
+    pub fault: Mutex<Option<String>>,
+    pub faulted: AtomicBool,
+    /// Paths whose pull failed and waits for a retry, as the Puller last published them.
+    pub failures: Mutex<BTreeMap<String, PathFailure>>,
+    /// Files that exist but could not be read, with why, as the Index last saw them.
+    pub unreadable: Mutex<BTreeMap<String, String>>,
+}
+
+/// Most failed paths listed in a status report (the count is always complete).
+const FAILURES_LISTED: usize = 100;
+
+impl FolderGauges {
+    pub fn set_fault(&self, reason: Option<String>) {
+        self.faulted.store(reason.is_some(), Relaxed);
+        *self.fault.lock().expect("gauges lock") = reason;
+    }
 }
 
 pub struct NodeState {
@@ -52,11 +72,8 @@ impl NodeState {
             .folders
             .iter()
             .map(|(f, g)| {
-                let (mut files, mut bytes) = (0u64, 0u64);
-                for r in self.store.local_records(&f.id).filter(|r| !r.deleted) {
-                    files += 1;
-                    bytes += r.size;
-                }
+                let counts = self.store.local_counts(&f.id);
+                let (files, bytes) = (counts.records, counts.bytes);
                 let need_files = g.need_files.load(Relaxed);
                 let (versions_files, versions_bytes) = self.versions.get(&f.id).map_or((0, 0), |v| v.usage());
                 let diverged = super::index::modes::changes(&self.store, &f.id, f.mode, self.device_id.short()).len() as u64;
@@ -65,7 +82,22 @@ impl NodeState {
                     crate::config::FolderMode::SendOnly => (0, diverged),
                     crate::config::FolderMode::SendReceive => (0, 0),
                 };
-                let state = if g.scanning.load(Relaxed) {
+                let fault = g.fault.lock().expect("gauges lock").clone();
+                let (failed_paths, pull_errors) = {
+                    let failures = g.failures.lock().expect("gauges lock");
+                    let listed = failures.iter().take(FAILURES_LISTED).map(|(path, f)| PullErrorReport::new(path, f)).collect::<Vec<_>>();
+                    (failures.len() as u64, listed)
+                };
+                let read_errors: Vec<ReadErrorReport> = g.unreadable.lock().expect("gauges lock").iter().take(FAILURES_LISTED).map(|(path, reason)| ReadErrorReport { path: path.clone(), reason: reason.clone() }).collect();
+                let unreadable_paths = g.unreadable.lock().expect("gauges lock").len() as u64;
+                let stuck = pull_errors.iter().filter(|e| e.kind.is_error()).count();
+                let error = fault.or_else(|| {
+                    let first = pull_errors.iter().find(|e| e.kind.is_error())?;
+                    Some(format!("{stuck} path(s) cannot be pulled; {}: {}", first.path, first.reason))
+                });
+                let state = if error.is_some() {
+                    "error"
+                } else if g.scanning.load(Relaxed) {
                     "scanning"
                 } else if need_files > 0 {
                     "syncing"
@@ -76,6 +108,11 @@ impl NodeState {
                     id: f.id.clone(),
                     path: f.path.display().to_string(),
                     state: state.into(),
+                    error,
+                    failed_paths,
+                    pull_errors,
+                    unreadable_paths,
+                    read_errors,
                     local_files: files,
                     local_bytes: bytes,
                     need_files,
@@ -124,6 +161,19 @@ pub struct FolderReport {
     pub id: String,
     pub path: String,
     pub state: String,
+    /// One line saying why, when `state` is `error`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Paths whose last pull failed (transient ones included), and the first of them in detail.
+    #[serde(default)]
+    pub failed_paths: u64,
+    #[serde(default)]
+    pub pull_errors: Vec<PullErrorReport>,
+    /// Local files that could not be read (skipped, not announced, never taken for deleted).
+    #[serde(default)]
+    pub unreadable_paths: u64,
+    #[serde(default)]
+    pub read_errors: Vec<ReadErrorReport>,
     pub local_files: u64,
     pub local_bytes: u64,
     pub need_files: u64,
@@ -146,6 +196,30 @@ pub struct FolderReport {
     /// Send-only: peer changes not taken (`syncnode override` makes ours win).
     #[serde(default)]
     pub remote_changes: u64,
+}
+
+/// A local file that exists but could not be read.
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct ReadErrorReport {
+    pub path: String,
+    pub reason: String,
+}
+
+/// One path whose pull failed: why, since when, and when it is tried again (ms since the epoch).
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct PullErrorReport {
+    pub path: String,
+    pub kind: FailureKind,
+    pub reason: String,
+    pub attempts: u32,
+    pub since_ms: u64,
+    pub next_retry_ms: u64,
+}
+
+impl PullErrorReport {
+    fn new(path: &str, f: &PathFailure) -> Self {
+        PullErrorReport { path: path.to_string(), kind: f.kind, reason: f.reason.clone(), attempts: f.attempts, since_ms: f.since_ms, next_retry_ms: f.next_retry_ms }
+    }
 }
 
 #[derive(Debug, Serialize, serde::Deserialize)]

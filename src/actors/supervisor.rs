@@ -1,7 +1,9 @@
 //! The Supervisor actor: owns the node's connections. It pairs the two inbound streams of a
 //! connection, dials known peers, redials a lost one with exponential backoff, and keeps exactly one
 //! connection per device: when both sides dial each other, both keep the one dialed by the smaller
-//! device ID, so they agree without a further message.
+//! device ID, so they agree without a further message. Under `trust = "network-key"` a peer may
+//! also be known by an address alone: that address is dialed accepting whoever proves the key
+//! there, and the device learned from its certificate then counts like any other.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,8 +17,9 @@ use super::messages::Disconnect;
 use super::peer::{PeerActor, PeerDown, PeerSetup};
 use crate::config::{Compression, FolderConfig};
 use crate::core::DeviceId;
-use crate::net::dial::{dial, Outbound};
+use crate::net::dial::{dial, OwnAddress, Outbound};
 use crate::net::identity::Identity;
+use crate::net::network_key::NetworkKey;
 use crate::net::proto::{ControlMessage, DataMessage};
 use crate::net::service::{Duplex, InboundHalf, InboundStream};
 use crate::store::Store;
@@ -33,6 +36,13 @@ const TICK: Duration = Duration::from_millis(250);
 pub struct PeerDiscovered {
     pub device: DeviceId,
     pub addresses: Vec<String>,
+}
+
+/// A peer known by its address alone (network-key trust: whoever proves the key there).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PeerAtAddress {
+    pub address: String,
 }
 
 /// A device is no longer announced at these addresses.
@@ -63,6 +73,16 @@ struct Slot {
     dialing: bool,
 }
 
+/// Dial state of an address configured without a device ID.
+#[derive(Default)]
+struct AddressSlot {
+    /// The device that answered there last; while it is connected the address is not dialed.
+    device: Option<DeviceId>,
+    backoff: Duration,
+    next_attempt: Option<Instant>,
+    dialing: bool,
+}
+
 #[derive(Default)]
 struct Halves {
     control: Option<Duplex<ControlMessage>>,
@@ -79,14 +99,18 @@ pub struct Supervisor {
     index: Addr<IndexActor>,
     directory: PeerDirectory,
     compression: Compression,
+    /// Under trust = "network-key": every dial proves and checks it.
+    network_key: Option<Arc<NetworkKey>>,
     peers: HashMap<DeviceId, Slot>,
+    addresses: HashMap<String, AddressSlot>,
     halves: HashMap<(DeviceId, u64), Halves>,
     stopping: bool,
 }
 
 impl Supervisor {
-    pub fn new(identity: Identity, name: String, folders: Arc<Vec<FolderConfig>>, store: Arc<Store>, index: Addr<IndexActor>, directory: PeerDirectory, compression: Compression) -> Self {
-        Supervisor { identity, name, folders, store, index, directory, compression, peers: HashMap::new(), halves: HashMap::new(), stopping: false }
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(identity: Identity, name: String, folders: Arc<Vec<FolderConfig>>, store: Arc<Store>, index: Addr<IndexActor>, directory: PeerDirectory, compression: Compression, network_key: Option<Arc<NetworkKey>>) -> Self {
+        Supervisor { identity, name, folders, store, index, directory, compression, network_key, peers: HashMap::new(), addresses: HashMap::new(), halves: HashMap::new(), stopping: false }
     }
 
     fn me(&self) -> DeviceId {
@@ -109,12 +133,13 @@ impl Supervisor {
             .collect();
         for (device, addresses) in due {
             let identity = self.identity.clone();
+            let network_key = self.network_key.clone();
             // Every known address in turn (mDNS lists IPv4 first), so one the peer does not
             // listen on (say its IPv6 link-local one) costs a refused connection, not a backoff.
             let fut = async move {
                 let mut errors = Vec::new();
                 for address in &addresses {
-                    match dial(&identity, device, address).await {
+                    match dial(&identity, Some(device), address, network_key.clone()).await {
                         Ok(out) => return Ok(out),
                         Err(e) => errors.push(format!("{address}: {e:#}")),
                     }
@@ -123,8 +148,57 @@ impl Supervisor {
             };
             ctx.spawn(fut.into_actor(self).map(move |result, this, ctx| this.dialed(device, result, ctx)));
         }
+        self.dial_addresses(now, ctx);
         // Half-open inbound connections whose second stream never came.
         self.halves.retain(|_, h| h.since.is_none_or(|t| t.elapsed() < Duration::from_secs(30)));
+    }
+
+    /// Dials the due addresses known without a device ID, unless the device last found there is
+    /// connected (by this or any other way).
+    fn dial_addresses(&mut self, now: Instant, ctx: &mut Context<Self>) {
+        let Some(network_key) = self.network_key.clone() else { return };
+        let (me, peers) = (self.me(), &self.peers);
+        let due: Vec<String> = self
+            .addresses
+            .iter_mut()
+            .filter(|(_, s)| !s.dialing && s.next_attempt.is_none_or(|t| t <= now))
+            .filter(|(_, s)| s.device.is_none_or(|d| d != me && peers.get(&d).is_none_or(|p| p.active.is_none())))
+            .map(|(a, s)| {
+                s.dialing = true;
+                a.clone()
+            })
+            .collect();
+        for address in due {
+            let identity = self.identity.clone();
+            let key = network_key.clone();
+            let target = address.clone();
+            let fut = async move { dial(&identity, None, &target, Some(key)).await.map_err(|e| (e.is::<OwnAddress>(), format!("{e:#}"))) };
+            ctx.spawn(fut.into_actor(self).map(move |result, this, ctx| this.dialed_address(address, result, ctx)));
+        }
+    }
+
+    fn dialed_address(&mut self, address: String, result: Result<Outbound, (bool, String)>, ctx: &mut Context<Self>) {
+        let me = self.me();
+        let Some(slot) = self.addresses.get_mut(&address) else { return };
+        slot.dialing = false;
+        match result {
+            Err((true, _)) => {
+                // A config listing every node's address, this one's included: never dialed again.
+                tracing::debug!(address = %address, "this node's own address; not dialed");
+                slot.device = Some(me);
+            }
+            Ok(out) => {
+                slot.device = Some(out.device);
+                tracing::debug!(peer = %out.device.prefix(), address = %address, "reached by address");
+                self.establish(out.device, out.conn, me, Some(out.address), out.control, out.data, ctx);
+            }
+            Err((false, e)) => {
+                slot.backoff = (slot.backoff * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
+                let jitter = Duration::from_millis(rand::random::<u64>() % 250);
+                slot.next_attempt = Some(Instant::now() + slot.backoff + jitter);
+                tracing::debug!(address = %address, error = %e, retry_in_ms = slot.backoff.as_millis() as u64, "dial failed");
+            }
+        }
     }
 
     fn dialed(&mut self, device: DeviceId, result: Result<Outbound, String>, ctx: &mut Context<Self>) {
@@ -212,6 +286,18 @@ impl Handler<PeerDiscovered> for Supervisor {
     }
 }
 
+impl Handler<PeerAtAddress> for Supervisor {
+    type Result = ();
+    fn handle(&mut self, msg: PeerAtAddress, ctx: &mut Context<Self>) {
+        if self.network_key.is_none() {
+            tracing::warn!(address = %msg.address, "a peer address without a device ID needs trust = \"network-key\"; ignored");
+            return;
+        }
+        self.addresses.entry(msg.address).or_default();
+        self.tick(ctx);
+    }
+}
+
 impl Handler<PeerVanished> for Supervisor {
     type Result = ();
     fn handle(&mut self, msg: PeerVanished, _: &mut Context<Self>) {
@@ -254,6 +340,11 @@ impl Handler<PeerDown> for Supervisor {
         }
         slot.backoff = (slot.backoff * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
         slot.next_attempt = Some(Instant::now() + slot.backoff);
+        // An address where this device was found is redialed on the same schedule.
+        let (backoff, next_attempt) = (slot.backoff, slot.next_attempt);
+        for a in self.addresses.values_mut().filter(|a| a.device == Some(msg.device)) {
+            (a.backoff, a.next_attempt) = (backoff, next_attempt);
+        }
         self.directory.update(msg.device, |e| e.connected = None);
     }
 }

@@ -4,8 +4,14 @@
 //! at every `MAX_DELAY`). An overflowed event queue, a watch that could not be set up, and the
 //! periodic `sync.rescan_interval` all turn into a full rescan, so nothing the kernel dropped is
 //! missed for long.
+//!
+//! A watch dies with its directory: an unmounted disk, a root renamed away or replaced. Every
+//! `ROOT_CHECK_EVERY` the Watcher looks at each root's device and inode; when they are not what it
+//! watches, it drops the dead watch (logged once), and sets up a new one as soon as a directory is
+//! there again, followed by a full rescan (the Index decides whether that root is the folder's).
 
 use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -24,7 +30,15 @@ pub struct Watcher {
     index: Addr<IndexActor>,
     debounce: Duration,
     rescan_interval: Duration,
-    watchers: Vec<notify::RecommendedWatcher>,
+    /// Per folder, the live watch and the (device, inode) of the root it was set up on.
+    watches: Vec<Option<(notify::RecommendedWatcher, (u64, u64))>>,
+    /// Per folder, the root on which setting up a watch failed (warned once; tried again when the
+    /// root changes, the periodic rescan covering it meanwhile).
+    watch_failed: Vec<Option<(u64, u64)>>,
+    events: Option<mpsc::UnboundedSender<FsEvent>>,
+    /// Per folder, whether a watch was ever attempted (the first needs no rescan: the Index scans
+    /// at start anyway).
+    attempted: Vec<bool>,
     /// Per folder, each changed path's first and latest event.
     pending: HashMap<String, HashMap<String, (Instant, Instant)>>,
     flush_scheduled: bool,
@@ -32,6 +46,8 @@ pub struct Watcher {
 
 /// A path that keeps changing (a long copy, a log) is still looked at this often.
 const MAX_DELAY: Duration = Duration::from_secs(1);
+/// How often each root's identity is compared with the one being watched.
+const ROOT_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 struct FsEvent {
     folder: usize,
@@ -44,7 +60,8 @@ impl Message for FsEvent {
 
 impl Watcher {
     pub fn new(folders: Vec<FolderConfig>, index: Addr<IndexActor>, debounce: Duration, rescan_interval: Duration) -> Self {
-        Watcher { folders, index, debounce, rescan_interval, watchers: Vec::new(), pending: HashMap::new(), flush_scheduled: false }
+        let n = folders.len();
+        Watcher { folders, index, debounce, rescan_interval, watches: (0..n).map(|_| None).collect(), watch_failed: vec![None; n], events: None, attempted: vec![false; n], pending: HashMap::new(), flush_scheduled: false }
     }
 
     fn mark(&mut self, folder: &str, rel: String, ctx: &mut Context<Self>) {
@@ -85,6 +102,49 @@ impl Watcher {
         }
     }
 
+    /// Keeps folder `i`'s watch on the directory now at its root: drops a watch whose root went
+    /// away or was replaced, and sets up a new one (then rescans) when a directory is there.
+    fn check_watch(&mut self, i: usize, ctx: &mut Context<Self>) {
+        let folder = self.folders[i].clone();
+        let now = std::fs::symlink_metadata(&folder.path).ok().filter(|m| m.is_dir()).map(|m| (m.dev(), m.ino()));
+        let watched = self.watches[i].as_ref().map(|(_, id)| *id);
+        if now == watched || (now.is_some() && now == self.watch_failed[i]) {
+            return;
+        }
+        if watched.is_some() {
+            tracing::warn!(folder = %folder.id, path = %folder.path.display(), "lost the watch on the folder root (unmounted, moved or replaced)");
+            self.watches[i] = None;
+        }
+        let Some(root) = now else { return };
+        let Some(tx) = self.events.clone() else { return };
+        let handler = move |event: notify::Result<notify::Event>| {
+            let _ = tx.send(FsEvent { folder: i, event });
+        };
+        match notify::recommended_watcher(handler).and_then(|mut w| w.watch(&folder.path, RecursiveMode::Recursive).map(|_| w)) {
+            Ok(w) => {
+                if std::mem::replace(&mut self.attempted[i], true) {
+                    tracing::info!(folder = %folder.id, path = %folder.path.display(), "watching the folder again; rescanning it");
+                    // Whatever changed while nothing was watching.
+                    self.mark(&folder.id, String::new(), ctx);
+                }
+                self.watches[i] = Some((w, root));
+                self.watch_failed[i] = None;
+            }
+            Err(e) => {
+                self.attempted[i] = true;
+                if self.watch_failed[i].is_none() {
+                    tracing::warn!(
+                        folder = %folder.id,
+                        error = %e,
+                        rescan_every = ?self.rescan_interval,
+                        "cannot watch the folder (inotify watch limit? raise fs.inotify.max_user_watches); relying on periodic rescans"
+                    );
+                }
+                self.watch_failed[i] = Some(root);
+            }
+        }
+    }
+
     fn rel(root: &PathBuf, path: &std::path::Path) -> Option<String> {
         let rel = path.strip_prefix(root).ok()?.to_str()?;
         Some(rel.to_string())
@@ -96,21 +156,15 @@ impl Actor for Watcher {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         let (tx, rx) = mpsc::unbounded_channel();
-        for (i, folder) in self.folders.iter().enumerate() {
-            let tx = tx.clone();
-            let handler = move |event: notify::Result<notify::Event>| {
-                let _ = tx.send(FsEvent { folder: i, event });
-            };
-            match notify::recommended_watcher(handler).and_then(|mut w| w.watch(&folder.path, RecursiveMode::Recursive).map(|_| w)) {
-                Ok(w) => self.watchers.push(w),
-                Err(e) => tracing::warn!(
-                    folder = %folder.id,
-                    error = %e,
-                    rescan_every = ?self.rescan_interval,
-                    "cannot watch the folder (inotify watch limit? raise fs.inotify.max_user_watches); relying on periodic rescans"
-                ),
-            }
+        self.events = Some(tx);
+        for i in 0..self.folders.len() {
+            self.check_watch(i, ctx);
         }
+        ctx.run_interval(ROOT_CHECK_EVERY, |this, ctx| {
+            for i in 0..this.folders.len() {
+                this.check_watch(i, ctx);
+            }
+        });
         ctx.add_stream(UnboundedReceiverStream::new(rx));
         ctx.run_interval(self.rescan_interval, |this, _| {
             for f in &this.folders {

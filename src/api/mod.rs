@@ -1,5 +1,7 @@
 //! The local HTTP API (actix-web, on `node.api_listen`, loopback by default): `GET /rest/status`
-//! (JSON), `GET /metrics` (Prometheus text) and `GET /` (a status page that refreshes itself);
+//! (JSON), `GET /metrics` (Prometheus text), `GET /` (a status page that refreshes itself), and two
+//! controls for a stopped folder: `POST /rest/folder/confirm?folder=ID` (accept a new root, or the
+//! deletes of every file) and `POST /rest/folder/retry?folder=ID` (retry failed pulls now);
 //! the version stores under `/rest/versions` (`versions.rs`); one-way folders' changes, revert and
 //! override (`modes.rs`).
 
@@ -10,9 +12,57 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use actix_web::{web, App, HttpResponse, HttpServer};
+use std::collections::HashMap;
 
+use actix::Recipient;
+use actix_web::{web, App, HttpResponse, HttpServer};
+use serde::{Deserialize, Serialize};
+
+use crate::actors::index::Confirm;
+use crate::actors::puller::RetryNow;
 use crate::actors::status::{NodeState, StatusReport};
+
+/// What the API may ask of the actors.
+#[derive(Clone)]
+pub struct Control {
+    pub confirm: Recipient<Confirm>,
+    /// Per folder.
+    pub retry: HashMap<String, Recipient<RetryNow>>,
+}
+
+#[derive(Deserialize)]
+struct FolderQuery {
+    folder: String,
+}
+
+/// The answer of a control request.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ControlReply {
+    pub ok: bool,
+    pub message: String,
+}
+
+fn reply(result: Result<String, String>) -> HttpResponse {
+    match result {
+        Ok(message) => HttpResponse::Ok().json(ControlReply { ok: true, message }),
+        Err(message) => HttpResponse::BadRequest().json(ControlReply { ok: false, message }),
+    }
+}
+
+async fn confirm(control: web::Data<Control>, query: web::Query<FolderQuery>) -> HttpResponse {
+    let answer = control.confirm.send(Confirm { folder: query.folder.clone() }).await;
+    reply(answer.unwrap_or_else(|e| Err(format!("the node is stopping ({e})"))))
+}
+
+async fn retry(control: web::Data<Control>, query: web::Query<FolderQuery>) -> HttpResponse {
+    let Some(puller) = control.retry.get(&query.folder) else {
+        return reply(Err(format!("no folder `{}`", query.folder)));
+    };
+    match puller.send(RetryNow).await {
+        Ok(n) => reply(Ok(format!("folder `{}`: retrying {n} failed path(s) now", query.folder))),
+        Err(e) => reply(Err(format!("the node is stopping ({e})"))),
+    }
+}
 
 const PAGE: &str = include_str!("page.html");
 
@@ -57,6 +107,9 @@ pub fn prometheus_text(r: &StatusReport) -> String {
     family("pulls_total", "Files and directories pulled from peers.", "counter", per_folder(&|f| f.pulls));
     family("conflicts_total", "Conflicts resolved (a copy kept).", "counter", per_folder(&|f| f.conflicts));
     family("errors_total", "Failed pulls (retried).", "counter", per_folder(&|f| f.errors));
+    family("folder_error", "1 while the folder is in state error (root gone, folder emptied, or paths that cannot be pulled).", "gauge", per_folder(&|f| u64::from(f.state == "error")));
+    family("folder_failed_paths", "Paths whose last pull failed, waiting for a retry.", "gauge", per_folder(&|f| f.failed_paths));
+    family("folder_unreadable_paths", "Local files that could not be read (skipped, never taken for deleted).", "gauge", per_folder(&|f| f.unreadable_paths));
     family("reused_bytes_total", "File bytes taken from local files instead of the network.", "counter", per_folder(&|f| f.bytes_reused));
     family("versions_files", "Versions kept in the folder's version store.", "gauge", per_folder(&|f| f.versions_files));
     family("versions_bytes", "Bytes of the versions kept in the folder's version store.", "gauge", per_folder(&|f| f.versions_bytes));
@@ -74,12 +127,16 @@ pub fn prometheus_text(r: &StatusReport) -> String {
 }
 
 /// Starts the API server on the current actix system.
-pub fn start(address: SocketAddr, state: Arc<NodeState>) -> anyhow::Result<actix_web::dev::ServerHandle> {
+pub fn start(address: SocketAddr, state: Arc<NodeState>, control: Control) -> anyhow::Result<actix_web::dev::ServerHandle> {
     let data = web::Data::new(state);
+    let control = web::Data::new(control);
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
+            .app_data(control.clone())
             .route("/rest/status", web::get().to(status))
+            .route("/rest/folder/confirm", web::post().to(confirm))
+            .route("/rest/folder/retry", web::post().to(retry))
             .route("/metrics", web::get().to(metrics))
             .route("/rest/versions", web::get().to(versions::get))
             .route("/rest/versions/restore", web::post().to(versions::post_restore))

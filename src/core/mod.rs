@@ -9,11 +9,16 @@ pub mod decide;
 pub mod device;
 pub mod divergence;
 pub mod path;
+pub mod plan;
 pub mod record;
+pub mod retry;
+pub mod root;
+pub mod sharing;
 pub mod version;
 pub mod versioning;
 
 pub use decide::{decide, Action};
 pub use device::{DeviceId, ShortId};
 pub use record::{Chunk, FileKind, FileRecord};
+pub use sharing::SharedWith;
 pub use version::{Ordering, VersionVector};

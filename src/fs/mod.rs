@@ -6,6 +6,7 @@ pub mod apply;
 pub mod chunker;
 pub mod ignore;
 pub mod reuse;
+pub mod root;
 pub mod safe_path;
 pub mod scan;
 pub mod versions;

@@ -27,6 +27,9 @@ pub struct Scanner {
     pub ignore: IgnoreRules,
     /// Paths being written by a pull right now: left alone (the pull reports what it wrote).
     pub busy: HashSet<String>,
+    /// Files that exist but could not be read (permissions, I/O errors), with why: skipped, never
+    /// taken for deleted, and reported per path by the Index.
+    pub unreadable: std::sync::Mutex<Vec<(String, String)>>,
 }
 
 /// The state of one path on disk, as far as records care.
@@ -177,7 +180,8 @@ impl Scanner {
                 // Gone, or shrinking as we read: the event of that change brings another scan.
                 Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::UnexpectedEof) => return Ok(()),
                 Err(e) => {
-                    tracing::warn!(path = rel, error = %e, "scan: cannot read file");
+                    tracing::debug!(path = rel, error = %e, "scan: cannot read file");
+                    self.unreadable.lock().expect("scanner lock").push((rel.to_string(), e.to_string()));
                     return Ok(());
                 }
             },
@@ -265,7 +269,7 @@ mod tests {
     }
 
     fn scanner(root: &Path) -> Scanner {
-        Scanner { root: root.to_path_buf(), params: ChunkParams::new(4096), me: ShortId(1), ignore: IgnoreRules::load(root), busy: HashSet::new() }
+        Scanner { root: root.to_path_buf(), params: ChunkParams::new(4096), me: ShortId(1), ignore: IgnoreRules::load(root), busy: HashSet::new(), unreadable: Default::default() }
     }
 
     #[test]

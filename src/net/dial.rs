@@ -1,6 +1,7 @@
 //! Both ends of a connection's transport: the listener (TCP accept, TLS handshake that refuses
 //! strangers, then tonic's HTTP/2 server) and the dialer (TLS client expecting one device ID, then a
-//! tonic channel carrying the control and data streams).
+//! tonic channel carrying the control and data streams). Under `trust = "network-key"` both run the
+//! network-key exchange (`network_key.rs`) between the TLS handshake and the first HTTP/2 byte.
 
 use std::io;
 use std::net::SocketAddr;
@@ -21,21 +22,33 @@ use super::identity::Identity;
 use super::proto::sync_client::SyncClient;
 use super::proto::sync_server::SyncServer;
 use super::service::{Duplex, Incoming, InboundStream, SyncService, STREAM_BUFFER};
-use super::tls::{client_config, server_config, TrustedDevices};
+use super::network_key::{NetworkKey, ProofError, SessionBinding};
+use super::tls::{client_config, peer_device, server_config, Admit};
 use super::{CONN_HEADER, MAX_MESSAGE};
 use crate::core::DeviceId;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Why an inbound connection was refused before gRPC.
+enum Refusal {
+    Tls(io::Error),
+    Key(Option<DeviceId>, ProofError),
+    TimedOut,
+}
+
 /// Accepts peers until `shutdown` resolves. Streams of authenticated peers go to `inbound`.
+/// `admit` decides at the TLS handshake; with `network_key`, the peer must then also prove the key.
 pub async fn serve(
     listener: TcpListener,
     identity: &Identity,
-    trusted: TrustedDevices,
+    admit: Admit,
+    network_key: Option<Arc<NetworkKey>>,
     inbound: mpsc::Sender<InboundStream>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let acceptor = TlsAcceptor::from(Arc::new(server_config(identity, trusted)?));
+    anyhow::ensure!(network_key.is_some() || !matches!(admit, Admit::AnyCertificate), "a listener admitting any certificate needs the network key");
+    let me = identity.device_id;
+    let acceptor = TlsAcceptor::from(Arc::new(server_config(identity, admit)?));
     let (conn_tx, conn_rx) = mpsc::channel(16);
     tokio::spawn(async move {
         loop {
@@ -50,13 +63,39 @@ pub async fn serve(
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let handshake_tx = conn_tx.clone();
+            let network_key = network_key.clone();
             tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => {
+                let admitted = async {
+                    let mut tls = acceptor.accept(tcp).await.map_err(Refusal::Tls)?;
+                    if let Some(key) = &network_key {
+                        let peer = peer_device(tls.get_ref().1.peer_certificates());
+                        let dialer = peer.ok_or(Refusal::Key(None, ProofError::NoProof))?;
+                        if dialer == me {
+                            return Err(Refusal::Key(peer, ProofError::OwnDevice));
+                        }
+                        let binding = SessionBinding::of(tls.get_ref().1, dialer, me).map_err(|e| Refusal::Key(peer, e))?;
+                        key.listener_exchange(&mut tls, &binding).await.map_err(|e| Refusal::Key(peer, e))?;
+                    }
+                    Ok(tls)
+                };
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, admitted).await.unwrap_or(Err(Refusal::TimedOut)) {
+                    Ok(tls) => {
                         let _ = handshake_tx.send(Ok::<_, io::Error>(tls)).await;
                     }
-                    Ok(Err(e)) => tracing::warn!(from = %addr, error = %e, "refused connection at the TLS handshake"),
-                    Err(_) => tracing::warn!(from = %addr, "TLS handshake timed out"),
+                    Err(Refusal::Tls(e)) => tracing::warn!(from = %addr, error = %e, "refused connection at the TLS handshake"),
+                    Err(Refusal::TimedOut) => tracing::warn!(from = %addr, "TLS handshake timed out"),
+                    Err(Refusal::Key(peer, e)) => {
+                        // Once per device: a peer with the wrong key redials with backoff forever.
+                        let device = peer.map(|d| d.to_string()).unwrap_or_default();
+                        let first = network_key.as_ref().is_some_and(|k| k.first_refusal(&format!("in {device}")));
+                        if matches!(e, ProofError::OwnDevice) {
+                            tracing::debug!(from = %addr, "refused a connection from this node itself");
+                        } else if first {
+                            tracing::warn!(from = %addr, device = %device, error = %e, "refused peer: no valid network-key proof");
+                        } else {
+                            tracing::debug!(from = %addr, device = %device, error = %e, "refused peer: no valid network-key proof");
+                        }
+                    }
                 }
             });
             if conn_tx.is_closed() {
@@ -88,17 +127,56 @@ pub struct Outbound {
     pub data: Duplex<super::proto::DataMessage>,
 }
 
+/// A dial reached this node itself (its own address is among its peers' addresses).
+#[derive(Debug, thiserror::Error)]
+#[error("{0} is this node's own address")]
+pub struct OwnAddress(pub String);
+
 /// Dials `address`, expecting the certificate of `device`; anything else fails the handshake.
-pub async fn dial(identity: &Identity, device: DeviceId, address: &str) -> Result<Outbound> {
-    let config = Arc::new(client_config(identity, device)?);
+/// With `network_key`, the peer must also prove the key, and `device` may be `None`: whoever
+/// answers there with the key is admitted, and `Outbound::device` says who that was.
+pub async fn dial(identity: &Identity, device: Option<DeviceId>, address: &str, network_key: Option<Arc<NetworkKey>>) -> Result<Outbound> {
+    let admit = match device {
+        Some(d) => Admit::Device(d),
+        None if network_key.is_some() => Admit::AnyCertificate,
+        None => anyhow::bail!("dialing {address} without a device ID needs trust = \"network-key\""),
+    };
+    let config = Arc::new(client_config(identity, admit)?);
     let socket: SocketAddr = tokio::net::lookup_host(address).await?.next().with_context(|| format!("{address} does not resolve"))?;
+    let me = identity.device_id;
+    // The connector learns whom it reached (from the certificate) for a dial without a device ID.
+    let reached = Arc::new(std::sync::Mutex::new(device));
+    let reached_by_connector = reached.clone();
+    let address_text = address.to_string();
     let connector = tower::service_fn(move |_uri: http::Uri| {
         let config = config.clone();
+        let network_key = network_key.clone();
+        let reached = reached_by_connector.clone();
+        let address = address_text.clone();
         async move {
             let tcp = TcpStream::connect(socket).await?;
             tcp.set_nodelay(true)?;
             let name = ServerName::try_from("syncnode").map_err(io::Error::other)?;
-            let tls = TlsConnector::from(config).connect(name, tcp).await?;
+            let mut tls = TlsConnector::from(config).connect(name, tcp).await?;
+            let peer = peer_device(tls.get_ref().1.peer_certificates()).ok_or_else(|| io::Error::other("the peer sent no certificate"))?;
+            if let Some(key) = &network_key {
+                if peer == me {
+                    *reached.lock().expect("reached lock") = Some(me);
+                    return Err(io::Error::other(ProofError::OwnDevice));
+                }
+                let proved = match SessionBinding::of(tls.get_ref().1, me, peer) {
+                    Ok(binding) => key.dialer_exchange(&mut tls, &binding).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = proved {
+                    // Once per address and device; the Supervisor redials with backoff.
+                    if key.first_refusal(&format!("out {address} {peer}")) {
+                        tracing::warn!(address = %address, device = %peer, error = %e, "network-key exchange failed; not connecting");
+                    }
+                    return Err(io::Error::other(e));
+                }
+            }
+            *reached.lock().expect("reached lock") = Some(peer);
             Ok::<_, io::Error>(TokioIo::new(tls))
         }
     });
@@ -110,8 +188,11 @@ pub async fn dial(identity: &Identity, device: DeviceId, address: &str) -> Resul
         .initial_stream_window_size(Some(4 << 20))
         .initial_connection_window_size(Some(8 << 20))
         .connect_with_connector(connector)
-        .await
-        .with_context(|| format!("cannot connect to {address}"))?;
+        .await;
+    let channel = match channel {
+        Err(_) if device.is_none() && *reached.lock().expect("reached lock") == Some(me) => return Err(OwnAddress(address.to_string()).into()),
+        other => other.with_context(|| format!("cannot connect to {address}"))?,
+    };
     let mut client = SyncClient::new(channel).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE);
     let conn: u64 = rand::random();
     let (ctl_tx, ctl_out) = mpsc::channel(STREAM_BUFFER);
@@ -122,6 +203,7 @@ pub async fn dial(identity: &Identity, device: DeviceId, address: &str) -> Resul
     let mut request = Request::new(ReceiverStream::new(data_out));
     request.metadata_mut().insert(CONN_HEADER, conn.to_string().parse()?);
     let data_in: Incoming<_> = Box::pin(client.data(request).await?.into_inner());
+    let device = reached.lock().expect("reached lock").context("connected without learning the peer's device")?;
     Ok(Outbound {
         device,
         conn,

@@ -4,6 +4,7 @@
 pub mod dial;
 pub mod identity;
 pub mod mdns;
+pub mod network_key;
 pub mod service;
 pub mod tls;
 pub mod wire;

@@ -1,6 +1,9 @@
 //! Mutual TLS 1.3 between devices. There is no certificate authority: each side presents its
 //! self-signed certificate, and the other accepts it only if the certificate's hash is a device ID
 //! it trusts. A stranger is refused during the handshake, before any gRPC byte is exchanged.
+//! Under `trust = "network-key"` any certificate passes here (its signature is still checked, so
+//! the device ID still names whoever holds its private key), and the peer must then prove that it
+//! holds the network key before the connection is used (`network_key.rs`).
 
 use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
@@ -36,20 +39,31 @@ fn untrusted(id: DeviceId) -> rustls::Error {
     rustls::Error::General(format!("device {id} is not trusted"))
 }
 
+/// Which certificates the handshake admits.
+#[derive(Debug, Clone)]
+pub enum Admit {
+    /// Any device in this set (a listener under trust = "listed").
+    Listed(TrustedDevices),
+    /// Exactly this device (a dialer that knows whom it dials).
+    Device(DeviceId),
+    /// Any certificate. Only ever used under trust = "network-key", where the network-key proof
+    /// that follows the handshake is what admits the peer.
+    AnyCertificate,
+}
+
 #[derive(Debug)]
 struct DeviceVerifier {
-    trusted: TrustedDevices,
-    /// Client side: the one device we dialed.
-    expected: Option<DeviceId>,
+    admit: Admit,
     provider: Arc<CryptoProvider>,
 }
 
 impl DeviceVerifier {
     fn check(&self, cert: &CertificateDer<'_>) -> Result<(), rustls::Error> {
         let id = DeviceId::from_certificate(cert);
-        let ok = match self.expected {
-            Some(expected) => expected == id,
-            None => self.trusted.contains(&id),
+        let ok = match &self.admit {
+            Admit::Device(expected) => *expected == id,
+            Admit::Listed(trusted) => trusted.contains(&id),
+            Admit::AnyCertificate => true,
         };
         if ok {
             Ok(())
@@ -111,10 +125,10 @@ impl ServerCertVerifier for DeviceVerifier {
     }
 }
 
-/// The listener's TLS config: TLS 1.3 only, client certificate required and checked against `trusted`.
-pub fn server_config(identity: &Identity, trusted: TrustedDevices) -> anyhow::Result<rustls::ServerConfig> {
+/// The listener's TLS config: TLS 1.3 only, client certificate required and checked against `admit`.
+pub fn server_config(identity: &Identity, admit: Admit) -> anyhow::Result<rustls::ServerConfig> {
     let provider = provider();
-    let verifier = Arc::new(DeviceVerifier { trusted, expected: None, provider: provider.clone() });
+    let verifier = Arc::new(DeviceVerifier { admit, provider: provider.clone() });
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
@@ -123,10 +137,10 @@ pub fn server_config(identity: &Identity, trusted: TrustedDevices) -> anyhow::Re
     Ok(config)
 }
 
-/// The dialer's TLS config for one expected device.
-pub fn client_config(identity: &Identity, expected: DeviceId) -> anyhow::Result<rustls::ClientConfig> {
+/// The dialer's TLS config: one expected device, or (network-key only) any certificate.
+pub fn client_config(identity: &Identity, admit: Admit) -> anyhow::Result<rustls::ClientConfig> {
     let provider = provider();
-    let verifier = Arc::new(DeviceVerifier { trusted: TrustedDevices::default(), expected: Some(expected), provider: provider.clone() });
+    let verifier = Arc::new(DeviceVerifier { admit, provider: provider.clone() });
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::keys;
 use crate::core::chunks::{self, ChunkEdit};
+use crate::core::root::RootId;
 use crate::core::{DeviceId, FileRecord};
 
 const FAMILIES: &[&str] = &["files", "seq", "remote", "chunks", "diffs", "meta"];
@@ -48,6 +49,25 @@ pub struct StoredDiff {
 
 pub struct Store {
     db: DB,
+    /// Per folder, the live records and their bytes, counted once and then kept up to date by
+    /// every commit: the status API answers in O(1) whatever the size of the tree.
+    counts: std::sync::Mutex<std::collections::HashMap<String, LocalCounts>>,
+}
+
+/// Live (not deleted) records of a folder, and the bytes of their content.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LocalCounts {
+    pub records: u64,
+    pub bytes: u64,
+}
+
+impl LocalCounts {
+    fn add(&mut self, r: &FileRecord, sign: i64) {
+        if !r.deleted {
+            self.records = self.records.wrapping_add_signed(sign);
+            self.bytes = self.bytes.wrapping_add_signed(sign * r.size as i64);
+        }
+    }
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -72,7 +92,7 @@ impl Store {
         let cfs = FAMILIES.iter().map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
         let db = DB::open_cf_descriptors(&opts, path, cfs)
             .with_context(|| format!("cannot open the index at {} (is another node using this data_dir?)", path.display()))?;
-        Ok(Store { db })
+        Ok(Store { db, counts: Default::default() })
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
@@ -84,6 +104,16 @@ impl Store {
             .iterator_cf(self.cf(family), IteratorMode::From(&prefix, Direction::Forward))
             .map_while(|item| item.ok())
             .take_while(move |(k, _)| k.starts_with(&prefix))
+    }
+
+    /// The identity of the folder's root as last accepted (None before the first start).
+    pub fn root_id(&self, folder: &str) -> Result<Option<RootId>> {
+        self.db.get_cf(self.cf("meta"), keys::root_id(folder))?.map(|v| decode(&v)).transpose()
+    }
+
+    pub fn put_root_id(&self, folder: &str, id: &RootId) -> Result<()> {
+        self.db.put_cf(self.cf("meta"), keys::root_id(folder), encode(id))?;
+        Ok(())
     }
 
     /// The folder's meta, created with a fresh random index id on first use.
@@ -112,16 +142,33 @@ impl Store {
         self.scan_prefix("files", keys::file(folder, &format!("{dir}/"))).filter_map(|(_, v)| decode(&v).ok()).collect()
     }
 
+    /// The folder's live records and bytes (counted on first use, then kept by each commit).
+    pub fn local_counts(&self, folder: &str) -> LocalCounts {
+        let mut counts = self.counts.lock().expect("counts lock");
+        *counts.entry(folder.to_string()).or_insert_with(|| {
+            let mut c = LocalCounts::default();
+            self.local_records(folder).for_each(|r| c.add(&r, 1));
+            c
+        })
+    }
+
     /// Commits records as ours: each gets the next sequence; old sequence and chunk entries go.
     /// Returns the records as stored.
     pub fn commit_local(&self, folder: &str, records: Vec<FileRecord>) -> Result<Vec<FileRecord>> {
         let mut meta = self.folder_meta(folder)?;
         let mut batch = WriteBatch::default();
         let mut stored = Vec::with_capacity(records.len());
+        let mut delta = (0i64, 0i64);
         for mut record in records {
             let previous = self.get(folder, &record.path)?;
             // A path committed twice in one batch: the first one's entries are already replaced.
             let previous = stored.iter().rev().find(|r: &&FileRecord| r.path == record.path).cloned().or(previous);
+            for (r, sign) in previous.iter().map(|p| (p, -1)).chain([(&record, 1)]) {
+                if !r.deleted {
+                    delta.0 += sign;
+                    delta.1 += sign * r.size as i64;
+                }
+            }
             meta.max_sequence += 1;
             record.sequence = meta.max_sequence;
             if let Some(prev) = &previous {
@@ -145,7 +192,13 @@ impl Store {
             stored.push(record);
         }
         batch.put_cf(self.cf("meta"), keys::folder_meta(folder), encode(&meta));
+        // Counted under the lock, so a first count running meanwhile sees before or after, not half.
+        let mut counts = self.counts.lock().expect("counts lock");
         self.db.write(batch)?;
+        if let Some(c) = counts.get_mut(folder) {
+            c.records = c.records.wrapping_add_signed(delta.0);
+            c.bytes = c.bytes.wrapping_add_signed(delta.1);
+        }
         Ok(stored)
     }
 
@@ -288,6 +341,21 @@ mod tests {
         let left: Vec<_> = store.local_records("f").map(|r| r.path).collect();
         assert_eq!(left, vec!["live", "recent"]);
         assert_eq!(store.since("f", 0, 10).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn live_counts_follow_commits_without_recounting() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.commit_local("f", vec![file("a", 1, &[(1, 1)], 1, 1)]).unwrap();
+        assert_eq!(store.local_counts("f"), LocalCounts { records: 1, bytes: 10 }, "counted on first use");
+        store.commit_local("f", vec![file("b", 2, &[(1, 1)], 1, 1), file("a", 3, &[(1, 2)], 2, 1)]).unwrap();
+        assert_eq!(store.local_counts("f"), LocalCounts { records: 2, bytes: 20 });
+        let gone = file("a", 3, &[(1, 2)], 2, 1).tombstone(crate::core::ShortId(1), 5);
+        store.commit_local("f", vec![gone]).unwrap();
+        assert_eq!(store.local_counts("f"), LocalCounts { records: 1, bytes: 10 });
+        let recount = store.local_records("f").filter(|r| !r.deleted).count() as u64;
+        assert_eq!(store.local_counts("f").records, recount);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! | remote  | device(32) folder 0 path              | FileRecord (as the peer sent) |
 //! | chunks  | hash(32) folder 0 path 0 offset(be64) | size (be32)                  |
 //! | diffs   | folder 0 path                         | (base seq, seq, chunk edits) |
-//! | meta    | "f" folder / "p" device(32) folder    | FolderMeta / Progress        |
+//! | meta    | "f" folder / "p" device(32) folder / "r" folder | FolderMeta / Progress / RootId |
 
 use crate::core::DeviceId;
 
@@ -63,6 +63,13 @@ pub fn parse_chunk(key: &[u8]) -> Option<(String, String, u64)> {
 
 pub fn folder_meta(folder: &str) -> Vec<u8> {
     let mut k = b"f".to_vec();
+    k.extend_from_slice(folder.as_bytes());
+    k
+}
+
+/// The identity of the folder's root directory (`core::root::RootId`).
+pub fn root_id(folder: &str) -> Vec<u8> {
+    let mut k = b"r".to_vec();
     k.extend_from_slice(folder.as_bytes());
     k
 }

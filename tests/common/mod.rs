@@ -81,6 +81,8 @@ pub struct Node {
     pub device_id: String,
     pub peers: Vec<(String, Option<String>)>,
     pub extra: String,
+    /// Run the node as this user id (and group), for tests where permissions must matter.
+    pub run_as: Option<u32>,
     child: Option<Child>,
     pub log: PathBuf,
     _tmp: Option<tempfile::TempDir>,
@@ -119,6 +121,7 @@ impl Node {
             device_id,
             peers: Vec::new(),
             extra: String::new(),
+            run_as: None,
             child: None,
             log: dir.join("node.log"),
             _tmp: None,
@@ -181,14 +184,13 @@ network_key = ""
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "{} already running", self.name);
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
-        let child = Command::new(bin())
-            .arg("--config")
-            .arg(&self.config)
-            .env("RUST_LOG", "info,syncnode=debug")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let mut command = Command::new(bin());
+        command.arg("--config").arg(&self.config).env("RUST_LOG", "info,syncnode=debug").stdout(Stdio::null()).stderr(log);
+        if let Some(uid) = self.run_as {
+            use std::os::unix::process::CommandExt;
+            command.uid(uid).gid(uid);
+        }
+        let child = command.spawn().unwrap();
         self.child = Some(child);
     }
 
@@ -299,4 +301,99 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     }
     out.truncate(len);
     out
+}
+
+/// The node's local API, through the same HTTP client the `syncnode status` command uses.
+impl Node {
+    /// `GET /rest/status` as JSON, or None while the node does not answer.
+    pub fn status(&self) -> Option<serde_json::Value> {
+        let mut response = ureq::get(&format!("http://127.0.0.1:{}/rest/status", self.api_port)).call().ok()?;
+        serde_json::from_str(&response.body_mut().read_to_string().ok()?).ok()
+    }
+
+    /// The status of folder `id`.
+    pub fn folder_status(&self, id: &str) -> Option<serde_json::Value> {
+        self.status()?["folders"].as_array()?.iter().find(|f| f["id"] == id).cloned()
+    }
+
+    /// Polls folder `id`'s status until `check` holds; returns the last one seen either way.
+    pub fn folder_until(&self, id: &str, timeout: Duration, check: impl Fn(&serde_json::Value) -> bool) -> (bool, serde_json::Value) {
+        let mut last = serde_json::Value::Null;
+        let ok = wait_until(timeout, || match self.folder_status(id) {
+            Some(f) => {
+                let ok = check(&f);
+                last = f;
+                ok
+            }
+            None => false,
+        });
+        (ok, last)
+    }
+
+    /// `GET /metrics` as text.
+    pub fn metrics(&self) -> String {
+        ureq::get(&format!("http://127.0.0.1:{}/metrics", self.api_port)).call().ok().and_then(|mut r| r.body_mut().read_to_string().ok()).unwrap_or_default()
+    }
+
+    /// Runs `syncnode ARGS --config <this node's config>`: (success, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(bin()).args(args).arg("--config").arg(&self.config).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string())
+    }
+}
+
+/// Whether this process may mount filesystems. Tests that need it skip without root, but fail
+/// under `CI=true`, where root is expected: a test that cannot run must not pass silently there.
+pub fn require_root(test: &str) -> bool {
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    assert!(std::env::var("CI").is_err(), "{test} needs root to mount filesystems, and CI is set");
+    eprintln!("skipping {test}: needs root");
+    false
+}
+
+/// A small filesystem of its own, mounted at `dir` for a test, unmounted when dropped: ext4 on a
+/// loop device (as a USB disk would be), or tmpfs where loop devices are missing.
+pub struct Disk {
+    pub dir: PathBuf,
+    image: Option<PathBuf>,
+    size_mib: u64,
+}
+
+impl Disk {
+    pub fn mount(dir: &Path, size_mib: u64) -> Disk {
+        std::fs::create_dir_all(dir).unwrap();
+        let image = dir.with_extension("img");
+        let mkfs = Command::new("truncate").arg("-s").arg(format!("{size_mib}M")).arg(&image).status().is_ok_and(|s| s.success())
+            && Command::new("mkfs.ext4").args(["-q", "-F", "-m", "0"]).arg(&image).status().is_ok_and(|s| s.success());
+        let disk = Disk { dir: dir.to_path_buf(), image: mkfs.then_some(image), size_mib };
+        disk.remount();
+        disk
+    }
+
+    /// Mounts it (again): the same filesystem, so the same root.
+    pub fn remount(&self) {
+        let ok = match &self.image {
+            Some(image) => Command::new("mount").args(["-o", "loop"]).arg(image).arg(&self.dir).status().unwrap().success(),
+            None => false,
+        } || Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={}m", self.size_mib), "tmpfs"]).arg(&self.dir).status().unwrap().success();
+        assert!(ok, "cannot mount a filesystem at {}", self.dir.display());
+        // ext4 makes lost+found: not part of what the test syncs.
+        let _ = std::fs::remove_dir(self.dir.join("lost+found"));
+    }
+
+    /// As an unplugged disk: `umount -l`, leaving the mount point directory behind.
+    pub fn unplug(&self) {
+        assert!(Command::new("umount").arg("-l").arg(&self.dir).status().unwrap().success());
+    }
+}
+
+impl Drop for Disk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        if let Some(image) = &self.image {
+            let _ = std::fs::remove_file(image);
+        }
+    }
 }
