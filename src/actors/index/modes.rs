@@ -115,8 +115,14 @@ pub struct Override {
 }
 
 impl IndexActor {
+    /// The folder's mode, unless the folder is unknown or stopped (root gone or replaced: nothing
+    /// on disk is what the index says, so neither command may act on it).
     fn mode_of(&self, folder: &str) -> Result<FolderMode, String> {
-        self.folders.get(folder).map(|f| f.config.mode).ok_or_else(|| format!("no folder `{folder}`"))
+        let mode = self.folders.get(folder).map(|f| f.config.mode).ok_or_else(|| format!("no folder `{folder}`"))?;
+        if self.state.gauges(folder).faulted.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(format!("folder `{folder}` is in state error; see `syncnode status`"));
+        }
+        Ok(mode)
     }
 }
 
