@@ -1,5 +1,6 @@
 //! The command line, as fixed by CONTRACT.md: `syncnode [--config PATH] [flags]` runs a node;
-//! `init`, `id`, `status`, `confirm` and `retry` are subcommands. Exit codes: 0 clean stop, 2 bad command line or
+//! `init`, `id`, `status`, `confirm`, `retry`, `versions list|restore`, and for one-way folders
+//! `changes`, `revert` and `override` are subcommands. Exit codes: 0 clean stop, 2 bad command line or
 //! config (the message names the file and key), 1 any other fatal error.
 
 use std::path::{Path, PathBuf};
@@ -71,6 +72,60 @@ pub enum Command {
         #[arg(long)]
         folder: String,
     },
+    /// One-way folders: what differs from the peers (receive-only: local changes; send-only: peer changes not taken)
+    Changes {
+        /// Only this folder
+        #[arg(long, value_name = "ID")]
+        folder: Option<String>,
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Receive-only folder: give its local changes back to the cluster (the files go to the version store)
+    Revert {
+        /// The folder's id
+        #[arg(long, value_name = "ID")]
+        folder: String,
+    },
+    /// Send-only folder: make this node's state win on every peer
+    Override {
+        /// The folder's id
+        #[arg(long, value_name = "ID")]
+        folder: String,
+    },
+    /// List or restore the versions kept of files that peers replaced or deleted
+    Versions {
+        #[command(subcommand)]
+        command: VersionsCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum VersionsCommand {
+    /// The kept versions, newest first (path, time, size, deleted or replaced, by which peer)
+    List {
+        /// Only this folder's versions
+        #[arg(long, value_name = "ID")]
+        folder: Option<String>,
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+        /// Only the versions of this file (or of everything under this directory), relative to the folder
+        #[arg(value_name = "FILE")]
+        file: Option<String>,
+    },
+    /// Put a kept version back as a new local change (the newest without --at); it then syncs
+    Restore {
+        /// The folder's id
+        #[arg(long, value_name = "ID")]
+        folder: String,
+        /// The file, relative to the folder
+        #[arg(value_name = "FILE")]
+        file: String,
+        /// The newest version kept at or before this time (as `versions list` prints it, or a date)
+        #[arg(long, value_name = "TIME")]
+        at: Option<String>,
+    },
 }
 
 /// An error with the exit code it maps to.
@@ -137,6 +192,32 @@ pub fn execute(cli: Cli) -> Result<(), Failure> {
         Some(Command::Retry { folder }) => {
             let config = cli.run.load()?;
             crate::status::control(&config, "retry", &folder).map_err(Failure::Fatal)
+        }
+        Some(Command::Changes { folder, json }) => {
+            let config = cli.run.load()?;
+            if let Some(f) = folder.as_deref().filter(|f| config.folder(f).is_none()) {
+                return Err(Failure::Usage(format!("--folder {f}: no such folder in the config")));
+            }
+            crate::oneway::changes(&config, folder.as_deref(), json).map_err(Failure::Fatal)
+        }
+        Some(Command::Revert { folder }) | Some(Command::Override { folder }) if cli.run.load().is_ok_and(|c| c.folder(&folder).is_none()) => {
+            Err(Failure::Usage(format!("--folder {folder}: no such folder in the config")))
+        }
+        Some(Command::Revert { folder }) => crate::oneway::revert(&cli.run.load()?, &folder).map_err(Failure::Fatal),
+        Some(Command::Override { folder }) => crate::oneway::override_peers(&cli.run.load()?, &folder).map_err(Failure::Fatal),
+        Some(Command::Versions { command }) => {
+            let config = cli.run.load()?;
+            let known = |id: &str| config.folder(id).map(|_| ()).ok_or_else(|| Failure::Usage(format!("--folder {id}: no such folder in the config")));
+            match command {
+                VersionsCommand::List { folder, json, file } => {
+                    folder.as_deref().map(known).transpose()?;
+                    crate::versions::list(&config, folder.as_deref(), file.as_deref(), json).map_err(Failure::Fatal)
+                }
+                VersionsCommand::Restore { folder, file, at } => {
+                    known(&folder)?;
+                    crate::versions::restore(&config, &folder, &file, at.as_deref()).map_err(Failure::Fatal)
+                }
+            }
         }
     }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::core::versioning::{Kind as VersioningKind, Policy as VersioningPolicy};
 use crate::core::{DeviceId, SharedWith};
 
 /// A config problem: the CLI reports it and exits with status 2.
@@ -45,6 +46,10 @@ pub struct FolderConfig {
     pub id: String,
     pub path: PathBuf,
     pub mode: FolderMode,
+    /// What is kept when a peer's change replaces or deletes a file (`core::versioning`).
+    pub versioning: VersioningPolicy,
+    /// Where the kept versions go; `None`: `.syncnode-versions/` at the folder's root.
+    pub versions_path: Option<PathBuf>,
     /// The peers this folder is shared with (`devices`; absent: every trusted peer).
     pub devices: SharedWith,
 }
@@ -153,7 +158,34 @@ struct RawFolder {
     mode: String,
     #[serde(default)]
     devices: Option<Vec<String>>,
+    #[serde(default)]
+    versioning: Option<RawVersioning>,
 }
+
+/// `versioning = "trash"`, or a table with `type` and the limits.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawVersioning {
+    Kind(String),
+    Table(RawVersioningTable),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVersioningTable {
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
+    #[serde(default)]
+    max_age: Option<String>,
+    #[serde(default)]
+    keep: Option<i64>,
+    #[serde(default)]
+    max_size: Option<String>,
+    #[serde(default)]
+    path: Option<String>,
+}
+
+const VERSIONING_KEYS: &[&str] = &["type", "max_age", "keep", "max_size", "path"];
 
 fn default_mode() -> String {
     "send-receive".into()
@@ -195,7 +227,7 @@ struct RawSecurity {
 /// Every key the file may hold, by section; arrays of tables are listed by their element keys.
 const KNOWN_KEYS: &[(&str, &[&str])] = &[
     ("node", &["name", "data_dir", "listen", "api_listen"]),
-    ("folder", &["id", "path", "mode", "devices"]),
+    ("folder", &["id", "path", "mode", "devices", "versioning"]),
     ("sync", &["chunk_size", "rescan_interval", "debounce", "compression", "tombstone_ttl", "empty_folder_guard"]),
     ("discovery", &["mdns"]),
     ("peer", &["device_id", "address"]),
@@ -262,7 +294,7 @@ impl Config {
             let path = absolute(dir, Path::new(""));
             match self.folders.iter_mut().find(|f| f.id == "default") {
                 Some(f) => f.path = path,
-                None => self.folders.push(FolderConfig { id: "default".into(), path, mode: FolderMode::SendReceive, devices: SharedWith::EveryTrustedPeer }),
+                None => self.folders.push(FolderConfig { id: "default".into(), path, mode: FolderMode::SendReceive, devices: SharedWith::EveryTrustedPeer, versioning: VersioningPolicy::DEFAULT, versions_path: None }),
             }
         }
         if let Some(port) = o.port {
@@ -308,6 +340,9 @@ impl Config {
                     &source,
                     format!("node.data_dir: `{}` lies inside synced folder `{}`", self.data_dir.display(), folder.id),
                 ));
+            }
+            if let Some(versions) = &folder.versions_path {
+                check_versions_path(&root, versions).map_err(|m| ConfigError::new(&source, format!("folder[{i}].versioning.path: {m}")))?;
             }
         }
         Ok(())
@@ -363,7 +398,8 @@ fn validate(raw: Raw, file: &str, base: &Path) -> Result<Config, ConfigError> {
                 SharedWith::Only(ids)
             }
         };
-        folders.push(FolderConfig { id: f.id, path: absolute(Path::new(&f.path), base), mode, devices });
+        let (versioning, versions_path) = versioning_of(f.versioning, base).map_err(|(key, m)| err(&format!("folder[{i}].versioning{key}"), m))?;
+        folders.push(FolderConfig { id: f.id, path: absolute(Path::new(&f.path), base), mode, devices, versioning, versions_path });
     }
     let chunk_size = bytesize_of(&raw.sync.chunk_size)
         .and_then(check_chunk_size)
@@ -424,6 +460,50 @@ fn validate(raw: Raw, file: &str, base: &Path) -> Result<Config, ConfigError> {
     })
 }
 
+/// The versioning policy of a folder; a bad value comes back with its key (".type", ...).
+fn versioning_of(raw: Option<RawVersioning>, base: &Path) -> Result<(VersioningPolicy, Option<PathBuf>), (String, String)> {
+    let table = match raw {
+        None => return Ok((VersioningPolicy::DEFAULT, None)),
+        Some(RawVersioning::Kind(kind)) => RawVersioningTable { kind: Some(kind), max_age: None, keep: None, max_size: None, path: None },
+        Some(RawVersioning::Table(t)) => t,
+    };
+    let kind_text = table.kind.unwrap_or_else(|| "trash".into());
+    let kind = VersioningKind::parse(&kind_text).ok_or_else(|| (".type".to_string(), format!("`{kind_text}`: expected none, trash, simple or staggered")))?;
+    let max_age = match table.max_age.as_deref().map(str::trim) {
+        None => kind.default_max_age(),
+        Some("forever") => None,
+        Some(text) => Some(parse_duration(text).map_err(|m| (".max_age".to_string(), format!("{m}, or \"forever\"")))?.as_millis() as u64),
+    };
+    let keep = match table.keep {
+        None => VersioningPolicy::DEFAULT.keep,
+        Some(n) if n >= 1 => n as usize,
+        Some(n) => return Err((".keep".into(), format!("{n}: keep at least 1 version (or type = \"none\")"))),
+    };
+    let max_size = match &table.max_size {
+        None => None,
+        Some(text) => Some(bytesize_of(text).map_err(|m| (".max_size".to_string(), m))?),
+    };
+    let path = table.path.map(|p| absolute(Path::new(&p), base));
+    Ok((VersioningPolicy { kind, max_age, keep, max_size }, path))
+}
+
+/// A version store elsewhere must be on the folder's filesystem (keeping a version is a hard
+/// link) and must not lie inside the folder, where it would be synced (except the default place).
+fn check_versions_path(root: &Path, versions: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let versions_norm = normalize(versions);
+    if versions_norm.starts_with(root) && !versions_norm.starts_with(root.join(crate::core::path::VERSIONS_DIR)) {
+        return Err(format!("`{}` lies inside the folder, where it would be synced", versions.display()));
+    }
+    // The nearest part of it that exists already tells the filesystem.
+    let existing = versions.ancestors().find(|p| p.exists()).ok_or_else(|| format!("`{}`: no part of it exists", versions.display()))?;
+    let dev = |p: &Path| std::fs::metadata(p).map(|m| m.dev()).map_err(|e| format!("`{}`: {e}", p.display()));
+    if dev(existing)? != dev(root)? {
+        return Err(format!("`{}` is not on the folder's filesystem (a version is kept by a hard link, never a copy)", versions.display()));
+    }
+    Ok(())
+}
+
 fn check_address(address: &str) -> Result<(), String> {
     match address.rsplit_once(':') {
         Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
@@ -482,6 +562,11 @@ fn check_file_keys(text: &str, file: &str) -> Result<(), ConfigError> {
             if let Some(key) = t.keys().find(|k| !keys.contains(&k.as_str())) {
                 return Err(ConfigError::new(file, format!("unknown key `{section}.{key}`")));
             }
+            if let Some(toml::Value::Table(v)) = t.get("versioning") {
+                if let Some(key) = v.keys().find(|k| !VERSIONING_KEYS.contains(&k.as_str())) {
+                    return Err(ConfigError::new(file, format!("unknown key `{section}.versioning.{key}`")));
+                }
+            }
         }
     }
     Ok(())
@@ -519,6 +604,9 @@ id = "default"
 path = "{folder}"
 mode = "send-receive"
 # devices = ["..."]             # only these peers see this folder; absent: every trusted peer
+# What a peer's change replaces or deletes is kept in .syncnode-versions/ for 30 days;
+# `syncnode versions list` / `versions restore` bring it back. Types: none, trash, simple, staggered.
+versioning = {{ type = "trash", max_age = "30d" }}
 
 [sync]
 chunk_size = "64KiB"
@@ -610,6 +698,37 @@ mod tests {
         assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
         assert!(parse_duration("soon").is_err());
         assert!(check_chunk_size(10).is_err());
+    }
+
+    #[test]
+    fn versioning_defaults_to_trash_for_30_days_and_parses_both_forms() {
+        let base = Path::new("/cfg");
+        let (policy, path) = versioning_of(None, base).unwrap();
+        assert_eq!((policy, path), (VersioningPolicy::DEFAULT, None));
+        assert_eq!(policy.max_age, Some(30 * crate::core::versioning::DAY));
+        let (policy, _) = versioning_of(Some(RawVersioning::Kind("none".into())), base).unwrap();
+        assert_eq!(policy.kind, VersioningKind::None);
+        let table = RawVersioningTable { kind: Some("simple".into()), max_age: Some("forever".into()), keep: Some(3), max_size: Some("1GiB".into()), path: Some("v".into()) };
+        let (policy, path) = versioning_of(Some(RawVersioning::Table(table)), base).unwrap();
+        assert_eq!((policy.kind, policy.max_age, policy.keep, policy.max_size), (VersioningKind::Simple, None, 3, Some(1 << 30)));
+        assert_eq!(path, Some(PathBuf::from("/cfg/v")));
+        let bad = RawVersioningTable { kind: Some("weekly".into()), max_age: None, keep: None, max_size: None, path: None };
+        assert_eq!(versioning_of(Some(RawVersioning::Table(bad)), base).unwrap_err().0, ".type");
+        let e = check_file_keys("[[folder]]\nid = \"a\"\npath = \"/x\"\nversioning = { type = \"trash\", max_ag = \"1d\" }\n", "n.toml").unwrap_err();
+        assert!(e.to_string().contains("`folder.versioning.max_ag`"), "{e}");
+    }
+
+    #[test]
+    fn a_version_store_must_be_outside_the_folder_and_on_its_filesystem() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("sync");
+        std::fs::create_dir(&root).unwrap();
+        let root = normalize(&root);
+        assert!(check_versions_path(&root, &root.join("old")).is_err());
+        assert!(check_versions_path(&root, &root.join(".syncnode-versions")).is_ok());
+        assert!(check_versions_path(&root, &dir.path().join("versions/sync")).is_ok());
+        // /proc is another filesystem on any Linux.
+        assert!(check_versions_path(&root, Path::new("/proc/versions")).unwrap_err().contains("filesystem"));
     }
 
     #[test]

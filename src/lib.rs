@@ -6,7 +6,7 @@
 //! - [`fs`]: scanning, chunking, watching support and safe application of remote versions;
 //! - [`net`]: the protocol, TLS identities, the gRPC service and dialer;
 //! - [`actors`]: the actix actors wiring it all together;
-//! - [`api`], [`status`]: the local HTTP API and `syncnode status`;
+//! - [`api`], [`status`], [`versions`]: the local HTTP API, `syncnode status` and `syncnode versions`;
 //! - [`config`], [`cli`], [`node`]: settings, the command line, and running a node.
 
 pub mod actors;
@@ -17,5 +17,7 @@ pub mod core;
 pub mod fs;
 pub mod net;
 pub mod node;
+pub mod oneway;
 pub mod status;
 pub mod store;
+pub mod versions;

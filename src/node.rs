@@ -19,6 +19,7 @@ use crate::actors::watcher::Watcher;
 use crate::api::Control;
 use crate::fs::root::RootGuard;
 use crate::config::{Config, Trust};
+use crate::fs::versions::VersionStore;
 use crate::net::identity::Identity;
 use crate::net::network_key::NetworkKey;
 use crate::net::tls::{Admit, TrustedDevices};
@@ -44,12 +45,15 @@ async fn serve(config: Config, identity: Identity, store: Arc<Store>) -> Result<
     let folders = Arc::new(config.folders.clone());
     let roots: Arc<HashMap<_, _>> = Arc::new(config.folders.iter().map(|f| (f.id.clone(), f.path.clone())).collect());
 
+    let versions: HashMap<String, Arc<VersionStore>> = config.folders.iter().map(|f| (f.id.clone(), Arc::new(VersionStore::new(&f.path, f.versions_path.as_deref(), f.versioning)))).collect();
     let state = Arc::new(NodeState {
         device_id: identity.device_id,
         name: config.name.clone(),
         folders: config.folders.iter().map(|f| (f.clone(), Arc::default())).collect(),
         directory: directory.clone(),
         store: store.clone(),
+        versions: versions.clone(),
+        index: Default::default(),
     });
     let mut guarded = Vec::new();
     for folder in config.folders.iter() {
@@ -57,11 +61,12 @@ async fn serve(config: Config, identity: Identity, store: Arc<Store>) -> Result<
         guarded.push((folder.clone(), Arc::new(RootGuard::new(folder.path.clone(), expected))));
     }
     let index = IndexActor::new(store.clone(), identity.device_id, config.chunk_size, config.tombstone_ttl, config.empty_folder_guard, &guarded, state.clone()).start();
+    let _ = state.index.set(index.clone());
     let mut pullers = HashMap::new();
     for (folder, guard) in guarded.iter() {
         let puller = Puller::new(PullContext {
             folder: folder.id.clone(),
-            commits: CommitQueue::start(),
+            commits: CommitQueue::start(versions[&folder.id].clone()),
             root: folder.path.clone(),
             roots: roots.clone(),
             store: store.clone(),
@@ -69,6 +74,7 @@ async fn serve(config: Config, identity: Identity, store: Arc<Store>) -> Result<
             index: index.clone(),
             gauges: state.gauges(&folder.id),
             guard: guard.clone(),
+            versions: versions[&folder.id].clone(),
         })
         .start();
         pullers.insert(folder.id.clone(), puller.clone().recipient());
@@ -85,6 +91,7 @@ async fn serve(config: Config, identity: Identity, store: Arc<Store>) -> Result<
         ctx.add_stream(ReceiverStream::new(inbound_rx));
         supervisor
     });
+    let _versions = crate::actors::versions::VersionCleaner::new(versions.clone()).start();
     let _watcher = Watcher::new(config.folders.clone(), index.clone(), config.debounce, config.rescan_interval).start();
     let port = listener.local_addr()?.port();
     let discovery = Discovery::new(identity.device_id, config.name.clone(), port, config.mdns, config.peers.clone(), network_key.is_some(), supervisor.clone()).start();

@@ -291,3 +291,41 @@ fn status_page_shows_the_peer_and_follows_a_folder_through_a_sync() {
     assert!(gone, "the page did not notice the node stopped: {page:#}");
     eprintln!("test took {:?}", started.elapsed());
 }
+
+/// Kept versions on the page: a file deleted on alpha is listed on beta's page (who deleted it,
+/// its size), and its Restore button brings it back on both nodes.
+#[test]
+fn status_page_lists_kept_versions_and_restores_one() {
+    let mut nodes = vec![Node::new("alpha"), Node::new("beta")];
+    connect(&mut nodes, &[(0, 1)]);
+    let (alpha, beta) = (&nodes[0], &nodes[1]);
+    alpha.write("report.txt", b"quarterly numbers\n");
+    assert!(converged(&[alpha, beta], T, |t| t.contains_key("report.txt")), "{}", describe(&[alpha, beta]));
+    std::fs::remove_file(alpha.path("report.txt")).unwrap();
+    assert!(converged(&[alpha, beta], T, |t| t.is_empty()), "{}", describe(&[alpha, beta]));
+
+    let browser = Browser::start();
+    browser.open(&format!("http://127.0.0.1:{}/", beta.api_port));
+    let script = |s: &str| browser.command("POST", "execute/sync", Some(json!({ "script": s, "args": [] })));
+    let read = "return [...document.querySelectorAll('tr[data-version]')].map(tr => [...tr.cells].map(c => c.textContent));";
+    let mut rows = Value::Null;
+    let listed = wait_until(T, || {
+        rows = script(read);
+        rows.as_array().is_some_and(|r| r.len() == 1)
+    });
+    assert!(listed, "the page never listed the kept version: {rows:#}");
+    let row = &rows[0];
+    assert_eq!((row[0].as_str(), row[1].as_str(), row[3].as_str(), row[4].as_str()), (Some("default"), Some("report.txt"), Some("18 B"), Some("deleted")));
+    assert_eq!(row[5], &alpha.device_id[..7]);
+
+    script("document.querySelector('tr[data-version] button.restore').click();");
+    assert!(converged(&[alpha, beta], T, |t| t.contains_key("report.txt")), "{}", describe(&[alpha, beta]));
+    assert_eq!(std::fs::read(alpha.path("report.txt")).unwrap(), b"quarterly numbers\n");
+    let mut message = Value::Null;
+    let told = wait_until(T, || {
+        message = script("return document.getElementById('versions-msg').textContent;");
+        rows = script(read);
+        message.as_str().is_some_and(|m| m.contains("restored report.txt")) && rows.as_array().is_some_and(|r| r.is_empty())
+    });
+    assert!(told, "the page did not report the restore: {message} {rows:#}");
+}

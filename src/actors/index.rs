@@ -22,6 +22,8 @@ use crate::fs::scan::{remove_stale_temp_files, KnownRecords, Scanner};
 use crate::net::wire;
 use crate::store::{Progress, Store};
 
+pub mod modes;
+
 /// Per-folder state the Index keeps.
 struct FolderState {
     config: FolderConfig,

@@ -8,6 +8,7 @@
 //! | Index      | all writes to the RocksDB index, scans, the pull decisions |
 //! | Peer       | one connection's control and data streams |
 //! | Puller     | one folder's downloads and temp files  |
+//! | VersionCleaner | the schedule of the version stores' cleanup passes |
 
 pub mod directory;
 pub mod discovery;
@@ -17,6 +18,7 @@ pub mod peer;
 pub mod puller;
 pub mod status;
 pub mod supervisor;
+pub mod versions;
 pub mod watcher;
 
 /// Milliseconds since the epoch, the floor for new version counters (the only clock the decisions see).

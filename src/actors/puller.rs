@@ -32,6 +32,7 @@ use crate::fs::reuse::Plan;
 use crate::fs::root::{free_bytes, RootGuard};
 use crate::fs::scan::DiskState;
 use crate::fs::safe_path::{open_inside, safe_path};
+use crate::fs::versions::VersionStore;
 use crate::store::{NeedKey, Store};
 
 const FILES_IN_FLIGHT: usize = 8;
@@ -71,6 +72,8 @@ pub struct PullContext {
     pub gauges: Arc<FolderGauges>,
     /// The folder's root must still be the one indexed before anything is written under it.
     pub guard: Arc<RootGuard>,
+    /// Where files that pulls replace or delete are kept first.
+    pub versions: Arc<VersionStore>,
 }
 
 pub struct Puller {
@@ -500,8 +503,8 @@ async fn execute(ctx: &PullContext, item: NeedItem, sources: &Sources) -> Result
     let path = remote.path.clone();
     let outcome = match &item.action {
         Action::Take if remote.deleted => {
-            let (root, p, local) = (ctx.root.clone(), path.clone(), item.local.clone());
-            let removed = blocking(move || apply::remove(&root, &p, local.as_ref())).await??;
+            let (root, p, local, versions, by) = (ctx.root.clone(), path.clone(), item.local.clone(), ctx.versions.clone(), remote.modified_by);
+            let removed = blocking(move || apply::remove_keeping(&root, &p, local.as_ref(), Some((&versions, by)))).await??;
             if removed {
                 tracing::info!(folder = %ctx.folder, path = %path, "deleted");
             }
@@ -545,8 +548,8 @@ async fn execute(ctx: &PullContext, item: NeedItem, sources: &Sources) -> Result
 /// Puts `record`'s content (or directory) at `target`.
 async fn materialize(ctx: &PullContext, record: &FileRecord, target: &str, local: Option<FileRecord>, sources: &Sources) -> Result<DiskState, PullError> {
     if record.kind == FileKind::Directory {
-        let (root, r) = (ctx.root.clone(), FileRecord { path: target.to_string(), ..record.clone() });
-        return Ok(blocking(move || apply::make_dir(&root, &r, local.as_ref())).await??);
+        let (root, r, versions) = (ctx.root.clone(), FileRecord { path: target.to_string(), ..record.clone() }, ctx.versions.clone());
+        return Ok(blocking(move || apply::make_dir_keeping(&root, &r, local.as_ref(), Some((&versions, r.modified_by)))).await??);
     }
     let started = Instant::now();
     let plan = {
@@ -624,8 +627,8 @@ type CommitJob = (TempFile, FileRecord, Option<FileRecord>, tokio::sync::oneshot
 const COMMIT_BATCH: usize = 256;
 
 impl CommitQueue {
-    /// Starts the committer task (on the current runtime).
-    pub fn start() -> CommitQueue {
+    /// Starts the committer task (on the current runtime); replaced files are kept in `versions`.
+    pub fn start(versions: Arc<VersionStore>) -> CommitQueue {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<CommitJob>();
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
@@ -637,7 +640,8 @@ impl CommitQueue {
                     }
                 }
                 let (batch, replies): (Vec<_>, Vec<_>) = jobs.into_iter().map(|(t, r, l, reply)| ((t, r, l), reply)).unzip();
-                let Ok(results) = tokio::task::spawn_blocking(move || apply::commit_all(batch)).await else { continue };
+                let versions = versions.clone();
+                let Ok(results) = tokio::task::spawn_blocking(move || apply::commit_all_keeping(batch, Some(&versions))).await else { continue };
                 for (reply, result) in replies.into_iter().zip(results) {
                     let _ = reply.send(result);
                 }

@@ -11,6 +11,7 @@ use super::directory::PeerDirectory;
 use crate::config::FolderConfig;
 use crate::core::retry::{FailureKind, PathFailure};
 use crate::core::DeviceId;
+use crate::fs::versions::VersionStore;
 use crate::store::Store;
 
 #[derive(Debug, Default)]
@@ -58,6 +59,10 @@ pub struct NodeState {
     pub folders: Vec<(FolderConfig, Arc<FolderGauges>)>,
     pub directory: PeerDirectory,
     pub store: Arc<Store>,
+    /// Each folder's version store, by folder id.
+    pub versions: std::collections::HashMap<String, Arc<VersionStore>>,
+    /// The Index, once started (the API sends it `Revert` and `Override`).
+    pub index: std::sync::OnceLock<actix::Addr<super::index::IndexActor>>,
 }
 
 impl NodeState {
@@ -74,6 +79,13 @@ impl NodeState {
                 let counts = self.store.local_counts(&f.id);
                 let (files, bytes) = (counts.records, counts.bytes);
                 let need_files = g.need_files.load(Relaxed);
+                let (versions_files, versions_bytes) = self.versions.get(&f.id).map_or((0, 0), |v| v.usage());
+                let diverged = super::index::modes::changes(&self.store, &f.id, f.mode, self.device_id.short()).len() as u64;
+                let (local_changes, remote_changes) = match f.mode {
+                    crate::config::FolderMode::ReceiveOnly => (diverged, 0),
+                    crate::config::FolderMode::SendOnly => (0, diverged),
+                    crate::config::FolderMode::SendReceive => (0, 0),
+                };
                 let fault = g.fault.lock().expect("gauges lock").clone();
                 let (failed_paths, pull_errors) = {
                     let failures = g.failures.lock().expect("gauges lock");
@@ -118,6 +130,10 @@ impl NodeState {
                     errors: g.errors.load(Relaxed),
                     bytes_reused: g.bytes_reused.load(Relaxed),
                     bytes_saved_on_wire: g.bytes_saved_on_wire.load(Relaxed),
+                    versions_files,
+                    versions_bytes,
+                    local_changes,
+                    remote_changes,
                 }
             })
             .collect();
@@ -183,6 +199,17 @@ pub struct FolderReport {
     pub errors: u64,
     pub bytes_reused: u64,
     pub bytes_saved_on_wire: u64,
+    /// Kept versions in the folder's version store, and their bytes.
+    #[serde(default)]
+    pub versions_files: u64,
+    #[serde(default)]
+    pub versions_bytes: u64,
+    /// Receive-only: paths changed here and not announced (`syncnode revert` gives them back).
+    #[serde(default)]
+    pub local_changes: u64,
+    /// Send-only: peer changes not taken (`syncnode override` makes ours win).
+    #[serde(default)]
+    pub remote_changes: u64,
 }
 
 /// A local file that exists but could not be read.

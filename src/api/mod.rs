@@ -1,7 +1,12 @@
 //! The local HTTP API (actix-web, on `node.api_listen`, loopback by default): `GET /rest/status`
 //! (JSON), `GET /metrics` (Prometheus text), `GET /` (a status page that refreshes itself), and two
 //! controls for a stopped folder: `POST /rest/folder/confirm?folder=ID` (accept a new root, or the
-//! deletes of every file) and `POST /rest/folder/retry?folder=ID` (retry failed pulls now).
+//! deletes of every file) and `POST /rest/folder/retry?folder=ID` (retry failed pulls now);
+//! the version stores under `/rest/versions` (`versions.rs`); one-way folders' changes, revert and
+//! override (`modes.rs`).
+
+pub mod modes;
+pub mod versions;
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -108,6 +113,10 @@ pub fn prometheus_text(r: &StatusReport) -> String {
     family("folder_need_window_peak", "The most needs the Puller ever held in memory.", "gauge", per_folder(&|f| f.need_window_peak));
     family("folder_unreadable_paths", "Local files that could not be read (skipped, never taken for deleted).", "gauge", per_folder(&|f| f.unreadable_paths));
     family("reused_bytes_total", "File bytes taken from local files instead of the network.", "counter", per_folder(&|f| f.bytes_reused));
+    family("versions_files", "Versions kept in the folder's version store.", "gauge", per_folder(&|f| f.versions_files));
+    family("versions_bytes", "Bytes of the versions kept in the folder's version store.", "gauge", per_folder(&|f| f.versions_bytes));
+    family("local_changes", "Receive-only folders: paths changed here and not announced.", "gauge", per_folder(&|f| f.local_changes));
+    family("remote_changes", "Send-only folders: peer changes not taken.", "gauge", per_folder(&|f| f.remote_changes));
     family("wire_saved_bytes_total", "File bytes from peers that rsync deltas and compression kept off the wire.", "counter", per_folder(&|f| f.bytes_saved_on_wire));
     let connected = r.peers.iter().filter(|p| p.connected).count() as u64;
     family("peers_connected", "Peers connected now.", "gauge", vec![(String::new(), connected)]);
@@ -134,6 +143,11 @@ pub fn start(address: SocketAddr, state: Arc<NodeState>, control: Control) -> an
             .route("/rest/folder/confirm", web::post().to(confirm))
             .route("/rest/folder/retry", web::post().to(retry))
             .route("/metrics", web::get().to(metrics))
+            .route("/rest/versions", web::get().to(versions::get))
+            .route("/rest/versions/restore", web::post().to(versions::post_restore))
+            .route("/rest/changes", web::get().to(modes::get))
+            .route("/rest/revert", web::post().to(modes::revert))
+            .route("/rest/override", web::post().to(modes::override_peers))
             .route("/", web::get().to(page))
     })
     .workers(1)

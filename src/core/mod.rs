@@ -7,6 +7,7 @@ pub mod conflict;
 mod convergence;
 pub mod decide;
 pub mod device;
+pub mod divergence;
 pub mod path;
 pub mod plan;
 pub mod record;
@@ -14,6 +15,7 @@ pub mod retry;
 pub mod root;
 pub mod sharing;
 pub mod version;
+pub mod versioning;
 
 pub use decide::{decide, Action};
 pub use device::{DeviceId, ShortId};

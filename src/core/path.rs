@@ -5,6 +5,9 @@
 pub const TEMP_PREFIX: &str = ".syncnode-tmp-";
 /// The ignore file at a folder's root; never synced.
 pub const IGNORE_FILE: &str = ".syncignore";
+/// The version store at a folder's root (`fs::versions`): local only, never scanned or synced,
+/// and no peer may name a path inside it.
+pub const VERSIONS_DIR: &str = ".syncnode-versions";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PathError {
@@ -51,9 +54,10 @@ pub fn validate(path: &str) -> Result<(), PathError> {
     Ok(())
 }
 
-/// Names that syncnode keeps out of sync: its temp files anywhere, and the root ignore file.
+/// Names that syncnode keeps out of sync: its temp files anywhere, the root ignore file, and the
+/// version store at the root with everything in it.
 pub fn is_internal(path: &str) -> bool {
-    path == IGNORE_FILE || path.split('/').any(|c| c.starts_with(TEMP_PREFIX))
+    path == IGNORE_FILE || path == VERSIONS_DIR || is_inside(path, VERSIONS_DIR) || path.split('/').any(|c| c.starts_with(TEMP_PREFIX))
 }
 
 /// A temp file name for one download of `path` (same directory, so the rename is atomic). `token`
@@ -103,6 +107,10 @@ mod tests {
         assert_eq!(validate(".syncignore"), Err(PathError::Reserved));
         assert_eq!(validate("a/.syncnode-tmp-b"), Err(PathError::Reserved));
         assert!(validate("a/.syncignore").is_ok());
+        assert_eq!(validate(".syncnode-versions"), Err(PathError::Reserved));
+        assert_eq!(validate(".syncnode-versions/a~20250101-000000-000~deleted~local"), Err(PathError::Reserved));
+        assert!(validate("a/.syncnode-versions/x").is_ok());
+        assert!(validate(".syncnode-versions-not/x").is_ok());
         assert!(validate("a/..b/c.d").is_ok());
     }
 

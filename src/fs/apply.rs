@@ -11,10 +11,15 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::path::{Path, PathBuf};
 
 use crate::core::path::temp_name;
-use crate::core::{FileKind, FileRecord};
+use crate::core::versioning::Reason;
+use crate::core::{FileKind, FileRecord, ShortId};
 
 use super::safe_path::{safe_path, UnsafePath};
 use super::scan::DiskState;
+use super::versions::VersionStore;
+
+/// Where a file that a peer's change replaces or deletes is kept first, and which peer that is.
+pub type Keep<'a> = Option<(&'a VersionStore, ShortId)>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -124,10 +129,20 @@ impl TempFile {
         filetime::set_file_handle_times(&self.file, None, Some(mtime)).map_err(io_err(&self.rel))
     }
 
-    /// The rename into place, if the target is still as `local` describes.
-    fn replace(&self, local: Option<&FileRecord>) -> Result<DiskState, ApplyError> {
+    /// The rename into place, if the target is still as `local` describes. The file it replaces
+    /// is kept in the version store first (a hard link; skipped when only metadata changed).
+    fn replace(&self, local: Option<&FileRecord>, record: &FileRecord, keep: Keep) -> Result<DiskState, ApplyError> {
         check_unchanged(&self.target, &self.rel, local)?;
-        std::fs::rename(&self.temp, &self.target).map_err(io_err(&self.rel))?;
+        let kept = match keep {
+            Some((store, by)) if !local.is_some_and(|l| l.same_content(record)) => store.keep(&self.target, &self.rel, Reason::Replaced, &by.prefix()).map_err(io_err(&self.rel))?,
+            _ => None,
+        };
+        if let Err(e) = std::fs::rename(&self.temp, &self.target) {
+            if let Some(k) = kept {
+                let _ = std::fs::remove_file(k);
+            }
+            return Err(io_err(&self.rel)(e));
+        }
         DiskState::read(&self.target).map_err(io_err(&self.rel))?.ok_or_else(|| ApplyError::LocalChange(self.rel.clone()))
     }
 
@@ -143,6 +158,12 @@ impl TempFile {
 /// made durable with one `syncfs` (one journal commit and one disk cache flush for the batch)
 /// instead of an fsync each; a single file with its own fsync.
 pub fn commit_all(batch: Vec<(TempFile, FileRecord, Option<FileRecord>)>) -> Vec<Result<DiskState, ApplyError>> {
+    commit_all_keeping(batch, None)
+}
+
+/// `commit_all`, keeping each file that a download replaces in `versions` (with the device that
+/// made the new version) before the rename.
+pub fn commit_all_keeping(batch: Vec<(TempFile, FileRecord, Option<FileRecord>)>, versions: Option<&VersionStore>) -> Vec<Result<DiskState, ApplyError>> {
     let finished: Vec<Result<(), ApplyError>> = batch.iter().map(|(temp, record, _)| temp.finish(record)).collect();
     let ready: Vec<&TempFile> = batch.iter().zip(&finished).filter(|(_, f)| f.is_ok()).map(|((t, _, _), _)| t).collect();
     let durable = match ready.as_slice() {
@@ -166,9 +187,9 @@ pub fn commit_all(batch: Vec<(TempFile, FileRecord, Option<FileRecord>)>) -> Vec
     batch
         .into_iter()
         .zip(finished)
-        .map(|((temp, _, local), finished)| {
+        .map(|((temp, record, local), finished)| {
             let result = finished.and_then(|()| match &durable {
-                Ok(()) => temp.replace(local.as_ref()),
+                Ok(()) => temp.replace(local.as_ref(), &record, versions.map(|v| (v, record.modified_by))),
                 Err(e) => Err(ApplyError::Io { path: temp.rel.clone(), source: io::Error::new(e.kind(), e.to_string()) }),
             });
             if result.is_err() {
@@ -186,11 +207,19 @@ pub fn applied_mode(permissions: u32) -> u32 {
 
 /// Makes a directory (and its parents) with the record's permissions.
 pub fn make_dir(root: &Path, record: &FileRecord, local: Option<&FileRecord>) -> Result<DiskState, ApplyError> {
+    make_dir_keeping(root, record, local, None)
+}
+
+/// `make_dir`, keeping a file that the directory replaces in the version store first.
+pub fn make_dir_keeping(root: &Path, record: &FileRecord, local: Option<&FileRecord>, keep: Keep) -> Result<DiskState, ApplyError> {
     let full = safe_path(root, &record.path)?;
     match DiskState::read(&full).map_err(io_err(&record.path))? {
         Some(s) if s.kind == FileKind::Directory => {}
         Some(_) => {
             check_unchanged(&full, &record.path, local)?;
+            if let Some((store, by)) = keep {
+                store.keep(&full, &record.path, Reason::Replaced, &by.prefix()).map_err(io_err(&record.path))?;
+            }
             std::fs::remove_file(&full).map_err(io_err(&record.path))?;
             std::fs::create_dir_all(&full).map_err(io_err(&record.path))?;
         }
@@ -204,6 +233,12 @@ pub fn make_dir(root: &Path, record: &FileRecord, local: Option<&FileRecord>) ->
 /// Deletes a path we hold as `local`. A file that changed since its scan is kept (it becomes a new
 /// version that wins over the delete); a directory that still has content is kept.
 pub fn remove(root: &Path, rel: &str, local: Option<&FileRecord>) -> Result<bool, ApplyError> {
+    remove_keeping(root, rel, local, None)
+}
+
+/// `remove`, keeping a deleted file in the version store first (a hard link, then the unlink: a
+/// crash between the two leaves the file in both places, never in neither).
+pub fn remove_keeping(root: &Path, rel: &str, local: Option<&FileRecord>, keep: Keep) -> Result<bool, ApplyError> {
     let full = safe_path(root, rel)?;
     match DiskState::read(&full).map_err(io_err(rel))? {
         None => Ok(true),
@@ -214,7 +249,16 @@ pub fn remove(root: &Path, rel: &str, local: Option<&FileRecord>) -> Result<bool
         },
         Some(_) => {
             check_unchanged(&full, rel, local)?;
-            std::fs::remove_file(&full).map_err(io_err(rel))?;
+            let kept = match keep {
+                Some((store, by)) => store.keep(&full, rel, Reason::Deleted, &by.prefix()).map_err(io_err(rel))?,
+                None => None,
+            };
+            if let Err(e) = std::fs::remove_file(&full) {
+                if let Some(k) = kept {
+                let _ = std::fs::remove_file(k);
+            }
+                return Err(io_err(rel)(e));
+            }
             Ok(true)
         }
     }

@@ -9,3 +9,4 @@ pub mod reuse;
 pub mod root;
 pub mod safe_path;
 pub mod scan;
+pub mod versions;

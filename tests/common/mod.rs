@@ -48,10 +48,12 @@ pub enum Entry {
     File { hash: [u8; 32], exec: bool, mtime: i64, size: u64 },
 }
 
-/// Everything a user sees in a folder (syncnode's temp files excluded, which must not linger anyway).
+/// Everything a user sees in a folder (syncnode's temp files excluded, which must not linger anyway),
+/// except the local version store, which differs between nodes by design.
 pub fn tree(root: &Path) -> BTreeMap<String, Entry> {
     let mut out = BTreeMap::new();
-    for e in walkdir::WalkDir::new(root).min_depth(1).sort_by_file_name() {
+    let store = root.join(".syncnode-versions");
+    for e in walkdir::WalkDir::new(root).min_depth(1).sort_by_file_name().into_iter().filter_entry(|e| e.path() != store) {
         let Ok(e) = e else { continue };
         let rel = e.path().strip_prefix(root).unwrap().to_string_lossy().to_string();
         let Ok(meta) = e.metadata() else { continue };
