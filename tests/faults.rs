@@ -211,6 +211,18 @@ fn a_full_disk_backs_off_shows_the_path_and_resumes_when_space_is_freed() {
     std::fs::remove_file(&filler).unwrap();
     assert!(converged(&[a, b], Duration::from_secs(10), |t| t.len() == 2), "{}", describe(&[a, b]));
     assert!(b.folder_until("default", T, |f| state(f) == "idle" && f["pull_errors"].as_array().is_some_and(|e| e.is_empty())).0);
+
+    // A file larger than the whole disk: never downloaded; deleted on the sender, the error goes.
+    let staging = a.dir.join("huge.staging");
+    std::fs::write(&staging, random_bytes(80 << 20, 11)).unwrap();
+    let at_first = received(b);
+    std::fs::rename(&staging, a.path("huge.bin")).unwrap();
+    let (stuck, f) = b.folder_until("default", T, |f| f["pull_errors"].as_array().is_some_and(|e| e.iter().any(|e| e["path"] == "huge.bin")));
+    assert!(stuck && state(&f) == "error", "{f}");
+    std::fs::remove_file(a.path("huge.bin")).unwrap();
+    assert!(b.folder_until("default", T, |f| state(f) == "idle" && f["pull_errors"].as_array().is_some_and(|e| e.is_empty())).0);
+    assert!(received(b) - at_first < 1 << 20, "B received {} bytes for a file it could never hold", received(b) - at_first);
+    assert!(converged(&[a, b], T, |t| t.len() == 2), "{}", describe(&[a, b]));
     drop(nodes);
     drop(disk);
 }

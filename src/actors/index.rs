@@ -374,13 +374,18 @@ impl IndexActor {
         if state.fault.is_some() {
             return;
         }
-        let requested: Vec<String> = settled;
+        let mut settled = settled;
         let mode = state.config.mode;
         let puller = state.puller.clone();
         let mut direct = Vec::new();
         let mut work = Vec::new();
         for item in items {
             let ignored = state.ignore.is_ignored(&item.remote.path, item.remote.kind == crate::core::FileKind::Directory);
+            // Whatever the Puller still holds for this path (a parked failure) is over, unless the
+            // path goes to the Puller again below (a complete list replaces everything anyway).
+            if !complete {
+                settled.push(item.remote.path.clone());
+            }
             match &item.action {
                 _ if ignored => {}
                 Action::Merge => {
@@ -399,7 +404,8 @@ impl IndexActor {
             }
         }
         self.commit(folder, direct);
-        let settled: Vec<String> = requested.into_iter().filter(|p| !work.iter().any(|w| &w.remote.path == p)).collect();
+        let working: HashSet<&str> = work.iter().map(|w| w.remote.path.as_str()).collect();
+        settled.retain(|p| !working.contains(p.as_str()));
         if let Some(p) = puller {
             if !work.is_empty() || complete || !settled.is_empty() {
                 p.do_send(Needs { items: work, complete, settled });

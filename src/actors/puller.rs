@@ -433,8 +433,11 @@ impl Handler<Finished> for Puller {
                 let needs_bytes = flight.as_ref().map_or(0, |f| f.bytes);
                 let failure = PathFailure::after(previous, kind, reason, needs_bytes, now_millis());
                 let retry_in = Duration::from_millis(failure.next_retry_ms.saturating_sub(now_millis()));
-                // One WARN per path and kind of failure; the repeats go to debug.
-                if previous.is_none_or(|p| p.kind != kind || p.reason != failure.reason) {
+                // One WARN per path and kind of failure that needs attention; transient ones (no
+                // source connected, a source gone mid-file) and repeats go to debug: a peer that
+                // announces many records nobody can serve must not flood the log. All are listed
+                // in the status.
+                if kind != FailureKind::Transient && previous.is_none_or(|p| p.kind != kind || p.reason != failure.reason) {
                     tracing::warn!(folder = %self.ctx.folder, path = %msg.path, kind = ?kind, error = %failure.reason, retry_in = ?retry_in, "pull failed");
                 } else {
                     tracing::debug!(folder = %self.ctx.folder, path = %msg.path, attempts = failure.attempts, error = %failure.reason, retry_in = ?retry_in, "pull failed again");
