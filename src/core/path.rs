@@ -51,9 +51,10 @@ pub fn validate(path: &str) -> Result<(), PathError> {
     Ok(())
 }
 
-/// Names that syncnode keeps out of sync: its temp files anywhere, and the root ignore file.
+/// Names that syncnode keeps out of sync: its temp files anywhere, and the root ignore file with
+/// anything below that name (a peer's `.syncignore/x` would turn the ignore file into a directory).
 pub fn is_internal(path: &str) -> bool {
-    path == IGNORE_FILE || path.split('/').any(|c| c.starts_with(TEMP_PREFIX))
+    path.split('/').next() == Some(IGNORE_FILE) || path.split('/').any(|c| c.starts_with(TEMP_PREFIX))
 }
 
 /// A temp file name for one download of `path` (same directory, so the rename is atomic). `token`
@@ -103,6 +104,9 @@ mod tests {
         assert_eq!(validate(".syncignore"), Err(PathError::Reserved));
         assert_eq!(validate("a/.syncnode-tmp-b"), Err(PathError::Reserved));
         assert!(validate("a/.syncignore").is_ok());
+        // Found by the `path` fuzz target: a path below the reserved name was accepted.
+        assert_eq!(validate(".syncignore/x"), Err(PathError::Reserved));
+        assert!(validate(".syncignorex/y").is_ok());
         assert!(validate("a/..b/c.d").is_ok());
     }
 

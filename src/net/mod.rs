@@ -2,6 +2,7 @@
 //! (with every field checked), the TLS identity and verifiers, and the gRPC service and dialer.
 
 pub mod dial;
+pub mod encoding;
 pub mod identity;
 pub mod mdns;
 pub mod service;

@@ -1,0 +1,62 @@
+//! Chunk-list edit scripts (`core::chunks`): `apply` with any script against any base must either
+//! refuse an out-of-range copy or build exactly the list a plain model builds, with contiguous
+//! offsets; `diff` followed by `apply` must rebuild the new list, and never insert more chunks
+//! than the new list has.
+#![no_main]
+
+use arbitrary::Arbitrary;
+use libfuzzer_sys::fuzz_target;
+use syncnode::core::chunks::{apply, diff, is_consistent, with_offsets, ChunkEdit};
+use syncnode::core::Chunk;
+
+#[derive(Arbitrary, Debug)]
+struct Input {
+    /// Chunks as (hash byte, size): few distinct hashes, so lists share chunks and copies happen.
+    old: Vec<(u8, u16)>,
+    new: Vec<(u8, u16)>,
+    edits: Vec<(u32, u32, Vec<(u8, u16)>)>,
+}
+
+fn list(spec: &[(u8, u16)]) -> Vec<Chunk> {
+    // Size 0 never appears in a valid list; keep the model's lists valid.
+    with_offsets(spec.iter().map(|(h, s)| Chunk { offset: 0, size: (*s as u32).max(1), hash: [*h % 16; 32] }).collect())
+}
+
+fuzz_target!(|input: Input| {
+    let old = list(&input.old);
+    let new = list(&input.new);
+    let total = |l: &[Chunk]| l.iter().map(|c| c.size as u64).sum::<u64>();
+    assert!(is_consistent(&old, total(&old)));
+
+    // Any script: refused, or the model's result.
+    let edits: Vec<ChunkEdit> = input.edits.iter().map(|(from, len, insert)| ChunkEdit { copy_from: *from, copy_len: *len, insert: list(insert) }).collect();
+    let model: Option<Vec<Chunk>> = (|| {
+        let mut out = Vec::new();
+        for e in &edits {
+            out.extend_from_slice(old.get(e.copy_from as usize..e.copy_from as usize + e.copy_len as usize)?);
+            out.extend_from_slice(&e.insert);
+        }
+        Some(with_offsets(out))
+    })();
+    match apply(&old, &edits) {
+        Ok(built) => {
+            let model = model.expect("apply accepted a copy outside the base");
+            assert_eq!(built, model);
+            assert_eq!(built.len() as u64, edits.iter().map(|e| e.copy_len as u64 + e.insert.len() as u64).sum::<u64>());
+            assert!(is_consistent(&built, total(&built)), "offsets not contiguous");
+        }
+        Err(e) => {
+            assert!(model.is_none(), "apply refused a script that stays inside the base: {e}");
+            assert!(e.end > e.len as u64 && e.len == old.len());
+        }
+    }
+
+    // The script diff makes rebuilds the new list, and inserts only chunks the base lacks.
+    let script = diff(&old, &new);
+    assert_eq!(apply(&old, &script).expect("diff produced an out-of-range copy"), new);
+    let inserted: usize = script.iter().map(|e| e.insert.len()).sum();
+    assert!(inserted <= new.len());
+    for c in script.iter().flat_map(|e| &e.insert) {
+        assert!(!old.iter().any(|o| o.hash == c.hash && o.size == c.size), "inserted a chunk the base holds");
+    }
+});
