@@ -62,6 +62,7 @@ case "${1:-}" in
     for t in $(targets); do
       # A scratch copy of the seeds: smoke runs must not grow the committed corpus.
       scratch=$(mktemp -d)
+      mkdir -p "fuzz/corpus/$t"
       run_one "$t" "$seconds" "$scratch" "fuzz/corpus/$t"
       rm -rf "$scratch"
     done
