@@ -9,15 +9,18 @@ use libfuzzer_sys::fuzz_target;
 use syncnode::core::chunks::{apply, diff, is_consistent, with_offsets, ChunkEdit};
 use syncnode::core::Chunk;
 
+/// A chunk as (hash byte, size): few distinct hashes, so lists share chunks and copies happen.
+type Spec = (u8, u16);
+
 #[derive(Arbitrary, Debug)]
 struct Input {
-    /// Chunks as (hash byte, size): few distinct hashes, so lists share chunks and copies happen.
-    old: Vec<(u8, u16)>,
-    new: Vec<(u8, u16)>,
-    edits: Vec<(u32, u32, Vec<(u8, u16)>)>,
+    old: Vec<Spec>,
+    new: Vec<Spec>,
+    /// (copy_from, copy_len, insert)
+    edits: Vec<(u32, u32, Vec<Spec>)>,
 }
 
-fn list(spec: &[(u8, u16)]) -> Vec<Chunk> {
+fn list(spec: &[Spec]) -> Vec<Chunk> {
     // Size 0 never appears in a valid list; keep the model's lists valid.
     with_offsets(spec.iter().map(|(h, s)| Chunk { offset: 0, size: (*s as u32).max(1), hash: [*h % 16; 32] }).collect())
 }
