@@ -251,6 +251,28 @@ impl Config {
     /// Loads and validates the settings. `file` may be absent when flags alone describe the node.
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
         let file_name = file.map(|f| f.display().to_string()).unwrap_or_else(|| "defaults".into());
+        let text = match file {
+            Some(path) => Some(std::fs::read_to_string(path).map_err(|e| ConfigError::new(&file_name, format!("cannot read the config file: {e}")))?),
+            None => None,
+        };
+        check_env_keys()?;
+        let env = config::Environment::with_prefix("SYNCNODE").prefix_separator("_").separator("__").try_parsing(true);
+        let base = file.and_then(|f| f.parent()).map(Path::to_path_buf).unwrap_or_default();
+        let mut config = Self::parse(text.as_deref(), Some(env), &file_name, &base)?;
+        config.file = file.map(Path::to_path_buf);
+        config.apply(overrides)?;
+        config.check_paths()?;
+        Ok(config)
+    }
+
+    /// The settings in a TOML text over the defaults, checked, with relative paths taken from
+    /// `base`; no environment, flags or disk checks. What `load` does with a file's text, for
+    /// callers that hold the text (the config fuzz target).
+    pub fn from_toml(text: &str, file_name: &str, base: &Path) -> Result<Config, ConfigError> {
+        Self::parse(Some(text), None, file_name, base)
+    }
+
+    fn parse(text: Option<&str>, env: Option<config::Environment>, file_name: &str, base: &Path) -> Result<Config, ConfigError> {
         let mut builder = config::Config::builder()
             .set_default("node.name", default_name())
             .and_then(|b| b.set_default("node.data_dir", default_data_dir()))
@@ -266,26 +288,18 @@ impl Config {
             .and_then(|b| b.set_default("security.trust", "listed"))
             .and_then(|b| b.set_default("security.network_key", ""))
             .map_err(|e| ConfigError::new("defaults", e.to_string()))?;
-        if let Some(path) = file {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| ConfigError::new(&file_name, format!("cannot read the config file: {e}")))?;
-            check_file_keys(&text, &file_name)?;
-            builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Toml));
+        if let Some(text) = text {
+            check_file_keys(text, file_name)?;
+            builder = builder.add_source(config::File::from_str(text, config::FileFormat::Toml));
         }
-        check_env_keys()?;
-        builder = builder.add_source(
-            config::Environment::with_prefix("SYNCNODE").prefix_separator("_").separator("__").try_parsing(true),
-        );
+        if let Some(env) = env {
+            builder = builder.add_source(env);
+        }
         let raw: Raw = builder
             .build()
             .and_then(|c| c.try_deserialize())
-            .map_err(|e| ConfigError::new(&file_name, format!("bad value: {e}")))?;
-        let base = file.and_then(|f| f.parent()).map(Path::to_path_buf).unwrap_or_default();
-        let mut config = validate(raw, &file_name, &base)?;
-        config.file = file.map(Path::to_path_buf);
-        config.apply(overrides)?;
-        config.check_paths()?;
-        Ok(config)
+            .map_err(|e| ConfigError::new(file_name, format!("bad value: {e}")))?;
+        validate(raw, file_name, base)
     }
 
     fn apply(&mut self, o: &Overrides) -> Result<(), ConfigError> {
@@ -729,6 +743,17 @@ mod tests {
         assert!(check_versions_path(&root, &dir.path().join("versions/sync")).is_ok());
         // /proc is another filesystem on any Linux.
         assert!(check_versions_path(&root, Path::new("/proc/versions")).unwrap_err().contains("filesystem"));
+    }
+
+    #[test]
+    fn the_starter_config_parses_from_its_text() {
+        let text = starter_config("n1", Path::new("/var/lib/n1"), Path::new("/srv/sync"), 50051);
+        let config = Config::from_toml(&text, "n1.toml", Path::new("/etc")).unwrap();
+        assert_eq!((config.name.as_str(), config.chunk_size, config.compression), ("n1", 65536, Compression::Zstd));
+        assert_eq!(config.folders[0].path, Path::new("/srv/sync"));
+        let relative = text.replace("/srv/sync", "sync");
+        assert_eq!(Config::from_toml(&relative, "n1.toml", Path::new("/etc")).unwrap().folders[0].path, Path::new("/etc/sync"));
+        assert!(Config::from_toml("[node]\nnmae = \"x\"\n", "n1.toml", Path::new("/etc")).is_err());
     }
 
     #[test]

@@ -34,6 +34,7 @@ use crate::config::{Compression, FolderConfig, FolderMode};
 use crate::core::{Chunk, DeviceId};
 use crate::fs::chunker::{hash, read_range};
 use crate::fs::safe_path::{open_inside, refuse_once, UnsafePath};
+use crate::net::encoding::{decode, encode};
 use crate::net::proto::{self, control_message, data_message, ControlMessage, DataMessage};
 use crate::net::service::Duplex;
 use crate::net::wire::{self, RequestError};
@@ -356,73 +357,6 @@ fn read_chunk(store: &Store, root: &std::path::Path, r: &proto::ChunkRequest, ha
     Ok(data)
 }
 
-/// The cheapest encoding of a chunk: an rsync delta against the requester's old data when it sent a
-/// signature and the delta is smaller; else compressed when that saves at least 1/16 (random or
-/// already compressed data goes raw, saving the receiver a pointless decompression).
-fn encode(data: Vec<u8>, signature: &[u8], compression: Compression) -> (Vec<u8>, proto::Encoding) {
-    let packed = compress(&data, compression);
-    let delta = if signature.is_empty() { None } else { delta(&data, signature) };
-    [packed, delta.map(|d| (d, proto::Encoding::RsyncDelta))]
-        .into_iter()
-        .flatten()
-        .filter(|(d, _)| d.len() < data.len())
-        .min_by_key(|(d, _)| d.len())
-        .unwrap_or((data, proto::Encoding::Raw))
-}
-
-/// A fast_rsync delta of `data` against the signature a peer sent (`None` if it is not one).
-fn delta(data: &[u8], signature: &[u8]) -> Option<Vec<u8>> {
-    let signature = fast_rsync::Signature::deserialize(signature.to_vec()).ok()?;
-    let mut out = Vec::new();
-    fast_rsync::diff(&signature.index(), data, &mut out).ok()?;
-    Some(out)
-}
-
-/// Bytes of a chunk's start compressed first, to tell whether the rest is worth trying: random or
-/// already compressed data (media, archives) then costs 1/16 of a compression attempt, not a whole
-/// one (zstd spends ~35 µs on 64 KiB of random data, a sixth of what serving the chunk costs).
-const COMPRESSION_PROBE: usize = 4096;
-
-/// `data` compressed, if that saves at least 1/16 of it.
-fn compress(data: &[u8], compression: Compression) -> Option<(Vec<u8>, proto::Encoding)> {
-    let pack = |data: &[u8]| -> Option<(Vec<u8>, proto::Encoding)> {
-        let packed = match compression {
-            Compression::None => None,
-            Compression::Zstd => zstd::bulk::compress(data, 1).ok().map(|c| (c, proto::Encoding::Zstd)),
-            Compression::Gzip => {
-                use std::io::Write;
-                let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-                enc.write_all(data).ok().and_then(|_| enc.finish().ok()).map(|c| (c, proto::Encoding::Gzip))
-            }
-        };
-        packed.filter(|(c, _)| c.len() < data.len() - data.len() / 16)
-    };
-    if data.len() >= 4 * COMPRESSION_PROBE && pack(&data[..COMPRESSION_PROBE]).is_none() {
-        return None;
-    }
-    pack(data)
-}
-
-fn decode(data: Vec<u8>, encoding: i32, size: u32, base: Option<&[u8]>) -> Result<Vec<u8>, String> {
-    match proto::Encoding::try_from(encoding) {
-        Ok(proto::Encoding::Raw) => Ok(data),
-        Ok(proto::Encoding::RsyncDelta) => {
-            let base = base.ok_or("a delta we did not ask for")?;
-            let mut out = Vec::with_capacity(size as usize);
-            fast_rsync::apply_limited(base, &data, &mut out, size as usize).map_err(|e| format!("bad delta: {e}"))?;
-            Ok(out)
-        }
-        Ok(proto::Encoding::Zstd) => zstd::bulk::decompress(&data, size as usize).map_err(|e| format!("bad zstd data: {e}")),
-        Ok(proto::Encoding::Gzip) => {
-            use std::io::Read;
-            let mut out = Vec::with_capacity(size as usize);
-            flate2::read::GzDecoder::new(&data[..]).take(size as u64 + 1).read_to_end(&mut out).map_err(|e| format!("bad gzip data: {e}"))?;
-            Ok(out)
-        }
-        _ => Err(format!("unknown encoding {encoding}")),
-    }
-}
-
 /// The longest prefix of `records` (in sequence order) that makes one message within the limits
 /// the receiver checks: chunk entries counting expanded edits, and bytes. Always at least one
 /// record, unless that one can never be sent (over a limit alone): it is then skipped, logged.
@@ -458,7 +392,7 @@ async fn send_index(store: Arc<Store>, tx: mpsc::Sender<ControlMessage>, counter
                     .map(|r| {
                         // The peer holds our previous record of this path if we sent it before.
                         let diff = store.diff_for(&folder, &r).ok().flatten().filter(|d| d.base <= sent && d.base > 0);
-                        wire::to_wire(&r, diff.as_ref())
+                        wire::to_wire(&r, diff.as_ref().map(|d| (d.base, d.edits.as_slice())))
                     })
                     .collect::<Vec<_>>()
             }))
@@ -664,49 +598,6 @@ fn is_garbage(status: &Status) -> bool {
 mod tests {
     use super::*;
 
-    /// Bytes that do not compress (BLAKE3's output stream).
-    fn random(len: usize) -> Vec<u8> {
-        let mut out = vec![0; len];
-        blake3::Hasher::new().update(b"noise").finalize_xof().fill(&mut out);
-        out
-    }
-
-    fn signature(old: &[u8]) -> Vec<u8> {
-        let options = fast_rsync::SignatureOptions { block_size: 1024, crypto_hash_size: 8 };
-        fast_rsync::Signature::calculate(old, options).into_serialized()
-    }
-
-    #[test]
-    fn each_chunk_travels_in_its_cheapest_encoding_and_decodes_to_itself() {
-        let text: Vec<u8> = b"the quick brown fox jumps over the lazy dog\n".iter().copied().cycle().take(64 << 10).collect();
-        let noise = random(64 << 10);
-        let mut edited = noise.clone();
-        edited[30_000] ^= 1;
-        // A text file under the probe's size, and with a random start but text after it.
-        let small_text = text[..3000].to_vec();
-        let mixed: Vec<u8> = noise[..COMPRESSION_PROBE].iter().chain(&text[COMPRESSION_PROBE..]).copied().collect();
-        let cases = [
-            (&text, Vec::new(), Compression::Zstd, proto::Encoding::Zstd),
-            (&text, Vec::new(), Compression::Gzip, proto::Encoding::Gzip),
-            (&text, Vec::new(), Compression::None, proto::Encoding::Raw),
-            (&small_text, Vec::new(), Compression::Zstd, proto::Encoding::Zstd),
-            // Random data goes raw: the probe says so before the whole chunk is tried.
-            (&noise, Vec::new(), Compression::Zstd, proto::Encoding::Raw),
-            (&mixed, Vec::new(), Compression::Zstd, proto::Encoding::Raw),
-            // One flipped byte against the old chunk: a delta, far smaller than any compression.
-            (&edited, signature(&noise), Compression::Zstd, proto::Encoding::RsyncDelta),
-            // A signature of unrelated data: the delta would be the whole chunk plus overhead.
-            (&text, signature(&noise), Compression::Zstd, proto::Encoding::Zstd),
-        ];
-        for (i, (data, sig, compression, expected)) in cases.into_iter().enumerate() {
-            let (wire, encoding) = encode(data.clone(), &sig, compression);
-            assert_eq!(encoding, expected, "case {i}");
-            assert!(wire.len() <= data.len(), "case {i}: {} > {}", wire.len(), data.len());
-            let back = decode(wire, encoding as i32, data.len() as u32, Some(&noise)).unwrap();
-            assert_eq!(&back, data, "case {i}");
-        }
-    }
-
     #[test]
     fn our_index_batches_stay_within_what_the_receiver_accepts() {
         let record = |path: &str, chunks: usize| proto::FileInfo {
@@ -726,16 +617,5 @@ mod tests {
         let mut records = vec![record("huge", 600_000), record("small", 1)];
         assert_eq!(fit_batch("default", &mut records), 1);
         assert_eq!(records[0].path, "small");
-    }
-
-    #[test]
-    fn garbage_from_a_peer_is_an_error_not_a_panic() {
-        let size = 4096;
-        assert!(decode(vec![1, 2, 3], proto::Encoding::Zstd as i32, size, None).is_err());
-        assert!(decode(vec![1, 2, 3], proto::Encoding::Gzip as i32, size, None).is_err());
-        assert!(decode(vec![1, 2, 3], proto::Encoding::RsyncDelta as i32, size, Some(&[0; 16])).is_err());
-        // A delta we never asked for (no base), and an encoding that does not exist.
-        assert!(decode(vec![1, 2, 3], proto::Encoding::RsyncDelta as i32, size, None).is_err());
-        assert!(decode(vec![1, 2, 3], 99, size, None).is_err());
     }
 }

@@ -54,10 +54,11 @@ pub fn validate(path: &str) -> Result<(), PathError> {
     Ok(())
 }
 
-/// Names that syncnode keeps out of sync: its temp files anywhere, the root ignore file, and the
-/// version store at the root with everything in it.
+/// Names that syncnode keeps out of sync: its temp files anywhere, the root ignore file with
+/// anything below that name (a peer's `.syncignore/x` would turn the ignore file into a
+/// directory), and the version store at the root with everything in it.
 pub fn is_internal(path: &str) -> bool {
-    path == IGNORE_FILE || path == VERSIONS_DIR || is_inside(path, VERSIONS_DIR) || path.split('/').any(|c| c.starts_with(TEMP_PREFIX))
+    path.split('/').next() == Some(IGNORE_FILE) || path == VERSIONS_DIR || is_inside(path, VERSIONS_DIR) || path.split('/').any(|c| c.starts_with(TEMP_PREFIX))
 }
 
 /// A temp file name for one download of `path` (same directory, so the rename is atomic). `token`
@@ -111,6 +112,9 @@ mod tests {
         assert_eq!(validate(".syncnode-versions/a~20250101-000000-000~deleted~local"), Err(PathError::Reserved));
         assert!(validate("a/.syncnode-versions/x").is_ok());
         assert!(validate(".syncnode-versions-not/x").is_ok());
+        // Found by the `path` fuzz target: a path below the reserved name was accepted.
+        assert_eq!(validate(".syncignore/x"), Err(PathError::Reserved));
+        assert!(validate(".syncignorex/y").is_ok());
         assert!(validate("a/..b/c.d").is_ok());
     }
 

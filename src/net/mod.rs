@@ -3,6 +3,7 @@
 
 pub mod codec;
 pub mod dial;
+pub mod encoding;
 pub mod identity;
 pub mod mdns;
 pub mod network_key;

@@ -12,7 +12,6 @@ use super::proto;
 use crate::core::chunks::{self, ChunkEdit, MAX_CHUNKS_PER_RECORD};
 use crate::core::version::{MAX_COUNTER, MAX_COUNTERS};
 use crate::core::{path, Chunk, FileKind, FileRecord, ShortId, VersionVector};
-use crate::store::index::StoredDiff;
 
 /// Most folders one Hello may offer.
 pub const MAX_OFFERS: usize = 1024;
@@ -142,14 +141,15 @@ fn chunk_from_wire(p: &str, c: &proto::Chunk) -> Result<Chunk, WireError> {
     Ok(Chunk { offset: c.offset, size: c.size, hash })
 }
 
-/// A record for the wire; with `diff`, as chunk edits against the record at `diff.base`.
-pub fn to_wire(record: &FileRecord, diff: Option<&StoredDiff>) -> proto::FileInfo {
+/// A record for the wire; with `diff` (a base sequence and edits), as chunk edits against the
+/// record at that base.
+pub fn to_wire(record: &FileRecord, diff: Option<(u64, &[ChunkEdit])>) -> proto::FileInfo {
     let version = proto::Vector { counters: record.version.counters().map(|(id, value)| proto::Counter { id: id.0, value }).collect() };
     let (chunks, base_sequence, edits) = match diff {
-        Some(d) => (
+        Some((base, edits)) => (
             Vec::new(),
-            d.base,
-            d.edits.iter().map(|e| proto::ChunkEdit { copy_from: e.copy_from, copy_len: e.copy_len, insert: e.insert.iter().map(chunk_to_wire).collect() }).collect(),
+            base,
+            edits.iter().map(|e| proto::ChunkEdit { copy_from: e.copy_from, copy_len: e.copy_len, insert: e.insert.iter().map(chunk_to_wire).collect() }).collect(),
         ),
         None => (record.chunks.iter().map(chunk_to_wire).collect(), 0, Vec::new()),
     };
