@@ -41,6 +41,18 @@ fn stays_unchanged(b: &Node, before: &BTreeMap<String, Entry>) -> Result<(), Str
     Ok(())
 }
 
+/// `a`'s folder is stopped with `reason`, `b` keeps `before` for `QUIET`; then `syncnode confirm`
+/// on `a` lets the deletes through, and both end empty.
+fn held_until_confirmed(a: &Node, b: &Node, before: &BTreeMap<String, Entry>, reason: &str) {
+    let (held, f) = a.folder_until("default", T, |f| state(f) == "error");
+    assert!(held && error_text(&f).contains(reason), "{f}");
+    stays_unchanged(b, before).unwrap();
+    let (ok, out, err) = a.cli(&["confirm", "--folder", "default"]);
+    assert!(ok, "confirm failed: {out} {err}");
+    assert!(converged(&[a, b], T, |t| t.is_empty()), "{}", describe(&[a, b]));
+    assert!(a.folder_until("default", T, |f| state(f) == "idle").0);
+}
+
 fn state(f: &serde_json::Value) -> &str {
     f["state"].as_str().unwrap_or_default()
 }
@@ -119,14 +131,7 @@ fn a_root_replaced_by_an_empty_directory_is_held_until_the_user_confirms_it() {
 
     std::fs::rename(&a.folder, a.dir.join("old-sync")).unwrap();
     std::fs::create_dir(&a.folder).unwrap();
-    let (stopped, f) = a.folder_until("default", T, |f| state(f) == "error");
-    assert!(stopped && error_text(&f).contains("replaced"), "{f}");
-    stays_unchanged(b, &before).unwrap();
-
-    let (ok, out, err) = a.cli(&["confirm", "--folder", "default"]);
-    assert!(ok, "confirm failed: {out} {err}");
-    assert!(converged(&[a, b], T, |t| t.is_empty()), "{}", describe(&[a, b]));
-    assert!(a.folder_until("default", T, |f| state(f) == "idle").0);
+    held_until_confirmed(a, b, &before, "replaced");
 }
 
 #[test]
@@ -154,14 +159,7 @@ fn a_folder_emptied_by_rm_is_held_and_a_branch_switch_is_not() {
     for entry in std::fs::read_dir(&a.folder).unwrap() {
         std::fs::remove_file(entry.unwrap().path()).unwrap();
     }
-    let (held, f) = a.folder_until("default", T, |f| state(f) == "error");
-    assert!(held && error_text(&f).contains("all 20 files disappeared"), "{f}");
-    stays_unchanged(b, &before).unwrap();
-
-    let (ok, out, err) = a.cli(&["confirm", "--folder", "default"]);
-    assert!(ok, "confirm failed: {out} {err}");
-    assert!(converged(&[a, b], T, |t| t.is_empty()), "{}", describe(&[a, b]));
-    assert!(a.folder_until("default", T, |f| state(f) == "idle").0);
+    held_until_confirmed(a, b, &before, "all 20 files disappeared");
 }
 
 #[test]

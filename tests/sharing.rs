@@ -170,12 +170,14 @@ fn chunk_request(id: u64, folder: &str, path: &str, data: &[u8]) -> DataMessage 
 /// Serves A's chunk requests with `served` until both our chunk requests are answered and `done`
 /// holds (the connection must stay up until A has what it asked for). Returns the answers to our
 /// requests and the (folder, path) of every chunk request A sent us.
-async fn converse(out: &mut Outbound, served: &[u8], done: impl Fn() -> bool) -> (Vec<proto::ChunkResponse>, Vec<(String, String)>) {
+/// Answers A's chunk requests with `served` and collects A's answers to ours, until at least
+/// `want` answers came and `done` holds (or 20 s pass).
+async fn converse(out: &mut Outbound, served: &[u8], want: usize, done: impl Fn() -> bool) -> (Vec<proto::ChunkResponse>, Vec<(String, String)>) {
     let mut responses = Vec::new();
     let mut asked = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let mut poll = tokio::time::interval(Duration::from_millis(20));
-    while responses.len() < 2 || !done() {
+    while responses.len() < want || !done() {
         tokio::select! {
             _ = tokio::time::sleep_until(deadline) => break,
             _ = poll.tick() => {}
@@ -233,9 +235,15 @@ fn records_and_chunk_requests_for_a_folder_not_shared_with_the_peer_are_refused_
             out.control.tx.send(index("private", vec![record(&device_b, "leak.txt", b"pushed at A")])).await.unwrap();
         }
         out.control.tx.send(index("default", vec![record(&device_b, "from-b.txt", b"honest data")])).await.unwrap();
+        // Chunk requests only once A has taken our Hello (it pulled the shared record): the data
+        // stream is not ordered with the control stream, and a request before Hello is a
+        // protocol violation.
+        let (_, mut asked) = converse(&mut out, b"honest data", 0, || has(&a.folder, "from-b.txt", b"honest data")).await;
         out.data.tx.send(chunk_request(1, "default", "mine.txt", b"A shares this")).await.unwrap();
         out.data.tx.send(chunk_request(2, "private", "secret.txt", b"A keeps this")).await.unwrap();
-        converse(&mut out, b"honest data", || has(&a.folder, "from-b.txt", b"honest data")).await
+        let (responses, more) = converse(&mut out, b"honest data", 2, || true).await;
+        asked.extend(more);
+        (responses, asked)
     });
 
     // Served from the shared folder; refused, with no data, from the other.
