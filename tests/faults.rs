@@ -22,6 +22,16 @@ fn pair() -> Vec<Node> {
     vec![Node::new("a"), Node::new("b")]
 }
 
+/// Two connected nodes holding the same 12 files in 3 directories, and B's tree.
+fn synced_pair_of_12_files() -> (Vec<Node>, BTreeMap<String, Entry>) {
+    let mut nodes = pair();
+    connect(&mut nodes, &[(0, 1)]);
+    write_files(&nodes[0], 12);
+    assert!(converged(&[&nodes[0], &nodes[1]], T, |t| t.len() == 15), "{}", describe(&[&nodes[0], &nodes[1]]));
+    let before = tree(&nodes[1].folder);
+    (nodes, before)
+}
+
 fn write_files(node: &Node, n: usize) {
     for i in 0..n {
         node.write(&format!("d{}/f{i}.txt", i % 3), format!("file {i}").as_bytes());
@@ -100,12 +110,8 @@ fn an_unplugged_disk_stops_the_folder_and_resumes_when_it_is_plugged_back() {
 
 #[test]
 fn a_root_renamed_away_stops_the_folder_until_it_returns() {
-    let mut nodes = pair();
-    connect(&mut nodes, &[(0, 1)]);
+    let (nodes, before) = synced_pair_of_12_files();
     let (a, b) = (&nodes[0], &nodes[1]);
-    write_files(a, 12);
-    assert!(converged(&[a, b], T, |t| t.len() == 15), "{}", describe(&[a, b]));
-    let before = tree(&b.folder);
 
     let away = a.dir.join("sync-away");
     std::fs::rename(&a.folder, &away).unwrap();
@@ -122,12 +128,8 @@ fn a_root_renamed_away_stops_the_folder_until_it_returns() {
 
 #[test]
 fn a_root_replaced_by_an_empty_directory_is_held_until_the_user_confirms_it() {
-    let mut nodes = pair();
-    connect(&mut nodes, &[(0, 1)]);
+    let (nodes, before) = synced_pair_of_12_files();
     let (a, b) = (&nodes[0], &nodes[1]);
-    write_files(a, 12);
-    assert!(converged(&[a, b], T, |t| t.len() == 15), "{}", describe(&[a, b]));
-    let before = tree(&b.folder);
 
     std::fs::rename(&a.folder, a.dir.join("old-sync")).unwrap();
     std::fs::create_dir(&a.folder).unwrap();
