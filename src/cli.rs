@@ -200,14 +200,23 @@ pub fn execute(cli: Cli) -> Result<(), Failure> {
             }
             crate::oneway::changes(&config, folder.as_deref(), json).map_err(Failure::Fatal)
         }
-        Some(Command::Revert { folder }) | Some(Command::Override { folder }) if cli.run.load().is_ok_and(|c| c.folder(&folder).is_none()) => {
+        Some(Command::Revert { folder }) | Some(Command::Override { folder })
+            if cli.run.load().is_ok_and(|c| c.folder(&folder).is_none()) =>
+        {
             Err(Failure::Usage(format!("--folder {folder}: no such folder in the config")))
         }
         Some(Command::Revert { folder }) => crate::oneway::revert(&cli.run.load()?, &folder).map_err(Failure::Fatal),
-        Some(Command::Override { folder }) => crate::oneway::override_peers(&cli.run.load()?, &folder).map_err(Failure::Fatal),
+        Some(Command::Override { folder }) => {
+            crate::oneway::override_peers(&cli.run.load()?, &folder).map_err(Failure::Fatal)
+        }
         Some(Command::Versions { command }) => {
             let config = cli.run.load()?;
-            let known = |id: &str| config.folder(id).map(|_| ()).ok_or_else(|| Failure::Usage(format!("--folder {id}: no such folder in the config")));
+            let known = |id: &str| {
+                config
+                    .folder(id)
+                    .map(|_| ())
+                    .ok_or_else(|| Failure::Usage(format!("--folder {id}: no such folder in the config")))
+            };
             match command {
                 VersionsCommand::List { folder, json, file } => {
                     folder.as_deref().map(known).transpose()?;

@@ -244,7 +244,11 @@ fn default_data_dir() -> String {
 }
 
 fn default_name() -> String {
-    std::fs::read_to_string("/etc/hostname").map(|s| s.trim().to_string()).ok().filter(|s| !s.is_empty()).unwrap_or_else(|| "syncnode".into())
+    std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "syncnode".into())
 }
 
 impl Config {
@@ -252,7 +256,10 @@ impl Config {
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
         let file_name = file.map(|f| f.display().to_string()).unwrap_or_else(|| "defaults".into());
         let text = match file {
-            Some(path) => Some(std::fs::read_to_string(path).map_err(|e| ConfigError::new(&file_name, format!("cannot read the config file: {e}")))?),
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError::new(&file_name, format!("cannot read the config file: {e}")))?,
+            ),
             None => None,
         };
         check_env_keys()?;
@@ -272,7 +279,12 @@ impl Config {
         Self::parse(Some(text), None, file_name, base)
     }
 
-    fn parse(text: Option<&str>, env: Option<config::Environment>, file_name: &str, base: &Path) -> Result<Config, ConfigError> {
+    fn parse(
+        text: Option<&str>,
+        env: Option<config::Environment>,
+        file_name: &str,
+        base: &Path,
+    ) -> Result<Config, ConfigError> {
         let mut builder = config::Config::builder()
             .set_default("node.name", default_name())
             .and_then(|b| b.set_default("node.data_dir", default_data_dir()))
@@ -308,7 +320,14 @@ impl Config {
             let path = absolute(dir, Path::new(""));
             match self.folders.iter_mut().find(|f| f.id == "default") {
                 Some(f) => f.path = path,
-                None => self.folders.push(FolderConfig { id: "default".into(), path, mode: FolderMode::SendReceive, devices: SharedWith::EveryTrustedPeer, versioning: VersioningPolicy::DEFAULT, versions_path: None }),
+                None => self.folders.push(FolderConfig {
+                    id: "default".into(),
+                    path,
+                    mode: FolderMode::SendReceive,
+                    devices: SharedWith::EveryTrustedPeer,
+                    versioning: VersioningPolicy::DEFAULT,
+                    versions_path: None,
+                }),
             }
         }
         if let Some(port) = o.port {
@@ -356,7 +375,8 @@ impl Config {
                 ));
             }
             if let Some(versions) = &folder.versions_path {
-                check_versions_path(&root, versions).map_err(|m| ConfigError::new(&source, format!("folder[{i}].versioning.path: {m}")))?;
+                check_versions_path(&root, versions)
+                    .map_err(|m| ConfigError::new(&source, format!("folder[{i}].versioning.path: {m}")))?;
             }
         }
         Ok(())
@@ -382,7 +402,8 @@ fn absolute(path: &Path, base: &Path) -> PathBuf {
 
 fn validate(raw: Raw, file: &str, base: &Path) -> Result<Config, ConfigError> {
     let err = |key: &str, msg: String| ConfigError::new(file, format!("{key}: {msg}"));
-    let listen = raw.node.listen.parse::<SocketAddr>().map_err(|e| err("node.listen", format!("`{}`: {e}", raw.node.listen)))?;
+    let listen =
+        raw.node.listen.parse::<SocketAddr>().map_err(|e| err("node.listen", format!("`{}`: {e}", raw.node.listen)))?;
     let api_listen = match raw.node.api_listen.trim() {
         "" => None,
         s => Some(s.parse::<SocketAddr>().map_err(|e| err("node.api_listen", format!("`{s}`: {e}")))?),
@@ -399,29 +420,48 @@ fn validate(raw: Raw, file: &str, base: &Path) -> Result<Config, ConfigError> {
             "send-receive" => FolderMode::SendReceive,
             "send-only" => FolderMode::SendOnly,
             "receive-only" => FolderMode::ReceiveOnly,
-            other => return Err(err(&format!("folder[{i}].mode"), format!("`{other}`: expected send-receive, send-only or receive-only"))),
+            other => {
+                return Err(err(
+                    &format!("folder[{i}].mode"),
+                    format!("`{other}`: expected send-receive, send-only or receive-only"),
+                ))
+            }
         };
         let devices = match f.devices {
             None => SharedWith::EveryTrustedPeer,
             Some(list) => {
                 let mut ids = std::collections::BTreeSet::new();
                 for (j, text) in list.iter().enumerate() {
-                    let id = text.parse::<DeviceId>().map_err(|e| err(&format!("folder[{i}].devices[{j}]"), e.to_string()))?;
+                    let id = text
+                        .parse::<DeviceId>()
+                        .map_err(|e| err(&format!("folder[{i}].devices[{j}]"), e.to_string()))?;
                     ids.insert(id);
                 }
                 SharedWith::Only(ids)
             }
         };
-        let (versioning, versions_path) = versioning_of(f.versioning, base).map_err(|(key, m)| err(&format!("folder[{i}].versioning{key}"), m))?;
-        folders.push(FolderConfig { id: f.id, path: absolute(Path::new(&f.path), base), mode, devices, versioning, versions_path });
+        let (versioning, versions_path) =
+            versioning_of(f.versioning, base).map_err(|(key, m)| err(&format!("folder[{i}].versioning{key}"), m))?;
+        folders.push(FolderConfig {
+            id: f.id,
+            path: absolute(Path::new(&f.path), base),
+            mode,
+            devices,
+            versioning,
+            versions_path,
+        });
     }
-    let chunk_size = bytesize_of(&raw.sync.chunk_size)
-        .and_then(check_chunk_size)
-        .map_err(|m| err("sync.chunk_size", m))?;
+    let chunk_size =
+        bytesize_of(&raw.sync.chunk_size).and_then(check_chunk_size).map_err(|m| err("sync.chunk_size", m))?;
     let rescan_interval = parse_duration(&raw.sync.rescan_interval).map_err(|m| err("sync.rescan_interval", m))?;
     let debounce = parse_duration(&raw.sync.debounce).map_err(|m| err("sync.debounce", m))?;
     let tombstone_ttl = parse_duration(&raw.sync.tombstone_ttl).map_err(|m| err("sync.tombstone_ttl", m))?;
-    let empty_folder_guard = u64::try_from(raw.sync.empty_folder_guard).map_err(|_| err("sync.empty_folder_guard", format!("`{}`: expected a count of files (0 turns the guard off)", raw.sync.empty_folder_guard)))?;
+    let empty_folder_guard = u64::try_from(raw.sync.empty_folder_guard).map_err(|_| {
+        err(
+            "sync.empty_folder_guard",
+            format!("`{}`: expected a count of files (0 turns the guard off)", raw.sync.empty_folder_guard),
+        )
+    })?;
     let compression = match raw.sync.compression.as_str() {
         "none" => Compression::None,
         "zstd" => Compression::Zstd,
@@ -434,7 +474,12 @@ fn validate(raw: Raw, file: &str, base: &Path) -> Result<Config, ConfigError> {
         "listed" => Trust::Listed,
         // Surrounding whitespace is dropped, so a key pasted from a file with its newline matches.
         "network-key" => match raw.security.network_key.trim() {
-            "" => return Err(err("security.network_key", "required under trust = \"network-key\" (better given as SYNCNODE_SECURITY__NETWORK_KEY)".into())),
+            "" => {
+                return Err(err(
+                    "security.network_key",
+                    "required under trust = \"network-key\" (better given as SYNCNODE_SECURITY__NETWORK_KEY)".into(),
+                ))
+            }
             key => Trust::NetworkKey(NetworkSecret::new(key)),
         },
         other => return Err(err("security.trust", format!("`{other}`: expected listed or network-key"))),
@@ -446,8 +491,12 @@ fn validate(raw: Raw, file: &str, base: &Path) -> Result<Config, ConfigError> {
             None => None,
         };
         match (&device_id, &p.address, &trust) {
-            (None, _, Trust::Listed) => return Err(err(&format!("peer[{i}].device_id"), "required under trust = \"listed\"".into())),
-            (None, None, Trust::NetworkKey(_)) => return Err(err(&format!("peer[{i}]"), "give a device_id, an address, or both".into())),
+            (None, _, Trust::Listed) => {
+                return Err(err(&format!("peer[{i}].device_id"), "required under trust = \"listed\"".into()))
+            }
+            (None, None, Trust::NetworkKey(_)) => {
+                return Err(err(&format!("peer[{i}]"), "give a device_id, an address, or both".into()))
+            }
             _ => {}
         }
         if let Some(a) = &p.address {
@@ -475,18 +524,27 @@ fn validate(raw: Raw, file: &str, base: &Path) -> Result<Config, ConfigError> {
 }
 
 /// The versioning policy of a folder; a bad value comes back with its key (".type", ...).
-fn versioning_of(raw: Option<RawVersioning>, base: &Path) -> Result<(VersioningPolicy, Option<PathBuf>), (String, String)> {
+fn versioning_of(
+    raw: Option<RawVersioning>,
+    base: &Path,
+) -> Result<(VersioningPolicy, Option<PathBuf>), (String, String)> {
     let table = match raw {
         None => return Ok((VersioningPolicy::DEFAULT, None)),
-        Some(RawVersioning::Kind(kind)) => RawVersioningTable { kind: Some(kind), max_age: None, keep: None, max_size: None, path: None },
+        Some(RawVersioning::Kind(kind)) => {
+            RawVersioningTable { kind: Some(kind), max_age: None, keep: None, max_size: None, path: None }
+        }
         Some(RawVersioning::Table(t)) => t,
     };
     let kind_text = table.kind.unwrap_or_else(|| "trash".into());
-    let kind = VersioningKind::parse(&kind_text).ok_or_else(|| (".type".to_string(), format!("`{kind_text}`: expected none, trash, simple or staggered")))?;
+    let kind = VersioningKind::parse(&kind_text)
+        .ok_or_else(|| (".type".to_string(), format!("`{kind_text}`: expected none, trash, simple or staggered")))?;
     let max_age = match table.max_age.as_deref().map(str::trim) {
         None => kind.default_max_age(),
         Some("forever") => None,
-        Some(text) => Some(parse_duration(text).map_err(|m| (".max_age".to_string(), format!("{m}, or \"forever\"")))?.as_millis() as u64),
+        Some(text) => Some(
+            parse_duration(text).map_err(|m| (".max_age".to_string(), format!("{m}, or \"forever\"")))?.as_millis()
+                as u64,
+        ),
     };
     let keep = match table.keep {
         None => VersioningPolicy::DEFAULT.keep,
@@ -510,10 +568,16 @@ fn check_versions_path(root: &Path, versions: &Path) -> Result<(), String> {
         return Err(format!("`{}` lies inside the folder, where it would be synced", versions.display()));
     }
     // The nearest part of it that exists already tells the filesystem.
-    let existing = versions.ancestors().find(|p| p.exists()).ok_or_else(|| format!("`{}`: no part of it exists", versions.display()))?;
+    let existing = versions
+        .ancestors()
+        .find(|p| p.exists())
+        .ok_or_else(|| format!("`{}`: no part of it exists", versions.display()))?;
     let dev = |p: &Path| std::fs::metadata(p).map(|m| m.dev()).map_err(|e| format!("`{}`: {e}", p.display()));
     if dev(existing)? != dev(root)? {
-        return Err(format!("`{}` is not on the folder's filesystem (a version is kept by a hard link, never a copy)", versions.display()));
+        return Err(format!(
+            "`{}` is not on the folder's filesystem (a version is kept by a hard link, never a copy)",
+            versions.display()
+        ));
     }
     Ok(())
 }
@@ -557,7 +621,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 fn check_file_keys(text: &str, file: &str) -> Result<(), ConfigError> {
-    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::new(file, format!("not valid TOML: {e}")))?;
+    let table: toml::Table =
+        text.parse().map_err(|e: toml::de::Error| ConfigError::new(file, format!("not valid TOML: {e}")))?;
     let known: BTreeMap<&str, &[&str]> = KNOWN_KEYS.iter().copied().collect();
     for (section, value) in &table {
         let Some(keys) = known.get(section.as_str()) else {
@@ -595,7 +660,10 @@ fn check_env_keys() -> Result<(), ConfigError> {
             KNOWN_KEYS.iter().any(|(s, keys)| *s == section && *s != "folder" && *s != "peer" && keys.contains(&key))
         });
         if !ok {
-            return Err(ConfigError::new("environment", format!("unknown key `{name}` (expected SYNCNODE_<SECTION>__<KEY>, e.g. SYNCNODE_NODE__LISTEN)")));
+            return Err(ConfigError::new(
+                "environment",
+                format!("unknown key `{name}` (expected SYNCNODE_<SECTION>__<KEY>, e.g. SYNCNODE_NODE__LISTEN)"),
+            ));
         }
     }
     Ok(())
@@ -682,7 +750,8 @@ mod tests {
 
     #[test]
     fn network_key_trust_needs_a_key_and_accepts_address_only_peers() {
-        let base = "[[folder]]\nid = \"a\"\npath = \"FOLDER\"\n\n[[peer]]\naddress = \"127.0.0.1:5000\"\n\n[security]\n";
+        let base =
+            "[[folder]]\nid = \"a\"\npath = \"FOLDER\"\n\n[[peer]]\naddress = \"127.0.0.1:5000\"\n\n[security]\n";
         let config = load_text(&format!("{base}trust = \"network-key\"\nnetwork_key = \" s3cret-key \"\n")).unwrap();
         assert_eq!(config.trust, Trust::NetworkKey(NetworkSecret::new("s3cret-key")));
         assert_eq!(config.peers[0].device_id, None);
@@ -722,13 +791,27 @@ mod tests {
         assert_eq!(policy.max_age, Some(30 * crate::core::versioning::DAY));
         let (policy, _) = versioning_of(Some(RawVersioning::Kind("none".into())), base).unwrap();
         assert_eq!(policy.kind, VersioningKind::None);
-        let table = RawVersioningTable { kind: Some("simple".into()), max_age: Some("forever".into()), keep: Some(3), max_size: Some("1GiB".into()), path: Some("v".into()) };
+        let table = RawVersioningTable {
+            kind: Some("simple".into()),
+            max_age: Some("forever".into()),
+            keep: Some(3),
+            max_size: Some("1GiB".into()),
+            path: Some("v".into()),
+        };
         let (policy, path) = versioning_of(Some(RawVersioning::Table(table)), base).unwrap();
-        assert_eq!((policy.kind, policy.max_age, policy.keep, policy.max_size), (VersioningKind::Simple, None, 3, Some(1 << 30)));
+        assert_eq!(
+            (policy.kind, policy.max_age, policy.keep, policy.max_size),
+            (VersioningKind::Simple, None, 3, Some(1 << 30))
+        );
         assert_eq!(path, Some(PathBuf::from("/cfg/v")));
-        let bad = RawVersioningTable { kind: Some("weekly".into()), max_age: None, keep: None, max_size: None, path: None };
+        let bad =
+            RawVersioningTable { kind: Some("weekly".into()), max_age: None, keep: None, max_size: None, path: None };
         assert_eq!(versioning_of(Some(RawVersioning::Table(bad)), base).unwrap_err().0, ".type");
-        let e = check_file_keys("[[folder]]\nid = \"a\"\npath = \"/x\"\nversioning = { type = \"trash\", max_ag = \"1d\" }\n", "n.toml").unwrap_err();
+        let e = check_file_keys(
+            "[[folder]]\nid = \"a\"\npath = \"/x\"\nversioning = { type = \"trash\", max_ag = \"1d\" }\n",
+            "n.toml",
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("`folder.versioning.max_ag`"), "{e}");
     }
 
@@ -752,7 +835,10 @@ mod tests {
         assert_eq!((config.name.as_str(), config.chunk_size, config.compression), ("n1", 65536, Compression::Zstd));
         assert_eq!(config.folders[0].path, Path::new("/srv/sync"));
         let relative = text.replace("/srv/sync", "sync");
-        assert_eq!(Config::from_toml(&relative, "n1.toml", Path::new("/etc")).unwrap().folders[0].path, Path::new("/etc/sync"));
+        assert_eq!(
+            Config::from_toml(&relative, "n1.toml", Path::new("/etc")).unwrap().folders[0].path,
+            Path::new("/etc/sync")
+        );
         assert!(Config::from_toml("[node]\nnmae = \"x\"\n", "n1.toml", Path::new("/etc")).is_err());
     }
 

@@ -17,8 +17,8 @@ use crate::actors::status::NodeState;
 use crate::actors::supervisor::{Shutdown, Supervisor};
 use crate::actors::watcher::Watcher;
 use crate::api::Control;
-use crate::fs::root::RootGuard;
 use crate::config::{Config, Trust};
+use crate::fs::root::RootGuard;
 use crate::fs::versions::VersionStore;
 use crate::net::identity::Identity;
 use crate::net::network_key::NetworkKey;
@@ -38,14 +38,20 @@ pub fn run(config: Config) -> Result<()> {
 }
 
 async fn serve(config: Config, identity: Identity, store: Arc<Store>) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
     tracing::info!(device = %identity.device_id, name = %config.name, listen = %listener.local_addr()?, "node starting");
 
     let directory = PeerDirectory::default();
     let folders = Arc::new(config.folders.clone());
     let roots: Arc<HashMap<_, _>> = Arc::new(config.folders.iter().map(|f| (f.id.clone(), f.path.clone())).collect());
 
-    let versions: HashMap<String, Arc<VersionStore>> = config.folders.iter().map(|f| (f.id.clone(), Arc::new(VersionStore::new(&f.path, f.versions_path.as_deref(), f.versioning)))).collect();
+    let versions: HashMap<String, Arc<VersionStore>> = config
+        .folders
+        .iter()
+        .map(|f| (f.id.clone(), Arc::new(VersionStore::new(&f.path, f.versions_path.as_deref(), f.versioning))))
+        .collect();
     let state = Arc::new(NodeState {
         device_id: identity.device_id,
         name: config.name.clone(),
@@ -60,7 +66,16 @@ async fn serve(config: Config, identity: Identity, store: Arc<Store>) -> Result<
         let expected = store.root_id(&folder.id).context("reading the index")?;
         guarded.push((folder.clone(), Arc::new(RootGuard::new(folder.path.clone(), expected))));
     }
-    let index = IndexActor::new(store.clone(), identity.device_id, config.chunk_size, config.tombstone_ttl, config.empty_folder_guard, &guarded, state.clone()).start();
+    let index = IndexActor::new(
+        store.clone(),
+        identity.device_id,
+        config.chunk_size,
+        config.tombstone_ttl,
+        config.empty_folder_guard,
+        &guarded,
+        state.clone(),
+    )
+    .start();
     let _ = state.index.set(index.clone());
     let mut pullers = HashMap::new();
     for (folder, guard) in guarded.iter() {
@@ -85,7 +100,16 @@ async fn serve(config: Config, identity: Identity, store: Arc<Store>) -> Result<
         Trust::NetworkKey(secret) => Some(Arc::new(NetworkKey::new(secret.expose()))),
     };
     warn_about_trust(&config);
-    let supervisor = Supervisor::new(identity.clone(), config.name.clone(), folders.clone(), store.clone(), index.clone(), directory.clone(), config.compression, network_key.clone());
+    let supervisor = Supervisor::new(
+        identity.clone(),
+        config.name.clone(),
+        folders.clone(),
+        store.clone(),
+        index.clone(),
+        directory.clone(),
+        config.compression,
+        network_key.clone(),
+    );
     let (inbound_tx, inbound_rx) = mpsc::channel(64);
     let supervisor = Supervisor::create(move |ctx| {
         ctx.add_stream(ReceiverStream::new(inbound_rx));
@@ -94,7 +118,16 @@ async fn serve(config: Config, identity: Identity, store: Arc<Store>) -> Result<
     let _versions = crate::actors::versions::VersionCleaner::new(versions.clone()).start();
     let _watcher = Watcher::new(config.folders.clone(), index.clone(), config.debounce, config.rescan_interval).start();
     let port = listener.local_addr()?.port();
-    let discovery = Discovery::new(identity.device_id, config.name.clone(), port, config.mdns, config.peers.clone(), network_key.is_some(), supervisor.clone()).start();
+    let discovery = Discovery::new(
+        identity.device_id,
+        config.name.clone(),
+        port,
+        config.mdns,
+        config.peers.clone(),
+        network_key.is_some(),
+        supervisor.clone(),
+    )
+    .start();
 
     let admit = match &network_key {
         None => Admit::Listed(TrustedDevices::new(config.peers.iter().filter_map(|p| p.device_id))),
@@ -109,7 +142,11 @@ async fn serve(config: Config, identity: Identity, store: Arc<Store>) -> Result<
         .await
     });
     let api = match config.api_listen {
-        Some(address) => Some(crate::api::start(address, state.clone(), Control { confirm: index.clone().recipient(), retry: pullers })?),
+        Some(address) => Some(crate::api::start(
+            address,
+            state.clone(),
+            Control { confirm: index.clone().recipient(), retry: pullers },
+        )?),
         None => None,
     };
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
@@ -137,7 +174,9 @@ fn warn_about_trust(config: &Config) {
         Trust::NetworkKey(_) => {}
         Trust::Listed => {
             for folder in &config.folders {
-                for device in folder.devices.listed().filter(|d| !config.peers.iter().any(|p| p.device_id.as_ref() == Some(*d))) {
+                for device in
+                    folder.devices.listed().filter(|d| !config.peers.iter().any(|p| p.device_id.as_ref() == Some(*d)))
+                {
                     tracing::warn!(folder = %folder.id, device = %device, "folder is shared with a device that is not a [[peer]]; it cannot connect");
                 }
             }

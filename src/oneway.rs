@@ -41,7 +41,16 @@ pub fn changes(config: &Config, folder: Option<&str>, json: bool) -> Result<()> 
     println!("{:<12} {:<7} {:<9} {:<10} {:>10}  {:<8} PATH", "FOLDER", "SIDE", "KIND", "CHANGE", "SIZE", "BY");
     for c in &list {
         let change = if c.change.deleted { "deleted" } else { "changed" };
-        println!("{:<12} {:<7} {:<9} {:<10} {:>10}  {:<8} {}", c.folder, c.side, c.change.kind, change, bytesize::ByteSize(c.change.size).to_string(), c.change.by, c.change.path);
+        println!(
+            "{:<12} {:<7} {:<9} {:<10} {:>10}  {:<8} {}",
+            c.folder,
+            c.side,
+            c.change.kind,
+            change,
+            bytesize::ByteSize(c.change.size).to_string(),
+            c.change.by,
+            c.change.path
+        );
     }
     Ok(())
 }

@@ -10,7 +10,11 @@ use crate::config::Config;
 /// The running node's API address.
 fn api_host(config: &Config) -> Result<std::net::SocketAddr> {
     let address = config.api_listen.ok_or_else(|| anyhow!("node.api_listen is off in the config; no node to ask"))?;
-    Ok(if address.ip().is_unspecified() { std::net::SocketAddr::new([127, 0, 0, 1].into(), address.port()) } else { address })
+    Ok(if address.ip().is_unspecified() {
+        std::net::SocketAddr::new([127, 0, 0, 1].into(), address.port())
+    } else {
+        address
+    })
 }
 
 /// `POST /rest/folder/<action>?folder=ID`, printing the node's answer.
@@ -20,7 +24,8 @@ pub fn control(config: &Config, action: &str, folder: &str) -> Result<()> {
     let response = ureq::post(&url).query("folder", folder).config().http_status_as_error(false).build().send_empty();
     let mut response = response.map_err(|e| anyhow!("no node is running at {host} ({e})"))?;
     let body = response.body_mut().read_to_string().context("reading the node's answer")?;
-    let reply: ControlReply = serde_json::from_str(&body).with_context(|| format!("unexpected answer from the node: {body}"))?;
+    let reply: ControlReply =
+        serde_json::from_str(&body).with_context(|| format!("unexpected answer from the node: {body}"))?;
     if !reply.ok {
         return Err(anyhow!("{}", reply.message));
     }
@@ -42,7 +47,15 @@ pub fn print(config: &Config, json: bool) -> Result<()> {
     println!();
     println!("{:<12} {:<9} {:>8} {:>12} {:>12}  PATH", "FOLDER", "STATE", "FILES", "SIZE", "NEEDED");
     for f in &report.folders {
-        println!("{:<12} {:<9} {:>8} {:>12} {:>12}  {}", f.id, f.state, f.local_files, human(f.local_bytes), human(f.need_bytes), f.path);
+        println!(
+            "{:<12} {:<9} {:>8} {:>12} {:>12}  {}",
+            f.id,
+            f.state,
+            f.local_files,
+            human(f.local_bytes),
+            human(f.need_bytes),
+            f.path
+        );
         if let Some(error) = &f.error {
             println!("{:<12} error: {error}", "");
         }
@@ -57,7 +70,15 @@ pub fn print(config: &Config, json: bool) -> Result<()> {
     println!("{:<16} {:<9} {:<22} {:>12} {:>12}  DEVICE", "PEER", "STATE", "ADDRESS", "IN", "OUT");
     for p in &report.peers {
         let state = if p.connected { "connected" } else { "offline" };
-        println!("{:<16} {:<9} {:<22} {:>12} {:>12}  {}", p.name, state, p.address, human(p.bytes_in), human(p.bytes_out), p.device_id);
+        println!(
+            "{:<16} {:<9} {:<22} {:>12} {:>12}  {}",
+            p.name,
+            state,
+            p.address,
+            human(p.bytes_in),
+            human(p.bytes_out),
+            p.device_id
+        );
     }
     Ok(())
 }

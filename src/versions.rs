@@ -17,12 +17,20 @@ pub(crate) enum Answer {
 }
 
 pub(crate) fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(std::time::Duration::from_secs(60))).build().into()
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(std::time::Duration::from_secs(60)))
+        .build()
+        .into()
 }
 
 pub(crate) fn base_url(config: &Config) -> Option<String> {
     let address = config.api_listen?;
-    let host = if address.ip().is_unspecified() { std::net::SocketAddr::new([127, 0, 0, 1].into(), address.port()) } else { address };
+    let host = if address.ip().is_unspecified() {
+        std::net::SocketAddr::new([127, 0, 0, 1].into(), address.port())
+    } else {
+        address
+    };
     Some(format!("http://{host}"))
 }
 
@@ -30,7 +38,11 @@ pub(crate) fn base_url(config: &Config) -> Option<String> {
 pub(crate) fn answer(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<Answer> {
     let mut response = match result {
         Ok(r) => r,
-        Err(ureq::Error::Io(e)) if matches!(e.kind(), std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound) => return Ok(Answer::NoNode),
+        Err(ureq::Error::Io(e))
+            if matches!(e.kind(), std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound) =>
+        {
+            return Ok(Answer::NoNode)
+        }
         Err(ureq::Error::ConnectionFailed) => return Ok(Answer::NoNode),
         Err(e) => return Err(anyhow!("the node's API did not answer: {e}")),
     };
@@ -39,12 +51,19 @@ pub(crate) fn answer(result: Result<ureq::http::Response<ureq::Body>, ureq::Erro
     if status.is_success() {
         return Ok(Answer::Body(body));
     }
-    let message = serde_json::from_str::<serde_json::Value>(&body).ok().and_then(|v| v["error"].as_str().map(str::to_string)).unwrap_or(body);
+    let message = serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_string))
+        .unwrap_or(body);
     bail!("{message}")
 }
 
 fn stores(config: &Config) -> Vec<(String, VersionStore)> {
-    config.folders.iter().map(|f| (f.id.clone(), VersionStore::new(&f.path, f.versions_path.as_deref(), f.versioning))).collect()
+    config
+        .folders
+        .iter()
+        .map(|f| (f.id.clone(), VersionStore::new(&f.path, f.versions_path.as_deref(), f.versioning)))
+        .collect()
 }
 
 /// `versions list`: newest first, as a table or JSON.
@@ -80,7 +99,15 @@ pub fn list(config: &Config, folder: Option<&str>, path: Option<&str>, json: boo
     println!("{:<12} {:<25} {:>10}  {:<9} {:<8} PATH", "FOLDER", "KEPT AT (UTC)", "SIZE", "WHY", "BY");
     for v in &versions {
         let size = bytesize::ByteSize(v.version.size).to_string();
-        println!("{:<12} {:<25} {:>10}  {:<9} {:<8} {}", v.folder, v.version.time, size, v.version.reason.as_str(), v.version.by, v.version.path);
+        println!(
+            "{:<12} {:<25} {:>10}  {:<9} {:<8} {}",
+            v.folder,
+            v.version.time,
+            size,
+            v.version.reason.as_str(),
+            v.version.by,
+            v.version.path
+        );
     }
     Ok(())
 }
@@ -89,7 +116,8 @@ pub fn list(config: &Config, folder: Option<&str>, path: Option<&str>, json: boo
 pub fn restore(config: &Config, folder: &str, path: &str, at: Option<&str>) -> Result<()> {
     let from_node = match base_url(config) {
         Some(base) => {
-            let request = RestoreRequest { folder: folder.to_string(), path: path.to_string(), at: at.map(str::to_string) };
+            let request =
+                RestoreRequest { folder: folder.to_string(), path: path.to_string(), at: at.map(str::to_string) };
             answer(agent().post(format!("{base}/rest/versions/restore")).send_json(&request))?
         }
         None => Answer::NoNode,
@@ -107,7 +135,12 @@ pub fn restore(config: &Config, folder: &str, path: &str, at: Option<&str>) -> R
     };
     let v = &restored.version;
     if restored.unchanged {
-        println!("{path} already holds the version kept at {} ({} by {}); nothing changed", v.time, v.reason.as_str(), v.by);
+        println!(
+            "{path} already holds the version kept at {} ({} by {}); nothing changed",
+            v.time,
+            v.reason.as_str(),
+            v.by
+        );
         return Ok(());
     }
     println!("restored {path}: the version kept at {} ({} by {})", v.time, v.reason.as_str(), v.by);

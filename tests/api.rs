@@ -25,14 +25,21 @@ fn http_get(port: u16, path: &str) -> std::io::Result<(u16, BTreeMap<String, Str
     write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: */*\r\nConnection: close\r\n\r\n")?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| std::io::Error::other("no end of headers"))?;
+    let split =
+        raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| std::io::Error::other("no end of headers"))?;
     let head = String::from_utf8_lossy(&raw[..split]).to_string();
     let mut body = raw[split + 4..].to_vec();
     let mut lines = head.split("\r\n");
     let status_line = lines.next().unwrap_or_default();
-    let code: u16 = status_line.split(' ').nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| std::io::Error::other(format!("bad status line {status_line:?}")))?;
-    let headers: BTreeMap<String, String> =
-        lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string())).collect();
+    let code: u16 = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line {status_line:?}")))?;
+    let headers: BTreeMap<String, String> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
     if headers.get("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
         body = dechunk(&body);
     } else if let Some(len) = headers.get("content-length").and_then(|v| v.parse::<usize>().ok()) {
@@ -44,7 +51,8 @@ fn http_get(port: u16, path: &str) -> std::io::Result<(u16, BTreeMap<String, Str
 fn dechunk(mut data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     while let Some(eol) = data.windows(2).position(|w| w == b"\r\n") {
-        let size = usize::from_str_radix(String::from_utf8_lossy(&data[..eol]).split(';').next().unwrap().trim(), 16).unwrap_or(0);
+        let size = usize::from_str_radix(String::from_utf8_lossy(&data[..eol]).split(';').next().unwrap().trim(), 16)
+            .unwrap_or(0);
         if size == 0 {
             break;
         }
@@ -104,7 +112,10 @@ fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
         assert!(families.contains_key(name), "sample {name} without a # TYPE line");
         let key = series.strip_suffix("{}").unwrap_or(series).to_string();
         if let Some(labels) = key.strip_prefix(name).filter(|l| !l.is_empty()) {
-            assert!(labels.starts_with('{') && labels.ends_with('}') && labels.contains("=\""), "bad labels in {line:?}");
+            assert!(
+                labels.starts_with('{') && labels.ends_with('}') && labels.contains("=\""),
+                "bad labels in {line:?}"
+            );
         }
         assert!(samples.insert(key, value).is_none(), "duplicate sample in {line:?}");
     }
@@ -114,7 +125,10 @@ fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
 fn metrics(port: u16) -> Option<BTreeMap<String, f64>> {
     let (code, headers, body) = http_get(port, "/metrics").ok()?;
     assert_eq!(code, 200);
-    assert!(headers.get("content-type").is_some_and(|c| c.starts_with("text/plain")), "metrics content type: {headers:?}");
+    assert!(
+        headers.get("content-type").is_some_and(|c| c.starts_with("text/plain")),
+        "metrics content type: {headers:?}"
+    );
     Some(parse_metrics(&body))
 }
 
@@ -203,7 +217,10 @@ fn rest_status_and_metrics_describe_two_connected_nodes() {
         let s = status(me.api_port).unwrap();
         assert_eq!(last["syncnode_folder_bytes{folder=\"default\"}"], u(&s["folders"][0]["local_bytes"]) as f64);
         assert_eq!(last["syncnode_reused_bytes_total{folder=\"default\"}"], u(&s["folders"][0]["bytes_reused"]) as f64);
-        assert_eq!(last["syncnode_wire_saved_bytes_total{folder=\"default\"}"], u(&s["folders"][0]["bytes_saved_on_wire"]) as f64);
+        assert_eq!(
+            last["syncnode_wire_saved_bytes_total{folder=\"default\"}"],
+            u(&s["folders"][0]["bytes_saved_on_wire"]) as f64
+        );
         let other = if me.name == "a" { b } else { a };
         let bytes_in = last[&format!("syncnode_peer_bytes_in_total{{peer=\"{}\"}}", other.device_id)];
         let bytes_out = last[&format!("syncnode_peer_bytes_out_total{{peer=\"{}\"}}", other.device_id)];
@@ -230,7 +247,8 @@ fn status_command_prints_a_table_and_json() {
     assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
     eprintln!("{table}");
     assert!(table.contains(&a.device_id), "{table}");
-    let folder_row = table.lines().find(|l| l.starts_with("default")).unwrap_or_else(|| panic!("no folder row:\n{table}"));
+    let folder_row =
+        table.lines().find(|l| l.starts_with("default")).unwrap_or_else(|| panic!("no folder row:\n{table}"));
     assert!(folder_row.contains(&a.folder.display().to_string()), "{folder_row}");
     assert!(folder_row.split_whitespace().nth(2) == Some("3"), "3 files expected: {folder_row}");
     let peer_row = table.lines().find(|l| l.contains(&b.device_id)).unwrap_or_else(|| panic!("no peer row:\n{table}"));
@@ -266,7 +284,7 @@ fn status_command_without_a_node_fails_clearly() {
 /// does. Ignored until the puller counts in-flight files in need_bytes (src/actors/puller.rs,
 /// `update_gauges` sums only the queue, while `need_files` counts queue + in-flight); today a
 /// single 256 MiB pull shows `need_files: 1, need_bytes: 0` from start to end.
-/// Run with `cargo test --test api -- --ignored`.
+/// Run with `scripts/test.sh --test api -- --ignored`.
 #[test]
 fn need_bytes_counts_the_file_being_pulled() {
     const BIG: u64 = 256 << 20;
@@ -289,5 +307,11 @@ fn need_bytes_counts_the_file_being_pulled() {
     assert!(done, "the pull did not finish");
     assert!(!samples.is_empty(), "the pull was never seen in progress");
     let wrong: Vec<_> = samples.iter().filter(|(_, bytes, _)| *bytes == 0).collect();
-    assert!(wrong.is_empty(), "{} of {} samples during the pull say need_bytes 0: (need_files, need_bytes, current_done) {:?}", wrong.len(), samples.len(), &wrong[..wrong.len().min(5)]);
+    assert!(
+        wrong.is_empty(),
+        "{} of {} samples during the pull say need_bytes 0: (need_files, need_bytes, current_done) {:?}",
+        wrong.len(),
+        samples.len(),
+        &wrong[..wrong.len().min(5)]
+    );
 }

@@ -30,7 +30,11 @@ fn request(port: u16, method: &str, path: &str, body: Option<&Value>) -> std::io
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(60)))?;
     let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let content = if method == "POST" { format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()) } else { String::new() };
+    let content = if method == "POST" {
+        format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len())
+    } else {
+        String::new()
+    };
     write!(s, "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{content}Connection: close\r\n\r\n{body}")?;
     let mut raw = Vec::new();
     let mut buf = [0u8; 64 * 1024];
@@ -50,7 +54,10 @@ fn request(port: u16, method: &str, path: &str, body: Option<&Value>) -> std::io
     };
     let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
     let code = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let header = |name: &str| head.lines().find_map(|l| l.split_once(':').filter(|(k, _)| k.trim() == name).map(|(_, v)| v.trim().to_string()));
+    let header = |name: &str| {
+        head.lines()
+            .find_map(|l| l.split_once(':').filter(|(k, _)| k.trim() == name).map(|(_, v)| v.trim().to_string()))
+    };
     let data = if let Some(len) = header("content-length").and_then(|v| v.parse::<usize>().ok()) {
         while raw.len() < split + 4 + len {
             more(&mut raw)?;
@@ -64,7 +71,11 @@ fn request(port: u16, method: &str, path: &str, body: Option<&Value>) -> std::io
                 more(&mut raw)?;
                 continue;
             };
-            let n = usize::from_str_radix(String::from_utf8_lossy(&raw[at..at + eol]).split(';').next().unwrap().trim(), 16).map_err(std::io::Error::other)?;
+            let n = usize::from_str_radix(
+                String::from_utf8_lossy(&raw[at..at + eol]).split(';').next().unwrap().trim(),
+                16,
+            )
+            .map_err(std::io::Error::other)?;
             if n == 0 {
                 break;
             }
@@ -79,12 +90,18 @@ fn request(port: u16, method: &str, path: &str, body: Option<&Value>) -> std::io
         while more(&mut raw).is_ok() {}
         raw[split + 4..].to_vec()
     };
-    let value = if data.is_empty() { Value::Null } else { serde_json::from_slice(&data).map_err(std::io::Error::other)? };
+    let value =
+        if data.is_empty() { Value::Null } else { serde_json::from_slice(&data).map_err(std::io::Error::other)? };
     Ok((code, value))
 }
 
 fn find_program(name: &str) -> Option<String> {
-    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(name)).find(|p| p.is_file()).map(|p| p.display().to_string())
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+        .map(|p| p.display().to_string())
 }
 
 /// chromedriver and one headless Chromium session; both go away on drop, pass or fail.
@@ -100,7 +117,12 @@ impl Browser {
             panic!("chromium and chromedriver are needed: run scripts/setup.sh (it installs the Debian packages chromium and chromium-driver)");
         };
         let port = free_port();
-        let child = Command::new(driver).arg(format!("--port={port}")).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let child = Command::new(driver)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
         let mut browser = Browser { driver: child, port, session: None };
         assert!(
             wait_until(T, || request(port, "GET", "/status", None).is_ok_and(|(_, v)| v["value"]["ready"] == true)),
@@ -122,7 +144,8 @@ impl Browser {
 
     fn command(&self, method: &str, what: &str, body: Option<Value>) -> Value {
         let path = format!("/session/{}/{what}", self.session.as_ref().unwrap());
-        let (code, v) = request(self.port, method, &path, body.as_ref()).unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let (code, v) =
+            request(self.port, method, &path, body.as_ref()).unwrap_or_else(|e| panic!("{method} {path}: {e}"));
         assert_eq!(code, 200, "{method} {path}: {v}");
         v["value"].clone()
     }
@@ -134,7 +157,11 @@ impl Browser {
     /// A viewport of exactly this size (a window size would include the browser's own frame).
     fn viewport(&self, width: u32, height: u32) {
         let params = json!({ "width": width, "height": height, "deviceScaleFactor": 1, "mobile": false });
-        self.command("POST", "goog/cdp/execute", Some(json!({ "cmd": "Emulation.setDeviceMetricsOverride", "params": params })));
+        self.command(
+            "POST",
+            "goog/cdp/execute",
+            Some(json!({ "cmd": "Emulation.setDeviceMetricsOverride", "params": params })),
+        );
     }
 
     /// What the page shows now, read from its DOM (as its own once-a-second refresh left it).
@@ -260,7 +287,9 @@ fn status_page_shows_the_peer_and_follows_a_folder_through_a_sync() {
         if state == "syncing" && syncing_shot.is_none() && (10..=90).contains(&percent) {
             syncing_shot = Some((browser.screenshot_png(), page.clone()));
         }
-        state == "idle" && f["cells"][3] == "5" && std::fs::metadata(alpha.path("big.bin")).is_ok_and(|m| m.len() == BIG as u64)
+        state == "idle"
+            && f["cells"][3] == "5"
+            && std::fs::metadata(alpha.path("big.bin")).is_ok_and(|m| m.len() == BIG as u64)
     });
     assert!(done, "the page never showed the pulled file: {page:#}\nstates {states:?}\n{}", describe(&[alpha, beta]));
     eprintln!("pulled and shown after {:?}; states {states:?}", written.elapsed());
@@ -307,7 +336,8 @@ fn status_page_lists_kept_versions_and_restores_one() {
     let browser = Browser::start();
     browser.open(&format!("http://127.0.0.1:{}/", beta.api_port));
     let script = |s: &str| browser.command("POST", "execute/sync", Some(json!({ "script": s, "args": [] })));
-    let read = "return [...document.querySelectorAll('tr[data-version]')].map(tr => [...tr.cells].map(c => c.textContent));";
+    let read =
+        "return [...document.querySelectorAll('tr[data-version]')].map(tr => [...tr.cells].map(c => c.textContent));";
     let mut rows = Value::Null;
     let listed = wait_until(T, || {
         rows = script(read);
@@ -315,7 +345,10 @@ fn status_page_lists_kept_versions_and_restores_one() {
     });
     assert!(listed, "the page never listed the kept version: {rows:#}");
     let row = &rows[0];
-    assert_eq!((row[0].as_str(), row[1].as_str(), row[3].as_str(), row[4].as_str()), (Some("default"), Some("report.txt"), Some("18 B"), Some("deleted")));
+    assert_eq!(
+        (row[0].as_str(), row[1].as_str(), row[3].as_str(), row[4].as_str()),
+        (Some("default"), Some("report.txt"), Some("18 B"), Some("deleted"))
+    );
     assert_eq!(row[5], &alpha.device_id[..7]);
 
     script("document.querySelector('tr[data-version] button.restore').click();");
@@ -325,7 +358,8 @@ fn status_page_lists_kept_versions_and_restores_one() {
     let told = wait_until(T, || {
         message = script("return document.getElementById('versions-msg').textContent;");
         rows = script(read);
-        message.as_str().is_some_and(|m| m.contains("restored report.txt")) && rows.as_array().is_some_and(|r| r.is_empty())
+        message.as_str().is_some_and(|m| m.contains("restored report.txt"))
+            && rows.as_array().is_some_and(|r| r.is_empty())
     });
     assert!(told, "the page did not report the restore: {message} {rows:#}");
 }

@@ -72,7 +72,12 @@ impl Ledger {
     fn write(&mut self, node: &Node, rel: &str, data: &[u8]) {
         self.replacing(rel);
         self.written.push((*blake3::hash(data).as_bytes(), rel.to_string()));
-        self.what.push(format!("{} wrote {rel} ({} bytes, {})", node.name, data.len(), String::from_utf8_lossy(&data[data.len().saturating_sub(6)..])));
+        self.what.push(format!(
+            "{} wrote {rel} ({} bytes, {})",
+            node.name,
+            data.len(),
+            String::from_utf8_lossy(&data[data.len().saturating_sub(6)..])
+        ));
         node.write(rel, data);
     }
 }
@@ -84,7 +89,8 @@ fn step(rng: &mut Rng, node: &Node, counter: &mut u64, ledger: &mut Ledger) {
     match rng.below(10) {
         0..=4 => {
             let name = names[rng.below(names.len() as u64) as usize];
-            let len = if rng.below(8) == 0 { 300_000 + rng.below(400_000) as usize } else { 10 + rng.below(2000) as usize };
+            let len =
+                if rng.below(8) == 0 { 300_000 + rng.below(400_000) as usize } else { 10 + rng.below(2000) as usize };
             let mut data = random_bytes(len, rng.next());
             data.extend_from_slice(format!("#{counter}").as_bytes());
             ledger.write(node, name, &data);
@@ -159,7 +165,12 @@ fn three_nodes_converge_through_kills_and_restarts_without_losing_a_version() {
             .map(|(i, _)| ledger.what[i].clone())
             .collect();
         eprintln!("LOST: {lost:?}");
-        assert!(lost.is_empty(), "round {round}: {} written versions lost (CHAOS_SEED={seed}):\n{}", lost.len(), describe(&refs));
+        assert!(
+            lost.is_empty(),
+            "round {round}: {} written versions lost (CHAOS_SEED={seed}):\n{}",
+            lost.len(),
+            describe(&refs)
+        );
     }
     for n in &nodes {
         let leftovers: Vec<_> = walkdir::WalkDir::new(&n.folder)

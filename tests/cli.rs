@@ -8,7 +8,11 @@ use common::*;
 
 fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let out = Command::new(bin()).args(args).envs(env.iter().copied()).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
 
 #[test]
@@ -16,7 +20,10 @@ fn init_writes_a_config_and_id_prints_the_same_device_id() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("n.toml");
     let cfg = config.to_str().unwrap();
-    let (code, out, err) = run(&["init", "--config", cfg, "--sync-folder", dir.path().join("f").to_str().unwrap(), "--port", "50999"], &[]);
+    let (code, out, err) = run(
+        &["init", "--config", cfg, "--sync-folder", dir.path().join("f").to_str().unwrap(), "--port", "50999"],
+        &[],
+    );
     assert_eq!(code, 0, "{err}");
     let id = out.trim();
     assert_eq!(id.len(), 52);
@@ -76,7 +83,9 @@ fn flags_override_the_file_and_a_bare_sync_folder_runs_a_node() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    assert!(wait_until(std::time::Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()));
+    assert!(
+        wait_until(std::time::Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok())
+    );
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0));

@@ -100,7 +100,8 @@ fn compose_tool() -> Option<Vec<String>> {
 /// Returns false (and says why) when this machine cannot run the test; panics instead when
 /// COMPOSE_TEST_REQUIRED or CI is set, so a CI job that expects docker cannot pass by skipping.
 fn skip(why: &str) -> bool {
-    let required = std::env::var("COMPOSE_TEST_REQUIRED").is_ok_and(|v| !v.is_empty() && v != "0") || std::env::var_os("CI").is_some();
+    let required = std::env::var("COMPOSE_TEST_REQUIRED").is_ok_and(|v| !v.is_empty() && v != "0")
+        || std::env::var_os("CI").is_some();
     if required {
         panic!("COMPOSE_TEST_REQUIRED is set but {why}");
     }
@@ -147,13 +148,20 @@ impl Cluster {
     }
 
     fn state(&self, container: &str) -> String {
-        let out = run(&mut docker(&["inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}", container]), Duration::from_secs(30));
+        let out = run(
+            &mut docker(&["inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}", container]),
+            Duration::from_secs(30),
+        );
         out.stdout.trim().to_string()
     }
 
     fn write(&self, container: &str, rel: &str, content: &str) {
         let script = format!("printf %s \"$1\" > /data/sync/{rel}");
-        self.must(&format!("writing {rel}"), &mut docker(&["exec", container, "sh", "-c", &script, "sh", content]), Duration::from_secs(60));
+        self.must(
+            &format!("writing {rel}"),
+            &mut docker(&["exec", container, "sh", "-c", &script, "sh", content]),
+            Duration::from_secs(60),
+        );
     }
 
     fn read(&self, container: &str, rel: &str) -> Option<String> {
@@ -165,11 +173,16 @@ impl Cluster {
     /// node that had a file replaced keeps the old one there), so it is not part of the comparison.
     fn listing(&self, container: &str) -> Option<String> {
         let out = run(&mut docker(&["exec", container, "ls", "-A1", "/data/sync"]), Duration::from_secs(30));
-        out.success.then(|| out.stdout.lines().filter(|l| *l != ".syncnode-versions").map(|l| format!("{l}\n")).collect())
+        out.success
+            .then(|| out.stdout.lines().filter(|l| *l != ".syncnode-versions").map(|l| format!("{l}\n")).collect())
     }
 
     fn device_id(&self, container: &str) -> String {
-        let out = self.must("syncnode id", &mut docker(&["exec", container, "syncnode", "id", "--config", "/etc/syncnode/node.toml"]), Duration::from_secs(30));
+        let out = self.must(
+            "syncnode id",
+            &mut docker(&["exec", container, "syncnode", "id", "--config", "/etc/syncnode/node.toml"]),
+            Duration::from_secs(30),
+        );
         out.trim().to_string()
     }
 
@@ -188,7 +201,8 @@ impl Cluster {
             }
             containers.iter().all(|(_, id)| self.read(id, rel).as_deref() == Some(content))
         });
-        let seen: Vec<String> = containers.iter().map(|(name, id)| format!("{name}: {:?}", self.read(id, rel))).collect();
+        let seen: Vec<String> =
+            containers.iter().map(|(name, id)| format!("{name}: {:?}", self.read(id, rel))).collect();
         assert!(ok, "{rel} did not reach {content:?} within {timeout:?}: {}", seen.join(", "));
         let names: Vec<&str> = containers.iter().map(|(n, _)| *n).collect();
         self.step(&format!("{rel} = {content:?} on {} after {:.1}s", names.join(", "), begun.elapsed().as_secs_f64()));
@@ -237,10 +251,19 @@ fn three_containers_find_each_other_by_mdns_and_sync() {
         image_built: false,
         started: Instant::now(),
     };
-    cluster.step(&format!("docker {}, compose: {}, project {}", probe.stdout.trim(), cluster.compose.join(" "), cluster.project));
+    cluster.step(&format!(
+        "docker {}, compose: {}, project {}",
+        probe.stdout.trim(),
+        cluster.compose.join(" "),
+        cluster.project
+    ));
 
     // --- Images: the local base (once per machine), then syncnode on top -------------------------
-    cluster.must("docker/build-base-image.sh", Command::new("bash").arg(root().join("docker/build-base-image.sh")).arg(BASE_IMAGE), Duration::from_secs(900));
+    cluster.must(
+        "docker/build-base-image.sh",
+        Command::new("bash").arg(root().join("docker/build-base-image.sh")).arg(BASE_IMAGE),
+        Duration::from_secs(900),
+    );
     cluster.step(&format!("base image {BASE_IMAGE} ready"));
 
     let context = tempfile::Builder::new().prefix("syncnode-docker-").tempdir().unwrap();

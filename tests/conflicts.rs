@@ -77,7 +77,9 @@ fn a_file_and_a_directory_of_one_name_both_survive() {
     assert!(
         converged(&[a, b], T, |t| {
             let copies = conflict_copies(t);
-            t.values().any(|e| matches!(e, Entry::File { size: 6, .. })) && t.values().any(|e| matches!(e, Entry::File { size: 21, .. })) && copies.len() == 1
+            t.values().any(|e| matches!(e, Entry::File { size: 6, .. }))
+                && t.values().any(|e| matches!(e, Entry::File { size: 21, .. }))
+                && copies.len() == 1
         }),
         "{}",
         describe(&[a, b])

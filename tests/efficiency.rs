@@ -34,7 +34,8 @@ impl CountingProxy {
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
                 let Ok(server) = TcpStream::connect(&target) else { continue };
-                for (mut from, mut to) in [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)] {
+                for (mut from, mut to) in [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)]
+                {
                     let counter = counter.clone();
                     std::thread::spawn(move || {
                         let mut buf = vec![0u8; 1 << 16];
@@ -90,7 +91,12 @@ fn place(node: &Node, rel: &str, data: &[u8]) {
 }
 
 /// Waits for convergence, then for the link to fall quiet (trailing index messages counted).
-fn settle(a: &Node, b: &Node, proxy: &CountingProxy, check: impl Fn(&std::collections::BTreeMap<String, Entry>) -> bool) -> u64 {
+fn settle(
+    a: &Node,
+    b: &Node,
+    proxy: &CountingProxy,
+    check: impl Fn(&std::collections::BTreeMap<String, Entry>) -> bool,
+) -> u64 {
     assert!(converged(&[a, b], T, check), "{}", describe(&[a, b]));
     let mut total = proxy.take();
     // Quiet means no bytes for 300 ms (pings come every 5 s).
@@ -119,7 +125,9 @@ fn renames_copies_and_directory_moves_send_no_file_data() {
     let copied = settle(&a, &b, &proxy, |t| t.contains_key("copy.bin"));
     std::fs::rename(a.path("data"), a.path("moved")).unwrap();
     let moved = settle(&a, &b, &proxy, |t| t.contains_key("moved/renamed.bin") && !t.contains_key("data"));
-    println!("64 MiB: first {first} B, rename {renamed} B, copy {copied} B, directory move {moved} B (budget {budget})");
+    println!(
+        "64 MiB: first {first} B, rename {renamed} B, copy {copied} B, directory move {moved} B (budget {budget})"
+    );
     assert!(renamed < budget && copied < budget && moved < budget, "rename {renamed}, copy {copied}, move {moved}");
 }
 
@@ -132,7 +140,12 @@ fn ten_bytes_inserted_at_the_start_of_64_mib_cost_under_64_kib() {
     let mut shifted = b"0123456789".to_vec();
     shifted.extend_from_slice(&data);
     place(&a, "big.bin", &shifted);
-    let cost = settle(&a, &b, &proxy, |t| matches!(t.get("big.bin"), Some(Entry::File { size, .. }) if *size == shifted.len() as u64));
+    let cost = settle(
+        &a,
+        &b,
+        &proxy,
+        |t| matches!(t.get("big.bin"), Some(Entry::File { size, .. }) if *size == shifted.len() as u64),
+    );
     println!("10 bytes inserted at the start of 64 MiB: {cost} bytes on the wire");
     assert!(cost < 64 * 1024, "{cost} bytes");
     // One byte flipped in the middle.
@@ -145,13 +158,19 @@ fn ten_bytes_inserted_at_the_start_of_64_mib_cost_under_64_kib() {
     // B's own account of that pull (its info line per file): one chunk from A, carried by a delta
     // that fits in what the proxy counted; everything else taken from B's old copy.
     let mut counts = None;
-    assert!(wait_until(T, || {
-        counts = last_pull(&b, "big.bin");
-        counts.as_ref().is_some_and(|c| c.received + c.reused == flipped.len() as u64)
-    }), "no pull of the flipped file in b's log: {counts:?}");
+    assert!(
+        wait_until(T, || {
+            counts = last_pull(&b, "big.bin");
+            counts.as_ref().is_some_and(|c| c.received + c.reused == flipped.len() as u64)
+        }),
+        "no pull of the flipped file in b's log: {counts:?}"
+    );
     let c = counts.unwrap();
     assert!(c.received > 0 && c.received < 1 << 20, "{c:?}");
-    assert!(c.wire > 0 && c.wire < cost && c.wire < c.received / 4, "a delta must carry the chunk: {c:?}, {cost} bytes on the wire");
+    assert!(
+        c.wire > 0 && c.wire < cost && c.wire < c.received / 4,
+        "a delta must carry the chunk: {c:?}, {cost} bytes on the wire"
+    );
 }
 
 #[derive(Debug, Clone)]
@@ -167,7 +186,8 @@ struct PullCounts {
 fn last_pull(node: &Node, path: &str) -> Option<PullCounts> {
     let text = node.log_text();
     let line = text.lines().rev().find(|l| l.contains(" pulled ") && l.contains(&format!(" path={path} ")))?;
-    let field = |name: &str| line.split_whitespace().find_map(|w| w.strip_prefix(name)?.strip_prefix('=')?.parse().ok());
+    let field =
+        |name: &str| line.split_whitespace().find_map(|w| w.strip_prefix(name)?.strip_prefix('=')?.parse().ok());
     let list = line.split(" from=[").nth(1)?.split(']').next()?;
     let from = list
         .split(", ")
@@ -206,7 +226,11 @@ fn a_source_that_leaves_mid_file_costs_only_its_chunks_in_flight() {
     assert!(converged(&[&s1, &s2], T, |t| t.len() == 1), "{}", describe(&[&s1, &s2]));
     r.start();
     // Both serve r at once (whichever connected first had a head start), then s2 dies mid-file.
-    assert!(wait_until(T, || p1.peek() >= 4 << 20 && p2.peek() >= 4 << 20), "r did not pull from both: {}", r.log_text());
+    assert!(
+        wait_until(T, || p1.peek() >= 4 << 20 && p2.peek() >= 4 << 20),
+        "r did not pull from both: {}",
+        r.log_text()
+    );
     s2.kill();
     let before_kill = (p1.peek(), p2.peek());
     assert!(converged(&[&s1, &r], T, |t| t.len() == 1), "{}", describe(&[&s1, &r]));
@@ -221,21 +245,34 @@ fn a_source_that_leaves_mid_file_costs_only_its_chunks_in_flight() {
     // r's line for the file names both sources with the bytes each sent, adding up to what came
     // over the network (all of it: r had nothing to reuse).
     let mut counts = None;
-    assert!(wait_until(T, || {
-        counts = last_pull(&r, "big.bin");
-        counts.is_some()
-    }), "r never logged the pull:\n{}", r.log_text());
+    assert!(
+        wait_until(T, || {
+            counts = last_pull(&r, "big.bin");
+            counts.is_some()
+        }),
+        "r never logged the pull:\n{}",
+        r.log_text()
+    );
     let c = counts.unwrap();
     assert_eq!(c.received, size as u64, "{c:?}");
     assert_eq!(c.from.iter().map(|(_, n)| n).sum::<u64>(), c.received, "{c:?}");
     for source in [&s1, &s2] {
-        assert!(c.from.iter().any(|(p, n)| source.device_id.starts_with(p.as_str()) && *n > 0), "{} missing: {c:?}", source.name);
+        assert!(
+            c.from.iter().any(|(p, n)| source.device_id.starts_with(p.as_str()) && *n > 0),
+            "{} missing: {c:?}",
+            source.name
+        );
     }
 }
 
 fn peak_rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0)
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 #[test]

@@ -44,7 +44,13 @@ fn stays_unchanged(b: &Node, before: &BTreeMap<String, Entry>) -> Result<(), Str
     while Instant::now() < deadline {
         let now = tree(&b.folder);
         if &now != before {
-            return Err(format!("{} changed: had {} entries, now {}: {:?}", b.name, before.len(), now.len(), now.keys().collect::<Vec<_>>()));
+            return Err(format!(
+                "{} changed: had {} entries, now {}: {:?}",
+                b.name,
+                before.len(),
+                now.len(),
+                now.keys().collect::<Vec<_>>()
+            ));
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -102,7 +108,11 @@ fn an_unplugged_disk_stops_the_folder_and_resumes_when_it_is_plugged_back() {
     // The watcher is back: a new file arrives without waiting for the periodic rescan (1 min).
     let started = Instant::now();
     a.write("after.txt", b"written after the disk came back");
-    assert!(converged(&[a, b], Duration::from_secs(10), |t| t.contains_key("after.txt") && t.len() == 34), "{}", describe(&[a, b]));
+    assert!(
+        converged(&[a, b], Duration::from_secs(10), |t| t.contains_key("after.txt") && t.len() == 34),
+        "{}",
+        describe(&[a, b])
+    );
     assert!(started.elapsed() < Duration::from_secs(10));
     let pulls_after = a.folder_status("default").unwrap()["pulls"].as_u64().unwrap();
     assert_eq!(pulls_before, pulls_after, "nothing that was still there was downloaded again");
@@ -202,26 +212,47 @@ fn a_full_disk_backs_off_shows_the_path_and_resumes_when_space_is_freed() {
     std::thread::sleep(Duration::from_secs(12));
     let later = received(b);
     assert!(later - at_first < 1 << 20, "B received {} bytes while the disk was full", later - at_first);
-    let temps = std::fs::read_dir(&b.folder).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with(".syncnode-tmp-")).count();
+    let temps = std::fs::read_dir(&b.folder)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".syncnode-tmp-"))
+        .count();
     assert_eq!(temps, 0, "no temp file is left behind");
     let f = b.folder_status("default").unwrap();
-    assert!(f["pull_errors"][0]["attempts"].as_u64().unwrap() <= 2, "one attempt per backoff step (10 s, then 20 s): {f}");
+    assert!(
+        f["pull_errors"][0]["attempts"].as_u64().unwrap() <= 2,
+        "one attempt per backoff step (10 s, then 20 s): {f}"
+    );
 
     // Space comes back: the pull resumes at once, not at the next backoff step.
     std::fs::remove_file(&filler).unwrap();
     assert!(converged(&[a, b], Duration::from_secs(10), |t| t.len() == 2), "{}", describe(&[a, b]));
-    assert!(b.folder_until("default", T, |f| state(f) == "idle" && f["pull_errors"].as_array().is_some_and(|e| e.is_empty())).0);
+    assert!(
+        b.folder_until("default", T, |f| state(f) == "idle"
+            && f["pull_errors"].as_array().is_some_and(|e| e.is_empty()))
+            .0
+    );
 
     // A file larger than the whole disk: never downloaded; deleted on the sender, the error goes.
     let staging = a.dir.join("huge.staging");
     std::fs::write(&staging, random_bytes(80 << 20, 11)).unwrap();
     let at_first = received(b);
     std::fs::rename(&staging, a.path("huge.bin")).unwrap();
-    let (stuck, f) = b.folder_until("default", T, |f| f["pull_errors"].as_array().is_some_and(|e| e.iter().any(|e| e["path"] == "huge.bin")));
+    let (stuck, f) = b.folder_until("default", T, |f| {
+        f["pull_errors"].as_array().is_some_and(|e| e.iter().any(|e| e["path"] == "huge.bin"))
+    });
     assert!(stuck && state(&f) == "error", "{f}");
     std::fs::remove_file(a.path("huge.bin")).unwrap();
-    assert!(b.folder_until("default", T, |f| state(f) == "idle" && f["pull_errors"].as_array().is_some_and(|e| e.is_empty())).0);
-    assert!(received(b) - at_first < 1 << 20, "B received {} bytes for a file it could never hold", received(b) - at_first);
+    assert!(
+        b.folder_until("default", T, |f| state(f) == "idle"
+            && f["pull_errors"].as_array().is_some_and(|e| e.is_empty()))
+            .0
+    );
+    assert!(
+        received(b) - at_first < 1 << 20,
+        "B received {} bytes for a file it could never hold",
+        received(b) - at_first
+    );
     assert!(converged(&[a, b], T, |t| t.len() == 2), "{}", describe(&[a, b]));
     drop(nodes);
     drop(disk);
@@ -235,7 +266,13 @@ fn an_unreadable_file_is_reported_and_skipped_never_announced_as_deleted() {
     let mut nodes = pair();
     // A runs as an unprivileged user, for whom file permissions matter (root reads everything).
     const NOBODY: u32 = 65534;
-    assert!(std::process::Command::new("chown").arg("-R").arg(format!("{NOBODY}:{NOBODY}")).arg(&nodes[0].dir).status().unwrap().success());
+    assert!(std::process::Command::new("chown")
+        .arg("-R")
+        .arg(format!("{NOBODY}:{NOBODY}"))
+        .arg(&nodes[0].dir)
+        .status()
+        .unwrap()
+        .success());
     nodes[0].run_as = Some(NOBODY);
     connect(&mut nodes, &[(0, 1)]);
     let (a, b) = (&nodes[0], &nodes[1]);
@@ -247,7 +284,9 @@ fn an_unreadable_file_is_reported_and_skipped_never_announced_as_deleted() {
     let secret = a.path("secret.txt");
     std::fs::write(&secret, b"version 2, not readable").unwrap();
     std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o000)).unwrap();
-    let (reported, f) = a.folder_until("default", T, |f| f["read_errors"].as_array().is_some_and(|e| e.iter().any(|e| e["path"] == "secret.txt")));
+    let (reported, f) = a.folder_until("default", T, |f| {
+        f["read_errors"].as_array().is_some_and(|e| e.iter().any(|e| e["path"] == "secret.txt"))
+    });
     assert!(reported, "A never reported the unreadable file: {f}");
     assert_eq!(f["unreadable_paths"], 1, "{f}");
     assert!(a.metrics().contains("syncnode_folder_unreadable_paths{folder=\"default\"} 1"), "{}", a.metrics());

@@ -45,7 +45,10 @@ fn a_symlink_out_of_the_folder_is_never_followed_read_or_announced() {
     b.start();
     let mut conn = h.connect(&b);
     conn.hello();
-    assert!(conn.pump(Duration::from_secs(10), |c| c.announced.contains_key("mine.txt")), "B never announced its own file");
+    assert!(
+        conn.pump(Duration::from_secs(10), |c| c.announced.contains_key("mine.txt")),
+        "B never announced its own file"
+    );
 
     // The attack: records under the link (B tries to pull them, is refused, and looks at those
     // paths again), and a request for the outside file's bytes under the link's name.
@@ -56,9 +59,20 @@ fn a_symlink_out_of_the_folder_is_never_followed_read_or_announced() {
     conn.serve(chunks);
     conn.send_index(vec![secret_record, deep_record]);
     let secret = std::fs::read(outside.path().join("secret.txt")).unwrap();
-    conn.request(proto::ChunkRequest { id: 1, folder: "default".into(), path: "link/secret.txt".into(), offset: 0, size: secret.len() as u32, hash: blake3::hash(&secret).as_bytes().to_vec(), signature: vec![] });
+    conn.request(proto::ChunkRequest {
+        id: 1,
+        folder: "default".into(),
+        path: "link/secret.txt".into(),
+        offset: 0,
+        size: secret.len() as u32,
+        hash: blake3::hash(&secret).as_bytes().to_vec(),
+        signature: vec![],
+    });
     let response = conn.response(Duration::from_secs(10)).expect("B answers the request");
-    assert!(response.data.is_empty() && !response.error.is_empty(), "B served bytes from outside its folder: {response:?}");
+    assert!(
+        response.data.is_empty() && !response.error.is_empty(),
+        "B served bytes from outside its folder: {response:?}"
+    );
 
     // Over more than one retry period of the Puller (5 s), nothing under the link is announced.
     conn.pump(Duration::from_secs(7), |_| false);
@@ -68,11 +82,24 @@ fn a_symlink_out_of_the_folder_is_never_followed_read_or_announced() {
     // Nothing outside was written, and the link's refusal was logged once, not once per retry.
     assert_eq!(std::fs::read(outside.path().join("secret.txt")).unwrap(), secret);
     assert!(!outside.path().join("sub/new.txt").exists());
-    let names: Vec<_> = walkdir::WalkDir::new(outside.path()).min_depth(1).into_iter().flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect();
+    let names: Vec<_> = walkdir::WalkDir::new(outside.path())
+        .min_depth(1)
+        .into_iter()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .collect();
     assert_eq!(names.len(), 3, "outside: {names:?}");
     let log = b.log_text();
-    eprintln!("symlink: {} link refusal line(s), {} Puller retry line(s) in 7 s", log.matches("a symlink would lead out of the folder").count(), log.matches("pull failed").count());
-    assert_eq!(log.matches("a symlink would lead out of the folder").count(), 1, "the refusal is logged exactly once:\n{log}");
+    eprintln!(
+        "symlink: {} link refusal line(s), {} Puller retry line(s) in 7 s",
+        log.matches("a symlink would lead out of the folder").count(),
+        log.matches("pull failed").count()
+    );
+    assert_eq!(
+        log.matches("a symlink would lead out of the folder").count(),
+        1,
+        "the refusal is logged exactly once:\n{log}"
+    );
     assert!(metric(&b, "syncnode_peer_refused_requests_total", &peer_label(&h.device_id)).unwrap_or(0) >= 1);
     assert_eq!(b.stop(), Some(0));
 }
@@ -90,7 +117,12 @@ fn an_amplifying_edit_script_is_refused_before_it_is_expanded() {
     let data = random_bytes(10_000 * 64, 7);
     let (base, _) = file_record("big", &data, 64, &[(me, 1)], 1, 0o644);
     conn.send_index(vec![base]);
-    assert!(wait_until(Duration::from_secs(10), || metric(&b, "syncnode_folder_need_files", "folder=\"default\"").unwrap_or(0) >= 1), "B never took in the base record");
+    assert!(
+        wait_until(Duration::from_secs(10), || metric(&b, "syncnode_folder_need_files", "folder=\"default\"")
+            .unwrap_or(0)
+            >= 1),
+        "B never took in the base record"
+    );
     let pid = b.pid().unwrap();
     reset_peak(pid);
     let (before, _) = memory_kib(pid);
@@ -112,7 +144,9 @@ fn an_amplifying_edit_script_is_refused_before_it_is_expanded() {
     assert!(reason.contains("14000000 chunks"), "{reason}");
     assert!(after < before + 16 * MIB, "B's peak RSS grew from {before} KiB to {after} KiB");
     let label = peer_label(&h.device_id);
-    assert!(wait_until(Duration::from_secs(5), || metric(&b, "syncnode_peer_protocol_violations_total", &label).unwrap_or(0) >= 1));
+    assert!(wait_until(Duration::from_secs(5), || metric(&b, "syncnode_peer_protocol_violations_total", &label)
+        .unwrap_or(0)
+        >= 1));
     assert!(metric(&b, "syncnode_peer_refused_records_total", &label).unwrap_or(0) >= 1);
     assert!(b.log_text().contains("protocol violation"));
     assert_eq!(b.stop(), Some(0));
@@ -134,11 +168,21 @@ fn a_message_of_many_empty_records_is_refused_before_it_is_decoded() {
     conn.send_index(vec![proto::FileInfo::default(); 8_000_000]);
     let reason = conn.wait_closed(Duration::from_secs(20));
     let (after, _) = memory_kib(pid);
-    eprintln!("8M empty records in one message: closed ({reason:?}); B's peak RSS {} MiB before, {} MiB after", before / MIB, after / MIB);
+    eprintln!(
+        "8M empty records in one message: closed ({reason:?}); B's peak RSS {} MiB before, {} MiB after",
+        before / MIB,
+        after / MIB
+    );
     let reason = reason.expect("B cuts the peer off");
     assert!(reason.contains("8000000 records"), "{reason}");
     assert!(after < before + 48 * MIB, "B's peak RSS grew from {before} KiB to {after} KiB");
-    assert!(wait_until(Duration::from_secs(5), || metric(&b, "syncnode_peer_protocol_violations_total", &peer_label(&h.device_id)).unwrap_or(0) >= 1));
+    assert!(wait_until(Duration::from_secs(5), || metric(
+        &b,
+        "syncnode_peer_protocol_violations_total",
+        &peer_label(&h.device_id)
+    )
+    .unwrap_or(0)
+        >= 1));
     assert_eq!(b.stop(), Some(0));
 }
 
@@ -161,7 +205,10 @@ fn unread_and_oversized_chunk_requests_keep_memory_bounded_while_an_honest_peer_
     b.start();
     let mut conn = h.connect(&b);
     conn.hello();
-    assert!(conn.pump(Duration::from_secs(30), |c| c.announced.get("big.bin").is_some_and(|f| !f.chunks.is_empty())), "B never announced big.bin");
+    assert!(
+        conn.pump(Duration::from_secs(30), |c| c.announced.get("big.bin").is_some_and(|f| !f.chunks.is_empty())),
+        "B never announced big.bin"
+    );
     let mut chunks = conn.announced["big.bin"].chunks.clone();
     chunks.sort_by_key(|c| std::cmp::Reverse(c.size));
     let largest = chunks[0].size;
@@ -174,17 +221,39 @@ fn unread_and_oversized_chunk_requests_keep_memory_bounded_while_an_honest_peer_
     // 48 requests for B's largest chunks, whose answers we never read; and one over the limit.
     for id in 0..48u64 {
         let c = &chunks[id as usize % chunks.len().min(8)];
-        conn.request(proto::ChunkRequest { id, folder: "default".into(), path: "big.bin".into(), offset: c.offset, size: c.size, hash: c.hash.clone(), signature: vec![] });
+        conn.request(proto::ChunkRequest {
+            id,
+            folder: "default".into(),
+            path: "big.bin".into(),
+            offset: c.offset,
+            size: c.size,
+            hash: c.hash.clone(),
+            signature: vec![],
+        });
     }
-    conn.request(proto::ChunkRequest { id: 99, folder: "default".into(), path: "big.bin".into(), offset: 0, size: (16 << 20) + 1, hash: vec![0; 32], signature: vec![] });
+    conn.request(proto::ChunkRequest {
+        id: 99,
+        folder: "default".into(),
+        path: "big.bin".into(),
+        offset: 0,
+        size: (16 << 20) + 1,
+        hash: vec![0; 32],
+        signature: vec![],
+    });
     // Meanwhile the honest peer's change still arrives.
     let started = Instant::now();
     a.write("honest.txt", b"an honest change");
-    assert!(wait_until(Duration::from_secs(10), || std::fs::read(b.path("honest.txt")).is_ok_and(|d| d == b"an honest change")), "A's change never reached B");
+    assert!(
+        wait_until(Duration::from_secs(10), || std::fs::read(b.path("honest.txt"))
+            .is_ok_and(|d| d == b"an honest change")),
+        "A's change never reached B"
+    );
     let latency = started.elapsed();
     // Give B time to do its worst with the requests it holds.
     let label = peer_label(&h.device_id);
-    let counted = wait_until(Duration::from_secs(10), || metric(&b, "syncnode_peer_refused_requests_total", &label).unwrap_or(0) >= 1);
+    let counted = wait_until(Duration::from_secs(10), || {
+        metric(&b, "syncnode_peer_refused_requests_total", &label).unwrap_or(0) >= 1
+    });
     let mut peak = before;
     wait_until(Duration::from_secs(4), || {
         peak = memory_kib(pid).0;
@@ -223,7 +292,8 @@ fn a_counter_at_u64_max_is_refused_and_honest_edits_still_win() {
     assert!(conn.pump(Duration::from_secs(10), |c| c.announced.contains_key("f.txt")));
     // A version that has seen B's and whose own counter is at u64::MAX: it would win now, and
     // (saturated) it would win against every later honest edit too.
-    let mut version: Vec<(u64, u64)> = conn.announced["f.txt"].version.as_ref().unwrap().counters.iter().map(|c| (c.id, c.value)).collect();
+    let mut version: Vec<(u64, u64)> =
+        conn.announced["f.txt"].version.as_ref().unwrap().counters.iter().map(|c| (c.id, c.value)).collect();
     version.insert(0, (short_id(&h.device_id), u64::MAX));
     let (record, chunks) = file_record("f.txt", b"hostile content", 8, &version, 1, 0o644);
     conn.serve(chunks);
@@ -234,7 +304,11 @@ fn a_counter_at_u64_max_is_refused_and_honest_edits_still_win() {
     std::thread::sleep(Duration::from_millis(1100)); // a new mtime second for the edit
     let started = Instant::now();
     a.write("f.txt", b"version two, honest");
-    assert!(wait_until(Duration::from_secs(10), || std::fs::read(b.path("f.txt")).is_ok_and(|d| d == b"version two, honest")), "A's edit never won on B");
+    assert!(
+        wait_until(Duration::from_secs(10), || std::fs::read(b.path("f.txt"))
+            .is_ok_and(|d| d == b"version two, honest")),
+        "A's edit never won on B"
+    );
     eprintln!("counter at u64::MAX: refused ({reason}); A's next edit reached B in {:?}", started.elapsed());
     assert!(!b.log_text().contains("hostile content"));
     assert!(metric(&b, "syncnode_peer_refused_records_total", &peer_label(&h.device_id)).unwrap_or(0) >= 1);
@@ -253,16 +327,32 @@ fn garbage_and_refused_requests_are_logged_counted_and_cut_off() {
     // Bytes that are not HTTP/2, straight after a successful TLS handshake.
     garbage_peer.send_garbage(&b, &random_bytes(4096, 11));
     let g = peer_label(&garbage_peer.device_id);
-    assert!(wait_until(Duration::from_secs(10), || metric(&b, "syncnode_peer_protocol_violations_total", &g).unwrap_or(0) >= 1), "garbage not counted");
+    assert!(
+        wait_until(Duration::from_secs(10), || metric(&b, "syncnode_peer_protocol_violations_total", &g).unwrap_or(0)
+            >= 1),
+        "garbage not counted"
+    );
     let prefix = &garbage_peer.device_id[..7];
-    assert!(b.log_text().lines().any(|l| l.contains("garbage after the TLS handshake") && l.contains(prefix)), "garbage not logged with the peer:\n{}", b.log_text());
+    assert!(
+        b.log_text().lines().any(|l| l.contains("garbage after the TLS handshake") && l.contains(prefix)),
+        "garbage not logged with the peer:\n{}",
+        b.log_text()
+    );
 
     // A chunk request over the size limit: refused, logged once with the peer, counted.
     let mut conn = h.connect(&b);
     conn.hello();
     conn.serve(Default::default());
     for id in 0..3 {
-        conn.request(proto::ChunkRequest { id, folder: "default".into(), path: "x".into(), offset: 0, size: 64 << 20, hash: vec![0; 32], signature: vec![] });
+        conn.request(proto::ChunkRequest {
+            id,
+            folder: "default".into(),
+            path: "x".into(),
+            offset: 0,
+            size: 64 << 20,
+            hash: vec![0; 32],
+            signature: vec![],
+        });
         let r = conn.response(Duration::from_secs(10)).expect("an answer");
         assert!(r.error.contains("chunk size"), "{r:?}");
     }
@@ -274,12 +364,17 @@ fn garbage_and_refused_requests_are_logged_counted_and_cut_off() {
     conn.send_raw_control(proto::ControlMessage { kind: None });
     let reason = conn.wait_closed(Duration::from_secs(10)).expect("B cuts the peer off");
     assert!(reason.contains("empty control message"), "{reason}");
-    assert!(wait_until(Duration::from_secs(5), || metric(&b, "syncnode_peer_protocol_violations_total", &label).unwrap_or(0) >= 1));
+    assert!(wait_until(Duration::from_secs(5), || metric(&b, "syncnode_peer_protocol_violations_total", &label)
+        .unwrap_or(0)
+        >= 1));
     assert!(b.log_text().lines().any(|l| l.contains("protocol violation") && l.contains(&h.device_id[..7])));
     // Coming straight back does not work: its connection is refused until the backoff ends.
     let mut again = h.connect(&b);
     again.hello();
-    assert!(again.wait_closed(Duration::from_secs(5)).is_some(), "a peer that broke the protocol was let back in at once");
+    assert!(
+        again.wait_closed(Duration::from_secs(5)).is_some(),
+        "a peer that broke the protocol was let back in at once"
+    );
     assert!(b.log_text().contains("refused until its backoff ends"));
 
     // A Hello offering one folder twice (each offer would start a sender of our whole index).
@@ -289,8 +384,13 @@ fn garbage_and_refused_requests_are_logged_counted_and_cut_off() {
     b.write_config();
     b.start();
     let mut conn = twice.connect(&b);
-    let offer = proto::FolderOffer { id: "default".into(), your_index_id: 0, your_max_sequence: 0, receive_only: false };
-    let hello = proto::Hello { protocol_version: syncnode::net::PROTOCOL_VERSION, device_name: "twice".into(), folders: vec![offer; 1000] };
+    let offer =
+        proto::FolderOffer { id: "default".into(), your_index_id: 0, your_max_sequence: 0, receive_only: false };
+    let hello = proto::Hello {
+        protocol_version: syncnode::net::PROTOCOL_VERSION,
+        device_name: "twice".into(),
+        folders: vec![offer; 1000],
+    };
     conn.send_raw_control(proto::ControlMessage { kind: Some(proto::control_message::Kind::Hello(hello)) });
     let reason = conn.wait_closed(Duration::from_secs(10)).expect("B cuts the peer off");
     assert!(reason.contains("offered twice"), "{reason}");
@@ -306,10 +406,21 @@ fn setuid_setgid_and_sticky_bits_from_a_peer_are_not_applied() {
     conn.hello();
     let me = short_id(&h.device_id);
     let (file, chunks) = file_record("tool.sh", b"#!/bin/sh\necho hi\n", 8, &[(me, 1)], 1, 0o6755);
-    let dir = proto::FileInfo { path: "shared".into(), kind: proto::FileKind::Directory as i32, permissions: 0o1777, version: file.version.clone(), sequence: 2, modified_by: me, ..Default::default() };
+    let dir = proto::FileInfo {
+        path: "shared".into(),
+        kind: proto::FileKind::Directory as i32,
+        permissions: 0o1777,
+        version: file.version.clone(),
+        sequence: 2,
+        modified_by: me,
+        ..Default::default()
+    };
     conn.serve(chunks);
     conn.send_index(vec![file, dir]);
-    assert!(wait_until(Duration::from_secs(10), || b.path("tool.sh").exists() && b.path("shared").is_dir()), "B never pulled the records");
+    assert!(
+        wait_until(Duration::from_secs(10), || b.path("tool.sh").exists() && b.path("shared").is_dir()),
+        "B never pulled the records"
+    );
     let mode = |p: &str| std::fs::metadata(b.path(p)).unwrap().permissions().mode() & 0o7777;
     assert!(wait_until(Duration::from_secs(5), || mode("shared") == 0o777));
     assert_eq!(mode("tool.sh"), 0o755);

@@ -90,7 +90,11 @@ impl Lan {
         sweep_stale();
         let seq = SEQ.fetch_add(1, Ordering::SeqCst);
         let tag = format!("snlan-{}-{seq}", std::process::id());
-        let lan = Lan { switch: format!("{tag}-sw"), hosts: (0..hosts).map(|i| format!("{tag}-h{i}")).collect(), subnet: 1 + seq % 250 };
+        let lan = Lan {
+            switch: format!("{tag}-sw"),
+            hosts: (0..hosts).map(|i| format!("{tag}-h{i}")).collect(),
+            subnet: 1 + seq % 250,
+        };
         // From here on, `lan`'s Drop removes whatever was made, even if a step fails.
         let sw = lan.switch.as_str();
         ip(&["netns", "add", sw]);
@@ -107,7 +111,8 @@ impl Lan {
                 let i = lan.hosts.iter().position(|h| h == ns).expect("own host");
                 for conf in ["all", "default"] {
                     let path = format!("/proc/sys/net/ipv6/conf/{conf}/disable_ipv6");
-                    lan.inside(i, move || std::fs::write(&path, "1")).unwrap_or_else(|e| panic!("turning IPv6 off: {e}"));
+                    lan.inside(i, move || std::fs::write(&path, "1"))
+                        .unwrap_or_else(|e| panic!("turning IPv6 off: {e}"));
                 }
             }
             // The host's end is created directly in its namespace: nothing passes through ours.
@@ -122,7 +127,10 @@ impl Lan {
         // address detection has finished, so the IPv6 link-local addresses exist when nodes start.
         let settled = wait_until(Duration::from_secs(10), || {
             lan.hosts.iter().all(|ns| {
-                let out = Command::new("ip").args(["-n", ns, "-6", "addr", "show", "dev", "eth0", "tentative"]).output().expect("running ip");
+                let out = Command::new("ip")
+                    .args(["-n", ns, "-6", "addr", "show", "dev", "eth0", "tentative"])
+                    .output()
+                    .expect("running ip");
                 out.status.success() && out.stdout.is_empty()
             })
         });
@@ -158,7 +166,12 @@ impl Lan {
         std::thread::spawn(move || {
             let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
             // setns changes only the calling thread; threads it spawns inherit the namespace.
-            assert_eq!(unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns {path}: {}", std::io::Error::last_os_error());
+            assert_eq!(
+                unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
+                0,
+                "setns {path}: {}",
+                std::io::Error::last_os_error()
+            );
             f()
         })
         .join()
@@ -195,7 +208,14 @@ impl LanNode {
         let tmp = tempfile::Builder::new().prefix(&format!("syncnode-lan-{name}-")).tempdir().unwrap();
         let dir = tmp.path().to_path_buf();
         let (config, folder) = (dir.join("node.toml"), dir.join("sync"));
-        let out = Command::new(common::bin()).arg("init").arg("--config").arg(&config).arg("--sync-folder").arg(&folder).output().unwrap();
+        let out = Command::new(common::bin())
+            .arg("init")
+            .arg("--config")
+            .arg(&config)
+            .arg("--sync-folder")
+            .arg(&folder)
+            .output()
+            .unwrap();
         assert!(out.status.success(), "init failed: {}", String::from_utf8_lossy(&out.stderr));
         let device_id = String::from_utf8(out.stdout).unwrap().trim().to_string();
         LanNode {
@@ -311,7 +331,11 @@ fn time_until(timeout: Duration, check: impl FnMut() -> bool) -> Option<Duration
 /// Every node connected to every other one and found it by mDNS itself (a connection can come
 /// from the other side's dial first; redialing needs the addresses of one's own sighting).
 fn all_connected(nodes: &[LanNode]) -> bool {
-    nodes.iter().all(|n| nodes.iter().all(|m| std::ptr::eq(n, m) || (n.about("peer connected", m) > 0 && n.about("found on the LAN", m) > 0)))
+    nodes.iter().all(|n| {
+        nodes
+            .iter()
+            .all(|m| std::ptr::eq(n, m) || (n.about("peer connected", m) > 0 && n.about("found on the LAN", m) > 0))
+    })
 }
 
 fn same_trees(nodes: &[LanNode], check: impl Fn(&std::collections::BTreeMap<String, common::Entry>) -> bool) -> bool {
@@ -350,15 +374,23 @@ fn three_hosts_find_each_other_by_mdns_sync_and_survive_a_pulled_cable() {
     // A file made on one host appears on the other two.
     nodes[0].write("hello.txt", b"hello from a");
     let synced = time_until(T, || same_trees(&nodes, |t| t.contains_key("hello.txt")));
-    println!("lan: hello.txt from a on b and c after {}", ms(synced.unwrap_or_else(|| panic!("no sync:\n{}", listing(&nodes)))));
+    println!(
+        "lan: hello.txt from a on b and c after {}",
+        ms(synced.unwrap_or_else(|| panic!("no sync:\n{}", listing(&nodes))))
+    );
 
     // Pull c's cable: a and b must drop it once pings go unanswered, and keep syncing between them.
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
-    let lost_before = [a.about("peer lost", c), b.about("peer lost", c), c.about("peer lost", a), c.about("peer lost", b)];
+    let lost_before =
+        [a.about("peer lost", c), b.about("peer lost", c), c.about("peer lost", a), c.about("peer lost", b)];
     let pulled = Instant::now();
     lan.set_cable(2, false);
     a.write("while-c-away.txt", b"made while c was unplugged");
-    assert!(wait_until(T, || b.folder.join("while-c-away.txt").exists()), "a and b stopped syncing:\n{}", listing(&nodes));
+    assert!(
+        wait_until(T, || b.folder.join("while-c-away.txt").exists()),
+        "a and b stopped syncing:\n{}",
+        listing(&nodes)
+    );
     // Each side's "peer lost", timed from the pull.
     let checks = [(a, c, "a lost c"), (b, c, "b lost c"), (c, a, "c lost a"), (c, b, "c lost b")];
     let mut detected: [Option<Duration>; 4] = [None; 4];
@@ -370,15 +402,24 @@ fn three_hosts_find_each_other_by_mdns_sync_and_survive_a_pulled_cable() {
         }
         detected.iter().all(Option::is_some)
     });
-    let report: Vec<String> = checks.iter().zip(&detected).map(|((_, _, what), t)| format!("{what} {}", t.map_or("never".into(), ms))).collect();
+    let report: Vec<String> = checks
+        .iter()
+        .zip(&detected)
+        .map(|((_, _, what), t)| format!("{what} {}", t.map_or("never".into(), ms)))
+        .collect();
     println!("lan: cable pulled; loss detected: {}", report.join(", "));
-    assert!(detected.iter().all(Option::is_some), "not every side dropped the unplugged link within {LOSS_DEADLINE:?}: {}", report.join(", "));
+    assert!(
+        detected.iter().all(Option::is_some),
+        "not every side dropped the unplugged link within {LOSS_DEADLINE:?}: {}",
+        report.join(", ")
+    );
     assert!(!c.folder.join("while-c-away.txt").exists(), "c got a file through a pulled cable");
 
     // a and b keep redialing c at the addresses mDNS gave them; let each fail once against the
     // pulled cable, so the reconnection below goes through the backoff as it would in real life.
     let dials_before = [a.about("dial failed", c), b.about("dial failed", c)];
-    let redial = time_until(T, || a.about("dial failed", c) > dials_before[0] && b.about("dial failed", c) > dials_before[1]);
+    let redial =
+        time_until(T, || a.about("dial failed", c) > dials_before[0] && b.about("dial failed", c) > dials_before[1]);
     let redial = redial.unwrap_or_else(|| panic!("a and b did not try to redial c within {T:?}"));
     println!("lan: a and b each failed to redial c {} after the last loss was noticed", ms(redial));
 
@@ -388,14 +429,20 @@ fn three_hosts_find_each_other_by_mdns_sync_and_survive_a_pulled_cable() {
     lan.set_cable(2, true);
     let back = Duration::from_secs(90);
     assert!(
-        wait_until(back, || a.about("peer connected", c) > connected_before[0] && b.about("peer connected", c) > connected_before[1]),
+        wait_until(back, || a.about("peer connected", c) > connected_before[0]
+            && b.about("peer connected", c) > connected_before[1]),
         "c not reconnected to a and b within {back:?} of plugging the cable back"
     );
     let reconnected = plugged.elapsed();
     c.write("back.txt", b"c is back");
     let caught_up = time_until(T, || same_trees(&nodes, |t| t.len() == 3));
-    let caught_up = caught_up.unwrap_or_else(|| panic!("no convergence after the cable came back:\n{}", listing(&nodes)));
-    println!("lan: cable plugged back; c reconnected to a and b after {}, all three converged {} later", ms(reconnected), ms(caught_up));
+    let caught_up =
+        caught_up.unwrap_or_else(|| panic!("no convergence after the cable came back:\n{}", listing(&nodes)));
+    println!(
+        "lan: cable plugged back; c reconnected to a and b after {}, all three converged {} later",
+        ms(reconnected),
+        ms(caught_up)
+    );
     println!("lan: timeline since start: first connection {}, total {}", ms(first), ms(started.elapsed()));
     // For the record: which dials failed on the way (with the cable out, or to an address the
     // peer announces but does not listen on).
@@ -437,7 +484,15 @@ fn mdns_ignores_itself_other_services_and_untrusted_nodes() {
         listener.set_nonblocking(true).unwrap();
         let daemon = mdns_sd::ServiceDaemon::new().expect("mDNS daemon for the look-alike");
         let props = [("id", ghost_id.as_str()), ("proto", "1"), ("name", "ghost")];
-        let info = mdns_sd::ServiceInfo::new("_http._tcp.local.", "syncnode-look-alike", "look-alike.local.", fake_ip.as_str(), FAKE_PORT, &props[..]).unwrap();
+        let info = mdns_sd::ServiceInfo::new(
+            "_http._tcp.local.",
+            "syncnode-look-alike",
+            "look-alike.local.",
+            fake_ip.as_str(),
+            FAKE_PORT,
+            &props[..],
+        )
+        .unwrap();
         daemon.register(info).expect("announcing the look-alike");
         (listener, Daemon(daemon))
     });
@@ -454,7 +509,10 @@ fn mdns_ignores_itself_other_services_and_untrusted_nodes() {
     stranger.start();
 
     // The positive control: a and b find each other in this same LAN.
-    assert!(wait_until(T, || a.about("peer connected", &b) > 0 && b.about("peer connected", &a) > 0), "a and b did not connect");
+    assert!(
+        wait_until(T, || a.about("peer connected", &b) > 0 && b.about("peer connected", &a) > 0),
+        "a and b did not connect"
+    );
     let heard = |rx: &mdns_sd::Receiver<mdns_sd::ServiceEvent>, fullname: &str, resolved: bool| {
         let deadline = Instant::now() + T;
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
@@ -467,11 +525,16 @@ fn mdns_ignores_itself_other_services_and_untrusted_nodes() {
         }
         false
     };
-    assert!(heard(&http_events, "syncnode-look-alike._http._tcp.local.", true), "the look-alike was never heard on a's host");
+    assert!(
+        heard(&http_events, "syncnode-look-alike._http._tcp.local.", true),
+        "the look-alike was never heard on a's host"
+    );
     let stranger_name = format!("{}._syncnode._tcp.local.", stranger.device_id);
     assert!(heard(&syncnode_events, &stranger_name, true), "the stranger was never heard on a's host");
     let stranger_id = stranger.device_id.clone();
-    let untrusted = |n: &LanNode| n.log_text().lines().filter(|l| l.contains("untrusted syncnode on the LAN") && l.contains(&stranger_id)).count();
+    let untrusted = |n: &LanNode| {
+        n.log_text().lines().filter(|l| l.contains("untrusted syncnode on the LAN") && l.contains(&stranger_id)).count()
+    };
     assert!(wait_until(T, || untrusted(&a) > 0 && untrusted(&b) > 0), "the stranger was not reported");
 
     // The stranger leaves and comes back: a hears it go and announce itself again, and must not
@@ -488,10 +551,17 @@ fn mdns_ignores_itself_other_services_and_untrusted_nodes() {
     // Never dialed: no connection, no dial attempt, no handshake on the stranger's side.
     assert_eq!(a.about("", &stranger), 0, "a dialed or connected to the stranger");
     assert_eq!(b.about("", &stranger), 0, "b dialed or connected to the stranger");
-    assert!(!stranger.log_text().contains("refused connection at the TLS handshake"), "someone dialed the stranger:\n{}", stranger.log_text());
+    assert!(
+        !stranger.log_text().contains("refused connection at the TLS handshake"),
+        "someone dialed the stranger:\n{}",
+        stranger.log_text()
+    );
     // Not itself: a neither dialed nor connected to itself nor saw itself as a stranger.
     assert_eq!(a.about("", &a), 0, "a dialed itself:\n{a_log}");
-    assert!(!a_log.lines().any(|l| l.contains("untrusted syncnode") && l.contains(&a.device_id)), "a reported itself:\n{a_log}");
+    assert!(
+        !a_log.lines().any(|l| l.contains("untrusted syncnode") && l.contains(&a.device_id)),
+        "a reported itself:\n{a_log}"
+    );
     // Not the look-alike: its TXT id is trusted, but it is not a syncnode service.
     assert_eq!(a.about("", &ghost), 0, "a took the look-alike for the ghost:\n{a_log}");
     let mut dialed = 0;
@@ -514,8 +584,14 @@ fn redialed_after_expiry(node: &LanNode, peer: &LanNode) -> bool {
     let tag = format!("peer={}", peer.prefix());
     let text = node.log_text();
     let lines: Vec<&str> = text.lines().filter(|l| l.contains(&tag)).collect();
-    let Some(gone) = lines.iter().rev().find(|l| l.contains("left the LAN")).and_then(|l| stamp(l)) else { return false };
-    lines.iter().filter(|l| l.contains("dial failed")).filter_map(|l| stamp(l)).any(|t| t > gone + chrono::Duration::seconds(6))
+    let Some(gone) = lines.iter().rev().find(|l| l.contains("left the LAN")).and_then(|l| stamp(l)) else {
+        return false;
+    };
+    lines
+        .iter()
+        .filter(|l| l.contains("dial failed"))
+        .filter_map(|l| stamp(l))
+        .any(|t| t > gone + chrono::Duration::seconds(6))
 }
 
 /// A network failure that lasts longer than mDNS records live (2 minutes), with no host losing its
@@ -548,7 +624,9 @@ fn a_partition_that_outlives_the_mdns_records_heals() {
     // Still dialed after that: the addresses were not forgotten (backoff is at most a minute).
     let redial = Duration::from_secs(80);
     let redialed = time_until(redial, || redialed_after_expiry(a, b) && redialed_after_expiry(b, a));
-    let redialed = redialed.unwrap_or_else(|| panic!("no redial within {redial:?} of the records expiring: the addresses mDNS gave were forgotten"));
+    let redialed = redialed.unwrap_or_else(|| {
+        panic!("no redial within {redial:?} of the records expiring: the addresses mDNS gave were forgotten")
+    });
     println!("lan: both still redialing {} after the records expired", ms(redialed));
 
     b.write("during.txt", b"written during the partition");
@@ -556,8 +634,19 @@ fn a_partition_that_outlives_the_mdns_records_heals() {
     let healed = Instant::now();
     lan.set_bridged(1, true);
     let back = Duration::from_secs(75);
-    let reconnected = time_until(back, || a.about("peer connected", b) > connected_before[0] && b.about("peer connected", a) > connected_before[1]);
-    let reconnected = reconnected.unwrap_or_else(|| panic!("a and b did not reconnect within {back:?} of the network coming back"));
-    assert!(wait_until(T, || same_trees(&nodes, |t| t.len() == 2)), "no convergence after the partition:\n{}", listing(&nodes));
-    println!("lan: partition of {} healed; reconnected {} after the network came back", ms(healed - cut), ms(reconnected));
+    let reconnected = time_until(back, || {
+        a.about("peer connected", b) > connected_before[0] && b.about("peer connected", a) > connected_before[1]
+    });
+    let reconnected =
+        reconnected.unwrap_or_else(|| panic!("a and b did not reconnect within {back:?} of the network coming back"));
+    assert!(
+        wait_until(T, || same_trees(&nodes, |t| t.len() == 2)),
+        "no convergence after the partition:\n{}",
+        listing(&nodes)
+    );
+    println!(
+        "lan: partition of {} healed; reconnected {} after the network came back",
+        ms(healed - cut),
+        ms(reconnected)
+    );
 }

@@ -46,7 +46,12 @@ fn stays_unchanged(n: &Node, before: &BTreeMap<String, Entry>) -> Result<(), Str
     while Instant::now() < deadline {
         let now = tree(&n.folder);
         if &now != before {
-            return Err(format!("{} changed: had {:?}, now {:?}", n.name, before.keys().collect::<Vec<_>>(), now.keys().collect::<Vec<_>>()));
+            return Err(format!(
+                "{} changed: had {:?}, now {:?}",
+                n.name,
+                before.keys().collect::<Vec<_>>(),
+                now.keys().collect::<Vec<_>>()
+            ));
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -98,12 +103,20 @@ fn a_receive_only_node_keeps_its_own_files_home_and_still_takes_the_peers_change
     // The peer's changes still arrive after that: an edit and a new file.
     a.write("from-a.txt", b"hello again from a");
     a.write("x/new.txt", b"new on a");
-    assert!(wait_until(T, || has(b, "from-a.txt", b"hello again from a") && has(b, "x/new.txt", b"new on a")), "{}", describe(&[a, b]));
+    assert!(
+        wait_until(T, || has(b, "from-a.txt", b"hello again from a") && has(b, "x/new.txt", b"new on a")),
+        "{}",
+        describe(&[a, b])
+    );
 
     let on_a = tree(&a.folder);
     assert_eq!(on_a.keys().collect::<Vec<_>>(), ["from-a.txt", "x", "x/new.txt"]);
     stays_unchanged(a, &on_a).unwrap();
-    assert!(has(b, "mine.txt", b"b's own file") && has(b, "own-dir/deep.txt", b"b's own deep file"), "{}", describe(&[a, b]));
+    assert!(
+        has(b, "mine.txt", b"b's own file") && has(b, "own-dir/deep.txt", b"b's own deep file"),
+        "{}",
+        describe(&[a, b])
+    );
     assert_eq!(folder_u64(a, "pulls"), 0, "a pulled nothing from the receive-only node");
 }
 
@@ -122,7 +135,11 @@ fn a_receive_only_nodes_local_edit_superseded_by_a_newer_remote_version_is_kept_
     write_at(a, "notes.txt", b"a's newer edit, later", 1_700_000_100);
 
     let copy_of = |n: &Node| tree(&n.folder).into_keys().find(|k| k.contains(".sync-conflict-"));
-    assert!(wait_until(T, || has(b, "notes.txt", b"a's newer edit, later") && copy_of(b).is_some()), "{}", describe(&[a, b]));
+    assert!(
+        wait_until(T, || has(b, "notes.txt", b"a's newer edit, later") && copy_of(b).is_some()),
+        "{}",
+        describe(&[a, b])
+    );
     let copy = copy_of(b).unwrap();
     assert!(copy.starts_with("notes.sync-conflict-20231114-221320-") && copy.ends_with(".txt"), "{copy}");
     assert!(copy.contains(&b.device_id[..7]), "named after the loser's device: {copy}");
@@ -159,8 +176,16 @@ fn a_send_only_node_applies_nothing_from_its_peer_and_still_sends_its_own_change
     // a's own changes still reach b: a new file and an edit.
     a.write("later.txt", b"a's later file");
     a.write("dir/x.txt", b"x, edited on a");
-    assert!(wait_until(T, || has(b, "later.txt", b"a's later file") && has(b, "dir/x.txt", b"x, edited on a")), "{}", describe(&[a, b]));
-    assert!(has(a, "shared.txt", b"a's shared file") && has(a, "other.txt", b"another of a's files") && !a.path("from-b.txt").exists());
+    assert!(
+        wait_until(T, || has(b, "later.txt", b"a's later file") && has(b, "dir/x.txt", b"x, edited on a")),
+        "{}",
+        describe(&[a, b])
+    );
+    assert!(
+        has(a, "shared.txt", b"a's shared file")
+            && has(a, "other.txt", b"another of a's files")
+            && !a.path("from-b.txt").exists()
+    );
 }
 
 #[test]
@@ -179,7 +204,10 @@ fn ignored_files_and_directories_are_neither_sent_nor_deleted_and_the_ignore_fil
     assert!(wait_until(T, || has(b, "src/main.rs", b"fn main() {}")), "{}", describe(&[a, b]));
     let on_a = tree(&a.folder);
     let on_b = tree(&b.folder);
-    assert_eq!(on_b.keys().collect::<Vec<_>>(), [".syncignore", "app.log", "build", "build/keep.o", "src", "src/main.rs"]);
+    assert_eq!(
+        on_b.keys().collect::<Vec<_>>(),
+        [".syncignore", "app.log", "build", "build/keep.o", "src", "src/main.rs"]
+    );
     stays_unchanged(b, &on_b).unwrap();
     assert_eq!(tree(&a.folder), on_a, "nothing of b's ignored files reached a");
     assert_eq!(read(b, "app.log"), b"b's own log, longer");

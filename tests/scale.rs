@@ -21,12 +21,18 @@ fn twenty_thousand_files_pass_through_a_bounded_window() {
     connect(&mut nodes, &[(0, 1)]);
     let (a, b) = (&nodes[0], &nodes[1]);
     let entries = FILES + FILES / PER_DIR;
-    let (done, f) = b.folder_until("default", Duration::from_secs(300), |f| f["local_files"] == entries as u64 && f["need_files"] == 0);
+    let (done, f) = b.folder_until("default", Duration::from_secs(300), |f| {
+        f["local_files"] == entries as u64 && f["need_files"] == 0
+    });
     assert!(done, "B did not get every file: {f}");
     assert!(converged(&[a, b], Duration::from_secs(60), |t| t.len() == entries), "{}", describe(&[a, b]));
     let peak = f["need_window_peak"].as_u64().unwrap();
     // The window filled (the queue was larger than it), and never grew past it.
     assert_eq!(peak, WINDOW, "{f}");
-    assert!(b.metrics().contains(&format!("syncnode_folder_need_window_peak{{folder=\"default\"}} {WINDOW}")), "{}", b.metrics());
+    assert!(
+        b.metrics().contains(&format!("syncnode_folder_need_window_peak{{folder=\"default\"}} {WINDOW}")),
+        "{}",
+        b.metrics()
+    );
     assert_eq!(f["need_window"], 0, "{f}");
 }

@@ -49,7 +49,9 @@ impl NotifySocket {
                         return Ok(seen);
                     }
                 }
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => return Err(seen),
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                    return Err(seen)
+                }
                 Err(e) => panic!("notify socket: {e}"),
             }
         }
@@ -154,7 +156,8 @@ fn ready_after_listeners_then_stopping_and_a_clean_exit_with_the_index_flushed()
 
     // The startup scan records every file.
     assert!(
-        wait_until(T, || folder_status(node.api_port).is_some_and(|f| f["local_files"] == records && f["state"] == "idle")),
+        wait_until(T, || folder_status(node.api_port)
+            .is_some_and(|f| f["local_files"] == records && f["state"] == "idle")),
         "first scan did not finish: {:?}",
         folder_status(node.api_port)
     );
@@ -163,9 +166,12 @@ fn ready_after_listeners_then_stopping_and_a_clean_exit_with_the_index_flushed()
     // SIGTERM: STOPPING=1, then exit code 0, all within 5 s.
     let term = Instant::now();
     assert_eq!(unsafe { libc::kill(run.pid(), libc::SIGTERM) }, 0);
-    notify.expect("STOPPING=1", Duration::from_secs(5)).unwrap_or_else(|seen| panic!("no STOPPING=1 within 5 s; got {seen:?}"));
+    notify
+        .expect("STOPPING=1", Duration::from_secs(5))
+        .unwrap_or_else(|seen| panic!("no STOPPING=1 within 5 s; got {seen:?}"));
     let stopping_after = term.elapsed();
-    let status = run.wait_exit(term + Duration::from_secs(5)).unwrap_or_else(|| panic!("still running 5 s after SIGTERM"));
+    let status =
+        run.wait_exit(term + Duration::from_secs(5)).unwrap_or_else(|| panic!("still running 5 s after SIGTERM"));
     let exit_after = term.elapsed();
     assert_eq!(status.code(), Some(0), "exit status {status:?}\n{}", run.log());
     let log1 = run.log();
@@ -192,7 +198,10 @@ fn ready_after_listeners_then_stopping_and_a_clean_exit_with_the_index_flushed()
     notify.expect("STOPPING=1", Duration::from_secs(5)).expect("STOPPING=1 on the second stop");
     let status = run.wait_exit(term + Duration::from_secs(5)).expect("second stop within 5 s");
     assert_eq!(status.code(), Some(0));
-    eprintln!("READY=1 after {ready_after:?}; STOPPING=1 {stopping_after:?} and exit {exit_after:?} after SIGTERM; test {:?}", started.elapsed());
+    eprintln!(
+        "READY=1 after {ready_after:?}; STOPPING=1 {stopping_after:?} and exit {exit_after:?} after SIGTERM; test {:?}",
+        started.elapsed()
+    );
 }
 
 /// The directives of a unit file, `Key=value` per line, comments and section headers skipped.

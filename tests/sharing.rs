@@ -92,12 +92,22 @@ fn a_folder_not_shared_with_a_peer_never_reaches_it_while_shared_folders_sync() 
     let a_private = Folder::on(&a, "private", Some(vec![stranger.clone()]));
     let a_team = Folder::on(&a, "team", Some(vec![b.device_id.clone()]));
     let (a_private_dir, a_team_dir) = (a_private.path.clone(), a_team.path.clone());
-    configure(&a, &[Folder::on(&a, "default", None), a_team, a_private], &[(Some(b.device_id.clone()), Some(b.address()))], LISTED);
+    configure(
+        &a,
+        &[Folder::on(&a, "default", None), a_team, a_private],
+        &[(Some(b.device_id.clone()), Some(b.address()))],
+        LISTED,
+    );
     // B would take "private" from A, and offers its own "private" to A.
     let b_private = Folder::on(&b, "private", None);
     let b_team = Folder::on(&b, "team", Some(vec![a.device_id.clone()]));
     let (b_private_dir, b_team_dir) = (b_private.path.clone(), b_team.path.clone());
-    configure(&b, &[Folder::on(&b, "default", None), b_team, b_private], &[(Some(a.device_id.clone()), Some(a.address()))], LISTED);
+    configure(
+        &b,
+        &[Folder::on(&b, "default", None), b_team, b_private],
+        &[(Some(a.device_id.clone()), Some(a.address()))],
+        LISTED,
+    );
 
     write(&a_private_dir, "secret.txt", b"A's private notes");
     write(&b_private_dir, "b-secret.txt", b"B's private notes");
@@ -120,8 +130,16 @@ fn a_folder_not_shared_with_a_peer_never_reaches_it_while_shared_folders_sync() 
     // chance to travel, and has not, in either direction.
     write(&a_team_dir, "later.txt", b"later");
     assert!(wait_until(Duration::from_secs(20), || has(&b_team_dir, "later.txt", b"later")));
-    assert!(tree(&b_private_dir).keys().all(|k| k == "b-secret.txt"), "A's private folder leaked to B: {:?}", tree(&b_private_dir));
-    assert!(tree(&a_private_dir).keys().all(|k| k == "secret.txt"), "B's private folder reached A: {:?}", tree(&a_private_dir));
+    assert!(
+        tree(&b_private_dir).keys().all(|k| k == "b-secret.txt"),
+        "A's private folder leaked to B: {:?}",
+        tree(&b_private_dir)
+    );
+    assert!(
+        tree(&a_private_dir).keys().all(|k| k == "secret.txt"),
+        "B's private folder reached A: {:?}",
+        tree(&a_private_dir)
+    );
     // Neither side had to refuse anything: the private folder was never offered, so never sent.
     assert_eq!(warn_lines(&a.log_text(), &[REFUSED_UNSHARED]), 0);
     assert_eq!(warn_lines(&b.log_text(), &[REFUSED_UNSHARED]), 0);
@@ -163,7 +181,15 @@ fn index(folder: &str, files: Vec<proto::FileInfo>) -> ControlMessage {
 }
 
 fn chunk_request(id: u64, folder: &str, path: &str, data: &[u8]) -> DataMessage {
-    let request = proto::ChunkRequest { id, folder: folder.into(), path: path.into(), offset: 0, size: data.len() as u32, hash: blake3::hash(data).as_bytes().to_vec(), signature: Vec::new() };
+    let request = proto::ChunkRequest {
+        id,
+        folder: folder.into(),
+        path: path.into(),
+        offset: 0,
+        size: data.len() as u32,
+        hash: blake3::hash(data).as_bytes().to_vec(),
+        signature: Vec::new(),
+    };
     DataMessage { kind: Some(data_message::Kind::Request(request)) }
 }
 
@@ -172,7 +198,12 @@ fn chunk_request(id: u64, folder: &str, path: &str, data: &[u8]) -> DataMessage 
 /// requests and the (folder, path) of every chunk request A sent us.
 /// Answers A's chunk requests with `served` and collects A's answers to ours, until at least
 /// `want` answers came and `done` holds (or 20 s pass).
-async fn converse(out: &mut Outbound, served: &[u8], want: usize, done: impl Fn() -> bool) -> (Vec<proto::ChunkResponse>, Vec<(String, String)>) {
+async fn converse(
+    out: &mut Outbound,
+    served: &[u8],
+    want: usize,
+    done: impl Fn() -> bool,
+) -> (Vec<proto::ChunkResponse>, Vec<(String, String)>) {
     let mut responses = Vec::new();
     let mut asked = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -228,7 +259,11 @@ fn records_and_chunk_requests_for_a_folder_not_shared_with_the_peer_are_refused_
             }
         }
         let mut out = out.expect("A never accepted B's connection");
-        let hello = proto::Hello { protocol_version: syncnode::net::PROTOCOL_VERSION, device_name: "b".into(), folders: vec![offer("default"), offer("private")] };
+        let hello = proto::Hello {
+            protocol_version: syncnode::net::PROTOCOL_VERSION,
+            device_name: "b".into(),
+            folders: vec![offer("default"), offer("private")],
+        };
         out.control.tx.send(control(control_message::Kind::Hello(hello))).await.unwrap();
         // Records for the folder A does not share with B, three times; then one for the shared folder.
         for _ in 0..3 {
@@ -238,7 +273,8 @@ fn records_and_chunk_requests_for_a_folder_not_shared_with_the_peer_are_refused_
         // Chunk requests only once A has taken our Hello (it pulled the shared record): the data
         // stream is not ordered with the control stream, and a request before Hello is a
         // protocol violation.
-        let (_, mut asked) = converse(&mut out, b"honest data", 0, || has(&a.folder, "from-b.txt", b"honest data")).await;
+        let (_, mut asked) =
+            converse(&mut out, b"honest data", 0, || has(&a.folder, "from-b.txt", b"honest data")).await;
         out.data.tx.send(chunk_request(1, "default", "mine.txt", b"A shares this")).await.unwrap();
         out.data.tx.send(chunk_request(2, "private", "secret.txt", b"A keeps this")).await.unwrap();
         let (responses, more) = converse(&mut out, b"honest data", 2, || true).await;
@@ -247,7 +283,9 @@ fn records_and_chunk_requests_for_a_folder_not_shared_with_the_peer_are_refused_
     });
 
     // Served from the shared folder; refused, with no data, from the other.
-    let by_id = |id| responses.iter().find(|r| r.id == id).unwrap_or_else(|| panic!("no answer to request {id}: {responses:?}"));
+    let by_id = |id| {
+        responses.iter().find(|r| r.id == id).unwrap_or_else(|| panic!("no answer to request {id}: {responses:?}"))
+    };
     assert!(by_id(1).error.is_empty(), "{:?}", by_id(1).error);
     assert!(!by_id(1).data.is_empty());
     assert!(by_id(2).data.is_empty());
@@ -283,7 +321,8 @@ fn nodes_with_the_same_network_key_join_and_sync_without_device_ids() {
     a.write("from-a.txt", b"hello from A");
     b.write("from-b.txt", b"hello from B");
     assert!(
-        wait_until(Duration::from_secs(20), || has(&b.folder, "from-a.txt", b"hello from A") && has(&a.folder, "from-b.txt", b"hello from B")),
+        wait_until(Duration::from_secs(20), || has(&b.folder, "from-a.txt", b"hello from A")
+            && has(&a.folder, "from-b.txt", b"hello from B")),
         "A: {:?}\nB: {:?}",
         tree(&a.folder),
         tree(&b.folder)
@@ -298,7 +337,11 @@ fn nodes_with_the_same_network_key_join_and_sync_without_device_ids() {
     assert_eq!(a.stop(), Some(0));
     a.start();
     a.write("after-restart.txt", b"A is back");
-    assert!(wait_until(Duration::from_secs(20), || has(&b.folder, "after-restart.txt", b"A is back")), "{}", b.log_text());
+    assert!(
+        wait_until(Duration::from_secs(20), || has(&b.folder, "after-restart.txt", b"A is back")),
+        "{}",
+        b.log_text()
+    );
     assert_eq!(a.stop(), Some(0));
     assert_eq!(b.stop(), Some(0));
 }
@@ -309,9 +352,19 @@ fn a_peer_with_a_wrong_key_or_no_key_is_refused_at_the_start_and_logged_once() {
     let mut wrong = Node::new("wrong");
     let mut keyless = Node::new("keyless");
     configure(&a, &[Folder::on(&a, "default", None)], &[], &network_key("the-right-key-for-this-cluster"));
-    configure(&wrong, &[Folder::on(&wrong, "default", None)], &[(None, Some(a.address()))], &network_key("a-wrong-key-for-this-cluster"));
+    configure(
+        &wrong,
+        &[Folder::on(&wrong, "default", None)],
+        &[(None, Some(a.address()))],
+        &network_key("a-wrong-key-for-this-cluster"),
+    );
     // Under "listed", trusting A's device ID: the TLS handshake passes, then no proof comes.
-    configure(&keyless, &[Folder::on(&keyless, "default", None)], &[(Some(a.device_id.clone()), Some(a.address()))], LISTED);
+    configure(
+        &keyless,
+        &[Folder::on(&keyless, "default", None)],
+        &[(Some(a.device_id.clone()), Some(a.address()))],
+        LISTED,
+    );
     a.write("a.txt", b"A's");
     wrong.write("wrong.txt", b"wrong's");
     keyless.write("keyless.txt", b"keyless's");
@@ -333,7 +386,12 @@ fn a_peer_with_a_wrong_key_or_no_key_is_refused_at_the_start_and_logged_once() {
     assert_eq!(warn_lines(&log, &[REFUSED_KEY, &by(&keyless), "no network-key proof"]), 1, "{log}");
     assert!(!log.contains("peer connected"), "{log}");
     // The dialer with the wrong key says so once, too.
-    assert_eq!(warn_lines(&wrong.log_text(), &["network-key exchange failed", "refused our network-key proof"]), 1, "{}", wrong.log_text());
+    assert_eq!(
+        warn_lines(&wrong.log_text(), &["network-key exchange failed", "refused our network-key proof"]),
+        1,
+        "{}",
+        wrong.log_text()
+    );
     // Nothing crossed.
     assert_eq!(tree(&a.folder).keys().collect::<Vec<_>>(), vec!["a.txt"]);
     assert_eq!(tree(&wrong.folder).keys().collect::<Vec<_>>(), vec!["wrong.txt"]);
@@ -347,7 +405,8 @@ fn a_peer_with_a_wrong_key_or_no_key_is_refused_at_the_start_and_logged_once() {
 
 /// Runs the node on `config` and returns its exit code and stderr (for configs that must fail).
 fn run_config(node: &Node, extra_args: &[&str]) -> (Option<i32>, String) {
-    let out = std::process::Command::new(common::bin()).arg("--config").arg(&node.config).args(extra_args).output().unwrap();
+    let out =
+        std::process::Command::new(common::bin()).arg("--config").arg(&node.config).args(extra_args).output().unwrap();
     (out.status.code(), String::from_utf8_lossy(&out.stderr).to_string())
 }
 

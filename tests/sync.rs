@@ -35,7 +35,11 @@ fn every_file_operation_reaches_the_peer() {
     std::fs::OpenOptions::new().append(true).open(a.path("empty.bin")).unwrap();
     use std::io::Write;
     std::fs::OpenOptions::new().append(true).open(a.path("run.sh")).unwrap().write_all(b"echo more\n").unwrap();
-    assert!(converged(&[a, b], T, |t| matches!(t.get("run.sh"), Some(Entry::File { size: 28, .. }))), "{}", describe(&[a, b]));
+    assert!(
+        converged(&[a, b], T, |t| matches!(t.get("run.sh"), Some(Entry::File { size: 28, .. }))),
+        "{}",
+        describe(&[a, b])
+    );
     std::fs::OpenOptions::new().write(true).open(a.path("run.sh")).unwrap().set_len(4).unwrap();
     assert!(converged(&[a, b], T, |t| matches!(t.get("run.sh"), Some(Entry::File { size: 4, .. }))));
     assert_eq!(std::fs::read(b.path("docs/notes/todo.txt")).unwrap(), b"buy oat milk\n");
@@ -45,13 +49,19 @@ fn every_file_operation_reaches_the_peer() {
     std::fs::rename(a.path("run.sh"), a.path("nothing/run.sh")).unwrap();
     std::fs::rename(a.path("docs"), a.path("papers")).unwrap();
     assert!(
-        converged(&[a, b], T, |t| t.contains_key("papers/notes/todo.txt") && t.contains_key("nothing/run.sh") && !t.contains_key("docs")),
+        converged(&[a, b], T, |t| t.contains_key("papers/notes/todo.txt")
+            && t.contains_key("nothing/run.sh")
+            && !t.contains_key("docs")),
         "{}",
         describe(&[a, b])
     );
     std::fs::remove_dir_all(a.path("papers")).unwrap();
     std::fs::remove_file(a.path("still-empty.bin")).unwrap();
-    assert!(converged(&[a, b], T, |t| !t.contains_key("papers") && !t.contains_key("still-empty.bin")), "{}", describe(&[a, b]));
+    assert!(
+        converged(&[a, b], T, |t| !t.contains_key("papers") && !t.contains_key("still-empty.bin")),
+        "{}",
+        describe(&[a, b])
+    );
 }
 
 #[test]
@@ -62,7 +72,12 @@ fn changes_flow_both_ways_and_keep_mtimes() {
     b.write("sub/from-b.txt", b"b");
     let old = filetime::FileTime::from_unix_time(1_500_000_000, 0);
     filetime::set_file_mtime(a.path("from-a.txt"), old).unwrap();
-    assert!(converged(&[a, b], T, |t| t.len() == 3 && matches!(t.get("from-a.txt"), Some(Entry::File { mtime: 1_500_000_000, .. }))), "{}", describe(&[a, b]));
+    assert!(
+        converged(&[a, b], T, |t| t.len() == 3
+            && matches!(t.get("from-a.txt"), Some(Entry::File { mtime: 1_500_000_000, .. }))),
+        "{}",
+        describe(&[a, b])
+    );
     // No echo: once converged, neither side keeps producing versions.
     let lines = |n: &Node| n.log_text().lines().filter(|l| l.contains("pulled")).count();
     let (la, lb) = (lines(a), lines(b));
@@ -111,10 +126,19 @@ fn a_file_being_written_is_announced_once_when_its_writer_is_done() {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
-    assert!(converged(&[a, b], T, |t| matches!(t.get("growing.bin"), Some(Entry::File { size, .. }) if *size == data.len() as u64)), "{}", describe(&[a, b]));
+    assert!(
+        converged(
+            &[a, b],
+            T,
+            |t| matches!(t.get("growing.bin"), Some(Entry::File { size, .. }) if *size == data.len() as u64)
+        ),
+        "{}",
+        describe(&[a, b])
+    );
     assert_eq!(std::fs::read(b.path("growing.bin")).unwrap(), data);
     // Each partial state hashed would be a version of its own (and a pull for the peer). A writer
     // stalled for more than the debounce by a busy machine may add one or two; not one per piece.
-    let versions = a.log_text().lines().filter(|l| l.contains("local change") && l.contains("path=growing.bin")).count();
+    let versions =
+        a.log_text().lines().filter(|l| l.contains("local change") && l.contains("path=growing.bin")).count();
     assert!((1..=3).contains(&versions), "{versions} versions of a file written once:\n{}", a.log_text());
 }

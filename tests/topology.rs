@@ -39,7 +39,9 @@ fn changes_made_while_a_node_was_down_are_found_and_exchanged() {
     nodes[1].start();
     let (a, b) = (&nodes[0], &nodes[1]);
     assert!(
-        converged(&[a, b], T, |t| t.len() == 4 && !t.contains_key("gone.txt") && matches!(t.get("edit.txt"), Some(Entry::File { size: 14, .. }))),
+        converged(&[a, b], T, |t| t.len() == 4
+            && !t.contains_key("gone.txt")
+            && matches!(t.get("edit.txt"), Some(Entry::File { size: 14, .. }))),
         "{}",
         describe(&[a, b])
     );
@@ -57,8 +59,18 @@ fn a_receiver_killed_mid_transfer_finishes_after_restart() {
     std::fs::write(&staging, &data).unwrap();
     std::fs::rename(&staging, nodes[0].path("big.bin")).unwrap();
     // Kill b as soon as its temp file exists.
-    let temps = |n: &Node| std::fs::read_dir(&n.folder).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with(".syncnode-tmp-")).count();
-    assert!(wait_until(Duration::from_secs(60), || temps(&nodes[1]) > 0), "transfer never started:\n{}", nodes[1].log_text());
+    let temps = |n: &Node| {
+        std::fs::read_dir(&n.folder)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".syncnode-tmp-"))
+            .count()
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), || temps(&nodes[1]) > 0),
+        "transfer never started:\n{}",
+        nodes[1].log_text()
+    );
     nodes[1].kill();
     assert!(!nodes[1].path("big.bin").exists(), "a partial file is visible under its real name");
     nodes[1].start();

@@ -17,7 +17,11 @@ const T: Duration = Duration::from_secs(60);
 
 fn run(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(bin()).args(args).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
 
 /// Adds `keys` (TOML lines) to the node's `[[folder]]` table.
@@ -101,7 +105,10 @@ fn a_delete_on_a_is_restorable_on_b_and_the_restore_reaches_a() {
     let listed = list_json(b, Some("docs/plan.txt"));
     assert_eq!(listed.len(), 1, "{listed:?}");
     let v = &listed[0];
-    assert_eq!((v["folder"].as_str(), v["path"].as_str(), v["reason"].as_str()), (Some("default"), Some("docs/plan.txt"), Some("deleted")));
+    assert_eq!(
+        (v["folder"].as_str(), v["path"].as_str(), v["reason"].as_str()),
+        (Some("default"), Some("docs/plan.txt"), Some("deleted"))
+    );
     assert_eq!(v["size"].as_u64(), Some(22));
     assert_eq!(v["by"].as_str(), Some(&a.device_id[..7]), "the deleting peer");
     assert!(list_json(a, None).is_empty());
@@ -112,14 +119,16 @@ fn a_delete_on_a_is_restorable_on_b_and_the_restore_reaches_a() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("docs/plan.txt") && out.contains("deleted") && out.contains(&a.device_id[..7]), "{out}");
 
-    let (code, out, err) = run(&["versions", "restore", "--config", b.config.to_str().unwrap(), "--folder", "default", "docs/plan.txt"]);
+    let (code, out, err) =
+        run(&["versions", "restore", "--config", b.config.to_str().unwrap(), "--folder", "default", "docs/plan.txt"]);
     assert_eq!(code, 0, "restore failed: {err}");
     assert!(out.contains("restored docs/plan.txt"), "{out}");
     assert!(converged(&[a, b], T, |t| t.contains_key("docs/plan.txt")), "{}", describe(&[a, b]));
     assert_eq!(std::fs::read(a.path("docs/plan.txt")).unwrap(), b"the plan, first draft\n");
     assert!(list_json(b, None).is_empty(), "a restored version leaves the store");
     // Nothing left to restore: a clear failure, exit 1.
-    let (code, _, err) = run(&["versions", "restore", "--config", b.config.to_str().unwrap(), "--folder", "default", "docs/plan.txt"]);
+    let (code, _, err) =
+        run(&["versions", "restore", "--config", b.config.to_str().unwrap(), "--folder", "default", "docs/plan.txt"]);
     assert_eq!(code, 1);
     assert!(err.contains("no kept version of `docs/plan.txt`"), "{err}");
     let (code, _, err) = run(&["versions", "restore", "--config", b.config.to_str().unwrap(), "--folder", "nope", "x"]);
@@ -139,7 +148,8 @@ fn a_thousand_files_rewritten_on_a_leave_every_old_version_on_b_without_a_copy()
         a.write(&name(i), &old(i));
     }
     assert!(converged(&[a, b], Duration::from_secs(120), |t| t.len() == N + 10), "{}", describe(&[a, b]));
-    let inodes: HashMap<String, u64> = (0..N).map(|i| (name(i), std::fs::metadata(b.path(&name(i))).unwrap().ino())).collect();
+    let inodes: HashMap<String, u64> =
+        (0..N).map(|i| (name(i), std::fs::metadata(b.path(&name(i))).unwrap().ino())).collect();
 
     // Each file is replaced whole (written beside the folder, renamed over the original), the way
     // an encrypting program leaves it, so A announces exactly one new version of each.
@@ -152,7 +162,8 @@ fn a_thousand_files_rewritten_on_a_leave_every_old_version_on_b_without_a_copy()
         std::fs::rename(&tmp, a.path(&name(i))).unwrap();
     }
     assert!(
-        converged(&[a, b], Duration::from_secs(120), |t| (0..N).all(|i| matches!(t.get(&name(i)), Some(Entry::File { size, .. }) if *size == 16 + (i % 50) as u64))),
+        converged(&[a, b], Duration::from_secs(120), |t| (0..N)
+            .all(|i| matches!(t.get(&name(i)), Some(Entry::File { size, .. }) if *size == 16 + (i % 50) as u64))),
         "{}",
         describe(&[a, b])
     );
@@ -168,7 +179,11 @@ fn a_thousand_files_rewritten_on_a_leave_every_old_version_on_b_without_a_copy()
         assert_eq!(v["reason"].as_str(), Some("replaced"));
         assert_eq!(v["by"].as_str(), Some(&a.device_id[..7]));
         let file = &stored[v["stored"].as_str().unwrap()];
-        assert_eq!(std::fs::metadata(file).unwrap().ino(), inodes[path], "{path}: the version is the old inode, not a copy");
+        assert_eq!(
+            std::fs::metadata(file).unwrap().ino(),
+            inodes[path],
+            "{path}: the version is the old inode, not a copy"
+        );
         let i: usize = path[path.len() - 8..path.len() - 4].parse().unwrap();
         assert_eq!(std::fs::read(file).unwrap(), old(i));
         seen += 1;
@@ -182,11 +197,26 @@ fn a_thousand_files_rewritten_on_a_leave_every_old_version_on_b_without_a_copy()
     // that was there is kept as a conflict copy (a restore never overwrites a changed file).
     let pick = listed.iter().find(|v| v["path"].as_str() == Some(&name(7))).unwrap();
     let cfg = b.config.to_str().unwrap();
-    let (code, out, err) = run(&["versions", "restore", "--config", cfg, "--folder", "default", &name(7), "--at", pick["time"].as_str().unwrap()]);
+    let (code, out, err) = run(&[
+        "versions",
+        "restore",
+        "--config",
+        cfg,
+        "--folder",
+        "default",
+        &name(7),
+        "--at",
+        pick["time"].as_str().unwrap(),
+    ]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("sync-conflict"), "{out}");
     assert!(
-        converged(&[a, b], T, |t| matches!(t.get(&name(7)), Some(Entry::File { size, .. }) if *size == old(7).len() as u64) && t.len() == N + 11),
+        converged(
+            &[a, b],
+            T,
+            |t| matches!(t.get(&name(7)), Some(Entry::File { size, .. }) if *size == old(7).len() as u64)
+                && t.len() == N + 11
+        ),
         "{}",
         describe(&[a, b])
     );
@@ -217,8 +247,13 @@ fn a_kill_in_the_middle_of_replacing_loses_no_old_version() {
     for i in 0..N {
         nodes[0].write(&name(i), &random_bytes(20_000, i as u64 + 1));
     }
-    assert!(converged(&[&nodes[0], &nodes[1]], Duration::from_secs(120), |t| t.len() == N), "{}", describe(&[&nodes[0], &nodes[1]]));
-    let originals: Vec<[u8; 32]> = (0..N).map(|i| *blake3::hash(&random_bytes(20_000, i as u64 + 1)).as_bytes()).collect();
+    assert!(
+        converged(&[&nodes[0], &nodes[1]], Duration::from_secs(120), |t| t.len() == N),
+        "{}",
+        describe(&[&nodes[0], &nodes[1]])
+    );
+    let originals: Vec<[u8; 32]> =
+        (0..N).map(|i| *blake3::hash(&random_bytes(20_000, i as u64 + 1)).as_bytes()).collect();
 
     let pulled = |n: &Node| n.log_text().lines().filter(|l| l.contains("pulled")).count();
     let before = pulled(&nodes[1]);
@@ -234,11 +269,13 @@ fn a_kill_in_the_middle_of_replacing_loses_no_old_version() {
     nodes[1].start();
     let new: Vec<[u8; 32]> = (0..N).map(|i| *blake3::hash(&random_bytes(20_000, 1000 + i as u64)).as_bytes()).collect();
     assert!(
-        converged(&[&nodes[0], &nodes[1]], Duration::from_secs(120), |t| (0..N).all(|i| matches!(t.get(&name(i)), Some(Entry::File { hash, .. }) if *hash == new[i]))),
+        converged(&[&nodes[0], &nodes[1]], Duration::from_secs(120), |t| (0..N)
+            .all(|i| matches!(t.get(&name(i)), Some(Entry::File { hash, .. }) if *hash == new[i]))),
         "{}",
         describe(&[&nodes[0], &nodes[1]])
     );
-    let kept: std::collections::HashSet<[u8; 32]> = store_files(&nodes[1]).values().map(|p| *blake3::hash(&std::fs::read(p).unwrap()).as_bytes()).collect();
+    let kept: std::collections::HashSet<[u8; 32]> =
+        store_files(&nodes[1]).values().map(|p| *blake3::hash(&std::fs::read(p).unwrap()).as_bytes()).collect();
     let lost: Vec<String> = (0..N).filter(|&i| !kept.contains(&originals[i])).map(name).collect();
     assert!(lost.is_empty(), "old versions lost: {lost:?}");
 }
@@ -293,20 +330,35 @@ fn a_receive_only_nodes_local_edit_is_listed_and_reverted() {
     b.write("extra.txt", b"added there\n");
     assert!(wait_until(T, || status_of(b, "local_changes") == Some(2)), "B never counted its local changes");
     let listed = changes_json(b);
-    let paths: Vec<(&str, &str, bool)> = listed.iter().map(|c| (c["path"].as_str().unwrap(), c["side"].as_str().unwrap(), c["deleted"].as_bool().unwrap())).collect();
+    let paths: Vec<(&str, &str, bool)> = listed
+        .iter()
+        .map(|c| (c["path"].as_str().unwrap(), c["side"].as_str().unwrap(), c["deleted"].as_bool().unwrap()))
+        .collect();
     assert_eq!(paths, vec![("doc.txt", "local", false), ("extra.txt", "local", false)]);
-    assert_eq!(std::fs::read(a.path("doc.txt")).unwrap(), b"cluster version\n", "a receive-only node announced its edit");
+    assert_eq!(
+        std::fs::read(a.path("doc.txt")).unwrap(),
+        b"cluster version\n",
+        "a receive-only node announced its edit"
+    );
     assert!(!a.path("extra.txt").exists());
 
     let (code, out, err) = run(&["revert", "--config", b.config.to_str().unwrap(), "--folder", "default"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("reverted 2"), "{out}");
-    assert!(converged(&[a, b], T, |t| t.len() == 1 && matches!(t.get("doc.txt"), Some(Entry::File { size: 16, .. }))), "{}", describe(&[a, b]));
+    assert!(
+        converged(&[a, b], T, |t| t.len() == 1 && matches!(t.get("doc.txt"), Some(Entry::File { size: 16, .. }))),
+        "{}",
+        describe(&[a, b])
+    );
     assert_eq!(std::fs::read(b.path("doc.txt")).unwrap(), b"cluster version\n");
     assert!(wait_until(T, || status_of(b, "local_changes") == Some(0)));
     // The local edits are not lost: they are versions now.
     let kept = list_json(b, None);
-    let mut reverted: Vec<(&str, u64)> = kept.iter().filter(|v| v["reason"] == "reverted").map(|v| (v["path"].as_str().unwrap(), v["size"].as_u64().unwrap())).collect();
+    let mut reverted: Vec<(&str, u64)> = kept
+        .iter()
+        .filter(|v| v["reason"] == "reverted")
+        .map(|v| (v["path"].as_str().unwrap(), v["size"].as_u64().unwrap()))
+        .collect();
     reverted.sort();
     assert_eq!(reverted, vec![("doc.txt", 32), ("extra.txt", 12)]);
     // revert is for receive-only folders only.
@@ -328,17 +380,29 @@ fn a_send_only_override_wins_on_every_peer() {
     b.write("settings.ini", b"tampered with\n");
     b.write("junk.txt", b"junk\n");
     std::fs::remove_file(b.path("keep.txt")).unwrap();
-    assert!(wait_until(T, || status_of(a, "remote_changes") == Some(3)), "A never counted the peer's changes: {:?}", changes_json(a));
+    assert!(
+        wait_until(T, || status_of(a, "remote_changes") == Some(3)),
+        "A never counted the peer's changes: {:?}",
+        changes_json(a)
+    );
     let listed = changes_json(a);
-    let paths: Vec<(&str, &str, bool)> = listed.iter().map(|c| (c["path"].as_str().unwrap(), c["side"].as_str().unwrap(), c["deleted"].as_bool().unwrap())).collect();
-    assert_eq!(paths, vec![("junk.txt", "remote", false), ("keep.txt", "remote", true), ("settings.ini", "remote", false)]);
+    let paths: Vec<(&str, &str, bool)> = listed
+        .iter()
+        .map(|c| (c["path"].as_str().unwrap(), c["side"].as_str().unwrap(), c["deleted"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(
+        paths,
+        vec![("junk.txt", "remote", false), ("keep.txt", "remote", true), ("settings.ini", "remote", false)]
+    );
     assert_eq!(std::fs::read(a.path("settings.ini")).unwrap(), b"golden\n", "a send-only node took a peer's change");
 
     let (code, out, err) = run(&["override", "--config", a.config.to_str().unwrap(), "--folder", "default"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("re-issued 3"), "{out}");
     assert!(
-        converged(&[a, b], T, |t| t.len() == 2 && matches!(t.get("settings.ini"), Some(Entry::File { size: 7, .. })) && t.contains_key("keep.txt")),
+        converged(&[a, b], T, |t| t.len() == 2
+            && matches!(t.get("settings.ini"), Some(Entry::File { size: 7, .. }))
+            && t.contains_key("keep.txt")),
         "{}",
         describe(&[a, b])
     );
@@ -346,7 +410,8 @@ fn a_send_only_override_wins_on_every_peer() {
     assert!(wait_until(T, || status_of(a, "remote_changes") == Some(0)), "{:?}", changes_json(a));
     // What B lost is kept there.
     let kept = list_json(b, None);
-    let mut lost: Vec<(&str, &str)> = kept.iter().map(|v| (v["path"].as_str().unwrap(), v["reason"].as_str().unwrap())).collect();
+    let mut lost: Vec<(&str, &str)> =
+        kept.iter().map(|v| (v["path"].as_str().unwrap(), v["reason"].as_str().unwrap())).collect();
     lost.sort();
     assert_eq!(lost, vec![("junk.txt", "deleted"), ("settings.ini", "replaced")]);
 }
@@ -357,7 +422,11 @@ fn a_send_only_override_wins_on_every_peer() {
 fn versions_work_without_a_running_node() {
     let mut nodes = pair("");
     nodes[0].write("letter.txt", b"dear peer\n");
-    assert!(converged(&[&nodes[0], &nodes[1]], T, |t| t.contains_key("letter.txt")), "{}", describe(&[&nodes[0], &nodes[1]]));
+    assert!(
+        converged(&[&nodes[0], &nodes[1]], T, |t| t.contains_key("letter.txt")),
+        "{}",
+        describe(&[&nodes[0], &nodes[1]])
+    );
     std::fs::remove_file(nodes[0].path("letter.txt")).unwrap();
     assert!(converged(&[&nodes[0], &nodes[1]], T, |t| t.is_empty()), "{}", describe(&[&nodes[0], &nodes[1]]));
     assert!(wait_until(T, || list_json(&nodes[1], None).len() == 1));
@@ -365,12 +434,24 @@ fn versions_work_without_a_running_node() {
 
     let listed = list_json(&nodes[1], Some("letter.txt"));
     assert_eq!(listed.len(), 1);
-    let (code, out, err) = run(&["versions", "restore", "--config", nodes[1].config.to_str().unwrap(), "--folder", "default", "letter.txt"]);
+    let (code, out, err) = run(&[
+        "versions",
+        "restore",
+        "--config",
+        nodes[1].config.to_str().unwrap(),
+        "--folder",
+        "default",
+        "letter.txt",
+    ]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("restored letter.txt") && err.contains("no node is running"), "{out} {err}");
     assert_eq!(std::fs::read(nodes[1].path("letter.txt")).unwrap(), b"dear peer\n");
     nodes[1].start();
-    assert!(converged(&[&nodes[0], &nodes[1]], T, |t| t.contains_key("letter.txt")), "{}", describe(&[&nodes[0], &nodes[1]]));
+    assert!(
+        converged(&[&nodes[0], &nodes[1]], T, |t| t.contains_key("letter.txt")),
+        "{}",
+        describe(&[&nodes[0], &nodes[1]])
+    );
 }
 
 /// Past `max_size`, the oldest versions go first, within seconds of the store growing past it.

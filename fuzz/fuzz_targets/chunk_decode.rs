@@ -25,7 +25,12 @@ fn seeds() -> Vec<Vec<u8>> {
     let text: Vec<u8> = b"the quick brown fox jumps over the lazy dog\n".iter().copied().cycle().take(3000).collect();
     let zeros = vec![0u8; 200_000];
     let mut out = Vec::new();
-    for (data, compression) in [(&text, Compression::Zstd), (&text, Compression::Gzip), (&zeros, Compression::Zstd), (&zeros, Compression::Gzip)] {
+    for (data, compression) in [
+        (&text, Compression::Zstd),
+        (&text, Compression::Gzip),
+        (&zeros, Compression::Zstd),
+        (&zeros, Compression::Gzip),
+    ] {
         let (wire, encoding) = encode(data.clone(), &[], compression);
         assert_ne!(encoding, Encoding::Raw);
         out.push(input(encoding, data.len(), &wire));

@@ -6,7 +6,9 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use syncnode::core::chunks::{apply, diff, expanded_len, is_consistent, with_offsets, ChunkEdit, EditError, MAX_CHUNKS_PER_RECORD};
+use syncnode::core::chunks::{
+    apply, diff, expanded_len, is_consistent, with_offsets, ChunkEdit, EditError, MAX_CHUNKS_PER_RECORD,
+};
 use syncnode::core::Chunk;
 
 /// A chunk as (hash byte, size): few distinct hashes, so lists share chunks and copies happen.
@@ -32,7 +34,11 @@ fuzz_target!(|input: Input| {
     assert!(is_consistent(&old, total(&old)));
 
     // Any script: refused, or the model's result.
-    let edits: Vec<ChunkEdit> = input.edits.iter().map(|(from, len, insert)| ChunkEdit { copy_from: *from, copy_len: *len, insert: list(insert) }).collect();
+    let edits: Vec<ChunkEdit> = input
+        .edits
+        .iter()
+        .map(|(from, len, insert)| ChunkEdit { copy_from: *from, copy_len: *len, insert: list(insert) })
+        .collect();
     let model: Option<Vec<Chunk>> = (|| {
         let mut out = Vec::new();
         for e in &edits {
@@ -57,7 +63,9 @@ fuzz_target!(|input: Input| {
             assert!(model.is_none(), "apply refused a script that stays inside the base");
             assert!(end > len as u64 && len == old.len());
         }
-        Err(EditError::TooLarge(n)) => assert!(n == expanded && n > MAX, "refused {n} chunks, the script expands to {expanded}"),
+        Err(EditError::TooLarge(n)) => {
+            assert!(n == expanded && n > MAX, "refused {n} chunks, the script expands to {expanded}")
+        }
     }
 
     // The script diff makes rebuilds the new list, and inserts only chunks the base lacks.

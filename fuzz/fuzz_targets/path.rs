@@ -33,10 +33,27 @@ fn jail() -> &'static Path {
 }
 
 fn seeds() -> Vec<Vec<u8>> {
-    ["a.txt", "d/e/new.txt", "d/file/x", "l/secret/x", "d/up/f", "dangling", "../x", "/etc/passwd", "a//b", "a/./b", "a\\b", ".syncignore", "d/.syncnode-tmp-1-x", "d/.syncignore", "a/..b/c.d", "\u{e9}t\u{e9}/\u{1f600}"]
-        .iter()
-        .map(|s| s.as_bytes().to_vec())
-        .collect()
+    [
+        "a.txt",
+        "d/e/new.txt",
+        "d/file/x",
+        "l/secret/x",
+        "d/up/f",
+        "dangling",
+        "../x",
+        "/etc/passwd",
+        "a//b",
+        "a/./b",
+        "a\\b",
+        ".syncignore",
+        "d/.syncnode-tmp-1-x",
+        "d/.syncignore",
+        "a/..b/c.d",
+        "\u{e9}t\u{e9}/\u{1f600}",
+    ]
+    .iter()
+    .map(|s| s.as_bytes().to_vec())
+    .collect()
 }
 
 fuzz_target!(

@@ -15,7 +15,9 @@ use syncnode::net::wire::{from_wire, to_wire};
 use syncnode_fuzz::{assert_valid_record, write_seeds_if_asked};
 
 fn record(path: &str, sequence: u64, sizes: &[u32], kind: FileKind, deleted: bool) -> FileRecord {
-    let chunks = chunks::with_offsets(sizes.iter().enumerate().map(|(i, s)| Chunk { offset: 0, size: *s, hash: [i as u8 + 1; 32] }).collect());
+    let chunks = chunks::with_offsets(
+        sizes.iter().enumerate().map(|(i, s)| Chunk { offset: 0, size: *s, hash: [i as u8 + 1; 32] }).collect(),
+    );
     FileRecord {
         path: path.into(),
         kind,

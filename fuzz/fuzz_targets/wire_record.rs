@@ -55,7 +55,16 @@ fn wire_chunk(c: &WireChunk) -> proto::Chunk {
 
 fuzz_target!(|input: Input| {
     let base: Option<(u64, Vec<Chunk>)> = input.base.as_ref().map(|(seq, sizes)| {
-        (*seq, chunks::with_offsets(sizes.iter().enumerate().map(|(i, s)| Chunk { offset: 0, size: *s as u32, hash: [i as u8; 32] }).collect()))
+        (
+            *seq,
+            chunks::with_offsets(
+                sizes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| Chunk { offset: 0, size: *s as u32, hash: [i as u8; 32] })
+                    .collect(),
+            ),
+        )
     });
     let mut whole: Vec<proto::Chunk> = input.chunks.iter().map(wire_chunk).collect();
     if input.fix_offsets {
@@ -65,8 +74,15 @@ fuzz_target!(|input: Input| {
             offset = offset.wrapping_add(c.size as u64);
         }
     }
-    let edits: Vec<proto::ChunkEdit> =
-        input.edits.iter().map(|e| proto::ChunkEdit { copy_from: e.copy_from, copy_len: e.copy_len, insert: e.insert.iter().map(wire_chunk).collect() }).collect();
+    let edits: Vec<proto::ChunkEdit> = input
+        .edits
+        .iter()
+        .map(|e| proto::ChunkEdit {
+            copy_from: e.copy_from,
+            copy_len: e.copy_len,
+            insert: e.insert.iter().map(wire_chunk).collect(),
+        })
+        .collect();
     // The chunk list the record describes, as a model computes it (None: out-of-range copy).
     let described: Option<Vec<(u32, Vec<u8>)>> = if input.base_sequence != 0 {
         let old = base.as_ref().filter(|(seq, _)| *seq == input.base_sequence).map(|(_, c)| c);
@@ -82,14 +98,17 @@ fuzz_target!(|input: Input| {
     } else {
         Some(whole.iter().map(|c| (c.size, c.hash.clone())).collect())
     };
-    let size = if input.size_from_chunks { described.iter().flatten().map(|(s, _)| *s as u64).sum() } else { input.size };
+    let size =
+        if input.size_from_chunks { described.iter().flatten().map(|(s, _)| *s as u64).sum() } else { input.size };
     let info = proto::FileInfo {
         path: input.path.clone(),
         kind: input.kind,
         size,
         mtime_ns: input.mtime_ns,
         permissions: input.permissions,
-        version: Some(proto::Vector { counters: input.counters.iter().map(|(id, value)| proto::Counter { id: *id, value: *value }).collect() }),
+        version: Some(proto::Vector {
+            counters: input.counters.iter().map(|(id, value)| proto::Counter { id: *id, value: *value }).collect(),
+        }),
         deleted: input.deleted,
         sequence: input.sequence,
         modified_by: input.modified_by,
@@ -111,7 +130,11 @@ fuzz_target!(|input: Input| {
             assert_eq!(from_wire(to_wire(&r, None), |_, _| None).as_ref().ok(), Some(&r), "whole-record round trip");
             if let Some((seq, old)) = base.as_ref().filter(|(seq, _)| *seq != 0) {
                 let edits = chunks::diff(old, &r.chunks);
-                assert_eq!(from_wire(to_wire(&r, Some((*seq, &edits))), lookup).as_ref().ok(), Some(&r), "edit-script round trip");
+                assert_eq!(
+                    from_wire(to_wire(&r, Some((*seq, &edits))), lookup).as_ref().ok(),
+                    Some(&r),
+                    "edit-script round trip"
+                );
             }
         }
         Err(WireError::MissingBase { base: b, .. }) => assert!(base.as_ref().is_none_or(|(seq, _)| *seq != b)),

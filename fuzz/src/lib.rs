@@ -17,7 +17,10 @@ pub fn write_seeds_if_asked(seeds: impl FnOnce() -> Vec<Vec<u8>>) {
     let dir = Path::new(&dir);
     std::fs::create_dir_all(dir).expect("seed directory");
     for (i, seed) in seeds().iter().enumerate() {
-        let name = format!("seed-{i:02}-{}", &syncnode::fs::chunker::hash(seed).iter().map(|b| format!("{b:02x}")).collect::<String>()[..12]);
+        let name = format!(
+            "seed-{i:02}-{}",
+            &syncnode::fs::chunker::hash(seed).iter().map(|b| format!("{b:02x}")).collect::<String>()[..12]
+        );
         std::fs::write(dir.join(name), seed).expect("seed file");
     }
     std::process::exit(0);
@@ -30,7 +33,12 @@ pub fn assert_valid_record(r: &FileRecord) {
     assert!(r.version.counters().all(|(_, v)| v > 0), "zero counter kept in {:?}", r.version);
     assert_eq!(r.permissions & !0o7777, 0, "permission bits beyond 0o7777: {:o}", r.permissions);
     if r.kind == FileKind::File && !r.deleted {
-        assert!(chunks::is_consistent(&r.chunks, r.size), "live file whose chunks do not add up to {}: {:?}", r.size, r.chunks);
+        assert!(
+            chunks::is_consistent(&r.chunks, r.size),
+            "live file whose chunks do not add up to {}: {:?}",
+            r.size,
+            r.chunks
+        );
         assert!(r.chunks.iter().all(|c| c.size as usize <= syncnode::net::MAX_MESSAGE), "chunk larger than a message");
     } else {
         assert!(r.chunks.is_empty() && r.size == 0, "directory or tombstone with content: {r:?}");

@@ -65,16 +65,24 @@ impl PeerDirectory {
     pub fn counters(&self, device: &DeviceId) -> Arc<PeerCounters> {
         let mut map = self.0.write().expect("directory lock");
         map.entry(*device)
-            .or_insert_with(|| PeerEntry { name: String::new(), address: None, connected: None, counters: Arc::default() })
+            .or_insert_with(|| PeerEntry {
+                name: String::new(),
+                address: None,
+                connected: None,
+                counters: Arc::default(),
+            })
             .counters
             .clone()
     }
 
     pub fn update(&self, device: DeviceId, f: impl FnOnce(&mut PeerEntry)) {
         let mut map = self.0.write().expect("directory lock");
-        let entry = map
-            .entry(device)
-            .or_insert_with(|| PeerEntry { name: String::new(), address: None, connected: None, counters: Arc::default() });
+        let entry = map.entry(device).or_insert_with(|| PeerEntry {
+            name: String::new(),
+            address: None,
+            connected: None,
+            counters: Arc::default(),
+        });
         f(entry);
     }
 

@@ -37,8 +37,28 @@ impl Message for MdnsEvent {
 }
 
 impl Discovery {
-    pub fn new(me: DeviceId, name: String, port: u16, mdns_enabled: bool, peers: Vec<PeerConfig>, network_key: bool, supervisor: Addr<Supervisor>) -> Self {
-        Discovery { me, name, port, mdns_enabled, peers, network_key, supervisor, mdns: None, filter: SightingFilter::new(me), reported_strangers: HashSet::new(), away: HashSet::new() }
+    pub fn new(
+        me: DeviceId,
+        name: String,
+        port: u16,
+        mdns_enabled: bool,
+        peers: Vec<PeerConfig>,
+        network_key: bool,
+        supervisor: Addr<Supervisor>,
+    ) -> Self {
+        Discovery {
+            me,
+            name,
+            port,
+            mdns_enabled,
+            peers,
+            network_key,
+            supervisor,
+            mdns: None,
+            filter: SightingFilter::new(me),
+            reported_strangers: HashSet::new(),
+            away: HashSet::new(),
+        }
     }
 
     fn trusted(&self, device: &DeviceId) -> bool {
@@ -52,7 +72,9 @@ impl Actor for Discovery {
     fn started(&mut self, ctx: &mut Self::Context) {
         for p in &self.peers {
             match (p.device_id, &p.address) {
-                (Some(device), Some(address)) => self.supervisor.do_send(PeerDiscovered { device, addresses: vec![address.clone()] }),
+                (Some(device), Some(address)) => {
+                    self.supervisor.do_send(PeerDiscovered { device, addresses: vec![address.clone()] })
+                }
                 (None, Some(address)) => self.supervisor.do_send(PeerAtAddress { address: address.clone() }),
                 _ => {}
             }
@@ -67,7 +89,9 @@ impl Actor for Discovery {
                 // Interfaces come and go (a cable, a VPN): re-read them now and then.
                 ctx.run_interval(std::time::Duration::from_secs(30), |this, _| this.filter.refresh_interfaces());
             }
-            Err(e) => tracing::warn!(error = %format!("{e:#}"), "mDNS discovery unavailable; only static peers will be dialed"),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "mDNS discovery unavailable; only static peers will be dialed")
+            }
         }
     }
 
@@ -104,7 +128,10 @@ impl StreamHandler<MdnsEvent> for Discovery {
                         // minute). Clearing them first makes them new: a returning peer is dialed now.
                         self.supervisor.do_send(PeerVanished { device });
                     }
-                    self.supervisor.do_send(PeerDiscovered { device, addresses: addresses.iter().map(|a| a.to_string()).collect() });
+                    self.supervisor.do_send(PeerDiscovered {
+                        device,
+                        addresses: addresses.iter().map(|a| a.to_string()).collect(),
+                    });
                 } else if self.reported_strangers.insert(device) {
                     tracing::info!(device = %device, ?addresses, "untrusted syncnode on the LAN; add it as a [[peer]] to sync with it");
                 }

@@ -8,16 +8,16 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 
-use super::status::NodeState;
 use super::messages::*;
 use super::now_millis;
 use super::puller::Puller;
+use super::status::NodeState;
 use crate::config::{FolderConfig, FolderMode};
 use crate::core::root::{holds_mass_delete, Observed, RootProblem};
 use crate::core::{decide, Action, DeviceId, FileKind, FileRecord, ShortId};
 use crate::fs::chunker::ChunkParams;
-use crate::fs::root::{observe, RootGuard};
 use crate::fs::ignore::IgnoreRules;
+use crate::fs::root::{observe, RootGuard};
 use crate::fs::scan::{remove_stale_temp_files, KnownRecords, Scanner};
 use crate::net::wire;
 use crate::store::{Progress, Store};
@@ -151,7 +151,15 @@ pub struct SetPuller {
 }
 
 impl IndexActor {
-    pub fn new(store: Arc<Store>, me: DeviceId, chunk_size: u32, tombstone_ttl: std::time::Duration, empty_folder_guard: u64, folders: &[(FolderConfig, Arc<RootGuard>)], state: Arc<NodeState>) -> Self {
+    pub fn new(
+        store: Arc<Store>,
+        me: DeviceId,
+        chunk_size: u32,
+        tombstone_ttl: std::time::Duration,
+        empty_folder_guard: u64,
+        folders: &[(FolderConfig, Arc<RootGuard>)],
+        state: Arc<NodeState>,
+    ) -> Self {
         let folders = folders
             .iter()
             .map(|(f, guard)| {
@@ -175,7 +183,17 @@ impl IndexActor {
                 (f.id.clone(), state)
             })
             .collect();
-        IndexActor { store, me: me.short(), params: ChunkParams::new(chunk_size), folders, subscribers: Vec::new(), state, empty_folder_guard, clock: 0, tombstone_ttl }
+        IndexActor {
+            store,
+            me: me.short(),
+            params: ChunkParams::new(chunk_size),
+            folders,
+            subscribers: Vec::new(),
+            state,
+            empty_folder_guard,
+            clock: 0,
+            tombstone_ttl,
+        }
     }
 
     /// Stops a folder: one WARN line when it starts (or its reason changes), the reason in the
@@ -254,7 +272,8 @@ impl IndexActor {
         let Some(state) = self.folders.get_mut(folder) else { return };
         state.scanning = true;
         self.state.gauges(folder).scanning.store(true, std::sync::atomic::Ordering::Relaxed);
-        let (waiting, scope): (BTreeSet<String>, BTreeSet<String>) = std::mem::take(&mut state.pending).into_iter().partition(|p| state.pulling.contains(p));
+        let (waiting, scope): (BTreeSet<String>, BTreeSet<String>) =
+            std::mem::take(&mut state.pending).into_iter().partition(|p| state.pulling.contains(p));
         state.pending = waiting;
         let mut scope: Vec<String> = scope.into_iter().collect();
         if scope.iter().any(|p| p == crate::core::path::IGNORE_FILE) {
@@ -265,7 +284,14 @@ impl IndexActor {
             scope.push(String::new());
             state.recompute_after_scan = true;
         }
-        let scanner = Scanner { root: state.config.path.clone(), params: self.params, me: self.me, ignore: state.ignore.clone(), busy: state.pulling.clone(), unreadable: Default::default() };
+        let scanner = Scanner {
+            root: state.config.path.clone(),
+            params: self.params,
+            me: self.me,
+            ignore: state.ignore.clone(),
+            busy: state.pulling.clone(),
+            unreadable: Default::default(),
+        };
         let suspect = std::mem::take(&mut state.suspect);
         let store = self.store.clone();
         let folder = folder.to_string();
@@ -359,7 +385,9 @@ impl IndexActor {
             }
             let sources = devices
                 .iter()
-                .filter(|d| self.store.remote(d, folder, &path).ok().flatten().is_some_and(|r| r.version == remote.version))
+                .filter(|d| {
+                    self.store.remote(d, folder, &path).ok().flatten().is_some_and(|r| r.version == remote.version)
+                })
                 .copied()
                 .collect();
             items.push(NeedItem { action, remote, local, sources });
@@ -380,7 +408,8 @@ impl IndexActor {
         let mut direct = Vec::new();
         let mut work = Vec::new();
         for item in items {
-            let ignored = state.ignore.is_ignored(&item.remote.path, item.remote.kind == crate::core::FileKind::Directory);
+            let ignored =
+                state.ignore.is_ignored(&item.remote.path, item.remote.kind == crate::core::FileKind::Directory);
             // Whatever the Puller still holds for this path (a parked failure) is over, unless the
             // path goes to the Puller again below (a complete list replaces everything anyway).
             if !complete {
@@ -606,10 +635,14 @@ impl Handler<RemoteIndex> for IndexActor {
                     let missing_base = matches!(e, wire::WireError::MissingBase { .. });
                     if missing_base {
                         // Ask for everything again on the next connection.
-                        let _ = store.put_remote(&msg.device, &msg.folder, Progress { index_id: 0, max_sequence: 0 }, &[]);
+                        let _ =
+                            store.put_remote(&msg.device, &msg.folder, Progress { index_id: 0, max_sequence: 0 }, &[]);
                     }
                     tracing::warn!(peer = %msg.device.prefix(), folder = %msg.folder, error = %e, refused_records = total, "peer sent an invalid record; disconnecting");
-                    msg.reply.do_send(Disconnect { reason: format!("invalid index update: {e}"), violation: (!missing_base).then_some(total) });
+                    msg.reply.do_send(Disconnect {
+                        reason: format!("invalid index update: {e}"),
+                        violation: (!missing_base).then_some(total),
+                    });
                     return;
                 }
             }
@@ -656,7 +689,9 @@ impl Handler<RecomputePaths> for IndexActor {
         let announced: Vec<(DeviceId, FileRecord)> = msg
             .paths
             .iter()
-            .flat_map(|path| devices.iter().filter_map(|d| Some((*d, self.store.remote(d, &msg.folder, path).ok().flatten()?))))
+            .flat_map(|path| {
+                devices.iter().filter_map(|d| Some((*d, self.store.remote(d, &msg.folder, path).ok().flatten()?)))
+            })
             .collect();
         let items = self.needs(&msg.folder, Some(&announced));
         self.dispatch(&msg.folder, items, false, msg.paths);
@@ -736,7 +771,10 @@ impl IndexActor {
         let current = |path: &str| self.store.get(folder, path).ok().flatten().map_or(0, |r| r.sequence);
         let deletes: Vec<FileRecord> = pending
             .into_values()
-            .filter(|r| current(&r.path) == r.sequence && matches!(crate::fs::scan::DiskState::read(&root.join(&r.path)), Ok(None)))
+            .filter(|r| {
+                current(&r.path) == r.sequence
+                    && matches!(crate::fs::scan::DiskState::read(&root.join(&r.path)), Ok(None))
+            })
             .collect();
         let files = deletes.iter().filter(|r| r.kind == FileKind::File).count() as u64;
         let live = self.store.local_counts(folder).records;
@@ -769,7 +807,11 @@ impl Handler<Confirm> for IndexActor {
             }
             Some(Fault::Root(_)) => {
                 let Observed::Directory(root) = observe(&state.config.path) else {
-                    return Err(format!("folder `{}`: {} does not exist or is not a directory; create it first", msg.folder, state.config.path.display()));
+                    return Err(format!(
+                        "folder `{}`: {} does not exist or is not a directory; create it first",
+                        msg.folder,
+                        state.config.path.display()
+                    ));
                 };
                 self.store.put_root_id(&msg.folder, &root).map_err(|e| format!("cannot write the index: {e}"))?;
                 state.guard.accept(root);

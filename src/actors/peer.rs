@@ -134,11 +134,28 @@ pub struct PeerActor {
 impl PeerActor {
     pub fn new(mut setup: PeerSetup) -> Self {
         // From here on `folders` (and so `roots`) holds only the folders shared with this device.
-        let shared: Vec<FolderConfig> = setup.folders.iter().filter(|f| f.devices.includes(&setup.device)).cloned().collect();
+        let shared: Vec<FolderConfig> =
+            setup.folders.iter().filter(|f| f.devices.includes(&setup.device)).cloned().collect();
         setup.folders = Arc::new(shared);
         let roots = setup.folders.iter().map(|f| (f.id.clone(), f.path.clone())).collect();
-        let serving = Arc::new(Serving { waiting: AtomicUsize::new(0), waiting_bytes: AtomicUsize::new(0), readers: Semaphore::new(READERS_PER_PEER) });
-        PeerActor { setup, roots, senders: HashMap::new(), pending: HashMap::new(), next_id: 1, last_seen: Instant::now(), hello: false, reason: None, refused_folders: Default::default(), violation: false, serving }
+        let serving = Arc::new(Serving {
+            waiting: AtomicUsize::new(0),
+            waiting_bytes: AtomicUsize::new(0),
+            readers: Semaphore::new(READERS_PER_PEER),
+        });
+        PeerActor {
+            setup,
+            roots,
+            senders: HashMap::new(),
+            pending: HashMap::new(),
+            next_id: 1,
+            last_seen: Instant::now(),
+            hello: false,
+            reason: None,
+            refused_folders: Default::default(),
+            violation: false,
+            serving,
+        }
     }
 
     /// Something the peer sent for `folder`, which is not shared with it: refused, logged once.
@@ -180,7 +197,14 @@ impl PeerActor {
     /// refusal comes from this peer.
     fn refuse_request(&self, id: u64, kind: &'static str, reason: String) {
         refused(&self.setup.counters, &self.setup.device, kind, &reason);
-        let msg = DataMessage { kind: Some(data_message::Kind::Response(proto::ChunkResponse { id, data: Vec::new(), encoding: 0, error: reason })) };
+        let msg = DataMessage {
+            kind: Some(data_message::Kind::Response(proto::ChunkResponse {
+                id,
+                data: Vec::new(),
+                encoding: 0,
+                error: reason,
+            })),
+        };
         self.setup.counters.add_out(msg.encoded_len());
         // A full queue drops the refusal: the requester's timeout covers it.
         let _ = self.setup.data.tx.try_send(msg);
@@ -193,15 +217,27 @@ impl PeerActor {
             .iter()
             .map(|f| {
                 let progress = self.setup.store.progress(&self.setup.device, &f.id).unwrap_or_default();
-                proto::FolderOffer { id: f.id.clone(), your_index_id: progress.index_id, your_max_sequence: progress.max_sequence, receive_only: f.mode == FolderMode::ReceiveOnly }
+                proto::FolderOffer {
+                    id: f.id.clone(),
+                    your_index_id: progress.index_id,
+                    your_max_sequence: progress.max_sequence,
+                    receive_only: f.mode == FolderMode::ReceiveOnly,
+                }
             })
             .collect();
-        proto::Hello { protocol_version: crate::net::PROTOCOL_VERSION, device_name: self.setup.my_name.clone(), folders }
+        proto::Hello {
+            protocol_version: crate::net::PROTOCOL_VERSION,
+            device_name: self.setup.my_name.clone(),
+            folders,
+        }
     }
 
     fn on_hello(&mut self, hello: proto::Hello, ctx: &mut Context<Self>) {
         if hello.protocol_version != crate::net::PROTOCOL_VERSION {
-            return self.close(format!("protocol version {} is not {}", hello.protocol_version, crate::net::PROTOCOL_VERSION), ctx);
+            return self.close(
+                format!("protocol version {} is not {}", hello.protocol_version, crate::net::PROTOCOL_VERSION),
+                ctx,
+            );
         }
         if self.hello {
             return self.violation("second Hello".into(), 0, ctx);
@@ -224,7 +260,15 @@ impl PeerActor {
                 let start = if offer.your_index_id == meta.index_id { offer.your_max_sequence } else { 0 };
                 let (tx, rx) = watch::channel(meta.max_sequence);
                 self.senders.insert(folder.id.clone(), tx);
-                tokio::spawn(send_index(self.setup.store.clone(), self.setup.control.tx.clone(), self.setup.counters.clone(), folder.id.clone(), meta.index_id, start, rx));
+                tokio::spawn(send_index(
+                    self.setup.store.clone(),
+                    self.setup.control.tx.clone(),
+                    self.setup.counters.clone(),
+                    folder.id.clone(),
+                    meta.index_id,
+                    start,
+                    rx,
+                ));
             }
             self.setup.index.do_send(RecomputeNeeds { folder: folder.id.clone() });
         }
@@ -265,7 +309,9 @@ impl PeerActor {
         };
         let cost = request.encoded_len();
         let serving = self.serving.clone();
-        if serving.waiting.load(Relaxed) >= MAX_WAITING_REQUESTS || serving.waiting_bytes.load(Relaxed) + cost > MAX_WAITING_BYTES {
+        if serving.waiting.load(Relaxed) >= MAX_WAITING_REQUESTS
+            || serving.waiting_bytes.load(Relaxed) + cost > MAX_WAITING_BYTES
+        {
             return self.refuse_request(request.id, "busy", "too many requests waiting; ask again later".into());
         }
         serving.waiting.fetch_add(1, Relaxed);
@@ -285,9 +331,12 @@ impl PeerActor {
             serving.waiting_bytes.fetch_sub(cost, Relaxed);
             let (id, folder, path) = (request.id, request.folder.clone(), request.path.clone());
             let read_root = root.clone();
-            let result = tokio::task::spawn_blocking(move || read_chunk(&store, &read_root, &request, &hash).map(|data| encode(data, &request.signature, compression)))
-                .await
-                .unwrap_or_else(|e| Err(ServeError::Io(e.to_string())));
+            let result = tokio::task::spawn_blocking(move || {
+                read_chunk(&store, &read_root, &request, &hash)
+                    .map(|data| encode(data, &request.signature, compression))
+            })
+            .await
+            .unwrap_or_else(|e| Err(ServeError::Io(e.to_string())));
             drop(reader);
             match &result {
                 Err(ServeError::Changed) => index.do_send(Rehash { folder: folder.clone(), path: path.clone() }),
@@ -295,11 +344,15 @@ impl PeerActor {
                     counters.refused_request();
                     refuse_once(&root, e, Some(&device.prefix()));
                 }
-                Err(e @ ServeError::NotIndexed) => refused(&counters, &device, "not-indexed", &format!("chunk request for `{path}`: {e}")),
+                Err(e @ ServeError::NotIndexed) => {
+                    refused(&counters, &device, "not-indexed", &format!("chunk request for `{path}`: {e}"))
+                }
                 _ => {}
             }
             let response = match result {
-                Ok((data, encoding)) => proto::ChunkResponse { id, data, encoding: encoding as i32, error: String::new() },
+                Ok((data, encoding)) => {
+                    proto::ChunkResponse { id, data, encoding: encoding as i32, error: String::new() }
+                }
                 Err(e) => proto::ChunkResponse { id, data: Vec::new(), encoding: 0, error: e.to_string() },
             };
             // What was taken for the read and is not queued goes back now; the queued data goes
@@ -343,14 +396,20 @@ enum ServeError {
 /// Reads a chunk we announced: the index must hold this hash at this path and offset with this
 /// size (so a request can make us read nothing else, and a wrong hash cannot make us rehash a
 /// file), and the file is opened without following any symlink.
-fn read_chunk(store: &Store, root: &std::path::Path, r: &proto::ChunkRequest, hash_: &[u8; 32]) -> Result<Vec<u8>, ServeError> {
+fn read_chunk(
+    store: &Store,
+    root: &std::path::Path,
+    r: &proto::ChunkRequest,
+    hash_: &[u8; 32],
+) -> Result<Vec<u8>, ServeError> {
     match store.chunk_at(hash_, &r.folder, &r.path, r.offset) {
         Ok(Some(size)) if size == r.size => {}
         Ok(_) => return Err(ServeError::NotIndexed),
         Err(e) => return Err(ServeError::Io(e.to_string())),
     }
     let file = open_inside(root, &r.path)?;
-    let data = read_range(&file, r.offset, r.size).map_err(|e| ServeError::Io(e.to_string()))?.ok_or(ServeError::Shorter)?;
+    let data =
+        read_range(&file, r.offset, r.size).map_err(|e| ServeError::Io(e.to_string()))?.ok_or(ServeError::Shorter)?;
     if &hash(&data) != hash_ {
         return Err(ServeError::Changed);
     }
@@ -363,13 +422,18 @@ fn read_chunk(store: &Store, root: &std::path::Path, r: &proto::ChunkRequest, ha
 fn fit_batch(folder: &str, records: &mut Vec<proto::FileInfo>) -> usize {
     let (mut chunks, mut counters, mut bytes, mut n) = (0u64, 0u64, 0usize, 0usize);
     while n < records.len() {
-        let (c, v, b) = (wire::record_chunks(&records[n]), wire::record_counters(&records[n]), records[n].encoded_len() + 8);
+        let (c, v, b) =
+            (wire::record_chunks(&records[n]), wire::record_counters(&records[n]), records[n].encoded_len() + 8);
         if c > crate::core::chunks::MAX_CHUNKS_PER_RECORD || b > MAX_INDEX_BYTES {
             tracing::warn!(folder, path = %records[n].path, chunks = c, bytes = b, "file has too many chunks to announce; not synced");
             records.remove(n);
             continue;
         }
-        if n > 0 && (chunks + c > wire::MAX_CHUNKS_PER_UPDATE || counters + v > wire::MAX_COUNTERS_PER_UPDATE || bytes + b > MAX_INDEX_BYTES) {
+        if n > 0
+            && (chunks + c > wire::MAX_CHUNKS_PER_UPDATE
+                || counters + v > wire::MAX_COUNTERS_PER_UPDATE
+                || bytes + b > MAX_INDEX_BYTES)
+        {
             break;
         }
         chunks += c;
@@ -381,21 +445,32 @@ fn fit_batch(folder: &str, records: &mut Vec<proto::FileInfo>) -> usize {
 }
 
 /// Streams our index of one folder to the peer: everything after `start`, then each update.
-async fn send_index(store: Arc<Store>, tx: mpsc::Sender<ControlMessage>, counters: Arc<PeerCounters>, folder: String, index_id: u64, start: u64, mut updates: watch::Receiver<u64>) {
+async fn send_index(
+    store: Arc<Store>,
+    tx: mpsc::Sender<ControlMessage>,
+    counters: Arc<PeerCounters>,
+    folder: String,
+    index_id: u64,
+    start: u64,
+    mut updates: watch::Receiver<u64>,
+) {
     let mut sent = start;
     loop {
         let mut records = {
             let store = store.clone();
             let folder = folder.clone();
-            match tokio::task::spawn_blocking(move || store.since(&folder, sent, INDEX_BATCH).map(|rs| {
-                rs.into_iter()
-                    .map(|r| {
-                        // The peer holds our previous record of this path if we sent it before.
-                        let diff = store.diff_for(&folder, &r).ok().flatten().filter(|d| d.base <= sent && d.base > 0);
-                        wire::to_wire(&r, diff.as_ref().map(|d| (d.base, d.edits.as_slice())))
-                    })
-                    .collect::<Vec<_>>()
-            }))
+            match tokio::task::spawn_blocking(move || {
+                store.since(&folder, sent, INDEX_BATCH).map(|rs| {
+                    rs.into_iter()
+                        .map(|r| {
+                            // The peer holds our previous record of this path if we sent it before.
+                            let diff =
+                                store.diff_for(&folder, &r).ok().flatten().filter(|d| d.base <= sent && d.base > 0);
+                            wire::to_wire(&r, diff.as_ref().map(|d| (d.base, d.edits.as_slice())))
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
             .await
             {
                 Ok(Ok(r)) => r,
@@ -418,7 +493,13 @@ async fn send_index(store: Arc<Store>, tx: mpsc::Sender<ControlMessage>, counter
         if records.is_empty() {
             continue;
         }
-        let msg = ControlMessage { kind: Some(control_message::Kind::Index(proto::IndexUpdate { folder: folder.clone(), index_id, files: records })) };
+        let msg = ControlMessage {
+            kind: Some(control_message::Kind::Index(proto::IndexUpdate {
+                folder: folder.clone(),
+                index_id,
+                files: records,
+            })),
+        };
         counters.add_out(msg.encoded_len());
         if tx.send(msg).await.is_err() {
             return;
@@ -436,7 +517,9 @@ impl Actor for PeerActor {
         ctx.add_stream(data);
         self.send_control(control_message::Kind::Hello(self.hello()));
         self.setup.index.do_send(Subscribe(ctx.address().recipient()));
-        ctx.run_interval(PING_INTERVAL, |this, _| this.send_control(control_message::Kind::Ping(proto::Ping { nonce: 0 })));
+        ctx.run_interval(PING_INTERVAL, |this, _| {
+            this.send_control(control_message::Kind::Ping(proto::Ping { nonce: 0 }))
+        });
         // Checked every second, so silence is noticed within a second of PEER_TIMEOUT.
         ctx.run_interval(Duration::from_secs(1), |this, ctx| {
             if this.last_seen.elapsed() > PEER_TIMEOUT {
@@ -450,9 +533,16 @@ impl Actor for PeerActor {
         self.setup.data.budget.close();
         self.serving.readers.close();
         // The peer's protocol bytes since this node started, over all its connections.
-        let (bytes_in, bytes_out) = (self.setup.counters.bytes_in.load(std::sync::atomic::Ordering::Relaxed), self.setup.counters.bytes_out.load(std::sync::atomic::Ordering::Relaxed));
+        let (bytes_in, bytes_out) = (
+            self.setup.counters.bytes_in.load(std::sync::atomic::Ordering::Relaxed),
+            self.setup.counters.bytes_out.load(std::sync::atomic::Ordering::Relaxed),
+        );
         tracing::info!(peer = %self.setup.device.prefix(), reason = self.reason.as_deref().unwrap_or("connection closed"), bytes_in, bytes_out, "peer lost");
-        self.setup.supervisor.do_send(PeerDown { device: self.setup.device, conn: self.setup.conn, violation: self.violation });
+        self.setup.supervisor.do_send(PeerDown {
+            device: self.setup.device,
+            conn: self.setup.conn,
+            violation: self.violation,
+        });
     }
 }
 
@@ -468,7 +558,9 @@ impl StreamHandler<Result<ControlMessage, Status>> for PeerActor {
         match msg.kind {
             Some(control_message::Kind::Hello(h)) => self.on_hello(h, ctx),
             Some(control_message::Kind::Index(u)) => self.on_index(u, ctx),
-            Some(control_message::Kind::Ping(p)) => self.send_control(control_message::Kind::Pong(proto::Pong { nonce: p.nonce })),
+            Some(control_message::Kind::Ping(p)) => {
+                self.send_control(control_message::Kind::Pong(proto::Pong { nonce: p.nonce }))
+            }
             Some(control_message::Kind::Pong(_)) => {}
             Some(control_message::Kind::Close(c)) => {
                 self.reason = Some(format!("peer closed: {}", c.reason));
@@ -501,7 +593,12 @@ impl StreamHandler<Result<DataMessage, Status>> for PeerActor {
                     self.refuse_unshared(&r.folder, "chunk request");
                     self.setup.counters.refused_request();
                     // An answer, so an honest requester moves on at once instead of timing out.
-                    let refusal = proto::ChunkResponse { id: r.id, data: Vec::new(), encoding: 0, error: "folder not shared with this peer".into() };
+                    let refusal = proto::ChunkResponse {
+                        id: r.id,
+                        data: Vec::new(),
+                        encoding: 0,
+                        error: "folder not shared with this peer".into(),
+                    };
                     let msg = DataMessage { kind: Some(data_message::Kind::Response(refusal)) };
                     self.setup.counters.add_out(msg.encoded_len());
                     let _ = self.setup.data.tx.try_send(msg);
@@ -513,7 +610,8 @@ impl StreamHandler<Result<DataMessage, Status>> for PeerActor {
                 if let Some(p) = self.pending.remove(&r.id) {
                     let wire = p.signature + r.data.len() as u64;
                     let result = if r.error.is_empty() {
-                        decode(r.data, r.encoding, p.size, p.base.as_deref().map(|b| b.as_slice())).map(|data| Fetched { data, wire })
+                        decode(r.data, r.encoding, p.size, p.base.as_deref().map(|b| b.as_slice()))
+                            .map(|data| Fetched { data, wire })
                     } else {
                         Err(r.error)
                     };
@@ -541,7 +639,8 @@ impl Handler<FetchChunk> for PeerActor {
         let id = self.next_id;
         self.next_id += 1;
         let (reply, response) = oneshot::channel();
-        self.pending.insert(id, Pending { size: msg.chunk.size, base: msg.base, signature: msg.signature.len() as u64, reply });
+        self.pending
+            .insert(id, Pending { size: msg.chunk.size, base: msg.base, signature: msg.signature.len() as u64, reply });
         let request = proto::ChunkRequest {
             id,
             folder: msg.folder,
@@ -591,7 +690,9 @@ impl Handler<Disconnect> for PeerActor {
 /// does not decode, or one over the size limit) rather than the connection failing.
 fn is_garbage(status: &Status) -> bool {
     let message = status.message();
-    status.code() == tonic::Code::OutOfRange || (status.code() == tonic::Code::Internal && (message.starts_with("failed to decode") || message.starts_with("protocol error")))
+    status.code() == tonic::Code::OutOfRange
+        || (status.code() == tonic::Code::Internal
+            && (message.starts_with("failed to decode") || message.starts_with("protocol error")))
 }
 
 #[cfg(test)]

@@ -18,10 +18,9 @@ use futures::StreamExt;
 use super::directory::PeerDirectory;
 use super::index::IndexActor;
 use super::messages::*;
+use super::now_millis;
 use super::peer::{FetchChunk, Fetched};
 use super::status::FolderGauges;
-use std::sync::atomic::Ordering::Relaxed;
-use super::now_millis;
 use crate::core::plan::{self, Entry, Phase, PullQueue, Targets};
 use crate::core::retry::{FailureKind, PathFailure};
 use crate::core::root::RootProblem;
@@ -30,10 +29,11 @@ use crate::fs::apply::{self, ApplyError, TempFile};
 use crate::fs::chunker::{hash, read_range};
 use crate::fs::reuse::Plan;
 use crate::fs::root::{free_bytes, RootGuard};
-use crate::fs::scan::DiskState;
 use crate::fs::safe_path::{open_inside, safe_path};
+use crate::fs::scan::DiskState;
 use crate::fs::versions::VersionStore;
 use crate::store::{NeedKey, Store};
+use std::sync::atomic::Ordering::Relaxed;
 
 const FILES_IN_FLIGHT: usize = 8;
 /// Small files may have more in flight, while all in flight bring under `SMALL_BYTES_IN_FLIGHT`:
@@ -183,8 +183,20 @@ impl Puller {
         let store = self.ctx.store.clone();
         let folder = &self.ctx.folder;
         let was_whole = store.need_counts(folder).records as usize == self.queue.len();
-        let keyed: Vec<(NeedKey, NeedItem)> = items.into_iter().map(|i| (NeedKey { order: plan::order(phase_of(&i), &i.remote.path), path: i.remote.path.clone() }, i)).collect();
-        let rows: Vec<(NeedKey, u64, Vec<u8>)> = keyed.iter().map(|(k, i)| (k.clone(), if i.remote.deleted { 0 } else { i.remote.size }, postcard::to_stdvec(i).expect("in-memory serialization"))).collect();
+        let keyed: Vec<(NeedKey, NeedItem)> = items
+            .into_iter()
+            .map(|i| (NeedKey { order: plan::order(phase_of(&i), &i.remote.path), path: i.remote.path.clone() }, i))
+            .collect();
+        let rows: Vec<(NeedKey, u64, Vec<u8>)> = keyed
+            .iter()
+            .map(|(k, i)| {
+                (
+                    k.clone(),
+                    if i.remote.deleted { 0 } else { i.remote.size },
+                    postcard::to_stdvec(i).expect("in-memory serialization"),
+                )
+            })
+            .collect();
         if let Err(e) = store.put_needs(folder, &rows) {
             tracing::error!(folder = %folder, error = %e, "cannot write the need queue");
             return;
@@ -291,7 +303,12 @@ impl Puller {
         let now = now_millis();
         let needs_space = self.failures.values().any(|f| f.kind == FailureKind::NeedsSpace);
         let free = if needs_space { free_bytes(&self.ctx.root) } else { None };
-        let due: Vec<String> = self.parked.keys().filter(|p| force || self.failures.get(*p).is_none_or(|f| f.due(now, free))).cloned().collect();
+        let due: Vec<String> = self
+            .parked
+            .keys()
+            .filter(|p| force || self.failures.get(*p).is_none_or(|f| f.due(now, free)))
+            .cloned()
+            .collect();
         for path in &due {
             self.unpark(path);
             // Due now: the fresh need that comes back is queued, not parked again.
@@ -325,7 +342,18 @@ impl Puller {
             targets.iter().for_each(|t| self.targets.add(t));
             self.creating += usize::from(!delete);
             self.in_flight_bytes += bytes;
-            self.in_flight.insert(path.clone(), InFlight { delete, bytes, targets, version: item.remote.version.clone(), sources: sources.clone(), superseded: false, item: item.clone() });
+            self.in_flight.insert(
+                path.clone(),
+                InFlight {
+                    delete,
+                    bytes,
+                    targets,
+                    version: item.remote.version.clone(),
+                    sources: sources.clone(),
+                    superseded: false,
+                    item: item.clone(),
+                },
+            );
             self.ctx.index.do_send(Pulling { folder: self.ctx.folder.clone(), path: path.clone(), active: true });
             let pctx = self.ctx.clone();
             let me = ctx.address();
@@ -437,7 +465,9 @@ impl Handler<Finished> for Puller {
                 // source connected, a source gone mid-file) and repeats go to debug: a peer that
                 // announces many records nobody can serve must not flood the log. All are listed
                 // in the status.
-                if kind != FailureKind::Transient && previous.is_none_or(|p| p.kind != kind || p.reason != failure.reason) {
+                if kind != FailureKind::Transient
+                    && previous.is_none_or(|p| p.kind != kind || p.reason != failure.reason)
+                {
                     tracing::warn!(folder = %self.ctx.folder, path = %msg.path, kind = ?kind, error = %failure.reason, retry_in = ?retry_in, "pull failed");
                 } else {
                     tracing::debug!(folder = %self.ctx.folder, path = %msg.path, attempts = failure.attempts, error = %failure.reason, retry_in = ?retry_in, "pull failed again");
@@ -506,8 +536,10 @@ async fn execute(ctx: &PullContext, item: NeedItem, sources: &Sources) -> Result
     let path = remote.path.clone();
     let outcome = match &item.action {
         Action::Take if remote.deleted => {
-            let (root, p, local, versions, by) = (ctx.root.clone(), path.clone(), item.local.clone(), ctx.versions.clone(), remote.modified_by);
-            let removed = blocking(move || apply::remove_keeping(&root, &p, local.as_ref(), Some((&versions, by)))).await??;
+            let (root, p, local, versions, by) =
+                (ctx.root.clone(), path.clone(), item.local.clone(), ctx.versions.clone(), remote.modified_by);
+            let removed =
+                blocking(move || apply::remove_keeping(&root, &p, local.as_ref(), Some((&versions, by)))).await??;
             if removed {
                 tracing::info!(folder = %ctx.folder, path = %path, "deleted");
             }
@@ -549,14 +581,25 @@ async fn execute(ctx: &PullContext, item: NeedItem, sources: &Sources) -> Result
 }
 
 /// Puts `record`'s content (or directory) at `target`.
-async fn materialize(ctx: &PullContext, record: &FileRecord, target: &str, local: Option<FileRecord>, sources: &Sources) -> Result<DiskState, PullError> {
+async fn materialize(
+    ctx: &PullContext,
+    record: &FileRecord,
+    target: &str,
+    local: Option<FileRecord>,
+    sources: &Sources,
+) -> Result<DiskState, PullError> {
     if record.kind == FileKind::Directory {
-        let (root, r, versions) = (ctx.root.clone(), FileRecord { path: target.to_string(), ..record.clone() }, ctx.versions.clone());
-        return Ok(blocking(move || apply::make_dir_keeping(&root, &r, local.as_ref(), Some((&versions, r.modified_by)))).await??);
+        let (root, r, versions) =
+            (ctx.root.clone(), FileRecord { path: target.to_string(), ..record.clone() }, ctx.versions.clone());
+        return Ok(blocking(move || {
+            apply::make_dir_keeping(&root, &r, local.as_ref(), Some((&versions, r.modified_by)))
+        })
+        .await??);
     }
     let started = Instant::now();
     let plan = {
-        let (store, roots, root, r, l) = (ctx.store.clone(), ctx.roots.clone(), ctx.root.clone(), record.clone(), local.clone());
+        let (store, roots, root, r, l) =
+            (ctx.store.clone(), ctx.roots.clone(), ctx.root.clone(), record.clone(), local.clone());
         Arc::new(blocking(move || locate(&store, &roots, &root, &r, l.as_ref())).await?)
     };
     // Nothing is created before it is known that the data can come from somewhere and fit.
@@ -624,7 +667,8 @@ async fn materialize(ctx: &PullContext, record: &FileRecord, target: &str, local
 #[derive(Clone)]
 pub struct CommitQueue(tokio::sync::mpsc::UnboundedSender<CommitJob>);
 
-type CommitJob = (TempFile, FileRecord, Option<FileRecord>, tokio::sync::oneshot::Sender<Result<DiskState, ApplyError>>);
+type CommitJob =
+    (TempFile, FileRecord, Option<FileRecord>, tokio::sync::oneshot::Sender<Result<DiskState, ApplyError>>);
 
 /// Most downloads committed with one flush.
 const COMMIT_BATCH: usize = 256;
@@ -642,9 +686,14 @@ impl CommitQueue {
                         Err(_) => break,
                     }
                 }
-                let (batch, replies): (Vec<_>, Vec<_>) = jobs.into_iter().map(|(t, r, l, reply)| ((t, r, l), reply)).unzip();
+                let (batch, replies): (Vec<_>, Vec<_>) =
+                    jobs.into_iter().map(|(t, r, l, reply)| ((t, r, l), reply)).unzip();
                 let versions = versions.clone();
-                let Ok(results) = tokio::task::spawn_blocking(move || apply::commit_all_keeping(batch, Some(&versions))).await else { continue };
+                let Ok(results) =
+                    tokio::task::spawn_blocking(move || apply::commit_all_keeping(batch, Some(&versions))).await
+                else {
+                    continue;
+                };
                 for (reply, result) in replies.into_iter().zip(results) {
                     let _ = reply.send(result);
                 }
@@ -653,7 +702,12 @@ impl CommitQueue {
         CommitQueue(tx)
     }
 
-    async fn commit(&self, temp: TempFile, record: FileRecord, local: Option<FileRecord>) -> Result<DiskState, PullError> {
+    async fn commit(
+        &self,
+        temp: TempFile,
+        record: FileRecord,
+        local: Option<FileRecord>,
+    ) -> Result<DiskState, PullError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.0.send((temp, record, local, reply)).map_err(|_| PullError::Stopped)?;
         Ok(answer.await.map_err(|_| PullError::Stopped)??)
@@ -674,12 +728,23 @@ struct Tally {
 /// `BYTES_IN_FLIGHT` requested at a time (at least `CHUNKS_IN_FLIGHT` chunks). Each chunk is written
 /// as soon as it arrives, while the others are still on their way.
 #[allow(clippy::too_many_arguments)]
-async fn fetch_all(ctx: &PullContext, record: &FileRecord, indices: Vec<usize>, sources: &Sources, previous: Option<&FileRecord>, temp: &Arc<TempFile>, progress: &Progress, tally: &mut Tally, try_local: bool) -> Result<(), PullError> {
+async fn fetch_all(
+    ctx: &PullContext,
+    record: &FileRecord,
+    indices: Vec<usize>,
+    sources: &Sources,
+    previous: Option<&FileRecord>,
+    temp: &Arc<TempFile>,
+    progress: &Progress,
+    tally: &mut Tally,
+    try_local: bool,
+) -> Result<(), PullError> {
     let average = (record.size / record.chunks.len().max(1) as u64).max(1);
     let in_flight = ((BYTES_IN_FLIGHT / average) as usize).clamp(CHUNKS_IN_FLIGHT, 8 * CHUNKS_IN_FLIGHT);
     let mut results = futures::stream::iter(indices)
         .map(|i| async move {
-            let (chunk, data, from) = fetch_chunk(ctx, record, record.chunks[i], sources, i, previous, try_local).await?;
+            let (chunk, data, from) =
+                fetch_chunk(ctx, record, record.chunks[i], sources, i, previous, try_local).await?;
             let (temp, len) = (temp.clone(), data.len() as u64);
             blocking(move || temp.write_at(chunk.offset, &data)).await??;
             progress.advance(len);
@@ -703,12 +768,19 @@ async fn fetch_all(ctx: &PullContext, record: &FileRecord, indices: Vec<usize>, 
 /// first (no index lookup), else wherever the chunk index points. Copies are verified as they are
 /// made (and their files opened without following symlinks), so a stale location only costs a
 /// fetch later; a location behind a link is dropped here already.
-fn locate(store: &Store, roots: &HashMap<String, PathBuf>, root: &std::path::Path, record: &FileRecord, previous: Option<&FileRecord>) -> Plan {
+fn locate(
+    store: &Store,
+    roots: &HashMap<String, PathBuf>,
+    root: &std::path::Path,
+    record: &FileRecord,
+    previous: Option<&FileRecord>,
+) -> Plan {
     let previous = previous.filter(|p| p.is_file() && !p.deleted).and_then(|p| {
         safe_path(root, &p.path).ok()?;
         Some(((root.to_path_buf(), p.path.clone()), p))
     });
-    let in_previous: HashMap<[u8; 32], u64> = previous.iter().flat_map(|(_, p)| p.chunks.iter().map(|c| (c.hash, c.offset))).collect();
+    let in_previous: HashMap<[u8; 32], u64> =
+        previous.iter().flat_map(|(_, p)| p.chunks.iter().map(|c| (c.hash, c.offset))).collect();
     let mut checked: HashMap<(String, String), Option<PathBuf>> = HashMap::new();
     Plan::build(record.chunks.len(), |i| {
         let chunk = &record.chunks[i];
@@ -731,7 +803,15 @@ fn locate(store: &Store, roots: &HashMap<String, PathBuf>, root: &std::path::Pat
 
 /// One chunk's bytes, verified: from a local file if any has it, else from a peer (which one, and
 /// the bytes the exchange cost on the wire).
-async fn fetch_chunk(ctx: &PullContext, record: &FileRecord, chunk: Chunk, sources: &Sources, index: usize, previous: Option<&FileRecord>, try_local: bool) -> Result<(Chunk, Vec<u8>, Option<(DeviceId, u64)>), PullError> {
+async fn fetch_chunk(
+    ctx: &PullContext,
+    record: &FileRecord,
+    chunk: Chunk,
+    sources: &Sources,
+    index: usize,
+    previous: Option<&FileRecord>,
+    try_local: bool,
+) -> Result<(Chunk, Vec<u8>, Option<(DeviceId, u64)>), PullError> {
     let (store, roots) = (ctx.store.clone(), ctx.roots.clone());
     if try_local {
         if let Some(data) = blocking(move || find_local(&store, &roots, &chunk)).await? {
@@ -749,7 +829,8 @@ async fn fetch_chunk(ctx: &PullContext, record: &FileRecord, chunk: Chunk, sourc
                 let file = open_inside(&root, &path).ok()?;
                 let data = read_range(&file, old.offset, old.size).ok()??;
                 (hash(&data) == old.hash).then(|| {
-                    let options = fast_rsync::SignatureOptions { block_size: delta_block(old.size), crypto_hash_size: 8 };
+                    let options =
+                        fast_rsync::SignatureOptions { block_size: delta_block(old.size), crypto_hash_size: 8 };
                     let signature = fast_rsync::Signature::calculate(&data, options).into_serialized();
                     (Some(Arc::new(data)), signature)
                 })
@@ -765,11 +846,23 @@ async fn fetch_chunk(ctx: &PullContext, record: &FileRecord, chunk: Chunk, sourc
     for k in 0..sources.len() {
         let device = sources[(index + k) % n];
         let Some(peer) = ctx.directory.connected(&device) else { continue };
-        let request = FetchChunk { folder: ctx.folder.clone(), path: record.path.clone(), chunk, signature: signature.clone(), base: base.clone() };
+        let request = FetchChunk {
+            folder: ctx.folder.clone(),
+            path: record.path.clone(),
+            chunk,
+            signature: signature.clone(),
+            base: base.clone(),
+        };
         match peer.send(request).await {
-            Ok(Ok(Fetched { data, wire })) if data.len() == chunk.size as usize && hash(&data) == chunk.hash => return Ok((chunk, data, Some((device, wire)))),
-            Ok(Ok(_)) => tracing::warn!(peer = %device.prefix(), path = %record.path, "chunk failed verification; trying another source"),
-            Ok(Err(e)) => tracing::debug!(peer = %device.prefix(), path = %record.path, error = %e, "chunk request failed"),
+            Ok(Ok(Fetched { data, wire })) if data.len() == chunk.size as usize && hash(&data) == chunk.hash => {
+                return Ok((chunk, data, Some((device, wire))))
+            }
+            Ok(Ok(_)) => {
+                tracing::warn!(peer = %device.prefix(), path = %record.path, "chunk failed verification; trying another source")
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(peer = %device.prefix(), path = %record.path, error = %e, "chunk request failed")
+            }
             Err(_) => {}
         }
     }
@@ -780,7 +873,10 @@ async fn fetch_chunk(ctx: &PullContext, record: &FileRecord, chunk: Chunk, sourc
 fn holds(path: &std::path::Path, record: &FileRecord) -> bool {
     let Ok(file) = std::fs::File::open(path) else { return false };
     file.metadata().is_ok_and(|m| m.len() == record.size)
-        && record.chunks.iter().all(|c| matches!(read_range(&file, c.offset, c.size), Ok(Some(d)) if hash(&d) == c.hash))
+        && record
+            .chunks
+            .iter()
+            .all(|c| matches!(read_range(&file, c.offset, c.size), Ok(Some(d)) if hash(&d) == c.hash))
 }
 
 /// A chunk from any local file the chunk index says has it, verified (the index may be stale), and
@@ -818,7 +914,15 @@ impl Progress {
         ctx.gauges.current_done.store(0, Relaxed);
         let now = Instant::now();
         let (gauges, folder) = (ctx.gauges.clone(), ctx.folder.clone());
-        Progress { gauges, folder, path: path.to_string(), total, done: AtomicU64::new(0), started: now, last_log: Mutex::new(now) }
+        Progress {
+            gauges,
+            folder,
+            path: path.to_string(),
+            total,
+            done: AtomicU64::new(0),
+            started: now,
+            last_log: Mutex::new(now),
+        }
     }
 
     fn advance(&self, n: u64) {

@@ -80,7 +80,8 @@ impl NodeState {
                 let (files, bytes) = (counts.records, counts.bytes);
                 let need_files = g.need_files.load(Relaxed);
                 let (versions_files, versions_bytes) = self.versions.get(&f.id).map_or((0, 0), |v| v.usage());
-                let diverged = super::index::modes::changes(&self.store, &f.id, f.mode, self.device_id.short()).len() as u64;
+                let diverged =
+                    super::index::modes::changes(&self.store, &f.id, f.mode, self.device_id.short()).len() as u64;
                 let (local_changes, remote_changes) = match f.mode {
                     crate::config::FolderMode::ReceiveOnly => (diverged, 0),
                     crate::config::FolderMode::SendOnly => (0, diverged),
@@ -89,10 +90,21 @@ impl NodeState {
                 let fault = g.fault.lock().expect("gauges lock").clone();
                 let (failed_paths, pull_errors) = {
                     let failures = g.failures.lock().expect("gauges lock");
-                    let listed = failures.iter().take(FAILURES_LISTED).map(|(path, f)| PullErrorReport::new(path, f)).collect::<Vec<_>>();
+                    let listed = failures
+                        .iter()
+                        .take(FAILURES_LISTED)
+                        .map(|(path, f)| PullErrorReport::new(path, f))
+                        .collect::<Vec<_>>();
                     (failures.len() as u64, listed)
                 };
-                let read_errors: Vec<ReadErrorReport> = g.unreadable.lock().expect("gauges lock").iter().take(FAILURES_LISTED).map(|(path, reason)| ReadErrorReport { path: path.clone(), reason: reason.clone() }).collect();
+                let read_errors: Vec<ReadErrorReport> = g
+                    .unreadable
+                    .lock()
+                    .expect("gauges lock")
+                    .iter()
+                    .take(FAILURES_LISTED)
+                    .map(|(path, reason)| ReadErrorReport { path: path.clone(), reason: reason.clone() })
+                    .collect();
                 let unreadable_paths = g.unreadable.lock().expect("gauges lock").len() as u64;
                 let stuck = pull_errors.iter().filter(|e| e.kind.is_error()).count();
                 let error = fault.or_else(|| {
@@ -232,7 +244,14 @@ pub struct PullErrorReport {
 
 impl PullErrorReport {
     fn new(path: &str, f: &PathFailure) -> Self {
-        PullErrorReport { path: path.to_string(), kind: f.kind, reason: f.reason.clone(), attempts: f.attempts, since_ms: f.since_ms, next_retry_ms: f.next_retry_ms }
+        PullErrorReport {
+            path: path.to_string(),
+            kind: f.kind,
+            reason: f.reason.clone(),
+            attempts: f.attempts,
+            since_ms: f.since_ms,
+            next_retry_ms: f.next_retry_ms,
+        }
     }
 }
 

@@ -17,7 +17,7 @@ use super::messages::Disconnect;
 use super::peer::{PeerActor, PeerDown, PeerSetup};
 use crate::config::{Compression, FolderConfig};
 use crate::core::DeviceId;
-use crate::net::dial::{dial, OwnAddress, Outbound};
+use crate::net::dial::{dial, Outbound, OwnAddress};
 use crate::net::identity::Identity;
 use crate::net::network_key::NetworkKey;
 use crate::net::proto::{ControlMessage, DataMessage};
@@ -112,8 +112,30 @@ pub struct Supervisor {
 
 impl Supervisor {
     #[allow(clippy::too_many_arguments)]
-    pub fn new(identity: Identity, name: String, folders: Arc<Vec<FolderConfig>>, store: Arc<Store>, index: Addr<IndexActor>, directory: PeerDirectory, compression: Compression, network_key: Option<Arc<NetworkKey>>) -> Self {
-        Supervisor { identity, name, folders, store, index, directory, compression, network_key, peers: HashMap::new(), addresses: HashMap::new(), halves: HashMap::new(), stopping: false }
+    pub fn new(
+        identity: Identity,
+        name: String,
+        folders: Arc<Vec<FolderConfig>>,
+        store: Arc<Store>,
+        index: Addr<IndexActor>,
+        directory: PeerDirectory,
+        compression: Compression,
+        network_key: Option<Arc<NetworkKey>>,
+    ) -> Self {
+        Supervisor {
+            identity,
+            name,
+            folders,
+            store,
+            index,
+            directory,
+            compression,
+            network_key,
+            peers: HashMap::new(),
+            addresses: HashMap::new(),
+            halves: HashMap::new(),
+            stopping: false,
+        }
     }
 
     fn me(&self) -> DeviceId {
@@ -128,7 +150,9 @@ impl Supervisor {
         let due: Vec<(DeviceId, Vec<String>)> = self
             .peers
             .iter_mut()
-            .filter(|(_, s)| s.active.is_none() && !s.dialing && !s.addresses.is_empty() && s.next_attempt.is_none_or(|t| t <= now))
+            .filter(|(_, s)| {
+                s.active.is_none() && !s.dialing && !s.addresses.is_empty() && s.next_attempt.is_none_or(|t| t <= now)
+            })
             .map(|(d, s)| {
                 s.dialing = true;
                 (*d, s.addresses.clone())
@@ -175,7 +199,9 @@ impl Supervisor {
             let identity = self.identity.clone();
             let key = network_key.clone();
             let target = address.clone();
-            let fut = async move { dial(&identity, None, &target, Some(key)).await.map_err(|e| (e.is::<OwnAddress>(), format!("{e:#}"))) };
+            let fut = async move {
+                dial(&identity, None, &target, Some(key)).await.map_err(|e| (e.is::<OwnAddress>(), format!("{e:#}")))
+            };
             ctx.spawn(fut.into_actor(self).map(move |result, this, ctx| this.dialed_address(address, result, ctx)));
         }
     }
@@ -222,7 +248,16 @@ impl Supervisor {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn establish(&mut self, device: DeviceId, conn: u64, dialer: DeviceId, address: Option<std::net::SocketAddr>, control: Duplex<ControlMessage>, data: Duplex<DataMessage>, ctx: &mut Context<Self>) {
+    fn establish(
+        &mut self,
+        device: DeviceId,
+        conn: u64,
+        dialer: DeviceId,
+        address: Option<std::net::SocketAddr>,
+        control: Duplex<ControlMessage>,
+        data: Duplex<DataMessage>,
+        ctx: &mut Context<Self>,
+    ) {
         if self.stopping {
             return;
         }

@@ -37,7 +37,9 @@ impl VersionCleaner {
         tokio::task::spawn_blocking(move || {
             let report = store.cleanup(now_millis());
             match &report {
-                Ok(r) if r.removed > 0 => tracing::info!(folder = %folder, removed = r.removed, kept = r.files, bytes = r.bytes, "old versions removed"),
+                Ok(r) if r.removed > 0 => {
+                    tracing::info!(folder = %folder, removed = r.removed, kept = r.files, bytes = r.bytes, "old versions removed")
+                }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(folder = %folder, error = %e, "version cleanup failed"),
             }
@@ -64,7 +66,12 @@ impl Actor for VersionCleaner {
         all(self, ctx);
         ctx.run_interval(EVERY, all);
         ctx.run_interval(CHECK_CAP, |this, ctx| {
-            let over: Vec<String> = this.stores.iter().filter(|(_, s)| s.policy().max_size.is_some_and(|max| s.usage().1 > max)).map(|(f, _)| f.clone()).collect();
+            let over: Vec<String> = this
+                .stores
+                .iter()
+                .filter(|(_, s)| s.policy().max_size.is_some_and(|max| s.usage().1 > max))
+                .map(|(f, _)| f.clone())
+                .collect();
             over.into_iter().for_each(|f| this.pass(f, ctx));
         });
     }

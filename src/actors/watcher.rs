@@ -59,14 +59,35 @@ impl Message for FsEvent {
 }
 
 impl Watcher {
-    pub fn new(folders: Vec<FolderConfig>, index: Addr<IndexActor>, debounce: Duration, rescan_interval: Duration) -> Self {
+    pub fn new(
+        folders: Vec<FolderConfig>,
+        index: Addr<IndexActor>,
+        debounce: Duration,
+        rescan_interval: Duration,
+    ) -> Self {
         let n = folders.len();
-        Watcher { folders, index, debounce, rescan_interval, watches: (0..n).map(|_| None).collect(), watch_failed: vec![None; n], events: None, attempted: vec![false; n], pending: HashMap::new(), flush_scheduled: false }
+        Watcher {
+            folders,
+            index,
+            debounce,
+            rescan_interval,
+            watches: (0..n).map(|_| None).collect(),
+            watch_failed: vec![None; n],
+            events: None,
+            attempted: vec![false; n],
+            pending: HashMap::new(),
+            flush_scheduled: false,
+        }
     }
 
     fn mark(&mut self, folder: &str, rel: String, ctx: &mut Context<Self>) {
         let now = Instant::now();
-        self.pending.entry(folder.to_string()).or_default().entry(rel).and_modify(|(_, last)| *last = now).or_insert((now, now));
+        self.pending
+            .entry(folder.to_string())
+            .or_default()
+            .entry(rel)
+            .and_modify(|(_, last)| *last = now)
+            .or_insert((now, now));
         if !self.flush_scheduled {
             self.flush_scheduled = true;
             ctx.run_later(self.debounce, |this, ctx| this.flush(ctx));
@@ -120,7 +141,9 @@ impl Watcher {
         let handler = move |event: notify::Result<notify::Event>| {
             let _ = tx.send(FsEvent { folder: i, event });
         };
-        match notify::recommended_watcher(handler).and_then(|mut w| w.watch(&folder.path, RecursiveMode::Recursive).map(|_| w)) {
+        match notify::recommended_watcher(handler)
+            .and_then(|mut w| w.watch(&folder.path, RecursiveMode::Recursive).map(|_| w))
+        {
             Ok(w) => {
                 if std::mem::replace(&mut self.attempted[i], true) {
                     tracing::info!(folder = %folder.id, path = %folder.path.display(), "watching the folder again; rescanning it");

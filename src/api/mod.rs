@@ -107,17 +107,67 @@ pub fn prometheus_text(r: &StatusReport) -> String {
     family("pulls_total", "Files and directories pulled from peers.", "counter", per_folder(&|f| f.pulls));
     family("conflicts_total", "Conflicts resolved (a copy kept).", "counter", per_folder(&|f| f.conflicts));
     family("errors_total", "Failed pulls (retried).", "counter", per_folder(&|f| f.errors));
-    family("folder_error", "1 while the folder is in state error (root gone, folder emptied, or paths that cannot be pulled).", "gauge", per_folder(&|f| u64::from(f.state == "error")));
-    family("folder_failed_paths", "Paths whose last pull failed, waiting for a retry.", "gauge", per_folder(&|f| f.failed_paths));
-    family("folder_need_window", "Needs the Puller holds in memory now (the rest wait in the index).", "gauge", per_folder(&|f| f.need_window));
-    family("folder_need_window_peak", "The most needs the Puller ever held in memory.", "gauge", per_folder(&|f| f.need_window_peak));
-    family("folder_unreadable_paths", "Local files that could not be read (skipped, never taken for deleted).", "gauge", per_folder(&|f| f.unreadable_paths));
-    family("reused_bytes_total", "File bytes taken from local files instead of the network.", "counter", per_folder(&|f| f.bytes_reused));
-    family("versions_files", "Versions kept in the folder's version store.", "gauge", per_folder(&|f| f.versions_files));
-    family("versions_bytes", "Bytes of the versions kept in the folder's version store.", "gauge", per_folder(&|f| f.versions_bytes));
-    family("local_changes", "Receive-only folders: paths changed here and not announced.", "gauge", per_folder(&|f| f.local_changes));
+    family(
+        "folder_error",
+        "1 while the folder is in state error (root gone, folder emptied, or paths that cannot be pulled).",
+        "gauge",
+        per_folder(&|f| u64::from(f.state == "error")),
+    );
+    family(
+        "folder_failed_paths",
+        "Paths whose last pull failed, waiting for a retry.",
+        "gauge",
+        per_folder(&|f| f.failed_paths),
+    );
+    family(
+        "folder_need_window",
+        "Needs the Puller holds in memory now (the rest wait in the index).",
+        "gauge",
+        per_folder(&|f| f.need_window),
+    );
+    family(
+        "folder_need_window_peak",
+        "The most needs the Puller ever held in memory.",
+        "gauge",
+        per_folder(&|f| f.need_window_peak),
+    );
+    family(
+        "folder_unreadable_paths",
+        "Local files that could not be read (skipped, never taken for deleted).",
+        "gauge",
+        per_folder(&|f| f.unreadable_paths),
+    );
+    family(
+        "reused_bytes_total",
+        "File bytes taken from local files instead of the network.",
+        "counter",
+        per_folder(&|f| f.bytes_reused),
+    );
+    family(
+        "versions_files",
+        "Versions kept in the folder's version store.",
+        "gauge",
+        per_folder(&|f| f.versions_files),
+    );
+    family(
+        "versions_bytes",
+        "Bytes of the versions kept in the folder's version store.",
+        "gauge",
+        per_folder(&|f| f.versions_bytes),
+    );
+    family(
+        "local_changes",
+        "Receive-only folders: paths changed here and not announced.",
+        "gauge",
+        per_folder(&|f| f.local_changes),
+    );
     family("remote_changes", "Send-only folders: peer changes not taken.", "gauge", per_folder(&|f| f.remote_changes));
-    family("wire_saved_bytes_total", "File bytes from peers that rsync deltas and compression kept off the wire.", "counter", per_folder(&|f| f.bytes_saved_on_wire));
+    family(
+        "wire_saved_bytes_total",
+        "File bytes from peers that rsync deltas and compression kept off the wire.",
+        "counter",
+        per_folder(&|f| f.bytes_saved_on_wire),
+    );
     let connected = r.peers.iter().filter(|p| p.connected).count() as u64;
     family("peers_connected", "Peers connected now.", "gauge", vec![(String::new(), connected)]);
     let per_peer = |f: &dyn Fn(&crate::actors::status::PeerReport) -> u64| -> Vec<(String, u64)> {
@@ -125,14 +175,33 @@ pub fn prometheus_text(r: &StatusReport) -> String {
     };
     family("peer_bytes_in_total", "Protocol bytes received from the peer.", "counter", per_peer(&|p| p.bytes_in));
     family("peer_bytes_out_total", "Protocol bytes sent to the peer.", "counter", per_peer(&|p| p.bytes_out));
-    family("peer_refused_records_total", "Records from the peer refused (their batch not applied).", "counter", per_peer(&|p| p.refused_records));
-    family("peer_refused_requests_total", "Chunk requests from the peer refused.", "counter", per_peer(&|p| p.refused_requests));
-    family("peer_protocol_violations_total", "Times the peer broke the protocol and was cut off.", "counter", per_peer(&|p| p.protocol_violations));
+    family(
+        "peer_refused_records_total",
+        "Records from the peer refused (their batch not applied).",
+        "counter",
+        per_peer(&|p| p.refused_records),
+    );
+    family(
+        "peer_refused_requests_total",
+        "Chunk requests from the peer refused.",
+        "counter",
+        per_peer(&|p| p.refused_requests),
+    );
+    family(
+        "peer_protocol_violations_total",
+        "Times the peer broke the protocol and was cut off.",
+        "counter",
+        per_peer(&|p| p.protocol_violations),
+    );
     out
 }
 
 /// Starts the API server on the current actix system.
-pub fn start(address: SocketAddr, state: Arc<NodeState>, control: Control) -> anyhow::Result<actix_web::dev::ServerHandle> {
+pub fn start(
+    address: SocketAddr,
+    state: Arc<NodeState>,
+    control: Control,
+) -> anyhow::Result<actix_web::dev::ServerHandle> {
     let data = web::Data::new(state);
     let control = web::Data::new(control);
     let server = HttpServer::new(move || {

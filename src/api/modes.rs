@@ -55,7 +55,11 @@ pub async fn get(state: web::Data<Arc<NodeState>>, query: web::Query<ChangesQuer
         chosen
             .flat_map(|(c, _)| {
                 let side = if c.mode == FolderMode::SendOnly { "remote" } else { "local" };
-                listed(&state.store, &c.id, c.mode, me).into_iter().map(move |change| FolderChange { folder: c.id.clone(), side: side.into(), change })
+                listed(&state.store, &c.id, c.mode, me).into_iter().map(move |change| FolderChange {
+                    folder: c.id.clone(),
+                    side: side.into(),
+                    change,
+                })
             })
             .collect::<Vec<_>>()
     })
@@ -69,7 +73,9 @@ where
     M: actix::Message<Result = Result<usize, String>> + Send + 'static,
     crate::actors::index::IndexActor: actix::Handler<M>,
 {
-    let Some(index) = state.index.get() else { return error(actix_web::http::StatusCode::SERVICE_UNAVAILABLE, "the node is starting") };
+    let Some(index) = state.index.get() else {
+        return error(actix_web::http::StatusCode::SERVICE_UNAVAILABLE, "the node is starting");
+    };
     match index.send(msg).await {
         Ok(Ok(paths)) => HttpResponse::Ok().json(Settled { paths }),
         Ok(Err(e)) => error(actix_web::http::StatusCode::BAD_REQUEST, e),

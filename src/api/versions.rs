@@ -67,7 +67,11 @@ impl RequestError {
 }
 
 /// The versions of the chosen folders (all when `folder` is `None`), newest first.
-pub fn list<'a>(stores: impl IntoIterator<Item = (&'a str, &'a VersionStore)>, folder: Option<&str>, path: Option<&str>) -> Result<Vec<FolderVersion>, RequestError> {
+pub fn list<'a>(
+    stores: impl IntoIterator<Item = (&'a str, &'a VersionStore)>,
+    folder: Option<&str>,
+    path: Option<&str>,
+) -> Result<Vec<FolderVersion>, RequestError> {
     let mut out = Vec::new();
     let mut found = false;
     for (id, store) in stores {
@@ -85,7 +89,12 @@ pub fn list<'a>(stores: impl IntoIterator<Item = (&'a str, &'a VersionStore)>, f
 }
 
 /// Restores one version (the newest, or the newest kept at or before `at`).
-pub fn restore(store: &VersionStore, path: &str, at: Option<&str>, me: crate::core::ShortId) -> Result<Restored, RequestError> {
+pub fn restore(
+    store: &VersionStore,
+    path: &str,
+    at: Option<&str>,
+    me: crate::core::ShortId,
+) -> Result<Restored, RequestError> {
     let at = match at.filter(|t| !t.trim().is_empty()) {
         Some(text) => Some(parse_at(text).ok_or_else(|| RequestError::BadTime(text.to_string()))?),
         None => None,
@@ -114,11 +123,15 @@ pub async fn get(state: web::Data<Arc<NodeState>>, query: web::Query<ListQuery>)
     })
 }
 
-pub async fn post_restore(state: web::Data<Arc<NodeState>>, body: web::Json<RestoreRequest>) -> actix_web::Result<HttpResponse> {
+pub async fn post_restore(
+    state: web::Data<Arc<NodeState>>,
+    body: web::Json<RestoreRequest>,
+) -> actix_web::Result<HttpResponse> {
     let state = state.get_ref().clone();
     let request = body.into_inner();
     let result = web::block(move || {
-        let store = state.versions.get(&request.folder).ok_or_else(|| RequestError::NoFolder(request.folder.clone()))?;
+        let store =
+            state.versions.get(&request.folder).ok_or_else(|| RequestError::NoFolder(request.folder.clone()))?;
         restore(store, &request.path, request.at.as_deref(), state.device_id.short())
     })
     .await

@@ -80,7 +80,12 @@ impl World {
     fn write_copy(&mut self, r: usize, path: &str, from: &FileRecord) {
         let base = self.replicas[r].files.get(path).map(|f| f.version.clone()).unwrap_or_default();
         let now = self.tick() as u64;
-        let record = FileRecord { path: path.into(), version: base.updated(Self::id(r), now), modified_by: Self::id(r), ..from.clone() };
+        let record = FileRecord {
+            path: path.into(),
+            version: base.updated(Self::id(r), now),
+            modified_by: Self::id(r),
+            ..from.clone()
+        };
         self.history.push(record.clone());
         self.replicas[r].files.insert(path.into(), record);
     }

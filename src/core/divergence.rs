@@ -29,7 +29,14 @@ pub fn is_local_change(local: &FileRecord, me: ShortId, cluster: Option<&FileRec
 /// nothing, so that any version a peer announces descends from it and is taken (and, while no
 /// peer has the path, it stays deleted).
 pub fn reverted(local: &FileRecord) -> FileRecord {
-    FileRecord { size: 0, permissions: 0, version: VersionVector::new(), deleted: true, chunks: Vec::new(), ..local.clone() }
+    FileRecord {
+        size: 0,
+        permissions: 0,
+        version: VersionVector::new(),
+        deleted: true,
+        chunks: Vec::new(),
+        ..local.clone()
+    }
 }
 
 /// Whether a peer's version is a change a send-only folder did not take.
@@ -44,7 +51,9 @@ pub fn is_remote_change(local: Option<&FileRecord>, remote: &FileRecord) -> bool
 /// fresh value of this device's counter clock.
 pub fn overriding(local: Option<&FileRecord>, remote: &FileRecord, me: ShortId, now: u64) -> FileRecord {
     match local {
-        Some(l) => FileRecord { version: l.version.merged(&remote.version).updated(me, now), modified_by: me, ..l.clone() },
+        Some(l) => {
+            FileRecord { version: l.version.merged(&remote.version).updated(me, now), modified_by: me, ..l.clone() }
+        }
         None => FileRecord { modified_by: me, sequence: 0, ..remote.tombstone(me, now) },
     }
 }

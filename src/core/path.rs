@@ -58,7 +58,10 @@ pub fn validate(path: &str) -> Result<(), PathError> {
 /// anything below that name (a peer's `.syncignore/x` would turn the ignore file into a
 /// directory), and the version store at the root with everything in it.
 pub fn is_internal(path: &str) -> bool {
-    path.split('/').next() == Some(IGNORE_FILE) || path == VERSIONS_DIR || is_inside(path, VERSIONS_DIR) || path.split('/').any(|c| c.starts_with(TEMP_PREFIX))
+    path.split('/').next() == Some(IGNORE_FILE)
+        || path == VERSIONS_DIR
+        || is_inside(path, VERSIONS_DIR)
+        || path.split('/').any(|c| c.starts_with(TEMP_PREFIX))
 }
 
 /// A temp file name for one download of `path` (same directory, so the rename is atomic). `token`

@@ -55,7 +55,13 @@ pub struct PullQueue<T> {
 
 impl<T> Default for PullQueue<T> {
     fn default() -> Self {
-        PullQueue { entries: BTreeMap::new(), dirs: BTreeSet::new(), files: BTreeSet::new(), deletes: BTreeSet::new(), bytes: 0 }
+        PullQueue {
+            entries: BTreeMap::new(),
+            dirs: BTreeSet::new(),
+            files: BTreeSet::new(),
+            deletes: BTreeSet::new(),
+            bytes: 0,
+        }
     }
 }
 

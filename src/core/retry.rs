@@ -80,15 +80,29 @@ pub struct PathFailure {
 
 impl PathFailure {
     /// The record after one more failure at `now`.
-    pub fn after(previous: Option<&PathFailure>, kind: FailureKind, reason: String, needs_bytes: u64, now_ms: u64) -> PathFailure {
+    pub fn after(
+        previous: Option<&PathFailure>,
+        kind: FailureKind,
+        reason: String,
+        needs_bytes: u64,
+        now_ms: u64,
+    ) -> PathFailure {
         // A different kind of failure starts its own backoff.
         let attempts = previous.filter(|p| p.kind == kind).map_or(0, |p| p.attempts) + 1;
-        PathFailure { kind, reason, since_ms: previous.map_or(now_ms, |p| p.since_ms), attempts, next_retry_ms: now_ms.saturating_add(backoff_ms(kind, attempts)), needs_bytes }
+        PathFailure {
+            kind,
+            reason,
+            since_ms: previous.map_or(now_ms, |p| p.since_ms),
+            attempts,
+            next_retry_ms: now_ms.saturating_add(backoff_ms(kind, attempts)),
+            needs_bytes,
+        }
     }
 
     /// Whether it should be tried now, given the free space of its filesystem.
     pub fn due(&self, now_ms: u64, free_bytes: Option<u64>) -> bool {
-        now_ms >= self.next_retry_ms || (self.kind == FailureKind::NeedsSpace && free_bytes.is_some_and(|f| f >= self.needs_bytes))
+        now_ms >= self.next_retry_ms
+            || (self.kind == FailureKind::NeedsSpace && free_bytes.is_some_and(|f| f >= self.needs_bytes))
     }
 }
 

@@ -108,7 +108,10 @@ mod tests {
         let remounted = RootId { dev: 1793, ..ROOT };
         assert_eq!(check(&ROOT, &Observed::Directory(remounted)), Ok(()));
         let no_fsid = RootId { fsid: 0, ..ROOT };
-        assert_eq!(check(&no_fsid, &Observed::Directory(RootId { dev: 1793, ..no_fsid })), Err(RootProblem::OtherFilesystem));
+        assert_eq!(
+            check(&no_fsid, &Observed::Directory(RootId { dev: 1793, ..no_fsid })),
+            Err(RootProblem::OtherFilesystem)
+        );
     }
 
     #[test]

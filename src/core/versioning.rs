@@ -257,7 +257,9 @@ const NAME_MAX: usize = 255;
 /// for the tag loses the end of its stem.
 pub fn version_name(name: &str, time: u64, reason: Reason, by: &str) -> String {
     let (stem, ext) = split_ext(name);
-    let when = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(time as i64).unwrap_or_default().format("%Y%m%d-%H%M%S-%3f");
+    let when = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(time as i64)
+        .unwrap_or_default()
+        .format("%Y%m%d-%H%M%S-%3f");
     let tag = format!("~{when}~{}~{by}", reason.as_str());
     let mut room = NAME_MAX.saturating_sub(tag.len() + ext.len()).min(stem.len());
     while !stem.is_char_boundary(room) {
@@ -287,7 +289,8 @@ pub fn parse_version_name(file: &str) -> Option<Tag> {
     let reason = Reason::parse(parts.next()?)?;
     let when = parts.next()?;
     let stem = parts.next()?;
-    let valid_by = by == "local" || (by.len() == 7 && by.bytes().all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b)));
+    let valid_by =
+        by == "local" || (by.len() == 7 && by.bytes().all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b)));
     if !valid_by || when.len() != 19 || stem.is_empty() {
         return None;
     }
@@ -421,13 +424,15 @@ mod tests {
         assert_eq!(left, vec![(NOW - DAY, 100), (NOW - DAY + 1, 100)]);
     }
 
-
     #[test]
     fn version_names_keep_the_extension_and_read_back() {
         let name = version_name("report.txt", 1_764_442_862_123, Reason::Deleted, "ABCDEFG");
         assert_eq!(name, "report~20251129-190102-123~deleted~ABCDEFG.txt");
         let tag = parse_version_name(&name).unwrap();
-        assert_eq!(tag, Tag { name: "report.txt".into(), time: 1_764_442_862_123, reason: Reason::Deleted, by: "ABCDEFG".into() });
+        assert_eq!(
+            tag,
+            Tag { name: "report.txt".into(), time: 1_764_442_862_123, reason: Reason::Deleted, by: "ABCDEFG".into() }
+        );
         assert_eq!(parse_version_name(".bashrc~20251129-190102-123~replaced~local").unwrap().name, ".bashrc");
         assert_eq!(parse_version_name("report.txt"), None);
         assert_eq!(parse_version_name("a~b~c~d.txt"), None);

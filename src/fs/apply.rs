@@ -2,13 +2,13 @@
 //! target, is verified and fsynced, gets its mtime and permissions, and is renamed into place only if
 //! the target still is what our index says it is: a user's edit made meanwhile is never overwritten.
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
-use std::collections::HashMap;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use crate::core::path::temp_name;
 use crate::core::versioning::Reason;
@@ -124,8 +124,13 @@ impl TempFile {
     /// Mode and mtime of the finished file (only the permission bits: a peer never makes a file
     /// setuid, setgid or sticky here, whatever its record says).
     fn finish(&self, record: &FileRecord) -> Result<(), ApplyError> {
-        self.file.set_permissions(std::fs::Permissions::from_mode(applied_mode(record.permissions))).map_err(io_err(&self.rel))?;
-        let mtime = filetime::FileTime::from_unix_time(record.mtime_ns.div_euclid(1_000_000_000), record.mtime_ns.rem_euclid(1_000_000_000) as u32);
+        self.file
+            .set_permissions(std::fs::Permissions::from_mode(applied_mode(record.permissions)))
+            .map_err(io_err(&self.rel))?;
+        let mtime = filetime::FileTime::from_unix_time(
+            record.mtime_ns.div_euclid(1_000_000_000),
+            record.mtime_ns.rem_euclid(1_000_000_000) as u32,
+        );
         filetime::set_file_handle_times(&self.file, None, Some(mtime)).map_err(io_err(&self.rel))
     }
 
@@ -134,7 +139,9 @@ impl TempFile {
     fn replace(&self, local: Option<&FileRecord>, record: &FileRecord, keep: Keep) -> Result<DiskState, ApplyError> {
         check_unchanged(&self.target, &self.rel, local)?;
         let kept = match keep {
-            Some((store, by)) if !local.is_some_and(|l| l.same_content(record)) => store.keep(&self.target, &self.rel, Reason::Replaced, &by.prefix()).map_err(io_err(&self.rel))?,
+            Some((store, by)) if !local.is_some_and(|l| l.same_content(record)) => {
+                store.keep(&self.target, &self.rel, Reason::Replaced, &by.prefix()).map_err(io_err(&self.rel))?
+            }
             _ => None,
         };
         if let Err(e) = std::fs::rename(&self.temp, &self.target) {
@@ -143,7 +150,9 @@ impl TempFile {
             }
             return Err(io_err(&self.rel)(e));
         }
-        DiskState::read(&self.target).map_err(io_err(&self.rel))?.ok_or_else(|| ApplyError::LocalChange(self.rel.clone()))
+        DiskState::read(&self.target)
+            .map_err(io_err(&self.rel))?
+            .ok_or_else(|| ApplyError::LocalChange(self.rel.clone()))
     }
 
     /// Removes the temp file (a writer still holding it only keeps its space until it is done).
@@ -163,9 +172,13 @@ pub fn commit_all(batch: Vec<(TempFile, FileRecord, Option<FileRecord>)>) -> Vec
 
 /// `commit_all`, keeping each file that a download replaces in `versions` (with the device that
 /// made the new version) before the rename.
-pub fn commit_all_keeping(batch: Vec<(TempFile, FileRecord, Option<FileRecord>)>, versions: Option<&VersionStore>) -> Vec<Result<DiskState, ApplyError>> {
+pub fn commit_all_keeping(
+    batch: Vec<(TempFile, FileRecord, Option<FileRecord>)>,
+    versions: Option<&VersionStore>,
+) -> Vec<Result<DiskState, ApplyError>> {
     let finished: Vec<Result<(), ApplyError>> = batch.iter().map(|(temp, record, _)| temp.finish(record)).collect();
-    let ready: Vec<&TempFile> = batch.iter().zip(&finished).filter(|(_, f)| f.is_ok()).map(|((t, _, _), _)| t).collect();
+    let ready: Vec<&TempFile> =
+        batch.iter().zip(&finished).filter(|(_, f)| f.is_ok()).map(|((t, _, _), _)| t).collect();
     let durable = match ready.as_slice() {
         [] => Ok(()),
         [one] => one.file.sync_all(),
@@ -190,7 +203,9 @@ pub fn commit_all_keeping(batch: Vec<(TempFile, FileRecord, Option<FileRecord>)>
         .map(|((temp, record, local), finished)| {
             let result = finished.and_then(|()| match &durable {
                 Ok(()) => temp.replace(local.as_ref(), &record, versions.map(|v| (v, record.modified_by))),
-                Err(e) => Err(ApplyError::Io { path: temp.rel.clone(), source: io::Error::new(e.kind(), e.to_string()) }),
+                Err(e) => {
+                    Err(ApplyError::Io { path: temp.rel.clone(), source: io::Error::new(e.kind(), e.to_string()) })
+                }
             });
             if result.is_err() {
                 let _ = std::fs::remove_file(&temp.temp);
@@ -211,7 +226,12 @@ pub fn make_dir(root: &Path, record: &FileRecord, local: Option<&FileRecord>) ->
 }
 
 /// `make_dir`, keeping a file that the directory replaces in the version store first.
-pub fn make_dir_keeping(root: &Path, record: &FileRecord, local: Option<&FileRecord>, keep: Keep) -> Result<DiskState, ApplyError> {
+pub fn make_dir_keeping(
+    root: &Path,
+    record: &FileRecord,
+    local: Option<&FileRecord>,
+    keep: Keep,
+) -> Result<DiskState, ApplyError> {
     let full = safe_path(root, &record.path)?;
     match DiskState::read(&full).map_err(io_err(&record.path))? {
         Some(s) if s.kind == FileKind::Directory => {}
@@ -255,8 +275,8 @@ pub fn remove_keeping(root: &Path, rel: &str, local: Option<&FileRecord>, keep: 
             };
             if let Err(e) = std::fs::remove_file(&full) {
                 if let Some(k) = kept {
-                let _ = std::fs::remove_file(k);
-            }
+                    let _ = std::fs::remove_file(k);
+                }
                 return Err(io_err(rel)(e));
             }
             Ok(true)
@@ -276,7 +296,11 @@ pub fn free_name(root: &Path, copy: &str, same: impl Fn(&Path) -> bool) -> Optio
     };
     let candidates = std::iter::once(copy.to_string()).chain((2..).map(|n| {
         let name = format!("{stem}-{n}{ext}");
-        if dir.is_empty() { name } else { format!("{dir}/{name}") }
+        if dir.is_empty() {
+            name
+        } else {
+            format!("{dir}/{name}")
+        }
     }));
     for name in candidates {
         let Ok(path) = safe_path(root, &name) else { return Some(name) };
@@ -336,7 +360,12 @@ mod tests {
     use crate::core::record::fixtures::file;
 
     fn temp_files(root: &Path) -> Vec<PathBuf> {
-        walkdir::WalkDir::new(root).into_iter().flatten().filter(|e| e.file_name().to_string_lossy().starts_with(".syncnode-tmp-")).map(|e| e.into_path()).collect()
+        walkdir::WalkDir::new(root)
+            .into_iter()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".syncnode-tmp-"))
+            .map(|e| e.into_path())
+            .collect()
     }
 
     #[test]
@@ -375,7 +404,14 @@ mod tests {
         let state = temp.commit(&record, None).unwrap();
         assert_eq!(std::fs::metadata(root.path().join("x")).unwrap().permissions().mode() & 0o7777, 0o755);
         assert_eq!(state.permissions, 0o755);
-        let dir = FileRecord { path: "d".into(), kind: FileKind::Directory, size: 0, chunks: vec![], permissions: 0o3777, ..record };
+        let dir = FileRecord {
+            path: "d".into(),
+            kind: FileKind::Directory,
+            size: 0,
+            chunks: vec![],
+            permissions: 0o3777,
+            ..record
+        };
         make_dir(root.path(), &dir, None).unwrap();
         assert_eq!(std::fs::metadata(root.path().join("d")).unwrap().permissions().mode() & 0o7777, 0o777);
     }

@@ -29,7 +29,11 @@ pub struct ChunkParams {
 impl ChunkParams {
     pub fn new(avg: u32) -> Self {
         let avg = avg.clamp(fastcdc::v2020::AVERAGE_MIN, fastcdc::v2020::AVERAGE_MAX);
-        ChunkParams { min: (avg / 4).max(fastcdc::v2020::MINIMUM_MIN), avg, max: (avg * 4).min(fastcdc::v2020::MAXIMUM_MAX) }
+        ChunkParams {
+            min: (avg / 4).max(fastcdc::v2020::MINIMUM_MIN),
+            avg,
+            max: (avg * 4).min(fastcdc::v2020::MAXIMUM_MAX),
+        }
     }
 
     /// FastCDC's cut point in `data` (which holds min(max, bytes left in the file) bytes): the length
@@ -39,7 +43,16 @@ impl ChunkParams {
         let bits = logarithm2(self.avg);
         let level = Normalization::Level1.bits();
         let (mask_s, mask_l) = (MASKS[(bits + level) as usize], MASKS[(bits - level) as usize]);
-        let (_, cut) = fastcdc::v2020::cut(data, self.min as usize, self.avg as usize, self.max as usize, mask_s, mask_l, mask_s << 1, mask_l << 1);
+        let (_, cut) = fastcdc::v2020::cut(
+            data,
+            self.min as usize,
+            self.avg as usize,
+            self.max as usize,
+            mask_s,
+            mask_l,
+            mask_s << 1,
+            mask_l << 1,
+        );
         cut
     }
 }
@@ -61,7 +74,12 @@ pub fn chunk_file(path: &Path, params: ChunkParams) -> io::Result<(Vec<Chunk>, u
 }
 
 /// `chunk_file` on an open file, with at most `threads` threads of at least `part_min` bytes each.
-pub fn chunk_file_with(file: &File, params: ChunkParams, threads: usize, part_min: u64) -> io::Result<(Vec<Chunk>, u64)> {
+pub fn chunk_file_with(
+    file: &File,
+    params: ChunkParams,
+    threads: usize,
+    part_min: u64,
+) -> io::Result<(Vec<Chunk>, u64)> {
     let size = file.metadata()?.len();
     let parts = (size / part_min.max(1)).clamp(1, threads.max(1) as u64);
     let starts: Vec<u64> = (0..parts).map(|k| size * k / parts).collect();
@@ -71,7 +89,9 @@ pub fn chunk_file_with(file: &File, params: ChunkParams, threads: usize, part_mi
         let workers: Vec<_> = (1..starts.len())
             .map(|k| {
                 let (start, end) = (starts[k], end_of(k));
-                scope.spawn(move || Window::new(file, size, params).chain(start, |pos| pos >= end).map(|(chunks, _)| chunks))
+                scope.spawn(move || {
+                    Window::new(file, size, params).chain(start, |pos| pos >= end).map(|(chunks, _)| chunks)
+                })
             })
             .collect();
         let first = Window::new(file, size, params).chain(0, |pos| pos >= end_of(0)).map(|(chunks, _)| chunks);
@@ -111,23 +131,36 @@ pub fn rechunk_file(path: &Path, params: ChunkParams, old: &[Chunk], old_size: u
 }
 
 /// `rechunk_file` on an open file, with at most `threads` threads.
-pub fn rechunk_file_with(file: &File, params: ChunkParams, old: &[Chunk], old_size: u64, threads: usize) -> io::Result<(Vec<Chunk>, u64)> {
+pub fn rechunk_file_with(
+    file: &File,
+    params: ChunkParams,
+    old: &[Chunk],
+    old_size: u64,
+    threads: usize,
+) -> io::Result<(Vec<Chunk>, u64)> {
     // Old chunks cut with other parameters (the chunk size setting changed) are no hint.
-    let cut_like_this = old.iter().rev().skip(1).all(|c| (params.min..=params.max).contains(&c.size)) && old.last().is_some_and(|c| c.size <= params.max);
+    let cut_like_this = old.iter().rev().skip(1).all(|c| (params.min..=params.max).contains(&c.size))
+        && old.last().is_some_and(|c| c.size <= params.max);
     if !cut_like_this {
         return chunk_file_with(file, params, threads, PART_MIN);
     }
     let size = file.metadata()?.len();
     let to_end = |total: u64, pos: u64| total.saturating_sub(pos).min(params.max as u64);
     // Whether old chunk `j` may stand at `pos` of the new file, if its bytes are there.
-    let fits = |j: usize, pos: u64| pos + old[j].size as u64 <= size && to_end(size, pos) == to_end(old_size, old[j].offset);
+    let fits =
+        |j: usize, pos: u64| pos + old[j].size as u64 <= size && to_end(size, pos) == to_end(old_size, old[j].offset);
     // Whether old chunk `j`'s bytes are at `pos`.
-    let holds = move |window: &mut Window, j: usize, pos: u64| -> io::Result<bool> { Ok(fits(j, pos) && window.hash_at(pos, old[j].size)? == old[j].hash) };
+    let holds = move |window: &mut Window, j: usize, pos: u64| -> io::Result<bool> {
+        Ok(fits(j, pos) && window.hash_at(pos, old[j].size)? == old[j].hash)
+    };
     let mut window = Window::new(file, size, params);
     // Which old chunks still hold their bytes where they were, checked by all threads when the first
     // and the last still do (an edit in place). Otherwise (an insertion or deletion shifts the rest)
     // each is checked when the chain gets there.
-    let first_and_last = [0, old.len() - 1].into_iter().map(|j| holds(&mut window, j, old[j].offset)).collect::<io::Result<Vec<bool>>>()?;
+    let first_and_last = [0, old.len() - 1]
+        .into_iter()
+        .map(|j| holds(&mut window, j, old[j].offset))
+        .collect::<io::Result<Vec<bool>>>()?;
     let groups = if first_and_last.iter().all(|&b| b) { threads.clamp(1, old.len()) } else { 0 };
     let in_place: Vec<bool> = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..groups)
@@ -139,9 +172,14 @@ pub fn rechunk_file_with(file: &File, params: ChunkParams, old: &[Chunk], old_si
                 })
             })
             .collect();
-        workers.into_iter().map(|w| w.join().expect("chunker thread panicked")).collect::<io::Result<Vec<Vec<bool>>>>().map(|g| g.concat())
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("chunker thread panicked"))
+            .collect::<io::Result<Vec<Vec<bool>>>>()
+            .map(|g| g.concat())
     })?;
-    let by_hash: std::collections::HashMap<[u8; 32], usize> = old.iter().enumerate().rev().map(|(j, c)| (c.hash, j)).collect();
+    let by_hash: std::collections::HashMap<[u8; 32], usize> =
+        old.iter().enumerate().rev().map(|(j, c)| (c.hash, j)).collect();
     // `holds`, with the answers above, and the last one kept: each place is asked twice, once for
     // the next chunk and once for the chunk.
     let mut last: Option<(usize, u64, bool)> = None;

@@ -50,7 +50,12 @@ pub fn plan_runs(chunks: &[Chunk], located: &[Option<Located>], max_run: u64) ->
         let Some(at) = at else { continue };
         let size = chunk.size as u64;
         match runs.last_mut() {
-            Some(run) if run.first + run.count == i && run.source == at.source && run.offset + run.bytes == at.offset && run.bytes + size <= max_run => {
+            Some(run)
+                if run.first + run.count == i
+                    && run.source == at.source
+                    && run.offset + run.bytes == at.offset
+                    && run.bytes + size <= max_run =>
+            {
                 run.count += 1;
                 run.bytes += size;
             }
@@ -167,7 +172,9 @@ mod tests {
         let mut new = old[1000..2000].to_vec();
         new.extend(vec![7u8; 1000]);
         new.extend_from_slice(&old[..1000]);
-        let chunks: Vec<Chunk> = (0..3).map(|k| Chunk { offset: k * 1000, size: 1000, hash: hash(&new[k as usize * 1000..][..1000]) }).collect();
+        let chunks: Vec<Chunk> = (0..3)
+            .map(|k| Chunk { offset: k * 1000, size: 1000, hash: hash(&new[k as usize * 1000..][..1000]) })
+            .collect();
         let source = (dir.path().to_path_buf(), "old".to_string());
         // The plan also claims chunk 1 is in the old file: a stale location, which must be refused.
         let plan = Plan::build(3, |i| Some((source.clone(), [1000, 2000, 0][i])));
@@ -180,7 +187,12 @@ mod tests {
         assert_eq!(filled, vec![true, false, true]);
         assert_eq!(total.into_inner(), 2000);
         temp.write_at(1000, &new[1000..2000]).unwrap();
-        let record = crate::core::FileRecord { path: "new".into(), size: new.len() as u64, chunks, ..crate::core::record::fixtures::file("new", 0, &[(1, 1)], 1, 1) };
+        let record = crate::core::FileRecord {
+            path: "new".into(),
+            size: new.len() as u64,
+            chunks,
+            ..crate::core::record::fixtures::file("new", 0, &[(1, 1)], 1, 1)
+        };
         temp.commit(&record, None).unwrap();
         assert_eq!(std::fs::read(dir.path().join("new")).unwrap(), new);
     }

@@ -17,7 +17,11 @@ pub fn observe(path: &Path) -> Observed {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Observed::Missing,
         Err(e) => Observed::Unreadable(e.to_string()),
         Ok(meta) if !meta.is_dir() => Observed::NotADirectory,
-        Ok(meta) => Observed::Directory(RootId { dev: meta.dev(), ino: meta.ino(), fsid: statvfs(path).map_or(0, |s| s.f_fsid) }),
+        Ok(meta) => Observed::Directory(RootId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            fsid: statvfs(path).map_or(0, |s| s.f_fsid),
+        }),
     }
 }
 

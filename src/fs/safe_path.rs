@@ -70,7 +70,9 @@ pub fn safe_path(root: &Path, rel: &str) -> Result<PathBuf, UnsafePath> {
         }
         match std::fs::symlink_metadata(&current) {
             Ok(meta) if meta.file_type().is_dir() => {}
-            Ok(meta) if meta.file_type().is_symlink() => return Err(UnsafePath::Symlink { path: rel.into(), component: components[..=i].join("/") }),
+            Ok(meta) if meta.file_type().is_symlink() => {
+                return Err(UnsafePath::Symlink { path: rel.into(), component: components[..=i].join("/") })
+            }
             Ok(_) => return Err(UnsafePath::NotADirectory { path: rel.into(), component: components[..=i].join("/") }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 current.extend(&components[i + 1..]);
@@ -133,17 +135,20 @@ pub fn open_inside(root: &Path, rel: &str) -> Result<File, UnsafePath> {
                 return Err(match e.raw_os_error() {
                     // O_NOFOLLOW on a link fails with ELOOP; O_DIRECTORY on a file with ENOTDIR.
                     Some(libc::ELOOP) => UnsafePath::Symlink { path: rel.into(), component },
-                    Some(libc::ENOTDIR) if is_symlink(&dir, parents[i]) => UnsafePath::Symlink { path: rel.into(), component },
+                    Some(libc::ENOTDIR) if is_symlink(&dir, parents[i]) => {
+                        UnsafePath::Symlink { path: rel.into(), component }
+                    }
                     Some(libc::ENOTDIR) => UnsafePath::NotADirectory { path: rel.into(), component },
                     _ => io_err(e),
                 });
             }
         };
     }
-    let fd = openat(&dir, name, libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY).map_err(|e| match e.raw_os_error() {
-        Some(libc::ELOOP) => UnsafePath::Link { path: rel.into() },
-        _ => io_err(e),
-    })?;
+    let fd =
+        openat(&dir, name, libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY).map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => UnsafePath::Link { path: rel.into() },
+            _ => io_err(e),
+        })?;
     let file = File::from(fd);
     let meta = file.metadata().map_err(io_err)?;
     if !meta.file_type().is_file() {
@@ -181,8 +186,12 @@ pub fn refuse_once(root: &Path, error: &UnsafePath, peer: Option<&str>) -> bool 
         return false;
     }
     match peer {
-        Some(peer) => tracing::warn!(folder = %root.display(), peer, link = %link, error = %error, "refused: a symlink would lead out of the folder; not following it"),
-        None => tracing::warn!(folder = %root.display(), link = %link, error = %error, "refused: a symlink would lead out of the folder; not following it"),
+        Some(peer) => {
+            tracing::warn!(folder = %root.display(), peer, link = %link, error = %error, "refused: a symlink would lead out of the folder; not following it")
+        }
+        None => {
+            tracing::warn!(folder = %root.display(), link = %link, error = %error, "refused: a symlink would lead out of the folder; not following it")
+        }
     }
     true
 }
@@ -235,7 +244,11 @@ mod tests {
         let e = UnsafePath::Symlink { path: "l/x".into(), component: "l".into() };
         assert!(refuse_once(root.path(), &e, Some("PEER")));
         assert!(!refuse_once(root.path(), &e, None));
-        assert!(!refuse_once(root.path(), &UnsafePath::NotADirectory { path: "f/x".into(), component: "f".into() }, None));
+        assert!(!refuse_once(
+            root.path(),
+            &UnsafePath::NotADirectory { path: "f/x".into(), component: "f".into() },
+            None
+        ));
     }
 
     /// One entry of a generated tree: a directory, a file, a link to a directory outside the

@@ -124,7 +124,14 @@ impl Scanner {
     /// A change deep in a new directory tree: make sure its parent directories have records.
     /// False when a parent is not a real directory (a link, a file, or missing): `rel` is then not
     /// in the folder, and nothing below that parent is looked at.
-    fn ancestors(&self, rel: &str, known: &dyn KnownRecords, now: u64, done: &mut HashSet<String>, out: &mut Vec<FileRecord>) -> io::Result<bool> {
+    fn ancestors(
+        &self,
+        rel: &str,
+        known: &dyn KnownRecords,
+        now: u64,
+        done: &mut HashSet<String>,
+        out: &mut Vec<FileRecord>,
+    ) -> io::Result<bool> {
         let mut parents = Vec::new();
         let mut cur = paths::parent(rel);
         while let Some(p) = cur {
@@ -137,7 +144,11 @@ impl Scanner {
                 _ => {
                     if let Ok(Some(meta)) = lstat_inside(&self.root, p) {
                         if meta.file_type().is_symlink() {
-                            refuse_once(&self.root, &UnsafePath::Symlink { path: rel.into(), component: p.into() }, None);
+                            refuse_once(
+                                &self.root,
+                                &UnsafePath::Symlink { path: rel.into(), component: p.into() },
+                                None,
+                            );
                         }
                     }
                     return Ok(false);
@@ -160,11 +171,23 @@ impl Scanner {
         }
     }
 
-    fn walk(&self, dir: &Path, known: &dyn KnownRecords, now: u64, done: &mut HashSet<String>, out: &mut Vec<FileRecord>) -> io::Result<()> {
+    fn walk(
+        &self,
+        dir: &Path,
+        known: &dyn KnownRecords,
+        now: u64,
+        done: &mut HashSet<String>,
+        out: &mut Vec<FileRecord>,
+    ) -> io::Result<()> {
         let root = &self.root;
         // The folder's root may be a link (the user's choice); a directory below it, checked by the
         // caller, is walked only if it is still not one (it could have been swapped meanwhile).
-        let walker = walkdir::WalkDir::new(dir).min_depth(1).follow_links(false).follow_root_links(dir == root.as_path()).sort_by_file_name().into_iter();
+        let walker = walkdir::WalkDir::new(dir)
+            .min_depth(1)
+            .follow_links(false)
+            .follow_root_links(dir == root.as_path())
+            .sort_by_file_name()
+            .into_iter();
         let walker = walker.filter_entry(|e| match rel_of(root, e.path()) {
             Some(rel) => !self.ignore.is_ignored(&rel, e.file_type().is_dir()),
             None => false,
@@ -195,7 +218,15 @@ impl Scanner {
         }
     }
 
-    fn examine(&self, rel: &str, state: DiskState, known: &dyn KnownRecords, now: u64, done: &mut HashSet<String>, out: &mut Vec<FileRecord>) -> io::Result<()> {
+    fn examine(
+        &self,
+        rel: &str,
+        state: DiskState,
+        known: &dyn KnownRecords,
+        now: u64,
+        done: &mut HashSet<String>,
+        out: &mut Vec<FileRecord>,
+    ) -> io::Result<()> {
         if self.busy.contains(rel) || !done.insert(rel.to_string()) {
             return Ok(());
         }
@@ -239,7 +270,11 @@ impl Scanner {
         // Only metadata we do not sync changed (a directory's mtime): keep the record as it is.
         // (Same bytes with a new file mtime is a touch, and a new version: mtime is synced.)
         if let Some(prev) = &previous {
-            if !prev.deleted && prev.same_content(&record) && prev.permissions == record.permissions && (prev.mtime_ns == record.mtime_ns || record.kind == FileKind::Directory) {
+            if !prev.deleted
+                && prev.same_content(&record)
+                && prev.permissions == record.permissions
+                && (prev.mtime_ns == record.mtime_ns || record.kind == FileKind::Directory)
+            {
                 return Ok(());
             }
         }
@@ -247,7 +282,14 @@ impl Scanner {
         Ok(())
     }
 
-    fn tombstone(&self, rel: &str, known: &dyn KnownRecords, now: u64, done: &mut HashSet<String>, out: &mut Vec<FileRecord>) {
+    fn tombstone(
+        &self,
+        rel: &str,
+        known: &dyn KnownRecords,
+        now: u64,
+        done: &mut HashSet<String>,
+        out: &mut Vec<FileRecord>,
+    ) {
         if self.busy.contains(rel) || !done.insert(rel.to_string()) {
             return;
         }
@@ -257,9 +299,20 @@ impl Scanner {
     }
 
     /// Tombstones for known records under `dir` that are no longer on disk.
-    fn tombstones_under(&self, dir: &str, known: &dyn KnownRecords, now: u64, done: &mut HashSet<String>, out: &mut Vec<FileRecord>) {
+    fn tombstones_under(
+        &self,
+        dir: &str,
+        known: &dyn KnownRecords,
+        now: u64,
+        done: &mut HashSet<String>,
+        out: &mut Vec<FileRecord>,
+    ) {
         for record in known.under(dir) {
-            if record.deleted || done.contains(&record.path) || self.busy.contains(&record.path) || self.ignore.is_ignored(&record.path, record.kind == FileKind::Directory) {
+            if record.deleted
+                || done.contains(&record.path)
+                || self.busy.contains(&record.path)
+                || self.ignore.is_ignored(&record.path, record.kind == FileKind::Directory)
+            {
                 continue;
             }
             if matches!(self.state_of(&record.path), Ok(None)) {
@@ -275,7 +328,10 @@ pub fn remove_stale_temp_files(root: &Path) -> usize {
     let mut removed = 0;
     for entry in walkdir::WalkDir::new(root).follow_links(false).into_iter().flatten() {
         let name = entry.file_name().to_string_lossy();
-        if entry.file_type().is_file() && name.starts_with(paths::TEMP_PREFIX) && std::fs::remove_file(entry.path()).is_ok() {
+        if entry.file_type().is_file()
+            && name.starts_with(paths::TEMP_PREFIX)
+            && std::fs::remove_file(entry.path()).is_ok()
+        {
             removed += 1;
         }
     }
@@ -299,7 +355,14 @@ mod tests {
     }
 
     fn scanner(root: &Path) -> Scanner {
-        Scanner { root: root.to_path_buf(), params: ChunkParams::new(4096), me: ShortId(1), ignore: IgnoreRules::load(root), busy: HashSet::new(), unreadable: Default::default() }
+        Scanner {
+            root: root.to_path_buf(),
+            params: ChunkParams::new(4096),
+            me: ShortId(1),
+            ignore: IgnoreRules::load(root),
+            busy: HashSet::new(),
+            unreadable: Default::default(),
+        }
     }
 
     #[test]
@@ -348,7 +411,10 @@ mod tests {
         std::os::unix::fs::symlink(outside.path(), dir.path().join("was")).unwrap();
         for scope in ["was/top", ""] {
             let after = s.scan(&[scope.into()], &known, 102).unwrap();
-            assert!(!after.is_empty() && after.iter().all(|r| r.deleted && r.path.starts_with("was")), "scope `{scope}`: {after:?}");
+            assert!(
+                !after.is_empty() && after.iter().all(|r| r.deleted && r.path.starts_with("was")),
+                "scope `{scope}`: {after:?}"
+            );
         }
     }
 }

@@ -106,14 +106,24 @@ pub fn now_millis() -> u64 {
 }
 
 fn rfc3339(ms: u64) -> String {
-    chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms as i64).unwrap_or_default().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+    chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms as i64)
+        .unwrap_or_default()
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string()
 }
 
 impl VersionStore {
     /// The store of the folder at `root`: in `dir`, or `.syncnode-versions/` at the root.
     pub fn new(root: &Path, dir: Option<&Path>, policy: Policy) -> VersionStore {
         let dir = dir.map_or_else(|| root.join(paths::VERSIONS_DIR), Path::to_path_buf);
-        VersionStore { root: root.to_path_buf(), dir, policy, files: AtomicU64::new(0), bytes: AtomicU64::new(0), cut: Mutex::new(Cut::default()) }
+        VersionStore {
+            root: root.to_path_buf(),
+            dir,
+            policy,
+            files: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            cut: Mutex::new(Cut::default()),
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -156,7 +166,14 @@ impl VersionStore {
                     time += 1;
                     continue;
                 }
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EXDEV | libc::EPERM | libc::EMLINK | libc::EOPNOTSUPP)) => copy_new(full, &dest, &meta)?,
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EXDEV | libc::EPERM | libc::EMLINK | libc::EOPNOTSUPP)
+                    ) =>
+                {
+                    copy_new(full, &dest, &meta)?
+                }
                 Err(e) => return Err(e),
             }
             self.files.fetch_add(1, Relaxed);
@@ -181,7 +198,8 @@ impl VersionStore {
         match path.filter(|p| !p.is_empty()) {
             None => self.walk("", &mut out)?,
             Some(path) => {
-                paths::validate(path).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("`{path}`: {e}")))?;
+                paths::validate(path)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("`{path}`: {e}")))?;
                 let (parent, name) = path.rsplit_once('/').map_or(("", path), |(d, n)| (d, n));
                 self.read_dir(parent, &mut out, Some(name))?;
                 if self.store_dir(path).is_ok_and(|d| d.is_dir()) {
@@ -189,7 +207,9 @@ impl VersionStore {
                 }
             }
         }
-        out.sort_by(|a, b| b.time_ms.cmp(&a.time_ms).then_with(|| a.path.cmp(&b.path)).then_with(|| a.stored.cmp(&b.stored)));
+        out.sort_by(|a, b| {
+            b.time_ms.cmp(&a.time_ms).then_with(|| a.path.cmp(&b.path)).then_with(|| a.stored.cmp(&b.stored))
+        });
         Ok(out)
     }
 
@@ -199,9 +219,17 @@ impl VersionStore {
         if !start.is_dir() {
             return Ok(());
         }
-        for entry in walkdir::WalkDir::new(&start).follow_links(false).into_iter().filter_entry(|e| e.file_type().is_dir()) {
+        for entry in
+            walkdir::WalkDir::new(&start).follow_links(false).into_iter().filter_entry(|e| e.file_type().is_dir())
+        {
             let entry = entry.map_err(io::Error::other)?;
-            let rel = entry.path().strip_prefix(&self.dir).ok().and_then(Path::to_str).map(str::to_string).unwrap_or_default();
+            let rel = entry
+                .path()
+                .strip_prefix(&self.dir)
+                .ok()
+                .and_then(Path::to_str)
+                .map(str::to_string)
+                .unwrap_or_default();
             self.read_dir(&rel, out, None)?;
         }
         Ok(())
@@ -249,7 +277,11 @@ impl VersionStore {
     pub fn restore(&self, path: &str, at: Option<u64>, me: ShortId) -> Result<Restored, VersionError> {
         let not_found = || VersionError::NotFound { path: path.to_string(), at: at.map(rfc3339) };
         let versions = self.list(Some(path)).map_err(io_err(&self.dir))?;
-        let version = versions.into_iter().filter(|v| v.path == path).find(|v| at.is_none_or(|t| v.time_ms <= t)).ok_or_else(not_found)?;
+        let version = versions
+            .into_iter()
+            .filter(|v| v.path == path)
+            .find(|v| at.is_none_or(|t| v.time_ms <= t))
+            .ok_or_else(not_found)?;
         let (parent, file) = version.stored.rsplit_once('/').map_or(("", version.stored.as_str()), |(d, n)| (d, n));
         let source = self.store_dir(parent).map_err(io_err(&self.dir))?.join(file);
         let target = safe_path(&self.root, path)?;
@@ -273,12 +305,16 @@ impl VersionStore {
                     modified_by: me,
                     chunks: Vec::new(),
                 };
-                conflict_copy = Some(apply::move_aside(&self.root, path, &crate::core::conflict::conflict_name(&loser))?);
+                conflict_copy =
+                    Some(apply::move_aside(&self.root, path, &crate::core::conflict::conflict_name(&loser))?);
                 // Same size and mtime as the file it replaces would look unchanged to a scan.
                 let kept = DiskState::read(&source).map_err(io_err(&source))?;
                 if kept.is_some_and(|k| k.size == current.size && k.mtime_ns == current.mtime_ns) {
                     let bumped = current.mtime_ns + 1000;
-                    let time = filetime::FileTime::from_unix_time(bumped.div_euclid(1_000_000_000), bumped.rem_euclid(1_000_000_000) as u32);
+                    let time = filetime::FileTime::from_unix_time(
+                        bumped.div_euclid(1_000_000_000),
+                        bumped.rem_euclid(1_000_000_000) as u32,
+                    );
                     filetime::set_file_mtime(&source, time).map_err(io_err(&source))?;
                 }
             }
@@ -311,7 +347,12 @@ impl VersionStore {
             return Ok(report);
         }
         // Children before their parents, so emptied directories can go too.
-        for entry in walkdir::WalkDir::new(&self.dir).follow_links(false).contents_first(true).into_iter().filter_entry(|e| e.file_type().is_dir()) {
+        for entry in walkdir::WalkDir::new(&self.dir)
+            .follow_links(false)
+            .contents_first(true)
+            .into_iter()
+            .filter_entry(|e| e.file_type().is_dir())
+        {
             let entry = match entry {
                 Ok(e) => e,
                 Err(e) => {
@@ -333,7 +374,9 @@ impl VersionStore {
                     if gone || *time < cut.remove_before {
                         match std::fs::remove_file(path) {
                             Ok(()) => report.removed += 1,
-                            Err(e) => tracing::warn!(path = %path.display(), error = %e, "version cleanup: cannot remove"),
+                            Err(e) => {
+                                tracing::warn!(path = %path.display(), error = %e, "version cleanup: cannot remove")
+                            }
                         }
                     } else {
                         sizes.add(*time, *size);
@@ -395,7 +438,10 @@ mod tests {
         assert_eq!(std::fs::read(&kept).unwrap(), b"old");
         let listed = s.list(None).unwrap();
         assert_eq!(listed.len(), 1);
-        assert_eq!((listed[0].path.as_str(), listed[0].size, listed[0].reason, listed[0].by.as_str()), ("d/report.txt", 3, Reason::Replaced, "ABCDEFG"));
+        assert_eq!(
+            (listed[0].path.as_str(), listed[0].size, listed[0].reason, listed[0].by.as_str()),
+            ("d/report.txt", 3, Reason::Replaced, "ABCDEFG")
+        );
         assert_eq!(s.usage(), (1, 3));
     }
 
@@ -407,14 +453,23 @@ mod tests {
         std::fs::write(root.path().join("x"), b"was a file").unwrap();
         std::fs::write(root.path().join("y"), b"deleted").unwrap();
         let disk = |p: &str| DiskState::read(&root.path().join(p)).unwrap().unwrap();
-        let local = |p: &str| FileRecord { size: disk(p).size, mtime_ns: disk(p).mtime_ns, permissions: disk(p).permissions, ..file(p, 1, &[(1, 1)], 0, 1) };
+        let local = |p: &str| FileRecord {
+            size: disk(p).size,
+            mtime_ns: disk(p).mtime_ns,
+            permissions: disk(p).permissions,
+            ..file(p, 1, &[(1, 1)], 0, 1)
+        };
         let (lx, ly) = (local("x"), local("y"));
-        let dir = FileRecord { kind: FileKind::Directory, chunks: Vec::new(), size: 0, ..file("x", 1, &[(1, 2)], 0, 2) };
+        let dir =
+            FileRecord { kind: FileKind::Directory, chunks: Vec::new(), size: 0, ..file("x", 1, &[(1, 2)], 0, 2) };
         apply::make_dir_keeping(root.path(), &dir, Some(&lx), Some((&s, ShortId(2)))).unwrap();
         assert!(root.path().join("x").is_dir());
         assert!(apply::remove_keeping(root.path(), "y", Some(&ly), Some((&s, ShortId(2)))).unwrap());
         let kept: Vec<(String, Reason)> = s.list(None).unwrap().into_iter().map(|v| (v.path, v.reason)).collect();
-        assert!(kept.contains(&("x".into(), Reason::Replaced)) && kept.contains(&("y".into(), Reason::Deleted)), "{kept:?}");
+        assert!(
+            kept.contains(&("x".into(), Reason::Replaced)) && kept.contains(&("y".into(), Reason::Deleted)),
+            "{kept:?}"
+        );
     }
 
     #[test]
@@ -480,7 +535,8 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let t0 = 1_700_000_000_000;
         for (i, content) in ["first", "second", "third"].iter().enumerate() {
-            std::fs::write(dir.join(version_name("f.txt", t0 + i as u64 * HOUR, Reason::Replaced, "ABCDEFG")), content).unwrap();
+            std::fs::write(dir.join(version_name("f.txt", t0 + i as u64 * HOUR, Reason::Replaced, "ABCDEFG")), content)
+                .unwrap();
         }
         s.restore("f.txt", Some(t0 + HOUR + 5), ShortId(1)).unwrap();
         assert_eq!(std::fs::read(root.path().join("f.txt")).unwrap(), b"second");

@@ -44,7 +44,13 @@ impl Bounded for ControlMessage {
         if count_control(encoded, &mut counts).is_none() {
             return Ok(());
         }
-        let over = |what: &str, n: u64, max: u64| if n > max { Err(format!("control message of {n} {what} (at most {max})")) } else { Ok(()) };
+        let over = |what: &str, n: u64, max: u64| {
+            if n > max {
+                Err(format!("control message of {n} {what} (at most {max})"))
+            } else {
+                Ok(())
+            }
+        };
         over("folder offers", counts.offers, MAX_OFFERS as u64)?;
         over("records", counts.files, MAX_FILES_PER_UPDATE as u64)?;
         over("version counters", counts.counters, MAX_COUNTERS_PER_UPDATE)?;
@@ -185,11 +191,18 @@ mod tests {
             edits: vec![proto::ChunkEdit { copy_from: 0, copy_len: 9, insert: vec![proto::Chunk::default(); 2] }; 4],
             ..Default::default()
         };
-        let bytes = encoded(control_message::Kind::Index(proto::IndexUpdate { folder: "f".into(), index_id: 1, files: vec![file; 7] }));
+        let bytes = encoded(control_message::Kind::Index(proto::IndexUpdate {
+            folder: "f".into(),
+            index_id: 1,
+            files: vec![file; 7],
+        }));
         let mut c = Counts::default();
         count_control(&bytes, &mut c).unwrap();
         assert_eq!(c, Counts { offers: 0, files: 7, counters: 21, chunks: 7 * (5 + 4 * 2), edits: 28 });
-        let hello = encoded(control_message::Kind::Hello(proto::Hello { folders: vec![proto::FolderOffer::default(); 3], ..Default::default() }));
+        let hello = encoded(control_message::Kind::Hello(proto::Hello {
+            folders: vec![proto::FolderOffer::default(); 3],
+            ..Default::default()
+        }));
         let mut c = Counts::default();
         count_control(&hello, &mut c).unwrap();
         assert_eq!(c.offers, 3);
@@ -198,12 +211,25 @@ mod tests {
     #[test]
     fn a_message_of_many_empty_records_is_refused_before_it_is_decoded() {
         // 2 bytes each on the wire, some 170 once decoded.
-        let bytes = encoded(control_message::Kind::Index(proto::IndexUpdate { folder: "f".into(), index_id: 1, files: vec![proto::FileInfo::default(); MAX_FILES_PER_UPDATE + 1] }));
+        let bytes = encoded(control_message::Kind::Index(proto::IndexUpdate {
+            folder: "f".into(),
+            index_id: 1,
+            files: vec![proto::FileInfo::default(); MAX_FILES_PER_UPDATE + 1],
+        }));
         let e = ControlMessage::check(&bytes).unwrap_err();
         assert!(e.contains("records"), "{e}");
-        let chunks = encoded(control_message::Kind::Index(proto::IndexUpdate { files: vec![proto::FileInfo { chunks: vec![proto::Chunk::default(); MAX_CHUNKS_PER_UPDATE as usize + 1], ..Default::default() }], ..Default::default() }));
+        let chunks = encoded(control_message::Kind::Index(proto::IndexUpdate {
+            files: vec![proto::FileInfo {
+                chunks: vec![proto::Chunk::default(); MAX_CHUNKS_PER_UPDATE as usize + 1],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }));
         assert!(ControlMessage::check(&chunks).unwrap_err().contains("chunks"));
-        let fine = encoded(control_message::Kind::Index(proto::IndexUpdate { files: vec![proto::FileInfo::default(); 10], ..Default::default() }));
+        let fine = encoded(control_message::Kind::Index(proto::IndexUpdate {
+            files: vec![proto::FileInfo::default(); 10],
+            ..Default::default()
+        }));
         assert!(ControlMessage::check(&fine).is_ok());
         // Garbage is left to prost (which refuses it).
         assert!(ControlMessage::check(&[0xff, 0xff, 0xff]).is_ok());

@@ -22,10 +22,12 @@ use tonic::transport::{Endpoint, Server};
 use tonic::Request;
 
 use super::identity::Identity;
+use super::network_key::{NetworkKey, ProofError, SessionBinding};
 use super::proto::sync_client::SyncClient;
 use super::proto::sync_server::SyncServer;
-use super::network_key::{NetworkKey, ProofError, SessionBinding};
-use super::service::{outgoing, Duplex, InboundHalf, InboundStream, Incoming, SendBudget, SyncService, SEND_BUDGET, STREAM_BUFFER};
+use super::service::{
+    outgoing, Duplex, InboundHalf, InboundStream, Incoming, SendBudget, SyncService, SEND_BUDGET, STREAM_BUFFER,
+};
 use super::tls::{client_config, peer_device, server_config, Admit};
 use super::{CONN_HEADER, MAX_MESSAGE};
 use crate::core::DeviceId;
@@ -60,7 +62,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
     }
-    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut TaskContext<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
@@ -98,7 +104,10 @@ pub async fn serve(
     inbound: mpsc::Sender<InboundStream>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    anyhow::ensure!(network_key.is_some() || !matches!(admit, Admit::AnyCertificate), "a listener admitting any certificate needs the network key");
+    anyhow::ensure!(
+        network_key.is_some() || !matches!(admit, Admit::AnyCertificate),
+        "a listener admitting any certificate needs the network key"
+    );
     let me = identity.device_id;
     let acceptor = TlsAcceptor::from(Arc::new(server_config(identity, admit)?));
     let (conn_tx, conn_rx) = mpsc::channel(16);
@@ -127,7 +136,8 @@ pub async fn serve(
                         if dialer == me {
                             return Err(Refusal::Key(peer, ProofError::OwnDevice));
                         }
-                        let binding = SessionBinding::of(tls.get_ref().1, dialer, me).map_err(|e| Refusal::Key(peer, e))?;
+                        let binding =
+                            SessionBinding::of(tls.get_ref().1, dialer, me).map_err(|e| Refusal::Key(peer, e))?;
                         key.listener_exchange(&mut tls, &binding).await.map_err(|e| Refusal::Key(peer, e))?;
                     }
                     Ok(tls)
@@ -138,20 +148,35 @@ pub async fn serve(
                         let mut preface = [0u8; 24];
                         match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.read_exact(&mut preface)).await {
                             Ok(Ok(_)) if &preface == H2_PREFACE => {
-                                let _ = handshake_tx.send(Ok::<_, io::Error>(Rewind { prefix: preface.to_vec(), at: 0, inner: tls })).await;
+                                let _ = handshake_tx
+                                    .send(Ok::<_, io::Error>(Rewind { prefix: preface.to_vec(), at: 0, inner: tls }))
+                                    .await;
                             }
                             Ok(Ok(_)) => {
                                 let reason = "garbage after the TLS handshake (not HTTP/2)".to_string();
                                 tracing::warn!(peer = ?device.map(|d| d.prefix()), from = %addr, reason, "protocol violation; connection closed");
                                 if let Some(device) = device {
-                                    let _ = refused_tx.send(InboundStream { device, conn: 0, address: Some(addr), half: InboundHalf::Refused(reason) }).await;
+                                    let _ = refused_tx
+                                        .send(InboundStream {
+                                            device,
+                                            conn: 0,
+                                            address: Some(addr),
+                                            half: InboundHalf::Refused(reason),
+                                        })
+                                        .await;
                                 }
                             }
-                            Ok(Err(e)) => tracing::debug!(peer = ?device.map(|d| d.prefix()), from = %addr, error = %e, "connection closed right after the TLS handshake"),
-                            Err(_) => tracing::warn!(peer = ?device.map(|d| d.prefix()), from = %addr, "nothing sent after the TLS handshake; connection closed"),
+                            Ok(Err(e)) => {
+                                tracing::debug!(peer = ?device.map(|d| d.prefix()), from = %addr, error = %e, "connection closed right after the TLS handshake")
+                            }
+                            Err(_) => {
+                                tracing::warn!(peer = ?device.map(|d| d.prefix()), from = %addr, "nothing sent after the TLS handshake; connection closed")
+                            }
                         }
                     }
-                    Err(Refusal::Tls(e)) => tracing::warn!(from = %addr, error = %e, "refused connection at the TLS handshake"),
+                    Err(Refusal::Tls(e)) => {
+                        tracing::warn!(from = %addr, error = %e, "refused connection at the TLS handshake")
+                    }
                     Err(Refusal::TimedOut) => tracing::warn!(from = %addr, "TLS handshake timed out"),
                     Err(Refusal::Key(peer, e)) => {
                         // Once per device: a peer with the wrong key redials with backoff forever.
@@ -204,14 +229,20 @@ pub struct OwnAddress(pub String);
 /// Dials `address`, expecting the certificate of `device`; anything else fails the handshake.
 /// With `network_key`, the peer must also prove the key, and `device` may be `None`: whoever
 /// answers there with the key is admitted, and `Outbound::device` says who that was.
-pub async fn dial(identity: &Identity, device: Option<DeviceId>, address: &str, network_key: Option<Arc<NetworkKey>>) -> Result<Outbound> {
+pub async fn dial(
+    identity: &Identity,
+    device: Option<DeviceId>,
+    address: &str,
+    network_key: Option<Arc<NetworkKey>>,
+) -> Result<Outbound> {
     let admit = match device {
         Some(d) => Admit::Device(d),
         None if network_key.is_some() => Admit::AnyCertificate,
         None => anyhow::bail!("dialing {address} without a device ID needs trust = \"network-key\""),
     };
     let config = Arc::new(client_config(identity, admit)?);
-    let socket: SocketAddr = tokio::net::lookup_host(address).await?.next().with_context(|| format!("{address} does not resolve"))?;
+    let socket: SocketAddr =
+        tokio::net::lookup_host(address).await?.next().with_context(|| format!("{address} does not resolve"))?;
     let me = identity.device_id;
     // The connector learns whom it reached (from the certificate) for a dial without a device ID.
     let reached = Arc::new(std::sync::Mutex::new(device));
@@ -227,7 +258,8 @@ pub async fn dial(identity: &Identity, device: Option<DeviceId>, address: &str, 
             tcp.set_nodelay(true)?;
             let name = ServerName::try_from("syncnode").map_err(io::Error::other)?;
             let mut tls = TlsConnector::from(config).connect(name, tcp).await?;
-            let peer = peer_device(tls.get_ref().1.peer_certificates()).ok_or_else(|| io::Error::other("the peer sent no certificate"))?;
+            let peer = peer_device(tls.get_ref().1.peer_certificates())
+                .ok_or_else(|| io::Error::other("the peer sent no certificate"))?;
             if let Some(key) = &network_key {
                 if peer == me {
                     *reached.lock().expect("reached lock") = Some(me);
@@ -259,10 +291,13 @@ pub async fn dial(identity: &Identity, device: Option<DeviceId>, address: &str, 
         .connect_with_connector(connector)
         .await;
     let channel = match channel {
-        Err(_) if device.is_none() && *reached.lock().expect("reached lock") == Some(me) => return Err(OwnAddress(address.to_string()).into()),
+        Err(_) if device.is_none() && *reached.lock().expect("reached lock") == Some(me) => {
+            return Err(OwnAddress(address.to_string()).into())
+        }
         other => other.with_context(|| format!("cannot connect to {address}"))?,
     };
-    let mut client = SyncClient::new(channel).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE);
+    let mut client =
+        SyncClient::new(channel).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE);
     let conn: u64 = rand::random();
     let (ctl_tx, ctl_out) = mpsc::channel(STREAM_BUFFER);
     let ctl_budget = SendBudget::new(SEND_BUDGET);

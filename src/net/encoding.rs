@@ -71,11 +71,16 @@ pub fn decode(data: Vec<u8>, encoding: i32, size: u32, base: Option<&[u8]>) -> R
             fast_rsync::apply_limited(base, &data, &mut out, size as usize).map_err(|e| format!("bad delta: {e}"))?;
             Ok(out)
         }
-        Ok(proto::Encoding::Zstd) => zstd::bulk::decompress(&data, size as usize).map_err(|e| format!("bad zstd data: {e}")),
+        Ok(proto::Encoding::Zstd) => {
+            zstd::bulk::decompress(&data, size as usize).map_err(|e| format!("bad zstd data: {e}"))
+        }
         Ok(proto::Encoding::Gzip) => {
             use std::io::Read;
             let mut out = Vec::with_capacity(size as usize);
-            flate2::read::GzDecoder::new(&data[..]).take(size as u64 + 1).read_to_end(&mut out).map_err(|e| format!("bad gzip data: {e}"))?;
+            flate2::read::GzDecoder::new(&data[..])
+                .take(size as u64 + 1)
+                .read_to_end(&mut out)
+                .map_err(|e| format!("bad gzip data: {e}"))?;
             if out.len() > size as usize {
                 return Err(format!("gzip data decodes to more than {size} bytes"));
             }
@@ -103,7 +108,8 @@ mod tests {
 
     #[test]
     fn each_chunk_travels_in_its_cheapest_encoding_and_decodes_to_itself() {
-        let text: Vec<u8> = b"the quick brown fox jumps over the lazy dog\n".iter().copied().cycle().take(64 << 10).collect();
+        let text: Vec<u8> =
+            b"the quick brown fox jumps over the lazy dog\n".iter().copied().cycle().take(64 << 10).collect();
         let noise = random(64 << 10);
         let mut edited = noise.clone();
         edited[30_000] ^= 1;

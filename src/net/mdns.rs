@@ -83,7 +83,8 @@ impl SightingFilter {
                     .filter_map(|ip| socket_addr(ip, port))
                     .filter(|a| on_subnet(subnets, a.ip()))
                     .collect();
-                let entry = self.known.entry(info.get_fullname().to_string()).or_insert_with(|| (device, HashSet::new()));
+                let entry =
+                    self.known.entry(info.get_fullname().to_string()).or_insert_with(|| (device, HashSet::new()));
                 entry.0 = device;
                 entry.1.extend(fresh);
                 if entry.1.is_empty() {

@@ -62,8 +62,14 @@ pub struct SessionBinding {
 
 impl SessionBinding {
     /// The binding of an established TLS 1.3 session (either end).
-    pub fn of<D>(conn: &rustls::ConnectionCommon<D>, dialer: DeviceId, listener: DeviceId) -> Result<SessionBinding, ProofError> {
-        let exporter = conn.export_keying_material([0u8; 32], EXPORTER_LABEL, None).map_err(|e| ProofError::Exporter(e.to_string()))?;
+    pub fn of<D>(
+        conn: &rustls::ConnectionCommon<D>,
+        dialer: DeviceId,
+        listener: DeviceId,
+    ) -> Result<SessionBinding, ProofError> {
+        let exporter = conn
+            .export_keying_material([0u8; 32], EXPORTER_LABEL, None)
+            .map_err(|e| ProofError::Exporter(e.to_string()))?;
         Ok(SessionBinding { exporter, dialer, listener })
     }
 }
@@ -139,7 +145,11 @@ impl NetworkKey {
     }
 
     /// The dialer's side: prove first, then check the listener's proof.
-    pub async fn dialer_exchange<S: AsyncRead + AsyncWrite + Unpin>(&self, stream: &mut S, binding: &SessionBinding) -> Result<(), ProofError> {
+    pub async fn dialer_exchange<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        stream: &mut S,
+        binding: &SessionBinding,
+    ) -> Result<(), ProofError> {
         let run = async {
             let mut out = PROOF.to_vec();
             out.extend_from_slice(&self.proof(Role::Dialer, binding));
@@ -164,7 +174,11 @@ impl NetworkKey {
     }
 
     /// The listener's side: check the dialer's proof, then prove in turn (never before).
-    pub async fn listener_exchange<S: AsyncRead + AsyncWrite + Unpin>(&self, stream: &mut S, binding: &SessionBinding) -> Result<(), ProofError> {
+    pub async fn listener_exchange<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        stream: &mut S,
+        binding: &SessionBinding,
+    ) -> Result<(), ProofError> {
         let run = async {
             let mut magic = [0u8; 4];
             stream.read_exact(&mut magic).await?;
@@ -211,7 +225,10 @@ mod tests {
     }
 
     /// Two real TLS 1.3 sessions' worth of endpoints, connected in memory.
-    type Session = (tokio_rustls::client::TlsStream<tokio::io::DuplexStream>, tokio_rustls::server::TlsStream<tokio::io::DuplexStream>);
+    type Session = (
+        tokio_rustls::client::TlsStream<tokio::io::DuplexStream>,
+        tokio_rustls::server::TlsStream<tokio::io::DuplexStream>,
+    );
 
     async fn session(dialer: &Identity, listener: &Identity) -> Session {
         let (a, b) = tokio::io::duplex(1 << 16);
@@ -246,7 +263,11 @@ mod tests {
         // Reflected back as the other role: refused.
         assert!(!key.verify(Role::Listener, &first_listener, &proof));
         // Made with another key: refused.
-        assert!(!key.verify(Role::Dialer, &first_listener, &NetworkKey::new("another key").proof(Role::Dialer, &first_dialer)));
+        assert!(!key.verify(
+            Role::Dialer,
+            &first_listener,
+            &NetworkKey::new("another key").proof(Role::Dialer, &first_dialer)
+        ));
         // Claimed for other identities on the same session: refused.
         let c = identity();
         let other_ids = SessionBinding { dialer: c.device_id, ..first_listener.clone() };
@@ -260,7 +281,10 @@ mod tests {
         let (mut client, mut server) = session(&a, &b).await;
         let dialer_binding = SessionBinding::of(client.get_ref().1, a.device_id, b.device_id).unwrap();
         let listener_binding = SessionBinding::of(server.get_ref().1, a.device_id, b.device_id).unwrap();
-        let (d, l) = tokio::join!(key.dialer_exchange(&mut client, &dialer_binding), key.listener_exchange(&mut server, &listener_binding));
+        let (d, l) = tokio::join!(
+            key.dialer_exchange(&mut client, &dialer_binding),
+            key.listener_exchange(&mut server, &listener_binding)
+        );
         d.unwrap();
         l.unwrap();
         // The streams are still usable afterwards: nothing of the exchange is left in them.
@@ -278,7 +302,10 @@ mod tests {
         let dialer_binding = SessionBinding::of(client.get_ref().1, a.device_id, b.device_id).unwrap();
         let listener_binding = SessionBinding::of(server.get_ref().1, a.device_id, b.device_id).unwrap();
         let (wrong, right) = (NetworkKey::new("wrong key"), NetworkKey::new("right key"));
-        let (d, l) = tokio::join!(wrong.dialer_exchange(&mut client, &dialer_binding), right.listener_exchange(&mut server, &listener_binding));
+        let (d, l) = tokio::join!(
+            wrong.dialer_exchange(&mut client, &dialer_binding),
+            right.listener_exchange(&mut server, &listener_binding)
+        );
         // The dialer got a refusal, never the listener's proof (which would let it guess offline).
         assert!(matches!(d, Err(ProofError::RefusedByPeer)), "{d:?}");
         assert!(matches!(l, Err(ProofError::WrongProof)), "{l:?}");

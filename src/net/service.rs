@@ -83,7 +83,10 @@ impl Budgeted for DataMessage {
 
 /// The stream the transport sends from: each message gives its bytes back to `budget` as the
 /// transport takes it.
-pub fn outgoing<T: Budgeted + Send + 'static>(out: mpsc::Receiver<T>, budget: SendBudget) -> impl Stream<Item = T> + Send + 'static {
+pub fn outgoing<T: Budgeted + Send + 'static>(
+    out: mpsc::Receiver<T>,
+    budget: SendBudget,
+) -> impl Stream<Item = T> + Send + 'static {
     ReceiverStream::new(out).map(move |m| {
         budget.give(m.budgeted());
         m
@@ -122,7 +125,8 @@ pub const STREAM_BUFFER: usize = 64;
 
 fn identify<T>(request: &Request<T>) -> Result<(DeviceId, u64, Option<SocketAddr>), Status> {
     let certs = request.peer_certs();
-    let device = peer_device(certs.as_deref().map(|v| v.as_slice())).ok_or_else(|| Status::unauthenticated("no client certificate"))?;
+    let device = peer_device(certs.as_deref().map(|v| v.as_slice()))
+        .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
     let conn = request
         .metadata()
         .get(CONN_HEADER)
@@ -157,7 +161,10 @@ impl Sync for SyncService {
     type ControlStream = Incoming<ControlMessage>;
     type DataStream = Incoming<DataMessage>;
 
-    async fn control(&self, request: Request<Streaming<ControlMessage>>) -> Result<Response<Self::ControlStream>, Status> {
+    async fn control(
+        &self,
+        request: Request<Streaming<ControlMessage>>,
+    ) -> Result<Response<Self::ControlStream>, Status> {
         self.accept(request, InboundHalf::Control).await
     }
 
@@ -172,7 +179,14 @@ mod tests {
     use crate::net::proto::ChunkResponse;
 
     fn response(len: usize) -> DataMessage {
-        DataMessage { kind: Some(data_message::Kind::Response(ChunkResponse { id: 1, data: vec![0; len], encoding: 0, error: String::new() })) }
+        DataMessage {
+            kind: Some(data_message::Kind::Response(ChunkResponse {
+                id: 1,
+                data: vec![0; len],
+                encoding: 0,
+                error: String::new(),
+            })),
+        }
     }
 
     #[tokio::test]

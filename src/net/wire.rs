@@ -131,7 +131,11 @@ pub fn chunk_to_wire(c: &Chunk) -> proto::Chunk {
 }
 
 fn chunk_from_wire(p: &str, c: &proto::Chunk) -> Result<Chunk, WireError> {
-    let hash: [u8; 32] = c.hash.as_slice().try_into().map_err(|_| WireError::Invalid { path: p.into(), what: "chunk hash is not 32 bytes".into() })?;
+    let hash: [u8; 32] = c
+        .hash
+        .as_slice()
+        .try_into()
+        .map_err(|_| WireError::Invalid { path: p.into(), what: "chunk hash is not 32 bytes".into() })?;
     if c.size == 0 || c.size > MAX_CHUNK_SIZE {
         return Err(WireError::Invalid { path: p.into(), what: format!("chunk size {}", c.size) });
     }
@@ -144,12 +148,21 @@ fn chunk_from_wire(p: &str, c: &proto::Chunk) -> Result<Chunk, WireError> {
 /// A record for the wire; with `diff` (a base sequence and edits), as chunk edits against the
 /// record at that base.
 pub fn to_wire(record: &FileRecord, diff: Option<(u64, &[ChunkEdit])>) -> proto::FileInfo {
-    let version = proto::Vector { counters: record.version.counters().map(|(id, value)| proto::Counter { id: id.0, value }).collect() };
+    let version = proto::Vector {
+        counters: record.version.counters().map(|(id, value)| proto::Counter { id: id.0, value }).collect(),
+    };
     let (chunks, base_sequence, edits) = match diff {
         Some((base, edits)) => (
             Vec::new(),
             base,
-            edits.iter().map(|e| proto::ChunkEdit { copy_from: e.copy_from, copy_len: e.copy_len, insert: e.insert.iter().map(chunk_to_wire).collect() }).collect(),
+            edits
+                .iter()
+                .map(|e| proto::ChunkEdit {
+                    copy_from: e.copy_from,
+                    copy_len: e.copy_len,
+                    insert: e.insert.iter().map(chunk_to_wire).collect(),
+                })
+                .collect(),
         ),
         None => (record.chunks.iter().map(chunk_to_wire).collect(), 0, Vec::new()),
     };
@@ -174,7 +187,10 @@ pub fn to_wire(record: &FileRecord, diff: Option<(u64, &[ChunkEdit])>) -> proto:
 
 /// A record from the wire. `base` finds the chunks of the record we hold from this peer at a
 /// sequence, for records sent as differences.
-pub fn from_wire(mut info: proto::FileInfo, base: impl Fn(&str, u64) -> Option<Vec<Chunk>>) -> Result<FileRecord, WireError> {
+pub fn from_wire(
+    mut info: proto::FileInfo,
+    base: impl Fn(&str, u64) -> Option<Vec<Chunk>>,
+) -> Result<FileRecord, WireError> {
     let p = info.path.clone();
     path::validate(&p).map_err(|reason| WireError::Path { path: p.clone(), reason })?;
     let invalid = |what: &str| WireError::Invalid { path: p.clone(), what: what.into() };
@@ -205,7 +221,8 @@ pub fn from_wire(mut info: proto::FileInfo, base: impl Fn(&str, u64) -> Option<V
         return Err(invalid(&format!("{} chunk edits (at most {MAX_CHUNKS_PER_RECORD})", info.edits.len())));
     }
     let chunks = if info.base_sequence != 0 {
-        let old = base(&p, info.base_sequence).ok_or(WireError::MissingBase { path: p.clone(), base: info.base_sequence })?;
+        let old =
+            base(&p, info.base_sequence).ok_or(WireError::MissingBase { path: p.clone(), base: info.base_sequence })?;
         let mut edits = Vec::with_capacity(info.edits.len());
         for e in &info.edits {
             let insert = e.insert.iter().map(|c| chunk_from_wire(&p, c)).collect::<Result<Vec<_>, _>>()?;
@@ -266,7 +283,9 @@ mod tests {
     #[test]
     fn an_amplifying_edit_script_is_refused_before_it_is_expanded() {
         // A 10,000-chunk base and 1,400 edits copying all of it: 14 million chunks if expanded.
-        let base: Vec<Chunk> = chunks::with_offsets((0..10_000u32).map(|i| Chunk { offset: 0, size: 1000, hash: [(i % 251) as u8; 32] }).collect());
+        let base: Vec<Chunk> = chunks::with_offsets(
+            (0..10_000u32).map(|i| Chunk { offset: 0, size: 1000, hash: [(i % 251) as u8; 32] }).collect(),
+        );
         let mut info = to_wire(&file("a", 3, &[(1, 2)], 12, 7), None);
         info.chunks.clear();
         info.base_sequence = 9;
@@ -278,7 +297,10 @@ mod tests {
             looked_up.set(true);
             Some(base.clone())
         });
-        assert!(matches!(result, Err(WireError::Invalid { ref what, .. }) if what.contains("14000000 chunks")), "{result:?}");
+        assert!(
+            matches!(result, Err(WireError::Invalid { ref what, .. }) if what.contains("14000000 chunks")),
+            "{result:?}"
+        );
         assert!(!looked_up.get(), "refused before the base was even fetched");
         // The same in a message: refused as a whole by arithmetic.
         let update = proto::IndexUpdate { folder: "default".into(), index_id: 1, files: vec![info] };
@@ -288,11 +310,17 @@ mod tests {
         one.chunks = vec![one.chunks[0].clone(); 100_000];
         let update = proto::IndexUpdate { folder: "default".into(), index_id: 1, files: vec![one; 6] };
         assert_eq!(check_update(&update), Err(UpdateError::TooManyChunks(600_000)));
-        let many = proto::IndexUpdate { folder: "default".into(), index_id: 1, files: vec![proto::FileInfo::default(); MAX_FILES_PER_UPDATE + 1] };
+        let many = proto::IndexUpdate {
+            folder: "default".into(),
+            index_id: 1,
+            files: vec![proto::FileInfo::default(); MAX_FILES_PER_UPDATE + 1],
+        };
         assert_eq!(check_update(&many), Err(UpdateError::TooManyFiles(MAX_FILES_PER_UPDATE + 1)));
         // Version vectors that each fit, but not together.
         let mut wide = to_wire(&file("a", 3, &[(1, 2)], 12, 7), None);
-        wide.version = Some(proto::Vector { counters: (1..=MAX_COUNTERS as u64).map(|id| proto::Counter { id, value: 1 }).collect() });
+        wide.version = Some(proto::Vector {
+            counters: (1..=MAX_COUNTERS as u64).map(|id| proto::Counter { id, value: 1 }).collect(),
+        });
         let update = proto::IndexUpdate { folder: "default".into(), index_id: 1, files: vec![wide; 300] };
         assert_eq!(check_update(&update), Err(UpdateError::TooManyCounters(300 * MAX_COUNTERS as u64)));
     }
@@ -302,13 +330,17 @@ mod tests {
         for value in [u64::MAX, u64::MAX - 1, MAX_COUNTER + 1] {
             let mut info = to_wire(&file("a", 3, &[(1, 2)], 12, 7), None);
             info.version.as_mut().unwrap().counters[0].value = value;
-            assert!(matches!(from_wire(info, |_, _| None), Err(WireError::Invalid { ref what, .. }) if what.contains("near overflow")));
+            assert!(
+                matches!(from_wire(info, |_, _| None), Err(WireError::Invalid { ref what, .. }) if what.contains("near overflow"))
+            );
         }
         let mut info = to_wire(&file("a", 3, &[(1, 2)], 12, 7), None);
         info.version.as_mut().unwrap().counters[0].value = MAX_COUNTER;
         assert!(from_wire(info, |_, _| None).is_ok());
         let mut info = to_wire(&file("a", 3, &[(1, 2)], 12, 7), None);
-        info.version = Some(proto::Vector { counters: (1..=MAX_COUNTERS as u64 + 1).map(|id| proto::Counter { id, value: 1 }).collect() });
+        info.version = Some(proto::Vector {
+            counters: (1..=MAX_COUNTERS as u64 + 1).map(|id| proto::Counter { id, value: 1 }).collect(),
+        });
         assert!(from_wire(info, |_, _| None).is_err());
         // A tombstone with a huge size, a chunk at an offset near overflow.
         let mut info = to_wire(&file("a", 3, &[(1, 2)], 12, 7), None);
@@ -333,7 +365,15 @@ mod tests {
 
     #[test]
     fn chunk_requests_are_bounded() {
-        let ok = proto::ChunkRequest { id: 1, folder: "default".into(), path: "a".into(), offset: 0, size: 65536, hash: vec![0; 32], signature: vec![] };
+        let ok = proto::ChunkRequest {
+            id: 1,
+            folder: "default".into(),
+            path: "a".into(),
+            offset: 0,
+            size: 65536,
+            hash: vec![0; 32],
+            signature: vec![],
+        };
         assert_eq!(check_request(&ok), Ok([0; 32]));
         let bad = |f: &dyn Fn(&mut proto::ChunkRequest)| {
             let mut r = ok.clone();

@@ -99,8 +99,9 @@ impl Store {
         // the write-ahead log, preallocated at the memtable budget, takes 16 MiB of disk, not 70.
         opts.set_db_write_buffer_size(16 << 20);
         let cfs = FAMILIES.iter().map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
-        let db = DB::open_cf_descriptors(&opts, path, cfs)
-            .with_context(|| format!("cannot open the index at {} (is another node using this data_dir?)", path.display()))?;
+        let db = DB::open_cf_descriptors(&opts, path, cfs).with_context(|| {
+            format!("cannot open the index at {} (is another node using this data_dir?)", path.display())
+        })?;
         let store = Store { db, counts: Default::default(), need_counts: Default::default() };
         // Needs are the Puller's queue, recomputed from the index whenever a peer connects: what a
         // previous run left is stale.
@@ -193,11 +194,19 @@ impl Store {
                 }
             }
             for c in &record.chunks {
-                batch.put_cf(self.cf("chunks"), keys::chunk(&c.hash, folder, &record.path, c.offset), c.size.to_be_bytes());
+                batch.put_cf(
+                    self.cf("chunks"),
+                    keys::chunk(&c.hash, folder, &record.path, c.offset),
+                    c.size.to_be_bytes(),
+                );
             }
             match previous.as_ref().filter(|p| !p.deleted && p.is_file() && !record.deleted && record.is_file()) {
                 Some(prev) => {
-                    let diff = StoredDiff { base: prev.sequence, sequence: record.sequence, edits: chunks::diff(&prev.chunks, &record.chunks) };
+                    let diff = StoredDiff {
+                        base: prev.sequence,
+                        sequence: record.sequence,
+                        edits: chunks::diff(&prev.chunks, &record.chunks),
+                    };
                     batch.put_cf(self.cf("diffs"), keys::file(folder, &record.path), encode(&diff));
                 }
                 None => batch.delete_cf(self.cf("diffs"), keys::file(folder, &record.path)),
@@ -269,7 +278,13 @@ impl Store {
     }
 
     /// Stores records a peer announced and how far we have read its index, in one batch.
-    pub fn put_remote(&self, device: &DeviceId, folder: &str, progress: Progress, records: &[FileRecord]) -> Result<()> {
+    pub fn put_remote(
+        &self,
+        device: &DeviceId,
+        folder: &str,
+        progress: Progress,
+        records: &[FileRecord],
+    ) -> Result<()> {
         let mut batch = WriteBatch::default();
         for r in records {
             batch.put_cf(self.cf("remote"), keys::remote(device, folder, &r.path), encode(r));
@@ -314,7 +329,8 @@ impl Store {
     fn need_folders(&self) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
         for (k, _) in self.db.iterator_cf(self.cf("needpath"), IteratorMode::Start).map_while(|i| i.ok()) {
-            let folder = k.split(|b| *b == 0).next().map(|f| String::from_utf8_lossy(f).to_string()).unwrap_or_default();
+            let folder =
+                k.split(|b| *b == 0).next().map(|f| String::from_utf8_lossy(f).to_string()).unwrap_or_default();
             if out.last() != Some(&folder) {
                 out.push(folder);
             }
@@ -424,7 +440,10 @@ impl Store {
     /// peer is served only chunks we announced, so a request cannot make us read (or rehash) any
     /// other range of a file.
     pub fn chunk_at(&self, hash: &[u8; 32], folder: &str, path: &str, offset: u64) -> Result<Option<u32>> {
-        Ok(self.db.get_cf(self.cf("chunks"), keys::chunk(hash, folder, path, offset))?.and_then(|v| Some(u32::from_be_bytes(v.as_slice().try_into().ok()?))))
+        Ok(self
+            .db
+            .get_cf(self.cf("chunks"), keys::chunk(hash, folder, path, offset))?
+            .and_then(|v| Some(u32::from_be_bytes(v.as_slice().try_into().ok()?))))
     }
 
     pub fn flush(&self) -> Result<()> {
@@ -445,7 +464,11 @@ impl Store {
 /// clock; counters from before millisecond clocks are seconds).
 fn deleted_at(r: &FileRecord) -> u64 {
     let v = r.version.get(r.modified_by);
-    if v < 100_000_000_000 { v * 1000 } else { v }
+    if v < 100_000_000_000 {
+        v * 1000
+    } else {
+        v
+    }
 }
 
 #[cfg(test)]
@@ -472,7 +495,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let key = |o: u8, p: &str| NeedKey { order: [o, 0, 0], path: p.into() };
-        store.put_needs("f", &[(key(1, "b"), 5, b"B".to_vec()), (key(0, "a"), 0, b"A".to_vec()), (key(1, "c"), 7, b"C".to_vec())]).unwrap();
+        store
+            .put_needs(
+                "f",
+                &[(key(1, "b"), 5, b"B".to_vec()), (key(0, "a"), 0, b"A".to_vec()), (key(1, "c"), 7, b"C".to_vec())],
+            )
+            .unwrap();
         store.put_needs("g", &[(key(0, "other"), 1, b"O".to_vec())]).unwrap();
         let all: Vec<_> = store.needs_after("f", None, 10).unwrap().into_iter().map(|(k, v)| (k.path, v)).collect();
         assert_eq!(all, vec![("a".into(), b"A".to_vec()), ("b".into(), b"B".to_vec()), ("c".into(), b"C".to_vec())]);
@@ -525,7 +553,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let dev = DeviceId([5; 32]);
-        store.put_remote(&dev, "f", Progress { index_id: 9, max_sequence: 4 }, &[file("x", 1, &[(2, 1)], 1, 2)]).unwrap();
+        store
+            .put_remote(&dev, "f", Progress { index_id: 9, max_sequence: 4 }, &[file("x", 1, &[(2, 1)], 1, 2)])
+            .unwrap();
         assert_eq!(store.progress(&dev, "f").unwrap().max_sequence, 4);
         assert_eq!(store.remote_devices("f").unwrap(), vec![dev]);
         assert_eq!(store.remote_records(&dev, "f").count(), 1);

@@ -95,14 +95,25 @@ impl HostilePeer {
             }
             let _ = events_tx.send(Event::Ended(String::new()));
         });
-        Conn { peer: self, control: out.control.tx, data: out.data.tx, data_rx: Some(out.data.rx), events, responses: None, announced: HashMap::new(), closed: None }
+        Conn {
+            peer: self,
+            control: out.control.tx,
+            data: out.data.tx,
+            data_rx: Some(out.data.rx),
+            events,
+            responses: None,
+            announced: HashMap::new(),
+            closed: None,
+        }
     }
 
     /// Completes a TLS handshake with `node` (a trusted identity), then sends raw bytes where
     /// HTTP/2 should start.
     pub fn send_garbage(&self, node: &Node, garbage: &[u8]) {
         let device: DeviceId = node.device_id.parse().unwrap();
-        let config = std::sync::Arc::new(syncnode::net::tls::client_config(&self.identity, syncnode::net::tls::Admit::Device(device)).unwrap());
+        let config = std::sync::Arc::new(
+            syncnode::net::tls::client_config(&self.identity, syncnode::net::tls::Admit::Device(device)).unwrap(),
+        );
         let address = node.address();
         let garbage = garbage.to_vec();
         self.rt.block_on(async move {
@@ -113,7 +124,8 @@ impl HostilePeer {
             tls.flush().await.unwrap();
             // Wait for the node to hang up (or give up after a while).
             let mut buf = [0u8; 64];
-            let _ = tokio::time::timeout(Duration::from_secs(10), tokio::io::AsyncReadExt::read(&mut tls, &mut buf)).await;
+            let _ =
+                tokio::time::timeout(Duration::from_secs(10), tokio::io::AsyncReadExt::read(&mut tls, &mut buf)).await;
         });
     }
 }
@@ -128,12 +140,25 @@ impl Conn<'_> {
 
     /// Our Hello: we share folder `default` and have read nothing of the node's index.
     pub fn hello(&self) {
-        let folders = vec![proto::FolderOffer { id: "default".into(), your_index_id: 0, your_max_sequence: 0, receive_only: false }];
-        self.send_control(control_message::Kind::Hello(proto::Hello { protocol_version: syncnode::net::PROTOCOL_VERSION, device_name: "hostile".into(), folders }));
+        let folders = vec![proto::FolderOffer {
+            id: "default".into(),
+            your_index_id: 0,
+            your_max_sequence: 0,
+            receive_only: false,
+        }];
+        self.send_control(control_message::Kind::Hello(proto::Hello {
+            protocol_version: syncnode::net::PROTOCOL_VERSION,
+            device_name: "hostile".into(),
+            folders,
+        }));
     }
 
     pub fn send_index(&self, files: Vec<proto::FileInfo>) {
-        self.send_control(control_message::Kind::Index(proto::IndexUpdate { folder: "default".into(), index_id: INDEX_ID, files }));
+        self.send_control(control_message::Kind::Index(proto::IndexUpdate {
+            folder: "default".into(),
+            index_id: INDEX_ID,
+            files,
+        }));
     }
 
     pub fn send_raw_control(&self, msg: ControlMessage) {
@@ -143,7 +168,10 @@ impl Conn<'_> {
 
     pub fn request(&self, request: proto::ChunkRequest) {
         let tx = self.data.clone();
-        let _ = self.peer.rt.block_on(async move { tx.send(DataMessage { kind: Some(data_message::Kind::Request(request)) }).await });
+        let _ = self
+            .peer
+            .rt
+            .block_on(async move { tx.send(DataMessage { kind: Some(data_message::Kind::Request(request)) }).await });
     }
 
     /// Reads the node's data stream from now on: its chunk requests are answered from `chunks`
@@ -159,8 +187,18 @@ impl Conn<'_> {
                     Some(data_message::Kind::Request(r)) => {
                         let hash: [u8; 32] = r.hash.as_slice().try_into().unwrap_or([0; 32]);
                         let response = match chunks.get(&hash) {
-                            Some(data) => proto::ChunkResponse { id: r.id, data: data.clone(), encoding: proto::Encoding::Raw as i32, error: String::new() },
-                            None => proto::ChunkResponse { id: r.id, data: Vec::new(), encoding: 0, error: "no such chunk".into() },
+                            Some(data) => proto::ChunkResponse {
+                                id: r.id,
+                                data: data.clone(),
+                                encoding: proto::Encoding::Raw as i32,
+                                error: String::new(),
+                            },
+                            None => proto::ChunkResponse {
+                                id: r.id,
+                                data: Vec::new(),
+                                encoding: 0,
+                                error: "no such chunk".into(),
+                            },
                         };
                         if tx.send(DataMessage { kind: Some(data_message::Kind::Response(response)) }).await.is_err() {
                             return;
@@ -224,7 +262,14 @@ impl Conn<'_> {
 
 /// A file record as a peer would announce it, cut into fixed chunks of `chunk` bytes, with the
 /// chunks' data by hash (to answer the node's requests).
-pub fn file_record(path: &str, data: &[u8], chunk: usize, version: &[(u64, u64)], sequence: u64, permissions: u32) -> (proto::FileInfo, HashMap<[u8; 32], Vec<u8>>) {
+pub fn file_record(
+    path: &str,
+    data: &[u8],
+    chunk: usize,
+    version: &[(u64, u64)],
+    sequence: u64,
+    permissions: u32,
+) -> (proto::FileInfo, HashMap<[u8; 32], Vec<u8>>) {
     let mut chunks = Vec::new();
     let mut by_hash = HashMap::new();
     for (i, piece) in data.chunks(chunk.max(1)).enumerate() {
@@ -238,7 +283,9 @@ pub fn file_record(path: &str, data: &[u8], chunk: usize, version: &[(u64, u64)]
         size: data.len() as u64,
         mtime_ns: 1_700_000_000_000_000_000,
         permissions,
-        version: Some(proto::Vector { counters: version.iter().map(|(id, value)| proto::Counter { id: *id, value: *value }).collect() }),
+        version: Some(proto::Vector {
+            counters: version.iter().map(|(id, value)| proto::Counter { id: *id, value: *value }).collect(),
+        }),
         deleted: false,
         sequence,
         modified_by: version.first().map_or(0, |(id, _)| *id),
@@ -263,7 +310,14 @@ pub fn reset_peak(pid: u32) {
 /// The node's peak resident memory so far (VmHWM) and now (VmRSS), in KiB.
 pub fn memory_kib(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let field = |name: &str| -> u64 { status.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0) };
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
     (field("VmHWM:"), field("VmRSS:"))
 }
 

@@ -45,7 +45,12 @@ pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
 pub enum Entry {
     Dir,
     /// Content hash, executable bit, mtime in seconds.
-    File { hash: [u8; 32], exec: bool, mtime: i64, size: u64 },
+    File {
+        hash: [u8; 32],
+        exec: bool,
+        mtime: i64,
+        size: u64,
+    },
 }
 
 /// Everything a user sees in a folder (syncnode's temp files excluded, which must not linger anyway),
@@ -53,7 +58,9 @@ pub enum Entry {
 pub fn tree(root: &Path) -> BTreeMap<String, Entry> {
     let mut out = BTreeMap::new();
     let store = root.join(".syncnode-versions");
-    for e in walkdir::WalkDir::new(root).min_depth(1).sort_by_file_name().into_iter().filter_entry(|e| e.path() != store) {
+    for e in
+        walkdir::WalkDir::new(root).min_depth(1).sort_by_file_name().into_iter().filter_entry(|e| e.path() != store)
+    {
         let Ok(e) = e else { continue };
         let rel = e.path().strip_prefix(root).unwrap().to_string_lossy().to_string();
         let Ok(meta) = e.metadata() else { continue };
@@ -63,7 +70,12 @@ pub fn tree(root: &Path) -> BTreeMap<String, Entry> {
             let Ok(data) = std::fs::read(e.path()) else { continue };
             out.insert(
                 rel,
-                Entry::File { hash: *blake3::hash(&data).as_bytes(), exec: meta.permissions().mode() & 0o100 != 0, mtime: meta.mtime(), size: meta.len() },
+                Entry::File {
+                    hash: *blake3::hash(&data).as_bytes(),
+                    exec: meta.permissions().mode() & 0o100 != 0,
+                    mtime: meta.mtime(),
+                    size: meta.len(),
+                },
             );
         }
     }
@@ -185,7 +197,12 @@ network_key = ""
         assert!(self.child.is_none(), "{} already running", self.name);
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
         let mut command = Command::new(bin());
-        command.arg("--config").arg(&self.config).env("RUST_LOG", "info,syncnode=debug").stdout(Stdio::null()).stderr(log);
+        command
+            .arg("--config")
+            .arg(&self.config)
+            .env("RUST_LOG", "info,syncnode=debug")
+            .stdout(Stdio::null())
+            .stderr(log);
         if let Some(uid) = self.run_as {
             use std::os::unix::process::CommandExt;
             command.uid(uid).gid(uid);
@@ -277,7 +294,8 @@ pub fn converged(nodes: &[&Node], timeout: Duration, check: impl Fn(&BTreeMap<St
 /// Each node's paths, then every entry that differs from the first node's.
 pub fn describe(nodes: &[&Node]) -> String {
     let trees: Vec<_> = nodes.iter().map(|n| tree(&n.folder)).collect();
-    let mut out: String = nodes.iter().zip(&trees).map(|(n, t)| format!("{}: {:?}\n", n.name, t.keys().collect::<Vec<_>>())).collect();
+    let mut out: String =
+        nodes.iter().zip(&trees).map(|(n, t)| format!("{}: {:?}\n", n.name, t.keys().collect::<Vec<_>>())).collect();
     for (n, t) in nodes.iter().zip(&trees).skip(1) {
         for key in trees[0].keys().chain(t.keys()).collect::<std::collections::BTreeSet<_>>() {
             let (mine, first) = (t.get(key), trees[0].get(key));
@@ -317,7 +335,12 @@ impl Node {
     }
 
     /// Polls folder `id`'s status until `check` holds; returns the last one seen either way.
-    pub fn folder_until(&self, id: &str, timeout: Duration, check: impl Fn(&serde_json::Value) -> bool) -> (bool, serde_json::Value) {
+    pub fn folder_until(
+        &self,
+        id: &str,
+        timeout: Duration,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> (bool, serde_json::Value) {
         let mut last = serde_json::Value::Null;
         let ok = wait_until(timeout, || match self.folder_status(id) {
             Some(f) => {
@@ -332,13 +355,21 @@ impl Node {
 
     /// `GET /metrics` as text.
     pub fn metrics(&self) -> String {
-        ureq::get(&format!("http://127.0.0.1:{}/metrics", self.api_port)).call().ok().and_then(|mut r| r.body_mut().read_to_string().ok()).unwrap_or_default()
+        ureq::get(&format!("http://127.0.0.1:{}/metrics", self.api_port))
+            .call()
+            .ok()
+            .and_then(|mut r| r.body_mut().read_to_string().ok())
+            .unwrap_or_default()
     }
 
     /// Runs `syncnode ARGS --config <this node's config>`: (success, stdout, stderr).
     pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
         let out = Command::new(bin()).args(args).arg("--config").arg(&self.config).output().unwrap();
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string())
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
     }
 }
 
@@ -371,7 +402,12 @@ impl Disk {
     pub fn mount(dir: &Path, size_mib: u64) -> Disk {
         std::fs::create_dir_all(dir).unwrap();
         let image = dir.with_extension("img");
-        let mkfs = Command::new("truncate").arg("-s").arg(format!("{size_mib}M")).arg(&image).status().is_ok_and(|s| s.success())
+        let mkfs = Command::new("truncate")
+            .arg("-s")
+            .arg(format!("{size_mib}M"))
+            .arg(&image)
+            .status()
+            .is_ok_and(|s| s.success())
             && Command::new("mkfs.ext4").args(["-q", "-F", "-m", "0"]).arg(&image).status().is_ok_and(|s| s.success());
         let disk = Disk { dir: dir.to_path_buf(), image: mkfs.then_some(image), size_mib };
         disk.remount();
@@ -381,9 +417,16 @@ impl Disk {
     /// Mounts it (again): the same filesystem, so the same root.
     pub fn remount(&self) {
         let ok = match &self.image {
-            Some(image) => Command::new("mount").args(["-o", "loop"]).arg(image).arg(&self.dir).status().unwrap().success(),
+            Some(image) => {
+                Command::new("mount").args(["-o", "loop"]).arg(image).arg(&self.dir).status().unwrap().success()
+            }
             None => false,
-        } || Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={}m", self.size_mib), "tmpfs"]).arg(&self.dir).status().unwrap().success();
+        } || Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={}m", self.size_mib), "tmpfs"])
+            .arg(&self.dir)
+            .status()
+            .unwrap()
+            .success();
         assert!(ok, "cannot mount a filesystem at {}", self.dir.display());
         // ext4 makes lost+found: not part of what the test syncs.
         let _ = std::fs::remove_dir(self.dir.join("lost+found"));

@@ -57,7 +57,12 @@ pub fn changes(store: &Store, folder: &str, mode: FolderMode, me: ShortId) -> Ve
     match mode {
         FolderMode::SendReceive => Vec::new(),
         // Only records made here can be local changes.
-        FolderMode::ReceiveOnly => store.local_records(folder).filter(|l| l.modified_by == me && is_local_change(l, me, cluster(store, &devices, folder, &l.path).as_ref())).collect(),
+        FolderMode::ReceiveOnly => store
+            .local_records(folder)
+            .filter(|l| {
+                l.modified_by == me && is_local_change(l, me, cluster(store, &devices, folder, &l.path).as_ref())
+            })
+            .collect(),
         FolderMode::SendOnly => {
             let mut out: std::collections::BTreeMap<String, FileRecord> = std::collections::BTreeMap::new();
             for d in &devices {
@@ -93,7 +98,9 @@ fn set_aside(root: &Path, versions: &VersionStore, record: &FileRecord) -> Resul
             Ok(())
         }
         Ok(_) => {
-            versions.keep(&full, &record.path, Reason::Reverted, "local").map_err(|e| format!("{}: {e}", record.path))?;
+            versions
+                .keep(&full, &record.path, Reason::Reverted, "local")
+                .map_err(|e| format!("{}: {e}", record.path))?;
             std::fs::remove_file(&full).map_err(|e| format!("{}: {e}", record.path))
         }
         Err(_) => Ok(()),
@@ -141,7 +148,9 @@ impl Handler<Revert> for IndexActor {
         for record in &local {
             match set_aside(&root, &versions, record) {
                 Ok(()) => back.push(reverted(record)),
-                Err(e) => tracing::warn!(folder = %msg.folder, error = %e, "revert: cannot set a local change aside; it stays"),
+                Err(e) => {
+                    tracing::warn!(folder = %msg.folder, error = %e, "revert: cannot set a local change aside; it stays")
+                }
             }
         }
         let n = back.len();
