@@ -8,8 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
-cargo build --locked --bin syncnode
-export BENCH_SYNCNODE_BIN="$CARGO_TARGET_DIR/debug/syncnode"
+cargo build --release --locked --bin syncnode
+export BENCH_SYNCNODE_BIN="$CARGO_TARGET_DIR/release/syncnode"
 anchors="${ANCHORS:-$(cd .. && pwd)/shared/tools/anchors}"
 [ -d "$anchors" ] || { echo "bench: anchors not found at $anchors (set ANCHORS)" >&2; exit 1; }
 command -v python3 >/dev/null || { echo "bench: python3 needed" >&2; exit 1; }

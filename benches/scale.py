@@ -17,7 +17,7 @@ import sys
 import time
 import urllib.request
 
-BIN = os.environ.get("SYNCNODE") or os.path.join(os.environ.get("CARGO_TARGET_DIR", "/var/cache/syncnode/target"), "debug/syncnode")
+BIN = os.environ.get("SYNCNODE") or os.path.join(os.environ.get("CARGO_TARGET_DIR", "/var/cache/syncnode/target"), "release/syncnode")
 WORK = os.environ.get("SCALE_WORK", "/tmp/syncnode-scale")
 FILES_PER_DIR = 100
 

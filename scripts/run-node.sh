@@ -5,9 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
-cargo build --locked --bin syncnode
+cargo build --release --locked --bin syncnode
 if [ $# -eq 0 ]; then
   mkdir -p config/example-sync
   set -- --config config/example-node.toml
 fi
-exec "$CARGO_TARGET_DIR/debug/syncnode" "$@"
+exec "$CARGO_TARGET_DIR/release/syncnode" "$@"
