@@ -5,6 +5,12 @@ all, the peak RSS of both nodes (VmHWM), and the index bytes per file after a cl
 
     benches/scale.py 10000 20000 40000 100000      # one line per N
     SYNCNODE=/path/to/syncnode benches/scale.py 1000000
+    RESTART=1 benches/scale.py 100000              # also: restart A on its synced tree
+
+With RESTART=1, after the sync both nodes stop cleanly and A starts again on its tree with its
+index intact: "restart s" is the time until A's status answers with the folder idle (its first
+full scan done), "scan ms" and "changed" come from that scan's debug line (changed 0: no file
+was read again).
 
 Stdlib only. Scratch data goes to $SCALE_WORK (default /tmp/syncnode-scale), removed per run.
 """
@@ -122,7 +128,9 @@ def run(n_files):
         for p in procs.values():
             p.wait(timeout=60)
     index = {n["name"]: du(os.path.join(n["home"], "node-data", "index")) for n in (a, b)}
+    restart = measure_restart(a) if os.environ.get("RESTART") else {}
     return {
+        **restart,
         "files": n_files,
         "write_s": round(written - start, 2),
         "after_write_s": round(done - written, 2),
@@ -132,12 +140,40 @@ def run(n_files):
     }
 
 
+def measure_restart(a):
+    log_path = os.path.join(WORK, "a-restart.log")
+    env = dict(os.environ, RUST_LOG="info,syncnode=debug")
+    with open(log_path, "w") as log:
+        start = time.time()
+        p = subprocess.Popen([BIN, "--config", a["cfg"]], stderr=log, env=env)
+        try:
+            ready = None
+            while time.time() - start < 600:
+                try:
+                    if status(a)["folders"][0]["state"] == "idle" and "full scan done" in open(log_path).read():
+                        ready = time.time() - start
+                        break
+                except OSError:
+                    pass
+                time.sleep(0.05)
+            rss = hwm(p.pid)
+        finally:
+            p.send_signal(signal.SIGTERM)
+            p.wait(timeout=60)
+    scan = next((l for l in open(log_path) if "full scan done" in l), "")
+    field = lambda k: (scan.split(f"{k}=")[1].split()[0] if f"{k}=" in scan else "?")
+    return {"restart_s": round(ready, 2) if ready else None, "restart_scan_ms": field("ms"),
+            "restart_changed": field("changed"), "restart_rss_mib": rss}
+
+
 def main():
     counts = [int(x) for x in sys.argv[1:]] or [10000, 20000, 40000]
-    print(f"{'files':>9} {'write s':>8} {'after write s':>14} {'s per 10k':>10} {'RSS A MiB':>10} {'RSS B MiB':>10} {'index B/file':>13}")
+    print(f"{'files':>9} {'write s':>8} {'after write s':>14} {'s per 10k':>10} {'RSS A MiB':>10} {'RSS B MiB':>10} {'index B/file':>13}"
+          + (f" {'restart s':>10} {'scan ms':>8} {'changed':>8} {'RSS MiB':>8}" if os.environ.get("RESTART") else ""))
     for n in counts:
         r = run(n)
-        print(f"{r['files']:>9} {r['write_s']:>8} {r['after_write_s']:>14} {r['after_write_s'] * 10000 / n:>10.2f} {r['rss_a_mib']:>10} {r['rss_b_mib']:>10} {r['index_bytes_per_file_b']:>13}", flush=True)
+        print(f"{r['files']:>9} {r['write_s']:>8} {r['after_write_s']:>14} {r['after_write_s'] * 10000 / n:>10.2f} {r['rss_a_mib']:>10} {r['rss_b_mib']:>10} {r['index_bytes_per_file_b']:>13}"
+              + (f" {r['restart_s']:>10} {r['restart_scan_ms']:>8} {r['restart_changed']:>8} {r['restart_rss_mib']:>8}" if r.get("restart_rss_mib") is not None else ""), flush=True)
 
 
 if __name__ == "__main__":

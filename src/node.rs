@@ -10,13 +10,13 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::actors::directory::PeerDirectory;
-use crate::actors::discovery::{Discovery, StopDiscovery};
-use crate::actors::index::{index_path, IndexActor, SetPuller};
+use crate::actors::discovery::Discovery;
+use crate::actors::index::{index_path, IndexActor};
+use crate::actors::messages::{Control, DiscoveryReports, IndexForPeers, IndexForPuller, Shutdown, StopDiscovery};
 use crate::actors::puller::{CommitQueue, PullContext, Puller};
 use crate::actors::status::NodeState;
-use crate::actors::supervisor::{Shutdown, Supervisor};
+use crate::actors::supervisor::Supervisor;
 use crate::actors::watcher::Watcher;
-use crate::api::Control;
 use crate::config::{Config, Trust};
 use crate::fs::root::RootGuard;
 use crate::fs::versions::VersionStore;
@@ -59,26 +59,25 @@ async fn serve(config: Config, identity: Identity, store: Arc<Store>) -> Result<
         directory: directory.clone(),
         store: store.clone(),
         versions: versions.clone(),
-        index: Default::default(),
     });
     let mut guarded = Vec::new();
     for folder in config.folders.iter() {
         let expected = store.root_id(&folder.id).context("reading the index")?;
         guarded.push((folder.clone(), Arc::new(RootGuard::new(folder.path.clone(), expected))));
     }
-    let index = IndexActor::new(
-        store.clone(),
-        identity.device_id,
-        config.chunk_size,
-        config.tombstone_ttl,
-        config.empty_folder_guard,
-        &guarded,
-        state.clone(),
-    )
-    .start();
-    let _ = state.index.set(index.clone());
+    // The one place where actors learn each other: the Index's address exists before it runs,
+    // so its Pullers get their port to it first and the Index gets theirs when it is made.
+    let index_context = Context::<IndexActor>::new();
+    let index = index_context.address();
+    let for_puller = IndexForPuller {
+        applied: index.clone().recipient(),
+        changed: index.clone().recipient(),
+        pulling: index.clone().recipient(),
+        recompute_paths: index.clone().recipient(),
+    };
     let mut pullers = HashMap::new();
-    for (folder, guard) in guarded.iter() {
+    let mut wired = Vec::new();
+    for (folder, guard) in guarded {
         let puller = Puller::new(PullContext {
             folder: folder.id.clone(),
             commits: CommitQueue::start(versions[&folder.id].clone()),
@@ -86,15 +85,30 @@ async fn serve(config: Config, identity: Identity, store: Arc<Store>) -> Result<
             roots: roots.clone(),
             store: store.clone(),
             directory: directory.clone(),
-            index: index.clone(),
+            index: for_puller.clone(),
             gauges: state.gauges(&folder.id),
             guard: guard.clone(),
             versions: versions[&folder.id].clone(),
         })
         .start();
         pullers.insert(folder.id.clone(), puller.clone().recipient());
-        index.do_send(SetPuller { folder: folder.id.clone(), puller });
+        wired.push((folder, guard, puller.recipient()));
     }
+    index_context.run(IndexActor::new(
+        store.clone(),
+        identity.device_id,
+        config.chunk_size,
+        config.tombstone_ttl,
+        config.empty_folder_guard,
+        &wired,
+        state.clone(),
+    ));
+    let for_peers = IndexForPeers {
+        remote_index: index.clone().recipient(),
+        rehash: index.clone().recipient(),
+        subscribe: index.clone().recipient(),
+        recompute: index.clone().recipient(),
+    };
     let network_key = match &config.trust {
         Trust::Listed => None,
         Trust::NetworkKey(secret) => Some(Arc::new(NetworkKey::new(secret.expose()))),
@@ -105,7 +119,7 @@ async fn serve(config: Config, identity: Identity, store: Arc<Store>) -> Result<
         config.name.clone(),
         folders.clone(),
         store.clone(),
-        index.clone(),
+        for_peers,
         directory.clone(),
         config.compression,
         network_key.clone(),
@@ -116,7 +130,9 @@ async fn serve(config: Config, identity: Identity, store: Arc<Store>) -> Result<
         supervisor
     });
     let _versions = crate::actors::versions::VersionCleaner::new(versions.clone()).start();
-    let _watcher = Watcher::new(config.folders.clone(), index.clone(), config.debounce, config.rescan_interval).start();
+    let _watcher =
+        Watcher::new(config.folders.clone(), index.clone().recipient(), config.debounce, config.rescan_interval)
+            .start();
     let port = listener.local_addr()?.port();
     let discovery = Discovery::new(
         identity.device_id,
@@ -125,7 +141,11 @@ async fn serve(config: Config, identity: Identity, store: Arc<Store>) -> Result<
         config.mdns,
         config.peers.clone(),
         network_key.is_some(),
-        supervisor.clone(),
+        DiscoveryReports {
+            discovered: supervisor.clone().recipient(),
+            at_address: supervisor.clone().recipient(),
+            vanished: supervisor.clone().recipient(),
+        },
     )
     .start();
 
@@ -145,7 +165,12 @@ async fn serve(config: Config, identity: Identity, store: Arc<Store>) -> Result<
         Some(address) => Some(crate::api::start(
             address,
             state.clone(),
-            Control { confirm: index.clone().recipient(), retry: pullers },
+            Control {
+                confirm: index.clone().recipient(),
+                revert: index.clone().recipient(),
+                override_: index.clone().recipient(),
+                retry: pullers,
+            },
         )?),
         None => None,
     };

@@ -1,6 +1,7 @@
 //! A tree larger than the Puller's window: 20,000 files wait in the index, ordered for the pull,
 //! and the Puller never holds more than its bounded window of them in memory (4096), whatever the
-//! size of the tree. Not timed: speed at scale is measured by `benches/scale.py`.
+//! size of the tree. A tree with more directories than the kernel lets a user watch still syncs.
+//! Not timed: speed at scale is measured by `benches/scale.py`.
 
 mod common;
 
@@ -35,4 +36,48 @@ fn twenty_thousand_files_pass_through_a_bounded_window() {
         b.metrics()
     );
     assert_eq!(f["need_window"], 0, "{f}");
+}
+
+/// Directories in the tree of the watch-limit test, and the inotify watches its node may have.
+const DIRS: usize = 120;
+const WATCHES: usize = 40;
+
+#[test]
+fn a_tree_with_more_directories_than_the_inotify_limit_still_syncs() {
+    // The limit is set in a user namespace of the node's own (`/proc/sys/user/max_inotify_watches`
+    // is per namespace), so nothing else on the machine is affected.
+    let unshare = std::process::Command::new("unshare").args(["-U", "-r", "true"]).status();
+    if !unshare.is_ok_and(|s| s.success()) {
+        return skip(
+            "a_tree_with_more_directories_than_the_inotify_limit_still_syncs",
+            "no user namespaces (unshare -U)",
+        );
+    }
+    let (mut a, mut b) = (Node::new("a"), Node::new("b"));
+    for d in 0..DIRS {
+        a.write(&format!("d{d:03}/f"), format!("file in directory {d}").as_bytes());
+    }
+    a.runner = ["unshare", "-U", "-r", "sh", "-c"]
+        .into_iter()
+        .map(String::from)
+        .chain([format!("echo {WATCHES} > /proc/sys/user/max_inotify_watches && exec \"$0\" \"$@\"")])
+        .collect();
+    a.trust(&b);
+    b.trust(&a);
+    // A rescan every 2 s covers the directories past the limit.
+    let config =
+        std::fs::read_to_string(&a.config).unwrap().replace("rescan_interval = \"1m\"", "rescan_interval = \"2s\"");
+    std::fs::write(&a.config, config).unwrap();
+    a.start();
+    b.start();
+    let (a, b) = (&a, &b);
+    assert!(converged(&[a, b], Duration::from_secs(60), |t| t.len() == 2 * DIRS), "{}", describe(&[a, b]));
+    // Changes in a directory past the limit, and in a new directory, arrive too.
+    a.write(&format!("d{:03}/late", DIRS - 1), b"written after the start");
+    a.write("new-dir/inside", b"a directory made after the start");
+    assert!(converged(&[a, b], Duration::from_secs(60), |t| t.len() == 2 * DIRS + 3), "{}", describe(&[a, b]));
+    let log = a.log_text();
+    let warnings: Vec<&str> =
+        log.lines().filter(|l| l.contains("WARN") && l.contains("fs.inotify.max_user_watches")).collect();
+    assert_eq!(warnings.len(), 1, "one warning naming the sysctl, got: {warnings:#?}");
 }

@@ -216,7 +216,7 @@ async fn converse(
                 Some(Ok(DataMessage { kind: Some(data_message::Kind::Response(r)) })) => responses.push(r),
                 Some(Ok(DataMessage { kind: Some(data_message::Kind::Request(r)) })) => {
                     asked.push((r.folder.clone(), r.path.clone()));
-                    let response = proto::ChunkResponse { id: r.id, data: served.to_vec(), encoding: proto::Encoding::Raw as i32, error: String::new() };
+                    let response = proto::ChunkResponse { id: r.id, data: served.to_vec(), encoding: proto::Encoding::Raw as i32, ..Default::default() };
                     out.data.tx.send(DataMessage { kind: Some(data_message::Kind::Response(response)) }).await.unwrap();
                 }
                 _ => break,
@@ -286,10 +286,10 @@ fn records_and_chunk_requests_for_a_folder_not_shared_with_the_peer_are_refused_
     let by_id = |id| {
         responses.iter().find(|r| r.id == id).unwrap_or_else(|| panic!("no answer to request {id}: {responses:?}"))
     };
-    assert!(by_id(1).error.is_empty(), "{:?}", by_id(1).error);
+    assert_eq!(by_id(1).code(), proto::ChunkError::None, "{:?}", by_id(1).error);
     assert!(!by_id(1).data.is_empty());
     assert!(by_id(2).data.is_empty());
-    assert!(by_id(2).error.contains("not shared"), "{:?}", by_id(2).error);
+    assert_eq!(by_id(2).code(), proto::ChunkError::NotShared, "{:?}", by_id(2).error);
     // A took B's record of the shared folder (it asked for its chunk), and never one of the other.
     assert!(asked.contains(&("default".into(), "from-b.txt".into())), "{asked:?}");
     assert!(asked.iter().all(|(f, _)| f == "default"), "{asked:?}");

@@ -6,9 +6,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use actix::Addr;
-
-use super::peer::PeerActor;
+use super::messages::PeerHandle;
 use crate::core::DeviceId;
 
 /// Traffic and refusal counters of one peer, kept across reconnections.
@@ -54,7 +52,7 @@ impl PeerCounters {
 pub struct PeerEntry {
     pub name: String,
     pub address: Option<SocketAddr>,
-    pub connected: Option<Addr<PeerActor>>,
+    pub connected: Option<PeerHandle>,
     pub counters: Arc<PeerCounters>,
 }
 
@@ -86,7 +84,7 @@ impl PeerDirectory {
         f(entry);
     }
 
-    pub fn connected(&self, device: &DeviceId) -> Option<Addr<PeerActor>> {
+    pub fn connected(&self, device: &DeviceId) -> Option<PeerHandle> {
         self.0.read().expect("directory lock").get(device).and_then(|e| e.connected.clone())
     }
 

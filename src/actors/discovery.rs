@@ -9,7 +9,7 @@ use std::collections::HashSet;
 
 use actix::prelude::*;
 
-use super::supervisor::{PeerAtAddress, PeerDiscovered, PeerVanished, Supervisor};
+use super::messages::{DiscoveryReports, PeerAtAddress, PeerDiscovered, PeerVanished, StopDiscovery};
 use crate::config::PeerConfig;
 use crate::core::DeviceId;
 use crate::net::mdns::{Mdns, Sighting, SightingFilter};
@@ -22,7 +22,7 @@ pub struct Discovery {
     peers: Vec<PeerConfig>,
     /// trust = "network-key": any device may be dialed; its key proof admits it or not.
     network_key: bool,
-    supervisor: Addr<Supervisor>,
+    supervisor: DiscoveryReports,
     mdns: Option<Mdns>,
     filter: SightingFilter,
     reported_strangers: HashSet<DeviceId>,
@@ -44,7 +44,7 @@ impl Discovery {
         mdns_enabled: bool,
         peers: Vec<PeerConfig>,
         network_key: bool,
-        supervisor: Addr<Supervisor>,
+        supervisor: DiscoveryReports,
     ) -> Self {
         Discovery {
             me,
@@ -73,9 +73,9 @@ impl Actor for Discovery {
         for p in &self.peers {
             match (p.device_id, &p.address) {
                 (Some(device), Some(address)) => {
-                    self.supervisor.do_send(PeerDiscovered { device, addresses: vec![address.clone()] })
+                    self.supervisor.discovered.do_send(PeerDiscovered { device, addresses: vec![address.clone()] })
                 }
-                (None, Some(address)) => self.supervisor.do_send(PeerAtAddress { address: address.clone() }),
+                (None, Some(address)) => self.supervisor.at_address.do_send(PeerAtAddress { address: address.clone() }),
                 _ => {}
             }
         }
@@ -104,11 +104,6 @@ impl Actor for Discovery {
 
 use futures::StreamExt as _;
 
-/// Withdraw the announcement (the node is stopping).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct StopDiscovery;
-
 impl Handler<StopDiscovery> for Discovery {
     type Result = ();
     fn handle(&mut self, _: StopDiscovery, ctx: &mut Context<Self>) {
@@ -126,9 +121,9 @@ impl StreamHandler<MdnsEvent> for Discovery {
                         // The Supervisor dials at once only for an address it did not know; it
                         // still knows these from before, so it would wait out its backoff (up to a
                         // minute). Clearing them first makes them new: a returning peer is dialed now.
-                        self.supervisor.do_send(PeerVanished { device });
+                        self.supervisor.vanished.do_send(PeerVanished { device });
                     }
-                    self.supervisor.do_send(PeerDiscovered {
+                    self.supervisor.discovered.do_send(PeerDiscovered {
                         device,
                         addresses: addresses.iter().map(|a| a.to_string()).collect(),
                     });

@@ -10,7 +10,6 @@ use actix::prelude::*;
 
 use super::messages::*;
 use super::now_millis;
-use super::puller::Puller;
 use super::status::NodeState;
 use crate::config::{FolderConfig, FolderMode};
 use crate::core::root::{holds_mass_delete, Observed, RootProblem};
@@ -35,7 +34,8 @@ struct FolderState {
     suspect: HashSet<String>,
     /// Paths the Puller is writing now: not scanned until it is done with them.
     pulling: HashSet<String>,
-    puller: Option<Addr<Puller>>,
+    /// The folder's Puller.
+    puller: Recipient<Needs>,
     /// The root this folder must keep (shared with its Puller).
     guard: Arc<RootGuard>,
     /// Why the folder is stopped, if it is: nothing is scanned into the index, announced, or
@@ -135,21 +135,6 @@ struct ScanDone {
     unreadable: Vec<(String, String)>,
 }
 
-/// The user accepts a folder's current state: a new root, or a scan that deletes every file.
-#[derive(Message)]
-#[rtype(result = "Result<String, String>")]
-pub struct Confirm {
-    pub folder: String,
-}
-
-/// Wires the Pullers in after they start (they need the Index's address too).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct SetPuller {
-    pub folder: String,
-    pub puller: Addr<Puller>,
-}
-
 impl IndexActor {
     pub fn new(
         store: Arc<Store>,
@@ -157,12 +142,12 @@ impl IndexActor {
         chunk_size: u32,
         tombstone_ttl: std::time::Duration,
         empty_folder_guard: u64,
-        folders: &[(FolderConfig, Arc<RootGuard>)],
+        folders: &[(FolderConfig, Arc<RootGuard>, Recipient<Needs>)],
         state: Arc<NodeState>,
     ) -> Self {
         let folders = folders
             .iter()
-            .map(|(f, guard)| {
+            .map(|(f, guard, puller)| {
                 let state = FolderState {
                     config: f.clone(),
                     ignore: IgnoreRules::load(&f.path),
@@ -170,7 +155,7 @@ impl IndexActor {
                     pending: BTreeSet::new(),
                     suspect: HashSet::new(),
                     pulling: HashSet::new(),
-                    puller: None,
+                    puller: puller.clone(),
                     guard: guard.clone(),
                     fault: None,
                     confirmed: false,
@@ -209,9 +194,7 @@ impl IndexActor {
         tracing::warn!(folder = %folder, path = %state.config.path.display(), reason = %fault, "folder stopped");
         self.state.gauges(folder).set_fault(Some(fault.to_string()));
         state.fault = Some(fault);
-        if let Some(p) = &state.puller {
-            p.do_send(Needs { items: Vec::new(), complete: true, settled: Vec::new() });
-        }
+        state.puller.do_send(Needs { items: Vec::new(), complete: true, settled: Vec::new() });
     }
 
     /// Resumes a stopped folder: a full rescan, then every need recomputed.
@@ -435,10 +418,8 @@ impl IndexActor {
         self.commit(folder, direct);
         let working: HashSet<&str> = work.iter().map(|w| w.remote.path.as_str()).collect();
         settled.retain(|p| !working.contains(p.as_str()));
-        if let Some(p) = puller {
-            if !work.is_empty() || complete || !settled.is_empty() {
-                p.do_send(Needs { items: work, complete, settled });
-            }
+        if !work.is_empty() || complete || !settled.is_empty() {
+            puller.do_send(Needs { items: work, complete, settled });
         }
     }
 }
@@ -488,15 +469,6 @@ impl Actor for IndexActor {
             }
             state.pending.insert(String::new());
             self.start_scan(&id, ctx);
-        }
-    }
-}
-
-impl Handler<SetPuller> for IndexActor {
-    type Result = ();
-    fn handle(&mut self, msg: SetPuller, _: &mut Context<Self>) {
-        if let Some(state) = self.folders.get_mut(&msg.folder) {
-            state.puller = Some(msg.puller);
         }
     }
 }

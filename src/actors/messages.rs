@@ -1,10 +1,72 @@
-//! Typed messages exchanged between actors.
+//! Every message actors send each other, and the ports (bundles of `Recipient`s) through which
+//! they send them. An actor never holds another actor's concrete address: it holds the port of
+//! what it may ask, so no actor module imports another, and `node.rs` wires them all in one place.
+//! Messages an actor sends only to itself stay private in its own module.
+
+use std::sync::Arc;
 
 use actix::prelude::*;
 
-use crate::core::{Action, DeviceId, FileRecord, VersionVector};
+use crate::core::{Action, Chunk, DeviceId, FileRecord, VersionVector};
 use crate::fs::scan::DiskState;
 use crate::net::proto::FileInfo;
+use crate::net::wire::FetchError;
+
+/// What a Peer actor asks of the Index.
+#[derive(Clone)]
+pub struct IndexForPeers {
+    pub remote_index: Recipient<RemoteIndex>,
+    pub rehash: Recipient<Rehash>,
+    pub subscribe: Recipient<Subscribe>,
+    pub recompute: Recipient<RecomputeNeeds>,
+}
+
+/// What a Puller tells the Index.
+#[derive(Clone)]
+pub struct IndexForPuller {
+    pub applied: Recipient<Applied>,
+    pub changed: Recipient<LocalChanged>,
+    pub pulling: Recipient<Pulling>,
+    pub recompute_paths: Recipient<RecomputePaths>,
+}
+
+/// What the local API asks of the actors.
+#[derive(Clone)]
+pub struct Control {
+    pub confirm: Recipient<Confirm>,
+    pub revert: Recipient<Revert>,
+    pub override_: Recipient<Override>,
+    /// Per folder, its Puller.
+    pub retry: std::collections::HashMap<String, Recipient<RetryNow>>,
+}
+
+/// Where Discovery reports what it finds (the Supervisor).
+#[derive(Clone)]
+pub struct DiscoveryReports {
+    pub discovered: Recipient<PeerDiscovered>,
+    pub at_address: Recipient<PeerAtAddress>,
+    pub vanished: Recipient<PeerVanished>,
+}
+
+/// Where Discovery reports what it finds (the Supervisor).
+#[derive(Clone)]
+pub struct DiscoveryReports {
+    pub discovered: Recipient<PeerDiscovered>,
+    pub at_address: Recipient<PeerAtAddress>,
+    pub vanished: Recipient<PeerVanished>,
+}
+
+/// A live connection, as the Pullers see it: where to ask for chunks.
+#[derive(Clone)]
+pub struct PeerHandle {
+    pub fetch: Recipient<FetchChunk>,
+}
+
+impl PeerHandle {
+    pub fn connected(&self) -> bool {
+        self.fetch.connected()
+    }
+}
 
 /// Paths of a folder that may have changed ("" = the whole folder).
 #[derive(Message)]
@@ -116,4 +178,92 @@ pub enum Outcome {
 pub struct Applied {
     pub folder: String,
     pub outcome: Outcome,
+}
+
+/// A connection ended.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PeerDown {
+    pub device: DeviceId,
+    pub conn: u64,
+    /// The peer broke the protocol: redial (and accept it) only after a growing backoff.
+    pub violation: bool,
+}
+
+/// Ask the peer for one chunk of a file (the caller verifies the hash). With `base` (our old data
+/// for that region) and its rsync `signature`, the peer may answer with a delta against it.
+#[derive(Message)]
+#[rtype(result = "Result<Fetched, FetchError>")]
+pub struct FetchChunk {
+    pub folder: String,
+    pub path: String,
+    pub chunk: Chunk,
+    pub signature: Vec<u8>,
+    pub base: Option<Arc<Vec<u8>>>,
+}
+
+/// A chunk's bytes, and what they cost on the wire: the signature we sent plus the encoded answer
+/// (a delta or compressed data may be far smaller than the chunk).
+#[derive(Debug)]
+pub struct Fetched {
+    pub data: Vec<u8>,
+    pub wire: u64,
+}
+
+/// Try every parked path now (the user asked: space was freed, permissions fixed).
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct RetryNow;
+
+/// A device became reachable at these addresses (from static config or mDNS).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PeerDiscovered {
+    pub device: DeviceId,
+    pub addresses: Vec<String>,
+}
+
+/// A peer known by its address alone (network-key trust: whoever proves the key there).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PeerAtAddress {
+    pub address: String,
+}
+
+/// A device is no longer announced at these addresses.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PeerVanished {
+    pub device: DeviceId,
+}
+
+/// Close every connection (the node is stopping).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+/// Withdraw the announcement (the node is stopping).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopDiscovery;
+
+/// The user accepts a folder's current state: a new root, or a scan that deletes every file.
+#[derive(Message)]
+#[rtype(result = "Result<String, String>")]
+pub struct Confirm {
+    pub folder: String,
+}
+
+/// Give a receive-only folder's local changes back to the cluster; answers how many paths.
+#[derive(Message)]
+#[rtype(result = "Result<usize, String>")]
+pub struct Revert {
+    pub folder: String,
+}
+
+/// Make a send-only folder's state win on every peer; answers how many paths were re-issued.
+#[derive(Message)]
+#[rtype(result = "Result<usize, String>")]
+pub struct Override {
+    pub folder: String,
 }

@@ -28,7 +28,6 @@ use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tonic::Status;
 
 use super::directory::{PeerCounters, PeerDirectory};
-use super::index::IndexActor;
 use super::messages::*;
 use crate::config::{Compression, FolderConfig, FolderMode};
 use crate::core::{Chunk, DeviceId};
@@ -37,7 +36,7 @@ use crate::fs::safe_path::{open_inside, refuse_once, UnsafePath};
 use crate::net::encoding::{decode, encode};
 use crate::net::proto::{self, control_message, data_message, ControlMessage, DataMessage};
 use crate::net::service::Duplex;
-use crate::net::wire::{self, RequestError};
+use crate::net::wire::{self, FetchError, RequestError};
 use crate::store::Store;
 
 pub const PING_INTERVAL: Duration = Duration::from_secs(5);
@@ -61,7 +60,7 @@ pub struct PeerSetup {
     pub my_name: String,
     pub folders: Arc<Vec<FolderConfig>>,
     pub store: Arc<Store>,
-    pub index: Addr<IndexActor>,
+    pub index: IndexForPeers,
     pub supervisor: Recipient<PeerDown>,
     pub counters: Arc<PeerCounters>,
     pub directory: PeerDirectory,
@@ -70,42 +69,12 @@ pub struct PeerSetup {
     pub data: Duplex<DataMessage>,
 }
 
-/// A connection ended.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct PeerDown {
-    pub device: DeviceId,
-    pub conn: u64,
-    /// The peer broke the protocol: redial (and accept it) only after a growing backoff.
-    pub violation: bool,
-}
-
-/// Ask the peer for one chunk of a file (the caller verifies the hash). With `base` (our old data
-/// for that region) and its rsync `signature`, the peer may answer with a delta against it.
-#[derive(Message)]
-#[rtype(result = "Result<Fetched, String>")]
-pub struct FetchChunk {
-    pub folder: String,
-    pub path: String,
-    pub chunk: Chunk,
-    pub signature: Vec<u8>,
-    pub base: Option<Arc<Vec<u8>>>,
-}
-
-/// A chunk's bytes, and what they cost on the wire: the signature we sent plus the encoded answer
-/// (a delta or compressed data may be far smaller than the chunk).
-#[derive(Debug)]
-pub struct Fetched {
-    pub data: Vec<u8>,
-    pub wire: u64,
-}
-
 /// A chunk request of ours waiting for its response.
 struct Pending {
     size: u32,
     base: Option<Arc<Vec<u8>>>,
     signature: u64,
-    reply: oneshot::Sender<Result<Fetched, String>>,
+    reply: oneshot::Sender<Result<Fetched, FetchError>>,
 }
 
 /// What serving one peer holds besides its send budget: requests waiting, and reads running.
@@ -195,41 +164,32 @@ impl PeerActor {
 
     /// Answers a chunk request with a refusal: counted, and logged the first time this kind of
     /// refusal comes from this peer.
-    fn refuse_request(&self, id: u64, kind: &'static str, reason: String) {
+    fn refuse_request(&self, id: u64, code: proto::ChunkError, kind: &'static str, reason: String) {
         refused(&self.setup.counters, &self.setup.device, kind, &reason);
-        let msg = DataMessage {
-            kind: Some(data_message::Kind::Response(proto::ChunkResponse {
-                id,
-                data: Vec::new(),
-                encoding: 0,
-                error: reason,
-            })),
-        };
+        let msg = DataMessage { kind: Some(data_message::Kind::Response(wire::refusal(id, code, reason))) };
         self.setup.counters.add_out(msg.encoded_len());
         // A full queue drops the refusal: the requester's timeout covers it.
         let _ = self.setup.data.tx.try_send(msg);
     }
 
-    fn hello(&self) -> proto::Hello {
-        let folders = self
-            .setup
-            .folders
-            .iter()
-            .map(|f| {
-                let progress = self.setup.store.progress(&self.setup.device, &f.id).unwrap_or_default();
-                proto::FolderOffer {
-                    id: f.id.clone(),
-                    your_index_id: progress.index_id,
-                    your_max_sequence: progress.max_sequence,
-                    receive_only: f.mode == FolderMode::ReceiveOnly,
-                }
-            })
-            .collect();
-        proto::Hello {
+    /// Our Hello: per folder, how far we have read this peer's index. An index that cannot be
+    /// read is an error (the connection closes), never taken for "nothing read yet".
+    fn hello(&self) -> anyhow::Result<proto::Hello> {
+        let mut folders = Vec::with_capacity(self.setup.folders.len());
+        for f in self.setup.folders.iter() {
+            let progress = self.setup.store.progress(&self.setup.device, &f.id)?;
+            folders.push(proto::FolderOffer {
+                id: f.id.clone(),
+                your_index_id: progress.index_id,
+                your_max_sequence: progress.max_sequence,
+                receive_only: f.mode == FolderMode::ReceiveOnly,
+            });
+        }
+        Ok(proto::Hello {
             protocol_version: crate::net::PROTOCOL_VERSION,
             device_name: self.setup.my_name.clone(),
             folders,
-        }
+        })
     }
 
     fn on_hello(&mut self, hello: proto::Hello, ctx: &mut Context<Self>) {
@@ -256,7 +216,10 @@ impl PeerActor {
         for offer in hello.folders {
             let Some(folder) = self.setup.folders.iter().find(|f| f.id == offer.id) else { continue };
             if folder.mode != FolderMode::ReceiveOnly {
-                let meta = self.setup.store.folder_meta(&folder.id).unwrap_or_default();
+                let meta = match self.setup.store.folder_meta(&folder.id) {
+                    Ok(meta) => meta,
+                    Err(e) => return self.close(format!("cannot read the index of `{}`: {e:#}", folder.id), ctx),
+                };
                 let start = if offer.your_index_id == meta.index_id { offer.your_max_sequence } else { 0 };
                 let (tx, rx) = watch::channel(meta.max_sequence);
                 self.senders.insert(folder.id.clone(), tx);
@@ -270,7 +233,7 @@ impl PeerActor {
                     rx,
                 ));
             }
-            self.setup.index.do_send(RecomputeNeeds { folder: folder.id.clone() });
+            self.setup.index.recompute.do_send(RecomputeNeeds { folder: folder.id.clone() });
         }
     }
 
@@ -286,7 +249,7 @@ impl PeerActor {
             self.setup.counters.refused_records(update.files.len());
             return self.refuse_unshared(&update.folder, "index records");
         }
-        self.setup.index.do_send(RemoteIndex {
+        self.setup.index.remote_index.do_send(RemoteIndex {
             device: self.setup.device,
             folder: update.folder,
             index_id: update.index_id,
@@ -302,17 +265,29 @@ impl PeerActor {
             Ok(hash) => hash,
             // A path no peer of ours would ever name: not a mistake.
             Err(e @ RequestError::Path { .. }) => return self.violation(format!("chunk request: {e}"), 0, ctx),
-            Err(e) => return self.refuse_request(request.id, e.kind(), format!("chunk request refused: {e}")),
+            Err(e) => {
+                return self.refuse_request(request.id, e.code(), e.kind(), format!("chunk request refused: {e}"))
+            }
         };
         let Some(root) = self.roots.get(&request.folder).cloned() else {
-            return self.refuse_request(request.id, "folder", format!("folder `{}` is not shared", request.folder));
+            return self.refuse_request(
+                request.id,
+                proto::ChunkError::NotShared,
+                "folder",
+                format!("folder `{}` is not shared", request.folder),
+            );
         };
         let cost = request.encoded_len();
         let serving = self.serving.clone();
         if serving.waiting.load(Relaxed) >= MAX_WAITING_REQUESTS
             || serving.waiting_bytes.load(Relaxed) + cost > MAX_WAITING_BYTES
         {
-            return self.refuse_request(request.id, "busy", "too many requests waiting; ask again later".into());
+            return self.refuse_request(
+                request.id,
+                proto::ChunkError::Busy,
+                "busy",
+                "too many requests waiting; ask again later".into(),
+            );
         }
         serving.waiting.fetch_add(1, Relaxed);
         serving.waiting_bytes.fetch_add(cost, Relaxed);
@@ -320,7 +295,7 @@ impl PeerActor {
         let budget = self.setup.data.budget.clone();
         let counters = self.setup.counters.clone();
         let compression = self.setup.compression;
-        let index = self.setup.index.clone();
+        let rehash = self.setup.index.rehash.clone();
         let store = self.setup.store.clone();
         let device = self.setup.device;
         tokio::spawn(async move {
@@ -339,7 +314,7 @@ impl PeerActor {
             .unwrap_or_else(|e| Err(ServeError::Io(e.to_string())));
             drop(reader);
             match &result {
-                Err(ServeError::Changed) => index.do_send(Rehash { folder: folder.clone(), path: path.clone() }),
+                Err(ServeError::Changed) => rehash.do_send(Rehash { folder: folder.clone(), path: path.clone() }),
                 Err(ServeError::Unsafe(e)) if e.is_link() => {
                     counters.refused_request();
                     refuse_once(&root, e, Some(&device.prefix()));
@@ -351,9 +326,9 @@ impl PeerActor {
             }
             let response = match result {
                 Ok((data, encoding)) => {
-                    proto::ChunkResponse { id, data, encoding: encoding as i32, error: String::new() }
+                    proto::ChunkResponse { id, data, encoding: encoding as i32, ..Default::default() }
                 }
-                Err(e) => proto::ChunkResponse { id, data: Vec::new(), encoding: 0, error: e.to_string() },
+                Err(e) => wire::refusal(id, e.code(), e.to_string()),
             };
             // What was taken for the read and is not queued goes back now; the queued data goes
             // back as the transport takes it.
@@ -391,6 +366,16 @@ enum ServeError {
     Changed,
     #[error("{0}")]
     Io(String),
+}
+
+impl ServeError {
+    fn code(&self) -> proto::ChunkError {
+        match self {
+            ServeError::NotIndexed => proto::ChunkError::NoSuchChunk,
+            ServeError::Shorter | ServeError::Changed => proto::ChunkError::Changed,
+            ServeError::Unsafe(_) | ServeError::Io(_) => proto::ChunkError::Unreadable,
+        }
+    }
 }
 
 /// Reads a chunk we announced: the index must hold this hash at this path and offset with this
@@ -463,10 +448,21 @@ async fn send_index(
                 store.since(&folder, sent, INDEX_BATCH).map(|rs| {
                     rs.into_iter()
                         .map(|r| {
-                            // The peer holds our previous record of this path if we sent it before.
-                            let diff =
-                                store.diff_for(&folder, &r).ok().flatten().filter(|d| d.base <= sent && d.base > 0);
-                            wire::to_wire(&r, diff.as_ref().map(|d| (d.base, d.edits.as_slice())))
+                            // The peer holds our previous record of this path (or of the path
+                            // it was renamed from) if we sent it before. A difference is only a
+                            // saving: one that cannot be read goes as the whole record.
+                            let diff = store.diff_to_send(&folder, &r, sent).unwrap_or_else(|e| {
+                                tracing::warn!(folder = %folder, path = %r.path, error = %e, "cannot read a stored difference; sending the whole record");
+                                None
+                            });
+                            wire::to_wire(
+                                &r,
+                                diff.as_ref().map(|d| wire::Diff {
+                                    base: d.base,
+                                    base_path: d.base_path.as_deref(),
+                                    edits: &d.edits,
+                                }),
+                            )
                         })
                         .collect::<Vec<_>>()
                 })
@@ -515,8 +511,11 @@ impl Actor for PeerActor {
         let data = std::mem::replace(&mut self.setup.data.rx, Box::pin(futures::stream::empty()));
         ctx.add_stream(control);
         ctx.add_stream(data);
-        self.send_control(control_message::Kind::Hello(self.hello()));
-        self.setup.index.do_send(Subscribe(ctx.address().recipient()));
+        match self.hello() {
+            Ok(hello) => self.send_control(control_message::Kind::Hello(hello)),
+            Err(e) => return self.close(format!("cannot read the index: {e:#}"), ctx),
+        }
+        self.setup.index.subscribe.do_send(Subscribe(ctx.address().recipient()));
         ctx.run_interval(PING_INTERVAL, |this, _| {
             this.send_control(control_message::Kind::Ping(proto::Ping { nonce: 0 }))
         });
@@ -593,12 +592,8 @@ impl StreamHandler<Result<DataMessage, Status>> for PeerActor {
                     self.refuse_unshared(&r.folder, "chunk request");
                     self.setup.counters.refused_request();
                     // An answer, so an honest requester moves on at once instead of timing out.
-                    let refusal = proto::ChunkResponse {
-                        id: r.id,
-                        data: Vec::new(),
-                        encoding: 0,
-                        error: "folder not shared with this peer".into(),
-                    };
+                    let refusal =
+                        wire::refusal(r.id, proto::ChunkError::NotShared, "folder not shared with this peer".into());
                     let msg = DataMessage { kind: Some(data_message::Kind::Response(refusal)) };
                     self.setup.counters.add_out(msg.encoded_len());
                     let _ = self.setup.data.tx.try_send(msg);
@@ -609,12 +604,11 @@ impl StreamHandler<Result<DataMessage, Status>> for PeerActor {
             Some(data_message::Kind::Response(r)) => {
                 if let Some(p) = self.pending.remove(&r.id) {
                     let wire = p.signature + r.data.len() as u64;
-                    let result = if r.error.is_empty() {
-                        decode(r.data, r.encoding, p.size, p.base.as_deref().map(|b| b.as_slice()))
+                    let result = wire::answer(r).and_then(|(data, encoding)| {
+                        decode(data, encoding, p.size, p.base.as_deref().map(|b| b.as_slice()))
                             .map(|data| Fetched { data, wire })
-                    } else {
-                        Err(r.error)
-                    };
+                            .map_err(FetchError::BadAnswer)
+                    });
                     let _ = p.reply.send(result);
                 }
             }
@@ -628,13 +622,18 @@ impl StreamHandler<Result<DataMessage, Status>> for PeerActor {
 }
 
 impl Handler<FetchChunk> for PeerActor {
-    type Result = ResponseFuture<Result<Fetched, String>>;
+    type Result = ResponseFuture<Result<Fetched, FetchError>>;
 
     fn handle(&mut self, msg: FetchChunk, _: &mut Context<Self>) -> Self::Result {
         if !self.roots.contains_key(&msg.folder) {
             // Never reveal another folder's names or hashes to this peer (say, from records it
             // sent before the folder stopped being shared with it).
-            return Box::pin(async { Err("folder not shared with this peer".to_string()) });
+            return Box::pin(async {
+                Err(FetchError::Refused {
+                    code: proto::ChunkError::NotShared,
+                    detail: "folder not shared with this peer".into(),
+                })
+            });
         }
         let id = self.next_id;
         self.next_id += 1;
@@ -654,11 +653,11 @@ impl Handler<FetchChunk> for PeerActor {
         self.setup.counters.add_out(data.encoded_len());
         let tx = self.setup.data.tx.clone();
         Box::pin(async move {
-            tx.send(data).await.map_err(|_| "connection closed".to_string())?;
+            tx.send(data).await.map_err(|_| FetchError::Closed)?;
             match tokio::time::timeout(FETCH_TIMEOUT, response).await {
                 Ok(Ok(result)) => result,
-                Ok(Err(_)) => Err("connection closed".into()),
-                Err(_) => Err("timed out".into()),
+                Ok(Err(_)) => Err(FetchError::Closed),
+                Err(_) => Err(FetchError::TimedOut),
             }
         })
     }

@@ -16,10 +16,8 @@ use actix::prelude::*;
 use futures::StreamExt;
 
 use super::directory::PeerDirectory;
-use super::index::IndexActor;
 use super::messages::*;
 use super::now_millis;
-use super::peer::{FetchChunk, Fetched};
 use super::status::FolderGauges;
 use crate::core::plan::{self, Entry, Phase, PullQueue, Targets};
 use crate::core::retry::{FailureKind, PathFailure};
@@ -68,7 +66,7 @@ pub struct PullContext {
     pub roots: Arc<HashMap<String, PathBuf>>,
     pub store: Arc<Store>,
     pub directory: PeerDirectory,
-    pub index: Addr<IndexActor>,
+    pub index: IndexForPuller,
     pub gauges: Arc<FolderGauges>,
     /// The folder's root must still be the one indexed before anything is written under it.
     pub guard: Arc<RootGuard>,
@@ -92,11 +90,6 @@ pub struct Puller {
     parked: BTreeMap<String, NeedItem>,
     parked_bytes: u64,
 }
-
-/// Try every parked path now (the user asked: space was freed, permissions fixed).
-#[derive(Message)]
-#[rtype(result = "usize")]
-pub struct RetryNow;
 
 /// The devices that hold the version being pulled: peers that announce it mid-file join in.
 pub type Sources = Arc<RwLock<Vec<DeviceId>>>;
@@ -318,7 +311,10 @@ impl Puller {
         }
         if !due.is_empty() {
             tracing::debug!(folder = %self.ctx.folder, paths = due.len(), "retrying failed pulls");
-            self.ctx.index.do_send(RecomputePaths { folder: self.ctx.folder.clone(), paths: due.clone() });
+            self.ctx
+                .index
+                .recompute_paths
+                .do_send(RecomputePaths { folder: self.ctx.folder.clone(), paths: due.clone() });
         }
         due.len()
     }
@@ -354,7 +350,11 @@ impl Puller {
                     item: item.clone(),
                 },
             );
-            self.ctx.index.do_send(Pulling { folder: self.ctx.folder.clone(), path: path.clone(), active: true });
+            self.ctx.index.pulling.do_send(Pulling {
+                folder: self.ctx.folder.clone(),
+                path: path.clone(),
+                active: true,
+            });
             let pctx = self.ctx.clone();
             let me = ctx.address();
             tokio::spawn(async move {
@@ -444,9 +444,16 @@ impl Handler<Finished> for Puller {
             self.in_flight_bytes -= f.bytes;
         }
         let superseded = flight.as_ref().is_some_and(|f| f.superseded);
-        self.ctx.index.do_send(Pulling { folder: self.ctx.folder.clone(), path: msg.path.clone(), active: false });
+        self.ctx.index.pulling.do_send(Pulling {
+            folder: self.ctx.folder.clone(),
+            path: msg.path.clone(),
+            active: false,
+        });
         if superseded {
-            self.ctx.index.do_send(RecomputePaths { folder: self.ctx.folder.clone(), paths: vec![msg.path.clone()] });
+            self.ctx
+                .index
+                .recompute_paths
+                .do_send(RecomputePaths { folder: self.ctx.folder.clone(), paths: vec![msg.path.clone()] });
         }
         match msg.result {
             Ok(()) => {
@@ -538,8 +545,10 @@ async fn execute(ctx: &PullContext, item: NeedItem, sources: &Sources) -> Result
         Action::Take if remote.deleted => {
             let (root, p, local, versions, by) =
                 (ctx.root.clone(), path.clone(), item.local.clone(), ctx.versions.clone(), remote.modified_by);
-            let removed =
-                blocking(move || apply::remove_keeping(&root, &p, local.as_ref(), Some((&versions, by)))).await??;
+            let removed = blocking(move || {
+                apply::remove_keeping(&root, &p, local.as_ref(), Some((&*versions as &dyn apply::Keeper, by)))
+            })
+            .await??;
             if removed {
                 tracing::info!(folder = %ctx.folder, path = %path, "deleted");
             }
@@ -554,7 +563,7 @@ async fn execute(ctx: &PullContext, item: NeedItem, sources: &Sources) -> Result
             let copy = blocking(move || apply::move_aside(&root, &p, &c)).await??;
             ctx.gauges.conflicts.fetch_add(1, Relaxed);
             tracing::warn!(folder = %ctx.folder, path = %path, copy = %copy, "conflict: our version kept as a copy");
-            ctx.index.do_send(LocalChanged { folder: ctx.folder.clone(), paths: vec![copy] });
+            ctx.index.changed.do_send(LocalChanged { folder: ctx.folder.clone(), paths: vec![copy] });
             let disk = materialize(ctx, &remote, &path, None, sources).await?;
             Outcome::Took { record: remote, disk: Some(disk) }
         }
@@ -565,7 +574,7 @@ async fn execute(ctx: &PullContext, item: NeedItem, sources: &Sources) -> Result
                 // The winner's node may have made this copy already, and it may have synced here.
                 if let Some(copy) = blocking(move || apply::free_name(&root, &c, has_remote)).await? {
                     materialize(ctx, &remote, &copy, None, sources).await?;
-                    ctx.index.do_send(LocalChanged { folder: ctx.folder.clone(), paths: vec![copy] });
+                    ctx.index.changed.do_send(LocalChanged { folder: ctx.folder.clone(), paths: vec![copy] });
                 }
             }
             ctx.gauges.conflicts.fetch_add(1, Relaxed);
@@ -576,7 +585,7 @@ async fn execute(ctx: &PullContext, item: NeedItem, sources: &Sources) -> Result
         Action::Skip | Action::Merge => return Ok(()),
     };
     ctx.gauges.pulls.fetch_add(1, Relaxed);
-    ctx.index.do_send(Applied { folder: ctx.folder.clone(), outcome });
+    ctx.index.applied.do_send(Applied { folder: ctx.folder.clone(), outcome });
     Ok(())
 }
 
@@ -592,7 +601,7 @@ async fn materialize(
         let (root, r, versions) =
             (ctx.root.clone(), FileRecord { path: target.to_string(), ..record.clone() }, ctx.versions.clone());
         return Ok(blocking(move || {
-            apply::make_dir_keeping(&root, &r, local.as_ref(), Some((&versions, r.modified_by)))
+            apply::make_dir_keeping(&root, &r, local.as_ref(), Some((&*versions as &dyn apply::Keeper, r.modified_by)))
         })
         .await??);
     }
@@ -616,7 +625,7 @@ async fn materialize(
     }
     let (root, t, size) = (ctx.root.clone(), target.to_string(), record.size);
     let temp = Arc::new(blocking(move || TempFile::create(&root, &t, size)).await??);
-    let progress = Arc::new(Progress::new(ctx, target, record.size));
+    let progress = Arc::new(DownloadProgress::new(ctx, target, record.size));
     // Local copies run beside the network fetches of the chunks nobody here has.
     let copying = {
         let (plan, temp, progress, chunks) = (plan.clone(), temp.clone(), progress.clone(), record.chunks.clone());
@@ -689,8 +698,10 @@ impl CommitQueue {
                 let (batch, replies): (Vec<_>, Vec<_>) =
                     jobs.into_iter().map(|(t, r, l, reply)| ((t, r, l), reply)).unzip();
                 let versions = versions.clone();
-                let Ok(results) =
-                    tokio::task::spawn_blocking(move || apply::commit_all_keeping(batch, Some(&versions))).await
+                let Ok(results) = tokio::task::spawn_blocking(move || {
+                    apply::commit_all_keeping(batch, Some(&*versions as &dyn apply::Keeper))
+                })
+                .await
                 else {
                     continue;
                 };
@@ -735,7 +746,7 @@ async fn fetch_all(
     sources: &Sources,
     previous: Option<&FileRecord>,
     temp: &Arc<TempFile>,
-    progress: &Progress,
+    progress: &DownloadProgress,
     tally: &mut Tally,
     try_local: bool,
 ) -> Result<(), PullError> {
@@ -853,7 +864,7 @@ async fn fetch_chunk(
             signature: signature.clone(),
             base: base.clone(),
         };
-        match peer.send(request).await {
+        match peer.fetch.send(request).await {
             Ok(Ok(Fetched { data, wire })) if data.len() == chunk.size as usize && hash(&data) == chunk.hash => {
                 return Ok((chunk, data, Some((device, wire))))
             }
@@ -896,7 +907,7 @@ pub fn find_local(store: &Store, roots: &HashMap<String, PathBuf>, chunk: &Chunk
 
 /// Progress of one large download: in the status gauges, and a log line every few seconds
 /// (percent and rate), never one per chunk. Shared with the threads that copy local chunks.
-struct Progress {
+struct DownloadProgress {
     gauges: Arc<FolderGauges>,
     folder: String,
     path: String,
@@ -906,7 +917,7 @@ struct Progress {
     last_log: Mutex<Instant>,
 }
 
-impl Progress {
+impl DownloadProgress {
     const LOG_EVERY: Duration = Duration::from_secs(3);
 
     fn new(ctx: &PullContext, path: &str, total: u64) -> Self {
@@ -914,7 +925,7 @@ impl Progress {
         ctx.gauges.current_done.store(0, Relaxed);
         let now = Instant::now();
         let (gauges, folder) = (ctx.gauges.clone(), ctx.folder.clone());
-        Progress {
+        DownloadProgress {
             gauges,
             folder,
             path: path.to_string(),
@@ -939,7 +950,7 @@ impl Progress {
     }
 }
 
-impl Drop for Progress {
+impl Drop for DownloadProgress {
     fn drop(&mut self) {
         self.gauges.current_total.store(0, Relaxed);
         self.gauges.current_done.store(0, Relaxed);

@@ -12,6 +12,7 @@ use crate::config::FolderConfig;
 use crate::core::retry::{FailureKind, PathFailure};
 use crate::core::DeviceId;
 use crate::fs::versions::VersionStore;
+use crate::store::changes::changes;
 use crate::store::Store;
 
 #[derive(Debug, Default)]
@@ -61,8 +62,6 @@ pub struct NodeState {
     pub store: Arc<Store>,
     /// Each folder's version store, by folder id.
     pub versions: std::collections::HashMap<String, Arc<VersionStore>>,
-    /// The Index, once started (the API sends it `Revert` and `Override`).
-    pub index: std::sync::OnceLock<actix::Addr<super::index::IndexActor>>,
 }
 
 impl NodeState {
@@ -71,17 +70,16 @@ impl NodeState {
     }
 
     /// The JSON of `GET /rest/status` (CONTRACT.md), plus a few extra fields.
-    pub fn snapshot(&self) -> StatusReport {
+    pub fn snapshot(&self) -> anyhow::Result<StatusReport> {
         let folders = self
             .folders
             .iter()
-            .map(|(f, g)| {
+            .map(|(f, g)| -> anyhow::Result<FolderReport> {
                 let counts = self.store.local_counts(&f.id);
                 let (files, bytes) = (counts.records, counts.bytes);
                 let need_files = g.need_files.load(Relaxed);
                 let (versions_files, versions_bytes) = self.versions.get(&f.id).map_or((0, 0), |v| v.usage());
-                let diverged =
-                    super::index::modes::changes(&self.store, &f.id, f.mode, self.device_id.short()).len() as u64;
+                let diverged = changes(&self.store, &f.id, f.mode, self.device_id.short())?.len() as u64;
                 let (local_changes, remote_changes) = match f.mode {
                     crate::config::FolderMode::ReceiveOnly => (diverged, 0),
                     crate::config::FolderMode::SendOnly => (0, diverged),
@@ -120,7 +118,7 @@ impl NodeState {
                 } else {
                     "idle"
                 };
-                FolderReport {
+                Ok(FolderReport {
                     id: f.id.clone(),
                     path: f.path.display().to_string(),
                     state: state.into(),
@@ -146,9 +144,9 @@ impl NodeState {
                     versions_bytes,
                     local_changes,
                     remote_changes,
-                }
+                })
             })
-            .collect();
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let peers = self
             .directory
             .snapshot()
@@ -165,11 +163,11 @@ impl NodeState {
                 protocol_violations: e.counters.protocol_violations.load(Relaxed),
             })
             .collect();
-        StatusReport { device_id: self.device_id.to_string(), name: self.name.clone(), folders, peers }
+        Ok(StatusReport { device_id: self.device_id.to_string(), name: self.name.clone(), folders, peers })
     }
 }
 
-#[derive(Debug, Serialize, serde::Deserialize)]
+#[derive(Debug, Default, Serialize, serde::Deserialize)]
 pub struct StatusReport {
     pub device_id: String,
     pub name: String,
@@ -177,7 +175,7 @@ pub struct StatusReport {
     pub peers: Vec<PeerReport>,
 }
 
-#[derive(Debug, Serialize, serde::Deserialize)]
+#[derive(Debug, Default, Serialize, serde::Deserialize)]
 pub struct FolderReport {
     pub id: String,
     pub path: String,
@@ -255,7 +253,7 @@ impl PullErrorReport {
     }
 }
 
-#[derive(Debug, Serialize, serde::Deserialize)]
+#[derive(Debug, Default, Serialize, serde::Deserialize)]
 pub struct PeerReport {
     pub device_id: String,
     pub name: String,

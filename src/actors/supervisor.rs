@@ -12,10 +12,12 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 
 use super::directory::PeerDirectory;
-use super::index::IndexActor;
-use super::messages::Disconnect;
-use super::peer::{PeerActor, PeerDown, PeerSetup};
+use super::messages::{
+    Disconnect, IndexForPeers, PeerAtAddress, PeerDiscovered, PeerDown, PeerHandle, PeerVanished, Shutdown,
+};
+use super::peer::{PeerActor, PeerSetup};
 use crate::config::{Compression, FolderConfig};
+use crate::core::dial::{self, Backoff};
 use crate::core::DeviceId;
 use crate::net::dial::{dial, Outbound, OwnAddress};
 use crate::net::identity::Identity;
@@ -24,38 +26,9 @@ use crate::net::proto::{ControlMessage, DataMessage};
 use crate::net::service::{Duplex, InboundHalf, InboundStream};
 use crate::store::Store;
 
-const BACKOFF_MIN: Duration = Duration::from_millis(500);
-const BACKOFF_MAX: Duration = Duration::from_secs(60);
-/// A connection that lived this long resets the backoff.
-const STABLE_AFTER: Duration = Duration::from_secs(30);
 const TICK: Duration = Duration::from_millis(250);
-
-/// A device became reachable at these addresses (from static config or mDNS).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct PeerDiscovered {
-    pub device: DeviceId,
-    pub addresses: Vec<String>,
-}
-
-/// A peer known by its address alone (network-key trust: whoever proves the key there).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct PeerAtAddress {
-    pub address: String,
-}
-
-/// A device is no longer announced at these addresses.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct PeerVanished {
-    pub device: DeviceId,
-}
-
-/// Close every connection (the node is stopping).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Shutdown;
+/// How long one stream of an inbound connection waits for its other stream.
+const HALF_OPEN_FOR: Duration = Duration::from_secs(30);
 
 struct Active {
     conn: u64,
@@ -68,7 +41,7 @@ struct Active {
 struct Slot {
     addresses: Vec<String>,
     active: Option<Active>,
-    backoff: Duration,
+    backoff: Backoff,
     next_attempt: Option<Instant>,
     dialing: bool,
     /// The peer broke the protocol: until then, its own connections are refused too (it is cut
@@ -81,7 +54,7 @@ struct Slot {
 struct AddressSlot {
     /// The device that answered there last; while it is connected the address is not dialed.
     device: Option<DeviceId>,
-    backoff: Duration,
+    backoff: Backoff,
     next_attempt: Option<Instant>,
     dialing: bool,
 }
@@ -99,7 +72,7 @@ pub struct Supervisor {
     name: String,
     folders: Arc<Vec<FolderConfig>>,
     store: Arc<Store>,
-    index: Addr<IndexActor>,
+    index: IndexForPeers,
     directory: PeerDirectory,
     compression: Compression,
     /// Under trust = "network-key": every dial proves and checks it.
@@ -117,7 +90,7 @@ impl Supervisor {
         name: String,
         folders: Arc<Vec<FolderConfig>>,
         store: Arc<Store>,
-        index: Addr<IndexActor>,
+        index: IndexForPeers,
         directory: PeerDirectory,
         compression: Compression,
         network_key: Option<Arc<NetworkKey>>,
@@ -177,7 +150,7 @@ impl Supervisor {
         }
         self.dial_addresses(now, ctx);
         // Half-open inbound connections whose second stream never came.
-        self.halves.retain(|_, h| h.since.is_none_or(|t| t.elapsed() < Duration::from_secs(30)));
+        self.halves.retain(|_, h| h.since.is_none_or(|t| t.elapsed() < HALF_OPEN_FOR));
     }
 
     /// Dials the due addresses known without a device ID, unless the device last found there is
@@ -222,10 +195,9 @@ impl Supervisor {
                 self.establish(out.device, out.conn, me, Some(out.address), out.control, out.data, ctx);
             }
             Err((false, e)) => {
-                slot.backoff = (slot.backoff * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
-                let jitter = Duration::from_millis(rand::random::<u64>() % 250);
-                slot.next_attempt = Some(Instant::now() + slot.backoff + jitter);
-                tracing::debug!(address = %address, error = %e, retry_in_ms = slot.backoff.as_millis() as u64, "dial failed");
+                let wait = slot.backoff.failed(rand::random());
+                slot.next_attempt = Some(Instant::now() + wait);
+                tracing::debug!(address = %address, error = %e, retry_in_ms = wait.as_millis() as u64, "dial failed");
             }
         }
     }
@@ -239,10 +211,9 @@ impl Supervisor {
                 self.establish(device, out.conn, me, Some(out.address), out.control, out.data, ctx);
             }
             Err(e) => {
-                slot.backoff = (slot.backoff * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
-                let jitter = Duration::from_millis(rand::random::<u64>() % 250);
-                slot.next_attempt = Some(Instant::now() + slot.backoff + jitter);
-                tracing::debug!(peer = %device.prefix(), error = %e, retry_in_ms = slot.backoff.as_millis() as u64, "dial failed");
+                let wait = slot.backoff.failed(rand::random());
+                slot.next_attempt = Some(Instant::now() + wait);
+                tracing::debug!(peer = %device.prefix(), error = %e, retry_in_ms = wait.as_millis() as u64, "dial failed");
             }
         }
     }
@@ -261,7 +232,7 @@ impl Supervisor {
         if self.stopping {
             return;
         }
-        let preferred = self.me().min(device);
+        let me = self.me();
         let slot = self.peers.entry(device).or_default();
         if dialer == device && slot.cut_off_until.is_some_and(|t| t > Instant::now()) {
             tracing::debug!(peer = %device.prefix(), "connection of a peer that broke the protocol refused until its backoff ends");
@@ -269,7 +240,7 @@ impl Supervisor {
         }
         if let Some(active) = &slot.active {
             // Keep the existing one if it is the preferred direction and the new one is not.
-            if active.dialer == preferred && dialer != preferred && active.addr.connected() {
+            if !dial::replaces(me, device, active.dialer, active.addr.connected(), dialer) {
                 tracing::debug!(peer = %device.prefix(), "duplicate connection dropped");
                 return;
             }
@@ -293,7 +264,7 @@ impl Supervisor {
         let addr = PeerActor::new(setup).start();
         slot.active = Some(Active { conn, dialer, addr: addr.clone(), since: Instant::now() });
         self.directory.update(device, |e| {
-            e.connected = Some(addr);
+            e.connected = Some(PeerHandle { fetch: addr.clone().recipient() });
             e.address = address;
         });
     }
@@ -358,8 +329,7 @@ impl StreamHandler<InboundStream> for Supervisor {
                 // peer is cut off for a backoff like one that broke the protocol mid-connection.
                 self.directory.counters(&stream.device).violation();
                 let slot = self.peers.entry(stream.device).or_default();
-                slot.backoff = (slot.backoff * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
-                let until = Instant::now() + slot.backoff;
+                let until = Instant::now() + slot.backoff.failed(rand::random());
                 slot.cut_off_until = Some(until);
                 slot.next_attempt = Some(slot.next_attempt.map_or(until, |t| t.max(until)));
                 return;
@@ -392,13 +362,9 @@ impl Handler<PeerDown> for Supervisor {
             return;
         }
         let active = slot.active.take().expect("checked");
-        // A stable connection resets the backoff, unless the peer broke the protocol: then it
-        // keeps growing, however long the connection lived, and the peer is cut off meanwhile.
-        if active.since.elapsed() > STABLE_AFTER && !msg.violation {
-            slot.backoff = Duration::ZERO;
-        }
-        slot.backoff = (slot.backoff * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
-        slot.next_attempt = Some(Instant::now() + slot.backoff);
+        // A peer that broke the protocol is cut off until its next attempt (`core::dial`).
+        let wait = slot.backoff.ended(active.since.elapsed(), msg.violation, rand::random());
+        slot.next_attempt = Some(Instant::now() + wait);
         if msg.violation {
             slot.cut_off_until = slot.next_attempt;
         }

@@ -1,7 +1,7 @@
 //! The Watcher actor: one recursive notify watcher per folder. A path is handed to the Index once it
 //! has been quiet for `sync.debounce` (tens of milliseconds), so a file being written is hashed once,
 //! when its writer is done, not again and again as it grows (a file that never goes quiet is looked
-//! at every `MAX_DELAY`). An overflowed event queue, a watch that could not be set up, and the
+//! at every `core::debounce::MAX_DELAY`). An overflowed event queue, a watch that could not be set up, and the
 //! periodic `sync.rescan_interval` all turn into a full rescan, so nothing the kernel dropped is
 //! missed for long.
 //!
@@ -10,7 +10,6 @@
 //! watches, it drops the dead watch (logged once), and sets up a new one as soon as a directory is
 //! there again, followed by a full rescan (the Index decides whether that root is the folder's).
 
-use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -20,14 +19,14 @@ use notify::{RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
-use super::index::IndexActor;
 use super::messages::LocalChanged;
 use crate::config::FolderConfig;
+use crate::core::debounce::Debouncer;
 use crate::core::path::is_internal;
 
 pub struct Watcher {
     folders: Vec<FolderConfig>,
-    index: Addr<IndexActor>,
+    index: Recipient<LocalChanged>,
     debounce: Duration,
     rescan_interval: Duration,
     /// Per folder, the live watch and the (device, inode) of the root it was set up on.
@@ -36,16 +35,16 @@ pub struct Watcher {
     /// root changes, the periodic rescan covering it meanwhile).
     watch_failed: Vec<Option<(u64, u64)>>,
     events: Option<mpsc::UnboundedSender<FsEvent>>,
+    /// Per folder, whether the inotify watch limit was reported (once per run).
+    limit_warned: Vec<bool>,
     /// Per folder, whether a watch was ever attempted (the first needs no rescan: the Index scans
     /// at start anyway).
     attempted: Vec<bool>,
-    /// Per folder, each changed path's first and latest event.
-    pending: HashMap<String, HashMap<String, (Instant, Instant)>>,
+    /// Changed paths waiting to go quiet (`core::debounce`).
+    pending: Debouncer,
     flush_scheduled: bool,
 }
 
-/// A path that keeps changing (a long copy, a log) is still looked at this often.
-const MAX_DELAY: Duration = Duration::from_secs(1);
 /// How often each root's identity is compared with the one being watched.
 const ROOT_CHECK_EVERY: Duration = Duration::from_secs(1);
 
@@ -61,7 +60,7 @@ impl Message for FsEvent {
 impl Watcher {
     pub fn new(
         folders: Vec<FolderConfig>,
-        index: Addr<IndexActor>,
+        index: Recipient<LocalChanged>,
         debounce: Duration,
         rescan_interval: Duration,
     ) -> Self {
@@ -75,19 +74,14 @@ impl Watcher {
             watch_failed: vec![None; n],
             events: None,
             attempted: vec![false; n],
-            pending: HashMap::new(),
+            limit_warned: vec![false; n],
+            pending: Debouncer::default(),
             flush_scheduled: false,
         }
     }
 
     fn mark(&mut self, folder: &str, rel: String, ctx: &mut Context<Self>) {
-        let now = Instant::now();
-        self.pending
-            .entry(folder.to_string())
-            .or_default()
-            .entry(rel)
-            .and_modify(|(_, last)| *last = now)
-            .or_insert((now, now));
+        self.pending.mark(folder, rel, Instant::now());
         if !self.flush_scheduled {
             self.flush_scheduled = true;
             ctx.run_later(self.debounce, |this, ctx| this.flush(ctx));
@@ -99,24 +93,10 @@ impl Watcher {
     fn flush(&mut self, ctx: &mut Context<Self>) {
         self.flush_scheduled = false;
         let now = Instant::now();
-        let due = |&(first, last): &(Instant, Instant)| (last + self.debounce).min(first + MAX_DELAY);
-        let mut next: Option<Instant> = None;
-        for (folder, paths) in self.pending.iter_mut() {
-            // A full rescan covers every path, and waits for nothing.
-            let ready: Vec<String> = if paths.contains_key("") {
-                paths.clear();
-                vec![String::new()]
-            } else {
-                let ready: Vec<String> = paths.iter().filter(|(_, t)| due(t) <= now).map(|(p, _)| p.clone()).collect();
-                paths.retain(|_, t| due(t) > now);
-                ready
-            };
-            next = paths.values().map(due).chain(next).min();
-            if !ready.is_empty() {
-                self.index.do_send(LocalChanged { folder: folder.clone(), paths: ready });
-            }
+        let (ready, next) = self.pending.take_due(now, self.debounce);
+        for (folder, paths) in ready {
+            self.index.do_send(LocalChanged { folder, paths });
         }
-        self.pending.retain(|_, paths| !paths.is_empty());
         if let Some(at) = next {
             self.flush_scheduled = true;
             ctx.run_later(at.saturating_duration_since(now), |this, ctx| this.flush(ctx));
@@ -141,31 +121,52 @@ impl Watcher {
         let handler = move |event: notify::Result<notify::Event>| {
             let _ = tx.send(FsEvent { folder: i, event });
         };
-        match notify::recommended_watcher(handler)
-            .and_then(|mut w| w.watch(&folder.path, RecursiveMode::Recursive).map(|_| w))
-        {
-            Ok(w) => {
-                if std::mem::replace(&mut self.attempted[i], true) {
-                    tracing::info!(folder = %folder.id, path = %folder.path.display(), "watching the folder again; rescanning it");
-                    // Whatever changed while nothing was watching.
-                    self.mark(&folder.id, String::new(), ctx);
-                }
-                self.watches[i] = Some((w, root));
-                self.watch_failed[i] = None;
-            }
-            Err(e) => {
-                self.attempted[i] = true;
-                if self.watch_failed[i].is_none() {
-                    tracing::warn!(
-                        folder = %folder.id,
-                        error = %e,
-                        rescan_every = ?self.rescan_interval,
-                        "cannot watch the folder (inotify watch limit? raise fs.inotify.max_user_watches); relying on periodic rescans"
-                    );
-                }
-                self.watch_failed[i] = Some(root);
-            }
+        // Never through a symlink: a link in the folder is data, not a directory to watch.
+        let config = notify::Config::default().with_follow_symlinks(false);
+        let mut watcher = match notify::RecommendedWatcher::new(handler, config) {
+            Ok(w) => w,
+            Err(e) => return self.watch_failed(i, root, &e),
+        };
+        match watcher.watch(&folder.path, RecursiveMode::Recursive) {
+            Ok(()) => {}
+            // The directories watched so far stay watched; the rest wait for the periodic rescan.
+            Err(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) => self.watch_limit(i),
+            Err(e) => return self.watch_failed(i, root, &e),
         }
+        if std::mem::replace(&mut self.attempted[i], true) {
+            tracing::info!(folder = %folder.id, path = %folder.path.display(), "watching the folder again; rescanning it");
+            // Whatever changed while nothing was watching.
+            self.mark(&folder.id, String::new(), ctx);
+        }
+        self.watches[i] = Some((watcher, root));
+        self.watch_failed[i] = None;
+    }
+
+    fn watch_failed(&mut self, i: usize, root: (u64, u64), e: &notify::Error) {
+        self.attempted[i] = true;
+        if self.watch_failed[i].is_none() {
+            tracing::warn!(
+                folder = %self.folders[i].id,
+                error = %e,
+                rescan_every = ?self.rescan_interval,
+                "cannot watch the folder; relying on periodic rescans"
+            );
+        }
+        self.watch_failed[i] = Some(root);
+    }
+
+    /// The kernel's inotify watch limit was reached for folder `i`: said once, naming the sysctl.
+    fn watch_limit(&mut self, i: usize) {
+        if std::mem::replace(&mut self.limit_warned[i], true) {
+            return;
+        }
+        tracing::warn!(
+            folder = %self.folders[i].id,
+            rescan_every = ?self.rescan_interval,
+            "the folder has more directories than the inotify watch limit allows: changes in the directories \
+             beyond it are found by the periodic rescan only; raise the limit with \
+             `sysctl fs.inotify.max_user_watches=1048576` (and in /etc/sysctl.d/ to keep it)"
+        );
     }
 
     fn rel(root: &PathBuf, path: &std::path::Path) -> Option<String> {
@@ -201,6 +202,18 @@ impl StreamHandler<FsEvent> for Watcher {
     fn handle(&mut self, msg: FsEvent, ctx: &mut Context<Self>) {
         let Some(folder) = self.folders.get(msg.folder).cloned() else { return };
         match msg.event {
+            // A new directory past the watch limit: scan it now; later changes in it wait for
+            // the periodic rescan.
+            Err(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) => {
+                self.watch_limit(msg.folder);
+                let rels: Vec<String> = e.paths.iter().filter_map(|p| Self::rel(&folder.path, p)).collect();
+                if rels.is_empty() {
+                    self.mark(&folder.id, String::new(), ctx);
+                }
+                for rel in rels {
+                    self.mark(&folder.id, rel, ctx);
+                }
+            }
             Err(e) => {
                 tracing::warn!(folder = %folder.id, error = %e, "watcher error; rescanning the folder");
                 self.mark(&folder.id, String::new(), ctx);

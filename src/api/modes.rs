@@ -1,4 +1,4 @@
-//! One-way folders through the API (`actors::index::modes`): `GET /rest/changes[?folder=ID]`
+//! One-way folders through the API (`store::changes`, `actors::index::modes`): `GET /rest/changes[?folder=ID]`
 //! lists what differs from the cluster (receive-only: local changes; send-only: peer changes not
 //! taken), `POST /rest/revert` and `POST /rest/override` with `{"folder": ID}` settle them.
 
@@ -7,9 +7,10 @@ use std::sync::Arc;
 use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
 
-use crate::actors::index::modes::{listed, Divergent, Override, Revert};
+use crate::actors::messages::{Control, Override, Revert};
 use crate::actors::status::NodeState;
 use crate::config::FolderMode;
+use crate::store::changes::{listed, Divergent};
 
 /// A differing path with its folder and which side changed it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -49,44 +50,38 @@ pub async fn get(state: web::Data<Arc<NodeState>>, query: web::Query<ChangesQuer
             return Ok(error(actix_web::http::StatusCode::NOT_FOUND, format!("no folder `{f}`")));
         }
     }
-    let changes = web::block(move || {
+    let changes = web::block(move || -> anyhow::Result<Vec<FolderChange>> {
         let me = state.device_id.short();
-        let chosen = state.folders.iter().filter(|(c, _)| folder.as_ref().is_none_or(|f| &c.id == f));
-        chosen
-            .flat_map(|(c, _)| {
-                let side = if c.mode == FolderMode::SendOnly { "remote" } else { "local" };
-                listed(&state.store, &c.id, c.mode, me).into_iter().map(move |change| FolderChange {
-                    folder: c.id.clone(),
-                    side: side.into(),
-                    change,
-                })
-            })
-            .collect::<Vec<_>>()
+        let mut out = Vec::new();
+        for (c, _) in state.folders.iter().filter(|(c, _)| folder.as_ref().is_none_or(|f| &c.id == f)) {
+            let side = if c.mode == FolderMode::SendOnly { "remote" } else { "local" };
+            for change in listed(&state.store, &c.id, c.mode, me)? {
+                out.push(FolderChange { folder: c.id.clone(), side: side.into(), change });
+            }
+        }
+        Ok(out)
     })
     .await
+    .map_err(actix_web::error::ErrorInternalServerError)?
     .map_err(actix_web::error::ErrorInternalServerError)?;
     Ok(HttpResponse::Ok().json(changes))
 }
 
-async fn settle<M>(state: &NodeState, msg: M) -> HttpResponse
+async fn settle<M>(to: &actix::Recipient<M>, msg: M) -> HttpResponse
 where
     M: actix::Message<Result = Result<usize, String>> + Send + 'static,
-    crate::actors::index::IndexActor: actix::Handler<M>,
 {
-    let Some(index) = state.index.get() else {
-        return error(actix_web::http::StatusCode::SERVICE_UNAVAILABLE, "the node is starting");
-    };
-    match index.send(msg).await {
+    match to.send(msg).await {
         Ok(Ok(paths)) => HttpResponse::Ok().json(Settled { paths }),
         Ok(Err(e)) => error(actix_web::http::StatusCode::BAD_REQUEST, e),
         Err(e) => error(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }
 
-pub async fn revert(state: web::Data<Arc<NodeState>>, body: web::Json<FolderRequest>) -> HttpResponse {
-    settle(&state, Revert { folder: body.into_inner().folder }).await
+pub async fn revert(control: web::Data<Control>, body: web::Json<FolderRequest>) -> HttpResponse {
+    settle(&control.revert, Revert { folder: body.into_inner().folder }).await
 }
 
-pub async fn override_peers(state: web::Data<Arc<NodeState>>, body: web::Json<FolderRequest>) -> HttpResponse {
-    settle(&state, Override { folder: body.into_inner().folder }).await
+pub async fn override_peers(control: web::Data<Control>, body: web::Json<FolderRequest>) -> HttpResponse {
+    settle(&control.override_, Override { folder: body.into_inner().folder }).await
 }

@@ -14,6 +14,21 @@ pub struct ChunkEdit {
     pub insert: Vec<Chunk>,
 }
 
+/// About what one chunk costs on the wire (hash, offset, size and their protobuf tags).
+const WIRE_CHUNK: usize = 48;
+/// About what one edit's copy run costs on the wire.
+const WIRE_EDIT: usize = 12;
+
+/// Whether announcing a file as `edits` from another path's record (a rename, move or copy) is
+/// cheaper on the wire than its own list of `chunks` chunks, given the length of the other path
+/// (sent with it). Half the cost or less: a reference that saves a few bytes is not worth tying
+/// the record to another path.
+pub fn reference_pays(edits: &[ChunkEdit], chunks: usize, base_path_len: usize) -> bool {
+    let reference: usize =
+        base_path_len + 8 + edits.iter().map(|e| WIRE_EDIT + e.insert.len() * WIRE_CHUNK).sum::<usize>();
+    reference * 2 <= chunks * WIRE_CHUNK
+}
+
 /// An edit script turning `old` into `new`. Greedy: every new chunk whose hash the old list has
 /// starts or extends a copy run; everything else is inserted.
 pub fn diff(old: &[Chunk], new: &[Chunk]) -> Vec<ChunkEdit> {
@@ -189,5 +204,20 @@ mod tests {
             prop_assert_eq!(apply(&old, &edits, MAX_CHUNKS_PER_RECORD).unwrap(), new.clone());
             prop_assert!(is_consistent(&new, new.iter().map(|c| c.size as u64).sum()));
         }
+    }
+
+    #[test]
+    fn a_reference_pays_for_a_renamed_big_file_and_not_for_a_small_or_different_one() {
+        let chunk = |i: u32| Chunk { offset: 0, size: 65536, hash: blake3::hash(&i.to_le_bytes()).into() };
+        let big = with_offsets((0..4096u32).map(chunk).collect());
+        let same = diff(&big, &big);
+        assert_eq!(same.len(), 1);
+        assert!(reference_pays(&same, big.len(), 40));
+        // One chunk: the path of the other record costs about what the chunk does.
+        let one = vec![chunk(1)];
+        assert!(!reference_pays(&diff(&one, &one), 1, 40));
+        // Nothing in common: every chunk inserted.
+        let other = with_offsets((5000..9096u32).map(chunk).collect());
+        assert!(!reference_pays(&diff(&big, &other), other.len(), 40));
     }
 }

@@ -5,8 +5,10 @@
 pub mod chunks;
 pub mod conflict;
 mod convergence;
+pub mod debounce;
 pub mod decide;
 pub mod device;
+pub mod dial;
 pub mod divergence;
 pub mod path;
 pub mod plan;

@@ -16,10 +16,16 @@ use crate::core::{FileKind, FileRecord, ShortId};
 
 use super::safe_path::{safe_path, UnsafePath};
 use super::scan::DiskState;
-use super::versions::VersionStore;
 
-/// Where a file that a peer's change replaces or deletes is kept first, and which peer that is.
-pub type Keep<'a> = Option<(&'a VersionStore, ShortId)>;
+/// Where a file that a peer's change replaces or deletes is kept before it goes: the folder's
+/// version store (`fs::versions`), which implements this so that applying needs nothing of it.
+pub trait Keeper {
+    /// Gives the file at `rel` (on disk at `full`) a second name; `None` when nothing is kept.
+    fn keep(&self, full: &Path, rel: &str, reason: Reason, by: &str) -> io::Result<Option<PathBuf>>;
+}
+
+/// The keeper of what a peer's change replaces or deletes, and which peer that is.
+pub type Keep<'a> = Option<(&'a dyn Keeper, ShortId)>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -174,7 +180,7 @@ pub fn commit_all(batch: Vec<(TempFile, FileRecord, Option<FileRecord>)>) -> Vec
 /// made the new version) before the rename.
 pub fn commit_all_keeping(
     batch: Vec<(TempFile, FileRecord, Option<FileRecord>)>,
-    versions: Option<&VersionStore>,
+    versions: Option<&dyn Keeper>,
 ) -> Vec<Result<DiskState, ApplyError>> {
     let finished: Vec<Result<(), ApplyError>> = batch.iter().map(|(temp, record, _)| temp.finish(record)).collect();
     let ready: Vec<&TempFile> =

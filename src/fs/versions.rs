@@ -112,6 +112,12 @@ fn rfc3339(ms: u64) -> String {
         .to_string()
 }
 
+impl apply::Keeper for VersionStore {
+    fn keep(&self, full: &Path, rel: &str, reason: Reason, by: &str) -> io::Result<Option<PathBuf>> {
+        VersionStore::keep(self, full, rel, reason, by)
+    }
+}
+
 impl VersionStore {
     /// The store of the folder at `root`: in `dir`, or `.syncnode-versions/` at the root.
     pub fn new(root: &Path, dir: Option<&Path>, policy: Policy) -> VersionStore {
@@ -462,9 +468,11 @@ mod tests {
         let (lx, ly) = (local("x"), local("y"));
         let dir =
             FileRecord { kind: FileKind::Directory, chunks: Vec::new(), size: 0, ..file("x", 1, &[(1, 2)], 0, 2) };
-        apply::make_dir_keeping(root.path(), &dir, Some(&lx), Some((&s, ShortId(2)))).unwrap();
+        apply::make_dir_keeping(root.path(), &dir, Some(&lx), Some((&s as &dyn apply::Keeper, ShortId(2)))).unwrap();
         assert!(root.path().join("x").is_dir());
-        assert!(apply::remove_keeping(root.path(), "y", Some(&ly), Some((&s, ShortId(2)))).unwrap());
+        assert!(
+            apply::remove_keeping(root.path(), "y", Some(&ly), Some((&s as &dyn apply::Keeper, ShortId(2)))).unwrap()
+        );
         let kept: Vec<(String, Reason)> = s.list(None).unwrap().into_iter().map(|v| (v.path, v.reason)).collect();
         assert!(
             kept.contains(&("x".into(), Reason::Replaced)) && kept.contains(&("y".into(), Reason::Deleted)),

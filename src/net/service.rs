@@ -180,12 +180,7 @@ mod tests {
 
     fn response(len: usize) -> DataMessage {
         DataMessage {
-            kind: Some(data_message::Kind::Response(ChunkResponse {
-                id: 1,
-                data: vec![0; len],
-                encoding: 0,
-                error: String::new(),
-            })),
+            kind: Some(data_message::Kind::Response(ChunkResponse { id: 1, data: vec![0; len], ..Default::default() })),
         }
     }
 

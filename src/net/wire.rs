@@ -101,6 +101,64 @@ impl RequestError {
     }
 }
 
+impl RequestError {
+    /// The code a refusal of this request carries on the wire.
+    pub fn code(&self) -> proto::ChunkError {
+        proto::ChunkError::Invalid
+    }
+}
+
+/// Why a chunk could not be had from one peer: what the requester acts on, never a message text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FetchError {
+    /// The peer answered with a refusal.
+    #[error("refused ({}): {detail}", code.as_str_name())]
+    Refused { code: proto::ChunkError, detail: String },
+    /// The answer did not decode to the chunk asked for.
+    #[error("bad answer: {0}")]
+    BadAnswer(String),
+    #[error("connection closed")]
+    Closed,
+    #[error("timed out")]
+    TimedOut,
+}
+
+impl FetchError {
+    /// Whether the same peer may serve this chunk if asked again later: a busy peer, a file it is
+    /// rehashing, or a connection that comes back. A peer that lacks the chunk or refuses the
+    /// request as invalid will give the same answer until it announces something new.
+    pub fn worth_retrying(&self) -> bool {
+        match self {
+            FetchError::Refused { code, .. } => {
+                matches!(code, proto::ChunkError::Busy | proto::ChunkError::Changed | proto::ChunkError::Unreadable)
+            }
+            FetchError::BadAnswer(_) => false,
+            FetchError::Closed | FetchError::TimedOut => true,
+        }
+    }
+}
+
+/// A refusal to send back for chunk request `id`.
+pub fn refusal(id: u64, code: proto::ChunkError, detail: String) -> proto::ChunkResponse {
+    proto::ChunkResponse { id, data: Vec::new(), encoding: 0, error: detail, code: code as i32 }
+}
+
+/// Splits a peer's answer into its encoded data or its refusal. An unknown code, or an error text
+/// without a code, is still a refusal.
+pub fn answer(r: proto::ChunkResponse) -> Result<(Vec<u8>, i32), FetchError> {
+    match proto::ChunkError::try_from(r.code) {
+        Ok(proto::ChunkError::None) if r.error.is_empty() => Ok((r.data, r.encoding)),
+        Ok(proto::ChunkError::None) => {
+            Err(FetchError::Refused { code: proto::ChunkError::Unreadable, detail: r.error })
+        }
+        Ok(code) => Err(FetchError::Refused { code, detail: r.error }),
+        Err(_) => Err(FetchError::Refused {
+            code: proto::ChunkError::Unreadable,
+            detail: format!("unknown refusal code {}: {}", r.code, r.error),
+        }),
+    }
+}
+
 /// Checks a peer's chunk request; returns the hash it names.
 pub fn check_request(r: &proto::ChunkRequest) -> Result<[u8; 32], RequestError> {
     path::validate(&r.path).map_err(|reason| RequestError::Path { path: r.path.clone(), reason })?;
@@ -147,14 +205,24 @@ fn chunk_from_wire(p: &str, c: &proto::Chunk) -> Result<Chunk, WireError> {
 
 /// A record for the wire; with `diff` (a base sequence and edits), as chunk edits against the
 /// record at that base.
-pub fn to_wire(record: &FileRecord, diff: Option<(u64, &[ChunkEdit])>) -> proto::FileInfo {
+/// A record sent as edits from a record the peer holds from us: at `base` of the same path, or of
+/// `base_path` (a file renamed, moved or copied from there).
+#[derive(Debug, Clone, Copy)]
+pub struct Diff<'a> {
+    pub base: u64,
+    pub base_path: Option<&'a str>,
+    pub edits: &'a [ChunkEdit],
+}
+
+pub fn to_wire(record: &FileRecord, diff: Option<Diff<'_>>) -> proto::FileInfo {
     let version = proto::Vector {
         counters: record.version.counters().map(|(id, value)| proto::Counter { id: id.0, value }).collect(),
     };
-    let (chunks, base_sequence, edits) = match diff {
-        Some((base, edits)) => (
+    let (chunks, base_sequence, base_path, edits) = match diff {
+        Some(Diff { base, base_path, edits }) => (
             Vec::new(),
             base,
+            base_path.unwrap_or_default().to_string(),
             edits
                 .iter()
                 .map(|e| proto::ChunkEdit {
@@ -164,7 +232,7 @@ pub fn to_wire(record: &FileRecord, diff: Option<(u64, &[ChunkEdit])>) -> proto:
                 })
                 .collect(),
         ),
-        None => (record.chunks.iter().map(chunk_to_wire).collect(), 0, Vec::new()),
+        None => (record.chunks.iter().map(chunk_to_wire).collect(), 0, String::new(), Vec::new()),
     };
     proto::FileInfo {
         path: record.path.clone(),
@@ -182,6 +250,7 @@ pub fn to_wire(record: &FileRecord, diff: Option<(u64, &[ChunkEdit])>) -> proto:
         chunks,
         base_sequence,
         edits,
+        base_path,
     }
 }
 
@@ -220,9 +289,19 @@ pub fn from_wire(
     if info.edits.len() as u64 > MAX_CHUNKS_PER_RECORD {
         return Err(invalid(&format!("{} chunk edits (at most {MAX_CHUNKS_PER_RECORD})", info.edits.len())));
     }
+    if info.base_sequence == 0 && !info.base_path.is_empty() {
+        return Err(invalid("a base path without a base sequence"));
+    }
+    let base_path = match info.base_path.as_str() {
+        "" => p.as_str(),
+        other => {
+            path::validate(other).map_err(|reason| WireError::Path { path: other.to_string(), reason })?;
+            other
+        }
+    };
     let chunks = if info.base_sequence != 0 {
-        let old =
-            base(&p, info.base_sequence).ok_or(WireError::MissingBase { path: p.clone(), base: info.base_sequence })?;
+        let old = base(base_path, info.base_sequence)
+            .ok_or(WireError::MissingBase { path: base_path.to_string(), base: info.base_sequence })?;
         let mut edits = Vec::with_capacity(info.edits.len());
         for e in &info.edits {
             let insert = e.insert.iter().map(|c| chunk_from_wire(&p, c)).collect::<Result<Vec<_>, _>>()?;
@@ -262,6 +341,30 @@ mod tests {
     fn records_survive_the_wire() {
         let r = file("a/b", 3, &[(1, 2), (7, 9)], 12, 7);
         assert_eq!(from_wire(to_wire(&r, None), |_, _| None).unwrap(), r);
+    }
+
+    #[test]
+    fn a_renamed_file_travels_as_a_reference_to_the_record_it_came_from() {
+        let old = file("old/name", 3, &[(1, 2)], 12, 7);
+        let mut moved = old.clone();
+        moved.path = "new/name".into();
+        moved.sequence = 9;
+        let edits = chunks::diff(&old.chunks, &moved.chunks);
+        let info = to_wire(&moved, Some(Diff { base: 7, base_path: Some("old/name"), edits: &edits }));
+        assert!(info.chunks.is_empty());
+        assert_eq!(info.base_path, "old/name");
+        let held = |path: &str, seq: u64| (path == "old/name" && seq == 7).then(|| old.chunks.clone());
+        assert_eq!(from_wire(info.clone(), held).unwrap(), moved);
+        // A base we do not hold is named as such; a base path that leaves the folder is refused.
+        assert!(
+            matches!(from_wire(info.clone(), |_, _| None), Err(WireError::MissingBase { path, .. }) if path == "old/name")
+        );
+        let mut escape = info.clone();
+        escape.base_path = "../x".into();
+        assert!(matches!(from_wire(escape, held), Err(WireError::Path { .. })));
+        let mut orphan = info;
+        orphan.base_sequence = 0;
+        assert!(matches!(from_wire(orphan, held), Err(WireError::Invalid { .. })));
     }
 
     #[test]
@@ -387,5 +490,23 @@ mod tests {
         assert_eq!(bad(&|r| r.hash = vec![1; 5]).kind(), "hash");
         assert_eq!(bad(&|r| r.path = "../x".into()).kind(), "path");
         assert_eq!(bad(&|r| r.signature = vec![0; MAX_SIGNATURE + 1]).kind(), "signature");
+    }
+
+    #[test]
+    fn a_refusal_travels_as_a_code_and_comes_back_typed() {
+        let r = refusal(7, proto::ChunkError::Busy, "later".into());
+        assert_eq!(r.id, 7);
+        let e = answer(r).unwrap_err();
+        assert_eq!(e, FetchError::Refused { code: proto::ChunkError::Busy, detail: "later".into() });
+        assert!(e.worth_retrying());
+        let gone = answer(refusal(1, proto::ChunkError::NoSuchChunk, String::new())).unwrap_err();
+        assert!(!gone.worth_retrying());
+        // An older peer's text-only error, or a code from a newer one, is still a refusal.
+        let text_only = proto::ChunkResponse { id: 1, error: "nope".into(), ..Default::default() };
+        assert!(matches!(answer(text_only), Err(FetchError::Refused { .. })));
+        let unknown = proto::ChunkResponse { id: 1, code: 99, ..Default::default() };
+        assert!(matches!(answer(unknown), Err(FetchError::Refused { .. })));
+        let ok = proto::ChunkResponse { id: 1, data: vec![1, 2], encoding: 0, ..Default::default() };
+        assert_eq!(answer(ok), Ok((vec![1, 2], 0)));
     }
 }

@@ -39,13 +39,19 @@ pub struct ChunkLocation {
 }
 
 /// The chunk edits that turn the record at `base` into the one at `sequence` (for sending
-/// record updates as differences).
+/// record updates as differences). The base is the previous record of the same path, or, for a
+/// file renamed, moved or copied from another path (`base_path`), that path's record: the peer
+/// then receives a reference to a record it holds instead of the whole chunk list.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StoredDiff {
     pub base: u64,
     pub sequence: u64,
     pub edits: Vec<ChunkEdit>,
+    pub base_path: Option<String>,
 }
+
+/// How many files holding a new file's first chunk are tried as the base of a reference.
+const DONOR_CANDIDATES: usize = 4;
 
 pub struct Store {
     db: DB,
@@ -172,6 +178,9 @@ impl Store {
     /// Returns the records as stored.
     pub fn commit_local(&self, folder: &str, records: Vec<FileRecord>) -> Result<Vec<FileRecord>> {
         let mut meta = self.folder_meta(folder)?;
+        // A record of this batch cannot serve as another's base: its new sequence may reach the
+        // peer before the record that refers to its old one.
+        let in_batch: std::collections::HashSet<String> = records.iter().map(|r| r.path.clone()).collect();
         let mut batch = WriteBatch::default();
         let mut stored = Vec::with_capacity(records.len());
         let mut delta = (0i64, 0i64);
@@ -206,10 +215,22 @@ impl Store {
                         base: prev.sequence,
                         sequence: record.sequence,
                         edits: chunks::diff(&prev.chunks, &record.chunks),
+                        base_path: None,
                     };
                     batch.put_cf(self.cf("diffs"), keys::file(folder, &record.path), encode(&diff));
                 }
-                None => batch.delete_cf(self.cf("diffs"), keys::file(folder, &record.path)),
+                None => match self.donor(folder, &record, &in_batch)? {
+                    Some((donor, edits)) => {
+                        let diff = StoredDiff {
+                            base: donor.sequence,
+                            sequence: record.sequence,
+                            edits,
+                            base_path: Some(donor.path),
+                        };
+                        batch.put_cf(self.cf("diffs"), keys::file(folder, &record.path), encode(&diff));
+                    }
+                    None => batch.delete_cf(self.cf("diffs"), keys::file(folder, &record.path)),
+                },
             }
             batch.put_cf(self.cf("seq"), keys::seq(folder, record.sequence), record.path.as_bytes());
             batch.put_cf(self.cf("files"), keys::file(folder, &record.path), encode(&record));
@@ -249,6 +270,48 @@ impl Store {
         let Some(bytes) = self.db.get_cf(self.cf("diffs"), keys::file(folder, &record.path))? else { return Ok(None) };
         let diff: StoredDiff = decode(&bytes)?;
         Ok((diff.sequence == record.sequence).then_some(diff))
+    }
+
+    /// The difference to send `record` as, to a peer that holds every record we sent up to
+    /// sequence `sent`: its base must be one the peer has (`base <= sent`), and, for a base at
+    /// another path, one the peer still holds when this record arrives (records go out in
+    /// sequence order, so that path must not have changed between its base and this record).
+    pub fn diff_to_send(&self, folder: &str, record: &FileRecord, sent: u64) -> Result<Option<StoredDiff>> {
+        let Some(diff) = self.diff_for(folder, record)?.filter(|d| d.base <= sent && d.base > 0) else {
+            return Ok(None);
+        };
+        if let Some(base_path) = &diff.base_path {
+            let now = self.get(folder, base_path)?.map_or(0, |r| r.sequence);
+            if now != diff.base && now < record.sequence {
+                return Ok(None);
+            }
+        }
+        Ok(Some(diff))
+    }
+
+    /// A live file of the folder, outside this batch, whose content `record` starts with (a
+    /// rename, move or copy), and the edits from it, when a reference to it is cheaper on the wire
+    /// than the chunk list (`core::chunks::reference_pays`).
+    fn donor(
+        &self,
+        folder: &str,
+        record: &FileRecord,
+        in_batch: &std::collections::HashSet<String>,
+    ) -> Result<Option<(FileRecord, Vec<ChunkEdit>)>> {
+        let Some(first) = record.chunks.first().filter(|_| record.is_file() && !record.deleted) else {
+            return Ok(None);
+        };
+        for loc in self.chunk_locations(&first.hash, DONOR_CANDIDATES) {
+            if loc.folder != folder || loc.offset != 0 || loc.path == record.path || in_batch.contains(&loc.path) {
+                continue;
+            }
+            let Some(donor) = self.get(folder, &loc.path)?.filter(|d| d.is_file() && !d.deleted) else { continue };
+            let edits = chunks::diff(&donor.chunks, &record.chunks);
+            if chunks::reference_pays(&edits, record.chunks.len(), donor.path.len()) {
+                return Ok(Some((donor, edits)));
+            }
+        }
+        Ok(None)
     }
 
     pub fn progress(&self, device: &DeviceId, folder: &str) -> Result<Progress> {
@@ -546,6 +609,61 @@ mod tests {
         assert_eq!(diff.base, 1);
         assert_eq!(store.since("f", 2, 100).unwrap().len(), 1);
         assert_eq!(store.folder_meta("f").unwrap().max_sequence, 3);
+    }
+
+    /// A file of `n` chunks named by `seed`.
+    fn big(path: &str, seed: u8, n: u32) -> FileRecord {
+        let chunks: Vec<_> = (0..n)
+            .map(|i| {
+                let hash = blake3::hash(&[&[seed][..], &i.to_le_bytes()].concat()).into();
+                crate::core::Chunk { offset: i as u64 * 10, size: 10, hash }
+            })
+            .collect();
+        FileRecord { size: n as u64 * 10, chunks, ..file(path, seed, &[(1, 1)], 1, 1) }
+    }
+
+    #[test]
+    fn a_renamed_file_is_stored_as_a_reference_sent_only_while_the_peer_holds_its_base() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.commit_local("f", vec![big("old", 1, 500)]).unwrap(); // sequence 1
+        let moved = store.commit_local("f", vec![big("new", 1, 500)]).unwrap().remove(0); // 2
+        let diff = store.diff_for("f", &moved).unwrap().unwrap();
+        assert_eq!((diff.base, diff.base_path.as_deref()), (1, Some("old")));
+        assert_eq!(diff.edits.len(), 1);
+        // The peer has sequence 1: the reference goes out; with nothing yet, the whole record.
+        assert!(store.diff_to_send("f", &moved, 1).unwrap().is_some());
+        assert!(store.diff_to_send("f", &moved, 0).unwrap().is_none());
+        // The old path's tombstone comes after the new record: the peer still holds the base when
+        // the new record reaches it, since records go out in sequence order.
+        let gone = big("old", 1, 500).tombstone(crate::core::ShortId(1), 2);
+        store.commit_local("f", vec![gone]).unwrap(); // 3
+        assert!(store.diff_to_send("f", &moved, 1).unwrap().is_some());
+        // A small file, or one with nothing in common, is sent whole; a path of the same batch is
+        // never a base.
+        let small =
+            store.commit_local("f", vec![file("s", 9, &[(1, 1)], 1, 1), file("t", 9, &[(1, 1)], 1, 1)]).unwrap();
+        assert!(store.diff_for("f", &small[1]).unwrap().is_none());
+        let same_batch = store.commit_local("f", vec![big("x", 2, 100), big("y", 2, 100)]).unwrap();
+        assert!(store.diff_for("f", &same_batch[1]).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_reference_is_not_sent_when_its_base_changed_before_the_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.commit_local("f", vec![big("old", 1, 500)]).unwrap(); // 1
+        let copy = store.commit_local("f", vec![big("copy", 1, 500)]).unwrap().remove(0); // 2
+                                                                                          // Say the old path changes in between (sequence 3 would reach the peer after the copy's
+                                                                                          // record, so the peer still holds sequence 1 then): fine. But a base replaced by a sequence
+                                                                                          // lower than the record's would be gone when the record arrives.
+        store.commit_local("f", vec![big("old", 7, 500)]).unwrap(); // 3
+        assert!(store.diff_to_send("f", &copy, 2).unwrap().is_some());
+        let mut racing = store.diff_for("f", &copy).unwrap().unwrap();
+        racing.sequence = 4;
+        let later = FileRecord { sequence: 4, ..copy };
+        store.db.put_cf(store.cf("diffs"), keys::file("f", "copy"), encode(&racing)).unwrap();
+        assert!(store.diff_to_send("f", &later, 3).unwrap().is_none());
     }
 
     #[test]

@@ -191,13 +191,13 @@ impl Conn<'_> {
                                 id: r.id,
                                 data: data.clone(),
                                 encoding: proto::Encoding::Raw as i32,
-                                error: String::new(),
+                                ..Default::default()
                             },
                             None => proto::ChunkResponse {
                                 id: r.id,
-                                data: Vec::new(),
-                                encoding: 0,
+                                code: proto::ChunkError::NoSuchChunk as i32,
                                 error: "no such chunk".into(),
+                                ..Default::default()
                             },
                         };
                         if tx.send(DataMessage { kind: Some(data_message::Kind::Response(response)) }).await.is_err() {

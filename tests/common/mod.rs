@@ -95,6 +95,10 @@ pub struct Node {
     pub extra: String,
     /// Run the node as this user id (and group), for tests where permissions must matter.
     pub run_as: Option<u32>,
+    /// A command the node runs under (its program and arguments, the node's command line after
+    /// them), e.g. `unshare` for a user namespace with its own limits. It must exec the node, so
+    /// that the child's pid is the node's.
+    pub runner: Vec<String>,
     child: Option<Child>,
     pub log: PathBuf,
     _tmp: Option<tempfile::TempDir>,
@@ -134,6 +138,7 @@ impl Node {
             peers: Vec::new(),
             extra: String::new(),
             run_as: None,
+            runner: Vec::new(),
             child: None,
             log: dir.join("node.log"),
             _tmp: None,
@@ -196,7 +201,14 @@ network_key = ""
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "{} already running", self.name);
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
-        let mut command = Command::new(bin());
+        let mut command = match self.runner.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin());
+                c
+            }
+            None => Command::new(bin()),
+        };
         command
             .arg("--config")
             .arg(&self.config)

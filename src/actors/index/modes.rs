@@ -7,83 +7,16 @@
 use std::path::Path;
 
 use actix::prelude::*;
-use serde::{Deserialize, Serialize};
 
 use super::IndexActor;
-use crate::actors::messages::RecomputeNeeds;
+use crate::actors::messages::{Override, RecomputeNeeds, Revert};
 use crate::config::FolderMode;
-use crate::core::divergence::{is_local_change, is_remote_change, overriding, reverted};
+use crate::core::divergence::{overriding, reverted};
 use crate::core::versioning::Reason;
 use crate::core::{FileKind, FileRecord, ShortId};
 use crate::fs::safe_path::safe_path;
 use crate::fs::versions::VersionStore;
-use crate::store::Store;
-
-/// One path where a one-way folder and its cluster differ.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Divergent {
-    pub path: String,
-    /// "file" or "directory".
-    pub kind: String,
-    /// The change is a delete (ours for a local change, the peer's for a remote change).
-    pub deleted: bool,
-    pub size: u64,
-    /// The device (ID prefix) that made the change.
-    pub by: String,
-}
-
-fn divergent(r: &FileRecord) -> Divergent {
-    let kind = if r.kind == FileKind::Directory { "directory" } else { "file" };
-    Divergent { path: r.path.clone(), kind: kind.into(), deleted: r.deleted, size: r.size, by: r.modified_by.prefix() }
-}
-
-/// The newest version of `path` the peers announced (of two concurrent ones, the first seen).
-fn cluster(store: &Store, devices: &[crate::core::DeviceId], folder: &str, path: &str) -> Option<FileRecord> {
-    let mut best: Option<FileRecord> = None;
-    for r in devices.iter().filter_map(|d| store.remote(d, folder, path).ok().flatten()) {
-        if best.as_ref().is_none_or(|b| r.version.dominates(&b.version)) {
-            best = Some(r);
-        }
-    }
-    best
-}
-
-/// Local changes of a receive-only folder (our records), or remote changes not taken by a
-/// send-only one (the peers' records); nothing for a send-receive folder. Path order. Memory
-/// holds only the changes: the records are streamed from the index (this runs for every status
-/// request of a one-way folder).
-pub fn changes(store: &Store, folder: &str, mode: FolderMode, me: ShortId) -> Vec<FileRecord> {
-    let devices = store.remote_devices(folder).unwrap_or_default();
-    match mode {
-        FolderMode::SendReceive => Vec::new(),
-        // Only records made here can be local changes.
-        FolderMode::ReceiveOnly => store
-            .local_records(folder)
-            .filter(|l| {
-                l.modified_by == me && is_local_change(l, me, cluster(store, &devices, folder, &l.path).as_ref())
-            })
-            .collect(),
-        FolderMode::SendOnly => {
-            let mut out: std::collections::BTreeMap<String, FileRecord> = std::collections::BTreeMap::new();
-            for d in &devices {
-                for r in store.remote_records(d, folder) {
-                    if out.get(&r.path).is_some_and(|cur| !r.version.dominates(&cur.version)) {
-                        continue;
-                    }
-                    if is_remote_change(store.get(folder, &r.path).ok().flatten().as_ref(), &r) {
-                        out.insert(r.path.clone(), r);
-                    }
-                }
-            }
-            out.into_values().collect()
-        }
-    }
-}
-
-/// The same, as shown by the API.
-pub fn listed(store: &Store, folder: &str, mode: FolderMode, me: ShortId) -> Vec<Divergent> {
-    changes(store, folder, mode, me).iter().map(divergent).collect()
-}
+use crate::store::changes::changes;
 
 /// Moves a locally changed path out of the folder: a file into the version store, a directory
 /// away if it is empty (its children are reverted before it). A local delete has nothing on disk.
@@ -107,20 +40,6 @@ fn set_aside(root: &Path, versions: &VersionStore, record: &FileRecord) -> Resul
     }
 }
 
-/// Give a receive-only folder's local changes back to the cluster; answers how many paths.
-#[derive(Message)]
-#[rtype(result = "Result<usize, String>")]
-pub struct Revert {
-    pub folder: String,
-}
-
-/// Make a send-only folder's state win on every peer; answers how many paths were re-issued.
-#[derive(Message)]
-#[rtype(result = "Result<usize, String>")]
-pub struct Override {
-    pub folder: String,
-}
-
 impl IndexActor {
     /// The folder's mode, unless the folder is unknown or stopped (root gone or replaced: nothing
     /// on disk is what the index says, so neither command may act on it).
@@ -141,7 +60,8 @@ impl Handler<Revert> for IndexActor {
         }
         let root = self.folders[&msg.folder].config.path.clone();
         let versions = self.state.versions.get(&msg.folder).cloned().ok_or("no version store")?;
-        let mut local = changes(&self.store, &msg.folder, FolderMode::ReceiveOnly, self.me);
+        let index_error = |e: anyhow::Error| format!("cannot read the index: {e:#}");
+        let mut local = changes(&self.store, &msg.folder, FolderMode::ReceiveOnly, self.me).map_err(index_error)?;
         // Children before their directories.
         local.sort_by_key(|r| std::cmp::Reverse(crate::core::path::depth(&r.path)));
         let mut back = Vec::with_capacity(local.len());
@@ -167,10 +87,11 @@ impl Handler<Override> for IndexActor {
         if self.mode_of(&msg.folder)? != FolderMode::SendOnly {
             return Err(format!("folder `{}` is not send-only; nothing to override", msg.folder));
         }
-        let remote = changes(&self.store, &msg.folder, FolderMode::SendOnly, self.me);
+        let index_error = |e: anyhow::Error| format!("cannot read the index: {e:#}");
+        let remote = changes(&self.store, &msg.folder, FolderMode::SendOnly, self.me).map_err(index_error)?;
         let mut ours = Vec::with_capacity(remote.len());
         for r in &remote {
-            let local = self.store.get(&msg.folder, &r.path).ok().flatten();
+            let local = self.store.get(&msg.folder, &r.path).map_err(index_error)?;
             let now = self.tick();
             ours.push(overriding(local.as_ref(), r, self.me, now));
         }
