@@ -13,8 +13,9 @@ use super::now_millis;
 use super::puller::Puller;
 use super::status::NodeState;
 use crate::config::{FolderConfig, FolderMode};
+use crate::core::replica::{self, Clock, Records, ScanVerdict};
 use crate::core::root::{holds_mass_delete, Observed, RootProblem};
-use crate::core::{decide, Action, DeviceId, FileKind, FileRecord, ShortId};
+use crate::core::{DeviceId, FileKind, FileRecord, ShortId};
 use crate::fs::chunker::ChunkParams;
 use crate::fs::ignore::IgnoreRules;
 use crate::fs::root::{observe, RootGuard};
@@ -90,10 +91,8 @@ pub struct IndexActor {
     subscribers: Vec<Recipient<IndexUpdated>>,
     state: Arc<NodeState>,
     empty_folder_guard: u64,
-    /// The last value this node put in its own version counters. Every new version gets a larger
-    /// one: two different versions of a path made by this node must never carry the same counter,
-    /// or one would wrongly look like it had seen the other.
-    clock: u64,
+    /// This node's version clock (`core::replica::Clock`).
+    clock: Clock,
     tombstone_ttl: std::time::Duration,
 }
 
@@ -118,6 +117,24 @@ impl KnownRecords for StoreView<'_> {
         } else {
             self.store.local_records_under(self.folder, dir)
         }
+    }
+}
+
+/// The rules' view of a folder's index (`core::replica::Records`), straight from the store.
+struct FolderRecords<'a> {
+    store: &'a Store,
+    folder: &'a str,
+}
+
+impl Records for FolderRecords<'_> {
+    fn local(&self, path: &str) -> Option<FileRecord> {
+        self.store.get(self.folder, path).ok().flatten()
+    }
+    fn remote(&self, device: &DeviceId, path: &str) -> Option<FileRecord> {
+        self.store.remote(device, self.folder, path).ok().flatten()
+    }
+    fn each_remote(&self, device: &DeviceId, f: &mut dyn FnMut(FileRecord)) {
+        self.store.remote_records(device, self.folder).for_each(f);
     }
 }
 
@@ -191,7 +208,7 @@ impl IndexActor {
             subscribers: Vec::new(),
             state,
             empty_folder_guard,
-            clock: 0,
+            clock: Clock::default(),
             tombstone_ttl,
         }
     }
@@ -244,8 +261,7 @@ impl IndexActor {
 
     /// A fresh counter value: milliseconds since the epoch, or one more than the last one issued.
     fn tick(&mut self) -> u64 {
-        self.clock = now_millis().max(self.clock + 1);
-        self.clock
+        self.clock.tick(now_millis())
     }
 
     fn start_scan(&mut self, folder: &str, ctx: &mut Context<Self>) {
@@ -346,53 +362,14 @@ impl IndexActor {
     }
 
     /// Needs for the given remote records (or, with `None`, for everything every peer announced).
-    fn needs(&self, folder: &str, records: Option<&[(DeviceId, FileRecord)]>) -> Vec<NeedItem> {
+    fn needs(&self, folder: &str, records: Option<&[FileRecord]>) -> Vec<NeedItem> {
         let mut devices = self.store.remote_devices(folder).unwrap_or_default();
         // Records kept from a device the folder is no longer shared with are neither pulled nor
         // asked for (the Peer actor refuses anything new from it).
         if let Some(state) = self.folders.get(folder) {
             devices.retain(|d| state.config.devices.includes(d));
         }
-        let mut best: HashMap<String, FileRecord> = HashMap::new();
-        let mut consider = |remote: &FileRecord| {
-            match best.get(&remote.path) {
-                Some(cur) if cur.version.dominates(&remote.version) => {}
-                Some(cur) if remote.version.dominates(&cur.version) => {
-                    best.insert(remote.path.clone(), remote.clone());
-                }
-                // Two peers disagree concurrently: decide against ours one at a time; the
-                // outcome of the first changes ours, and the next round takes the other.
-                Some(_) => {}
-                None => {
-                    best.insert(remote.path.clone(), remote.clone());
-                }
-            }
-        };
-        match records {
-            Some(list) => list.iter().for_each(|(_, r)| consider(r)),
-            None => {
-                for d in &devices {
-                    self.store.remote_records(d, folder).for_each(|r| consider(&r));
-                }
-            }
-        }
-        let mut items = Vec::new();
-        for (path, remote) in best {
-            let local = self.store.get(folder, &path).ok().flatten();
-            let action = decide(local.as_ref(), &remote);
-            if action == Action::Skip {
-                continue;
-            }
-            let sources = devices
-                .iter()
-                .filter(|d| {
-                    self.store.remote(d, folder, &path).ok().flatten().is_some_and(|r| r.version == remote.version)
-                })
-                .copied()
-                .collect();
-            items.push(NeedItem { action, remote, local, sources });
-        }
-        items
+        replica::needs(&FolderRecords { store: &self.store, folder }, &devices, records)
     }
 
     /// Settles what needs no disk work right here; sends the rest to the Puller.
@@ -402,39 +379,12 @@ impl IndexActor {
         if state.fault.is_some() {
             return;
         }
-        let mut settled = settled;
-        let mode = state.config.mode;
         let puller = state.puller.clone();
-        let mut direct = Vec::new();
-        let mut work = Vec::new();
-        for item in items {
-            let ignored =
-                state.ignore.is_ignored(&item.remote.path, item.remote.kind == crate::core::FileKind::Directory);
-            // Whatever the Puller still holds for this path (a parked failure) is over, unless the
-            // path goes to the Puller again below (a complete list replaces everything anyway).
-            if !complete {
-                settled.push(item.remote.path.clone());
-            }
-            match &item.action {
-                _ if ignored => {}
-                Action::Merge => {
-                    let mut merged = item.local.clone().expect("merge has a local record");
-                    merged.version = merged.version.merged(&item.remote.version);
-                    direct.push(merged);
-                }
-                // A tombstone for a path we do not have: record it, so it travels on.
-                Action::Take if item.remote.deleted && item.local.as_ref().is_none_or(|l| l.deleted) => {
-                    let mut r = item.remote.clone();
-                    r.sequence = item.local.as_ref().map_or(0, |l| l.sequence);
-                    direct.push(r);
-                }
-                _ if mode == FolderMode::SendOnly => {}
-                _ => work.push(item),
-            }
-        }
-        self.commit(folder, direct);
-        let working: HashSet<&str> = work.iter().map(|w| w.remote.path.as_str()).collect();
-        settled.retain(|p| !working.contains(p.as_str()));
+        let ignored = |r: &FileRecord| state.ignore.is_ignored(&r.path, r.kind == FileKind::Directory);
+        let send_only = state.config.mode == FolderMode::SendOnly;
+        let replica::Dispatched { commit, work, settled } =
+            replica::dispatch(items, complete, settled, send_only, &ignored);
+        self.commit(folder, commit);
         if let Some(p) = puller {
             if !work.is_empty() || complete || !settled.is_empty() {
                 p.do_send(Needs { items: work, complete, settled });
@@ -448,7 +398,7 @@ impl IndexActor {
     /// still has such a file brings it back (it is then a new file to everyone): the setting is the
     /// longest absence after which a delete is still honoured.
     fn purge(&mut self) {
-        let cutoff = now_millis().saturating_sub(self.tombstone_ttl.as_millis() as u64);
+        let cutoff = replica::tombstone_cutoff(now_millis(), self.tombstone_ttl.as_millis() as u64);
         for folder in self.folders.keys() {
             match self.store.purge_tombstones(folder, cutoff) {
                 Ok(0) => {}
@@ -546,14 +496,14 @@ impl Handler<ScanDone> for IndexActor {
         for record in msg.records {
             // The scan compared against the record at `record.sequence`; if that changed since
             // (a pull landed meanwhile), the result is stale: look at the path again.
-            let current = self.store.get(&msg.folder, &record.path).ok().flatten().map_or(0, |r| r.sequence);
-            if current != record.sequence {
-                stale.push(record.path);
-            } else if record.deleted {
-                deletes.push(record);
-            } else {
-                tracing::debug!(folder = %msg.folder, path = %record.path, size = record.size, "local change");
-                fresh.push(record);
+            let current = self.store.get(&msg.folder, &record.path).ok().flatten();
+            match replica::judge_scanned(&record, current.as_ref()) {
+                ScanVerdict::Stale => stale.push(record.path),
+                ScanVerdict::HoldDelete => deletes.push(record),
+                ScanVerdict::Commit => {
+                    tracing::debug!(folder = %msg.folder, path = %record.path, size = record.size, "local change");
+                    fresh.push(record);
+                }
             }
         }
         self.commit(&msg.folder, fresh);
@@ -580,9 +530,10 @@ impl Handler<ScanDone> for IndexActor {
             state.delete_flush += 1;
             let generation = state.delete_flush;
             let folder = msg.folder.clone();
-            ctx.run_later(DELETE_QUIET, move |this, _| {
+            ctx.run_later(DELETE_QUIET, move |this, ctx| {
                 if this.folders.get(&folder).is_some_and(|s| s.delete_flush == generation) {
                     this.flush_deletes(&folder);
+                    this.start_scan(&folder, ctx);
                 }
             });
         }
@@ -651,8 +602,7 @@ impl Handler<RemoteIndex> for IndexActor {
             tracing::error!(error = %e, "cannot store a peer's index");
             return;
         }
-        let tagged: Vec<(DeviceId, FileRecord)> = records.into_iter().map(|r| (msg.device, r)).collect();
-        let items = self.needs(&msg.folder, Some(&tagged));
+        let items = self.needs(&msg.folder, Some(&records));
         self.dispatch(&msg.folder, items, false, Vec::new());
     }
 }
@@ -686,12 +636,10 @@ impl Handler<RecomputePaths> for IndexActor {
     type Result = ();
     fn handle(&mut self, msg: RecomputePaths, _: &mut Context<Self>) {
         let devices = self.store.remote_devices(&msg.folder).unwrap_or_default();
-        let announced: Vec<(DeviceId, FileRecord)> = msg
+        let announced: Vec<FileRecord> = msg
             .paths
             .iter()
-            .flat_map(|path| {
-                devices.iter().filter_map(|d| Some((*d, self.store.remote(d, &msg.folder, path).ok().flatten()?)))
-            })
+            .flat_map(|path| devices.iter().filter_map(|d| self.store.remote(d, &msg.folder, path).ok().flatten()))
             .collect();
         let items = self.needs(&msg.folder, Some(&announced));
         self.dispatch(&msg.folder, items, false, msg.paths);
@@ -703,25 +651,24 @@ impl Handler<Applied> for IndexActor {
     fn handle(&mut self, msg: Applied, ctx: &mut Context<Self>) {
         let folder = msg.folder;
         let current = |path: &str| self.store.get(&folder, path).ok().flatten();
+        let mut again = false;
         let record = match msg.outcome {
-            Outcome::Took { mut record, disk } => {
-                record.sequence = current(&record.path).map_or(0, |r| r.sequence);
-                if let Some(d) = disk {
-                    record.mtime_ns = d.mtime_ns;
-                    record.permissions = d.permissions;
-                }
-                record
+            Outcome::Took { record, disk } => {
+                let now = current(&record.path);
+                again = replica::overtaken(&record, now.as_ref());
+                replica::took(record, now.as_ref(), disk.map(|d| (d.mtime_ns, d.permissions)))
             }
             Outcome::Reissue { path, other } => {
-                let Some(mut local) = current(&path) else { return };
+                let Some(local) = current(&path) else { return };
                 let now = self.tick();
-                local.version = local.version.merged(&other).updated(self.me, now);
-                local.modified_by = self.me;
-                local
+                replica::reissued(local, &other, self.me, now)
             }
         };
         let path = record.path.clone();
         self.commit(&folder, vec![record]);
+        if again {
+            ctx.address().do_send(RecomputePaths { folder: folder.clone(), paths: vec![path.clone()] });
+        }
         // The disk may differ from the record (a directory we could not delete): look again.
         if let Some(state) = self.folders.get_mut(&folder) {
             state.pending.insert(path);
@@ -768,14 +715,16 @@ impl IndexActor {
             return true;
         }
         let root = state.config.path.clone();
-        let current = |path: &str| self.store.get(folder, path).ok().flatten().map_or(0, |r| r.sequence);
-        let deletes: Vec<FileRecord> = pending
-            .into_values()
-            .filter(|r| {
-                current(&r.path) == r.sequence
-                    && matches!(crate::fs::scan::DiskState::read(&root.join(&r.path)), Ok(None))
-            })
-            .collect();
+        // A delete that no longer holds is looked at again (the caller starts the scan): our record
+        // may have moved on without the disk (a merge or re-issue committed meanwhile), and no
+        // watcher event would bring the path back before the periodic rescan.
+        let (deletes, again): (Vec<FileRecord>, Vec<FileRecord>) = pending.into_values().partition(|r| {
+            let absent = matches!(crate::fs::scan::DiskState::read(&root.join(&r.path)), Ok(None));
+            replica::delete_still_holds(r, self.store.get(folder, &r.path).ok().flatten().as_ref(), absent)
+        });
+        if let Some(state) = self.folders.get_mut(folder) {
+            state.pending.extend(again.into_iter().map(|r| r.path));
+        }
         let files = deletes.iter().filter(|r| r.kind == FileKind::File).count() as u64;
         let live = self.store.local_counts(folder).records;
         let state = self.folders.get_mut(folder).expect("folder");

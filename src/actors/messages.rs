@@ -2,7 +2,7 @@
 
 use actix::prelude::*;
 
-use crate::core::{Action, DeviceId, FileRecord, VersionVector};
+use crate::core::{DeviceId, FileRecord, VersionVector};
 use crate::fs::scan::DiskState;
 use crate::net::proto::FileInfo;
 
@@ -82,15 +82,8 @@ pub struct RecomputePaths {
     pub paths: Vec<String>,
 }
 
-/// One thing a folder needs from its peers.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct NeedItem {
-    pub action: Action,
-    pub remote: FileRecord,
-    pub local: Option<FileRecord>,
-    /// Devices that announced exactly this version (and so hold its chunks).
-    pub sources: Vec<DeviceId>,
-}
+/// One thing a folder needs from its peers (the rule that finds it is `core::replica::needs`).
+pub use crate::core::replica::Need as NeedItem;
 
 #[derive(Message)]
 #[rtype(result = "()")]
