@@ -119,8 +119,13 @@ pub fn delete_still_holds(delete: &FileRecord, current: Option<&FileRecord>, abs
 }
 
 /// What every announced version means for us: for each path, the newest version announced by the
-/// `devices` the folder is shared with, decided against ours. `announced`: just these records (a
-/// peer's update), or `None` for everything every device announced. Path order.
+/// `devices` the folder is shared with, decided against ours. `announced`: just the paths of these
+/// records (a peer's update), or `None` for everything every device announced. Path order.
+///
+/// For an announced path, every device's record of it is considered, not only the new one: an
+/// older or concurrent version arriving from one peer must not hide the newer one another peer
+/// announced before. It did: the new record settled the path, which dropped the Puller's parked
+/// pull of the newer version, and nothing brought it back (tests/sim.rs).
 pub fn needs(records: &dyn Records, devices: &[DeviceId], announced: Option<&[FileRecord]>) -> Vec<Need> {
     let mut best: BTreeMap<String, FileRecord> = BTreeMap::new();
     let mut consider = |remote: FileRecord| match best.get(&remote.path) {
@@ -136,7 +141,15 @@ pub fn needs(records: &dyn Records, devices: &[DeviceId], announced: Option<&[Fi
         }
     };
     match announced {
-        Some(list) => list.iter().for_each(|r| consider(r.clone())),
+        Some(list) => {
+            let mut seen = std::collections::HashSet::new();
+            for r in list {
+                consider(r.clone());
+                if seen.insert(r.path.as_str()) {
+                    devices.iter().filter_map(|d| records.remote(d, &r.path)).for_each(&mut consider);
+                }
+            }
+        }
         None => devices.iter().for_each(|d| records.each_remote(d, &mut |r| consider(r))),
     }
     let mut items = Vec::new();
