@@ -328,7 +328,7 @@ fn is_copy(path: &str) -> bool {
 }
 
 impl Sim {
-    fn new(seed: u64, tracing: bool) -> Sim {
+    fn new(seed: u64, tracing: bool, strict_copies: bool) -> Sim {
         let mut rng = Rng(seed);
         let n = rng.range(2, 5) as usize;
         let nodes = (0..n)
@@ -352,7 +352,7 @@ impl Sim {
             next_content: 1,
             next_request: 1,
             log: Log { tracing, ..Log::default() },
-            strict_copies: std::env::var("SIM_STRICT_COPIES").is_ok_and(|v| v == "1"),
+            strict_copies,
         };
         for i in 0..n {
             sim.start(i);
@@ -1320,8 +1320,8 @@ fn free_name(disk: &Disk, copy: &str, content: Content) -> Result<String, String
 }
 
 /// One history: its nodes, `OPS` operations with a quiet period every so often, and the checks.
-fn run(seed: u64, tracing: bool) -> (Result<(), String>, Vec<String>) {
-    let mut sim = Sim::new(seed, tracing);
+fn run(seed: u64, tracing: bool, strict_copies: bool) -> (Result<(), String>, Vec<String>) {
+    let mut sim = Sim::new(seed, tracing, strict_copies);
     let mut result = Ok(());
     let mut next_quiet = sim.rng.range(20, 60) as usize;
     for op in 0..OPS {
@@ -1337,8 +1337,12 @@ fn run(seed: u64, tracing: bool) -> (Result<(), String>, Vec<String>) {
     (result, std::mem::take(&mut sim.log.trace))
 }
 
-fn run_caught(seed: u64) -> Result<(), String> {
-    match std::panic::catch_unwind(|| run(seed, false).0) {
+fn strict_copies() -> bool {
+    std::env::var("SIM_STRICT_COPIES").is_ok_and(|v| v == "1")
+}
+
+fn run_caught(seed: u64, strict: bool) -> Result<(), String> {
+    match std::panic::catch_unwind(|| run(seed, false, strict).0) {
         Ok(r) => r,
         Err(e) => Err(e
             .downcast_ref::<String>()
@@ -1361,7 +1365,7 @@ fn run_many(seeds: impl Iterator<Item = u64> + Send, deadline: Option<Instant>) 
                     return;
                 }
                 let Some(seed) = seeds.lock().unwrap().next() else { return };
-                if let Err(e) = run_caught(seed) {
+                if let Err(e) = run_caught(seed, strict_copies()) {
                     eprintln!("simulation failed: SIM_SEED={seed} cargo test --release --test sim -- {e}");
                     failures.lock().unwrap().push((seed, e));
                 }
@@ -1379,7 +1383,7 @@ fn env_u64(name: &str) -> Option<u64> {
 #[test]
 fn seeded_histories_converge_and_lose_nothing() {
     if let Some(seed) = env_u64("SIM_SEED") {
-        let (result, trace) = run(seed, true);
+        let (result, trace) = run(seed, true, strict_copies());
         for line in &trace {
             eprintln!("{line}");
         }
@@ -1408,19 +1412,20 @@ fn seeded_histories_converge_and_lose_nothing() {
     );
 }
 
-/// Seeds that once failed, kept as regression cases (the bug each found is named).
-const REGRESSIONS: &[(u64, &str)] = &[
-    (297, "a held local delete dropped because a re-issue changed the record was never looked at again"),
-    (280, "a pull that ended after a merge regressed the record below its peers' and was never redone"),
-    (458, "a pull that ended after a peer's tombstone was recorded undid the delete on this node"),
-    (872, "an older announcement of a path dropped the parked pull of a newer version"),
-    (274, "a re-issue renamed the content's author, so its loss made a second conflict copy"),
+/// Seeds that once failed, kept as regression cases (the bug each found is named), and whether
+/// they are run with "exactly once" for conflict copies (SIM_STRICT_COPIES).
+const REGRESSIONS: &[(u64, bool, &str)] = &[
+    (297, false, "a held local delete dropped because a re-issue changed the record was never looked at again"),
+    (280, false, "a pull that ended after a merge regressed the record below its peers' and was never redone"),
+    (458, false, "a pull that ended after a peer's tombstone was recorded undid the delete on this node"),
+    (872, false, "an older announcement of a path dropped the parked pull of a newer version"),
+    (274, true, "a re-issue renamed the content's author, so its loss made a second conflict copy"),
 ];
 
 #[test]
 fn regression_seeds_pass() {
-    for (seed, bug) in REGRESSIONS {
-        if let Err(e) = run_caught(*seed) {
+    for (seed, strict, bug) in REGRESSIONS {
+        if let Err(e) = run_caught(*seed, *strict) {
             panic!("SIM_SEED={seed} ({bug}) fails again: {e}");
         }
     }
