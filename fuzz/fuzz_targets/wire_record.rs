@@ -47,6 +47,8 @@ struct Input {
     base: Option<(u64, Vec<u16>)>,
     base_sequence: u64,
     edits: Vec<Edit>,
+    /// The base is another path's record (a rename sent as a reference), when not empty.
+    base_path: String,
 }
 
 fn wire_chunk(c: &WireChunk) -> proto::Chunk {
@@ -115,8 +117,11 @@ fuzz_target!(|input: Input| {
         chunks: whole,
         base_sequence: input.base_sequence,
         edits,
+        base_path: input.base_path.clone(),
     };
-    let lookup = |_: &str, seq: u64| base.as_ref().filter(|(s, _)| *s == seq).map(|(_, c)| c.clone());
+    // We hold the base under the path it names (the record's own, or the other one).
+    let base_at = if input.base_path.is_empty() { input.path.as_str() } else { input.base_path.as_str() };
+    let lookup = |p: &str, seq: u64| base.as_ref().filter(|(s, _)| *s == seq && p == base_at).map(|(_, c)| c.clone());
     match from_wire(info, lookup) {
         Ok(r) => {
             assert_valid_record(&r);

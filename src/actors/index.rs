@@ -12,8 +12,9 @@ use super::messages::*;
 use super::now_millis;
 use super::status::NodeState;
 use crate::config::{FolderConfig, FolderMode};
+use crate::core::replica::{self, Clock, Records, ScanVerdict};
 use crate::core::root::{holds_mass_delete, Observed, RootProblem};
-use crate::core::{decide, Action, DeviceId, FileKind, FileRecord, ShortId};
+use crate::core::{DeviceId, FileKind, FileRecord, ShortId};
 use crate::fs::chunker::ChunkParams;
 use crate::fs::ignore::IgnoreRules;
 use crate::fs::root::{observe, RootGuard};
@@ -90,10 +91,8 @@ pub struct IndexActor {
     subscribers: Vec<Recipient<IndexUpdated>>,
     state: Arc<NodeState>,
     empty_folder_guard: u64,
-    /// The last value this node put in its own version counters. Every new version gets a larger
-    /// one: two different versions of a path made by this node must never carry the same counter,
-    /// or one would wrongly look like it had seen the other.
-    clock: u64,
+    /// This node's version clock (`core::replica::Clock`).
+    clock: Clock,
     tombstone_ttl: std::time::Duration,
 }
 
@@ -106,7 +105,15 @@ struct StoreView<'a> {
 
 impl KnownRecords for StoreView<'_> {
     fn get(&self, path: &str) -> Option<FileRecord> {
-        let mut record = self.store.get(self.folder, path).ok().flatten()?;
+        // The scanner's trait has no error: a failed read hashes the file as new, which costs a
+        // concurrent version (a conflict copy at worst), never a lost file. Logged.
+        let mut record = match self.store.get(self.folder, path) {
+            Ok(r) => r?,
+            Err(e) => {
+                tracing::error!(folder = self.folder, path, error = %format!("{e:#}"), "cannot read the index");
+                return None;
+            }
+        };
         if self.suspect.contains(path) {
             record.mtime_ns = i64::MIN; // never matches the disk: the file is hashed again
         }
@@ -118,6 +125,26 @@ impl KnownRecords for StoreView<'_> {
         } else {
             self.store.local_records_under(self.folder, dir)
         }
+    }
+}
+
+/// The rules' view of a folder's index (`core::replica::Records`), straight from the store.
+struct FolderRecords<'a> {
+    store: &'a Store,
+    folder: &'a str,
+}
+
+impl Records for FolderRecords<'_> {
+    type Error = anyhow::Error;
+    fn local(&self, path: &str) -> anyhow::Result<Option<FileRecord>> {
+        self.store.get(self.folder, path)
+    }
+    fn remote(&self, device: &DeviceId, path: &str) -> anyhow::Result<Option<FileRecord>> {
+        self.store.remote(device, self.folder, path)
+    }
+    fn each_remote(&self, device: &DeviceId, f: &mut dyn FnMut(FileRecord)) -> anyhow::Result<()> {
+        self.store.remote_records(device, self.folder).for_each(f);
+        Ok(())
     }
 }
 
@@ -176,7 +203,7 @@ impl IndexActor {
             subscribers: Vec::new(),
             state,
             empty_folder_guard,
-            clock: 0,
+            clock: Clock::default(),
             tombstone_ttl,
         }
     }
@@ -227,8 +254,7 @@ impl IndexActor {
 
     /// A fresh counter value: milliseconds since the epoch, or one more than the last one issued.
     fn tick(&mut self) -> u64 {
-        self.clock = now_millis().max(self.clock + 1);
-        self.clock
+        self.clock.tick(now_millis())
     }
 
     fn start_scan(&mut self, folder: &str, ctx: &mut Context<Self>) {
@@ -329,53 +355,22 @@ impl IndexActor {
     }
 
     /// Needs for the given remote records (or, with `None`, for everything every peer announced).
-    fn needs(&self, folder: &str, records: Option<&[(DeviceId, FileRecord)]>) -> Vec<NeedItem> {
-        let mut devices = self.store.remote_devices(folder).unwrap_or_default();
-        // Records kept from a device the folder is no longer shared with are neither pulled nor
-        // asked for (the Peer actor refuses anything new from it).
-        if let Some(state) = self.folders.get(folder) {
-            devices.retain(|d| state.config.devices.includes(d));
-        }
-        let mut best: HashMap<String, FileRecord> = HashMap::new();
-        let mut consider = |remote: &FileRecord| {
-            match best.get(&remote.path) {
-                Some(cur) if cur.version.dominates(&remote.version) => {}
-                Some(cur) if remote.version.dominates(&cur.version) => {
-                    best.insert(remote.path.clone(), remote.clone());
-                }
-                // Two peers disagree concurrently: decide against ours one at a time; the
-                // outcome of the first changes ours, and the next round takes the other.
-                Some(_) => {}
-                None => {
-                    best.insert(remote.path.clone(), remote.clone());
-                }
+    /// An index that cannot be read gives none, with an ERROR line: the work waits for the next
+    /// recompute (a peer connecting, a retry) instead of being decided on records taken for absent.
+    fn needs(&self, folder: &str, records: Option<&[FileRecord]>) -> Vec<NeedItem> {
+        let read = || -> anyhow::Result<Vec<NeedItem>> {
+            let mut devices = self.store.remote_devices(folder)?;
+            // Records kept from a device the folder is no longer shared with are neither pulled
+            // nor asked for (the Peer actor refuses anything new from it).
+            if let Some(state) = self.folders.get(folder) {
+                devices.retain(|d| state.config.devices.includes(d));
             }
+            replica::needs(&FolderRecords { store: &self.store, folder }, &devices, records)
         };
-        match records {
-            Some(list) => list.iter().for_each(|(_, r)| consider(r)),
-            None => {
-                for d in &devices {
-                    self.store.remote_records(d, folder).for_each(|r| consider(&r));
-                }
-            }
-        }
-        let mut items = Vec::new();
-        for (path, remote) in best {
-            let local = self.store.get(folder, &path).ok().flatten();
-            let action = decide(local.as_ref(), &remote);
-            if action == Action::Skip {
-                continue;
-            }
-            let sources = devices
-                .iter()
-                .filter(|d| {
-                    self.store.remote(d, folder, &path).ok().flatten().is_some_and(|r| r.version == remote.version)
-                })
-                .copied()
-                .collect();
-            items.push(NeedItem { action, remote, local, sources });
-        }
-        items
+        read().unwrap_or_else(|e| {
+            tracing::error!(folder, error = %format!("{e:#}"), "cannot read the index to decide what to pull");
+            Vec::new()
+        })
     }
 
     /// Settles what needs no disk work right here; sends the rest to the Puller.
@@ -385,39 +380,12 @@ impl IndexActor {
         if state.fault.is_some() {
             return;
         }
-        let mut settled = settled;
-        let mode = state.config.mode;
         let puller = state.puller.clone();
-        let mut direct = Vec::new();
-        let mut work = Vec::new();
-        for item in items {
-            let ignored =
-                state.ignore.is_ignored(&item.remote.path, item.remote.kind == crate::core::FileKind::Directory);
-            // Whatever the Puller still holds for this path (a parked failure) is over, unless the
-            // path goes to the Puller again below (a complete list replaces everything anyway).
-            if !complete {
-                settled.push(item.remote.path.clone());
-            }
-            match &item.action {
-                _ if ignored => {}
-                Action::Merge => {
-                    let mut merged = item.local.clone().expect("merge has a local record");
-                    merged.version = merged.version.merged(&item.remote.version);
-                    direct.push(merged);
-                }
-                // A tombstone for a path we do not have: record it, so it travels on.
-                Action::Take if item.remote.deleted && item.local.as_ref().is_none_or(|l| l.deleted) => {
-                    let mut r = item.remote.clone();
-                    r.sequence = item.local.as_ref().map_or(0, |l| l.sequence);
-                    direct.push(r);
-                }
-                _ if mode == FolderMode::SendOnly => {}
-                _ => work.push(item),
-            }
-        }
-        self.commit(folder, direct);
-        let working: HashSet<&str> = work.iter().map(|w| w.remote.path.as_str()).collect();
-        settled.retain(|p| !working.contains(p.as_str()));
+        let ignored = |r: &FileRecord| state.ignore.is_ignored(&r.path, r.kind == FileKind::Directory);
+        let send_only = state.config.mode == FolderMode::SendOnly;
+        let replica::Dispatched { commit, work, settled } =
+            replica::dispatch(items, complete, settled, send_only, &ignored);
+        self.commit(folder, commit);
         if !work.is_empty() || complete || !settled.is_empty() {
             puller.do_send(Needs { items: work, complete, settled });
         }
@@ -429,7 +397,7 @@ impl IndexActor {
     /// still has such a file brings it back (it is then a new file to everyone): the setting is the
     /// longest absence after which a delete is still honoured.
     fn purge(&mut self) {
-        let cutoff = now_millis().saturating_sub(self.tombstone_ttl.as_millis() as u64);
+        let cutoff = replica::tombstone_cutoff(now_millis(), self.tombstone_ttl.as_millis() as u64);
         for folder in self.folders.keys() {
             match self.store.purge_tombstones(folder, cutoff) {
                 Ok(0) => {}
@@ -518,14 +486,22 @@ impl Handler<ScanDone> for IndexActor {
         for record in msg.records {
             // The scan compared against the record at `record.sequence`; if that changed since
             // (a pull landed meanwhile), the result is stale: look at the path again.
-            let current = self.store.get(&msg.folder, &record.path).ok().flatten().map_or(0, |r| r.sequence);
-            if current != record.sequence {
-                stale.push(record.path);
-            } else if record.deleted {
-                deletes.push(record);
-            } else {
-                tracing::debug!(folder = %msg.folder, path = %record.path, size = record.size, "local change");
-                fresh.push(record);
+            let current = match self.store.get(&msg.folder, &record.path) {
+                Ok(current) => current,
+                Err(e) => {
+                    // Nothing is committed against a record we cannot read; the periodic rescan
+                    // looks at the path again.
+                    tracing::error!(folder = %msg.folder, path = %record.path, error = %format!("{e:#}"), "cannot read the index");
+                    continue;
+                }
+            };
+            match replica::judge_scanned(&record, current.as_ref()) {
+                ScanVerdict::Stale => stale.push(record.path),
+                ScanVerdict::HoldDelete => deletes.push(record),
+                ScanVerdict::Commit => {
+                    tracing::debug!(folder = %msg.folder, path = %record.path, size = record.size, "local change");
+                    fresh.push(record);
+                }
             }
         }
         self.commit(&msg.folder, fresh);
@@ -552,9 +528,10 @@ impl Handler<ScanDone> for IndexActor {
             state.delete_flush += 1;
             let generation = state.delete_flush;
             let folder = msg.folder.clone();
-            ctx.run_later(DELETE_QUIET, move |this, _| {
+            ctx.run_later(DELETE_QUIET, move |this, ctx| {
                 if this.folders.get(&folder).is_some_and(|s| s.delete_flush == generation) {
                     this.flush_deletes(&folder);
+                    this.start_scan(&folder, ctx);
                 }
             });
         }
@@ -575,7 +552,14 @@ impl Handler<RemoteIndex> for IndexActor {
             return;
         }
         let store = self.store.clone();
-        let mut progress = store.progress(&msg.device, &msg.folder).unwrap_or_default();
+        let mut progress = match store.progress(&msg.device, &msg.folder) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(peer = %msg.device.prefix(), folder = %msg.folder, error = %format!("{e:#}"), "cannot read the index; disconnecting");
+                msg.reply.do_send(Disconnect { reason: "cannot read our index".into(), violation: None });
+                return;
+            }
+        };
         if progress.index_id != msg.index_id {
             // The peer's index was recreated: forget what we had of it.
             if progress.index_id != 0 {
@@ -592,7 +576,14 @@ impl Handler<RemoteIndex> for IndexActor {
                 batch
                     .get(path)
                     .cloned()
-                    .or_else(|| store.remote(&msg.device, &msg.folder, path).ok().flatten())
+                    .or_else(|| match store.remote(&msg.device, &msg.folder, path) {
+                        Ok(r) => r,
+                        // Taken for a missing base: everything is asked for again.
+                        Err(e) => {
+                            tracing::error!(folder = %msg.folder, path, error = %format!("{e:#}"), "cannot read the index");
+                            None
+                        }
+                    })
                     .filter(|r| r.sequence == seq)
                     .map(|r| r.chunks)
             };
@@ -623,8 +614,7 @@ impl Handler<RemoteIndex> for IndexActor {
             tracing::error!(error = %e, "cannot store a peer's index");
             return;
         }
-        let tagged: Vec<(DeviceId, FileRecord)> = records.into_iter().map(|r| (msg.device, r)).collect();
-        let items = self.needs(&msg.folder, Some(&tagged));
+        let items = self.needs(&msg.folder, Some(&records));
         self.dispatch(&msg.folder, items, false, Vec::new());
     }
 }
@@ -657,14 +647,22 @@ impl Handler<Pulling> for IndexActor {
 impl Handler<RecomputePaths> for IndexActor {
     type Result = ();
     fn handle(&mut self, msg: RecomputePaths, _: &mut Context<Self>) {
-        let devices = self.store.remote_devices(&msg.folder).unwrap_or_default();
-        let announced: Vec<(DeviceId, FileRecord)> = msg
-            .paths
-            .iter()
-            .flat_map(|path| {
-                devices.iter().filter_map(|d| Some((*d, self.store.remote(d, &msg.folder, path).ok().flatten()?)))
-            })
-            .collect();
+        let read = || -> anyhow::Result<Vec<FileRecord>> {
+            let devices = self.store.remote_devices(&msg.folder)?;
+            let mut announced = Vec::new();
+            for path in &msg.paths {
+                for d in &devices {
+                    announced.extend(self.store.remote(d, &msg.folder, path)?);
+                }
+            }
+            Ok(announced)
+        };
+        let announced = match read() {
+            Ok(a) => a,
+            Err(e) => {
+                return tracing::error!(folder = %msg.folder, error = %format!("{e:#}"), "cannot read the index to decide what to pull")
+            }
+        };
         let items = self.needs(&msg.folder, Some(&announced));
         self.dispatch(&msg.folder, items, false, msg.paths);
     }
@@ -674,26 +672,35 @@ impl Handler<Applied> for IndexActor {
     type Result = ();
     fn handle(&mut self, msg: Applied, ctx: &mut Context<Self>) {
         let folder = msg.folder;
-        let current = |path: &str| self.store.get(&folder, path).ok().flatten();
+        // What the pull did is recorded against our current record; one that cannot be read gets
+        // the path decided again later, never a record written over it blind.
+        let current = |path: &str| match self.store.get(&folder, path) {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                tracing::error!(folder = %folder, path, error = %format!("{e:#}"), "cannot read the index");
+                Err(())
+            }
+        };
+        let mut again = false;
         let record = match msg.outcome {
-            Outcome::Took { mut record, disk } => {
-                record.sequence = current(&record.path).map_or(0, |r| r.sequence);
-                if let Some(d) = disk {
-                    record.mtime_ns = d.mtime_ns;
-                    record.permissions = d.permissions;
-                }
-                record
+            Outcome::Took { record, disk } => {
+                let Ok(now) = current(&record.path) else {
+                    return ctx.address().do_send(RecomputePaths { folder: folder.clone(), paths: vec![record.path] });
+                };
+                again = replica::overtaken(&record, now.as_ref());
+                replica::took(record, now.as_ref(), disk.map(|d| (d.mtime_ns, d.permissions)))
             }
             Outcome::Reissue { path, other } => {
-                let Some(mut local) = current(&path) else { return };
+                let Ok(Some(local)) = current(&path) else { return };
                 let now = self.tick();
-                local.version = local.version.merged(&other).updated(self.me, now);
-                local.modified_by = self.me;
-                local
+                replica::reissued(local, &other, self.me, now)
             }
         };
         let path = record.path.clone();
         self.commit(&folder, vec![record]);
+        if again {
+            ctx.address().do_send(RecomputePaths { folder: folder.clone(), paths: vec![path.clone()] });
+        }
         // The disk may differ from the record (a directory we could not delete): look again.
         if let Some(state) = self.folders.get_mut(&folder) {
             state.pending.insert(path);
@@ -740,14 +747,17 @@ impl IndexActor {
             return true;
         }
         let root = state.config.path.clone();
-        let current = |path: &str| self.store.get(folder, path).ok().flatten().map_or(0, |r| r.sequence);
-        let deletes: Vec<FileRecord> = pending
-            .into_values()
-            .filter(|r| {
-                current(&r.path) == r.sequence
-                    && matches!(crate::fs::scan::DiskState::read(&root.join(&r.path)), Ok(None))
-            })
-            .collect();
+        // A delete that no longer holds is looked at again (the caller starts the scan): our record
+        // may have moved on without the disk (a merge or re-issue committed meanwhile), and no
+        // watcher event would bring the path back before the periodic rescan.
+        let (deletes, again): (Vec<FileRecord>, Vec<FileRecord>) = pending.into_values().partition(|r| {
+            let absent = matches!(crate::fs::scan::DiskState::read(&root.join(&r.path)), Ok(None));
+            // A record that cannot be read makes the delete look again (a scan), never commit blind.
+            self.store.get(folder, &r.path).is_ok_and(|now| replica::delete_still_holds(r, now.as_ref(), absent))
+        });
+        if let Some(state) = self.folders.get_mut(folder) {
+            state.pending.extend(again.into_iter().map(|r| r.path));
+        }
         let files = deletes.iter().filter(|r| r.kind == FileKind::File).count() as u64;
         let live = self.store.local_counts(folder).records;
         let state = self.folders.get_mut(folder).expect("folder");

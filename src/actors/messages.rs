@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 
-use crate::core::{Action, Chunk, DeviceId, FileRecord, VersionVector};
+use crate::core::{Chunk, DeviceId, FileRecord, VersionVector};
 use crate::fs::scan::DiskState;
 use crate::net::proto::FileInfo;
 use crate::net::wire::FetchError;
@@ -38,14 +38,6 @@ pub struct Control {
     pub override_: Recipient<Override>,
     /// Per folder, its Puller.
     pub retry: std::collections::HashMap<String, Recipient<RetryNow>>,
-}
-
-/// Where Discovery reports what it finds (the Supervisor).
-#[derive(Clone)]
-pub struct DiscoveryReports {
-    pub discovered: Recipient<PeerDiscovered>,
-    pub at_address: Recipient<PeerAtAddress>,
-    pub vanished: Recipient<PeerVanished>,
 }
 
 /// Where Discovery reports what it finds (the Supervisor).
@@ -144,15 +136,8 @@ pub struct RecomputePaths {
     pub paths: Vec<String>,
 }
 
-/// One thing a folder needs from its peers.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct NeedItem {
-    pub action: Action,
-    pub remote: FileRecord,
-    pub local: Option<FileRecord>,
-    /// Devices that announced exactly this version (and so hold its chunks).
-    pub sources: Vec<DeviceId>,
-}
+/// One thing a folder needs from its peers (the rule that finds it is `core::replica::needs`).
+pub use crate::core::replica::Need as NeedItem;
 
 #[derive(Message)]
 #[rtype(result = "()")]

@@ -30,7 +30,7 @@ use tonic::Status;
 use super::directory::{PeerCounters, PeerDirectory};
 use super::messages::*;
 use crate::config::{Compression, FolderConfig, FolderMode};
-use crate::core::{Chunk, DeviceId};
+use crate::core::DeviceId;
 use crate::fs::chunker::{hash, read_range};
 use crate::fs::safe_path::{open_inside, refuse_once, UnsafePath};
 use crate::net::encoding::{decode, encode};

@@ -1,8 +1,10 @@
-//! A model of several replicas running `decide` on each other's records, delivered in random
-//! orders, used by the property test below: whatever the history of edits and deletes, once
-//! everyone has exchanged everything, all replicas hold the same files, and every version anyone
-//! wrote is still there (as the file or a conflict copy) unless a later write or delete that had
-//! seen it replaced it. The rules applied per action are the ones the Index and Puller carry out.
+//! Several replicas running the Index's rules (`core::replica`: `needs`, `dispatch`, `took`,
+//! `reissued`, the clock) on each other's records, delivered one path at a time in random orders:
+//! whatever the history of edits and deletes, once everyone has exchanged everything, all replicas
+//! hold the same files, and every version anyone wrote is still there (as the file or a conflict
+//! copy) unless a later write or delete that had seen it replaced it. Only the Puller's disk work
+//! is modelled here (a copy becomes a new local record); tests/sim.rs runs the same rules with
+//! nodes, a network, a filesystem and faults.
 
 #![cfg(test)]
 
@@ -10,19 +12,43 @@ use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 
-use super::decide::{decide, Action};
-use super::device::ShortId;
+use super::decide::Action;
+use super::device::{DeviceId, ShortId};
 use super::record::{Chunk, FileKind, FileRecord};
-use super::version::VersionVector;
+use super::replica::{self, Clock, Records};
 
 #[derive(Clone, Default)]
 struct Replica {
     files: BTreeMap<String, FileRecord>,
 }
 
+/// One replica's records, and the record one peer announced.
+struct View<'a> {
+    local: &'a Replica,
+    from: DeviceId,
+    remote: Option<&'a FileRecord>,
+}
+
+impl Records for View<'_> {
+    type Error = std::convert::Infallible;
+    fn local(&self, path: &str) -> Result<Option<FileRecord>, Self::Error> {
+        Ok(self.local.files.get(path).cloned())
+    }
+    fn remote(&self, device: &DeviceId, path: &str) -> Result<Option<FileRecord>, Self::Error> {
+        Ok(self.remote.filter(|r| *device == self.from && r.path == path).cloned())
+    }
+    fn each_remote(&self, device: &DeviceId, f: &mut dyn FnMut(FileRecord)) -> Result<(), Self::Error> {
+        self.remote.filter(|_| *device == self.from).into_iter().for_each(|r| f(r.clone()));
+        Ok(())
+    }
+}
+
 struct World {
     replicas: Vec<Replica>,
-    clock: i64,
+    /// One clock for all devices, fed the same way as each device's own (`replica::Clock`): never
+    /// the same value twice, so no device issues one counter for two different versions.
+    clock: Clock,
+    time: u64,
     /// Every write: its path and record (content hash and version).
     writes: Vec<FileRecord>,
     /// Every record ever created by a local action (writes, deletes, re-issues).
@@ -35,15 +61,26 @@ fn content(record: &FileRecord) -> Option<[u8; 32]> {
 
 impl World {
     fn new(n: usize) -> World {
-        World { replicas: vec![Replica::default(); n], clock: 1, writes: Vec::new(), history: Vec::new() }
+        World {
+            replicas: vec![Replica::default(); n],
+            clock: Clock::default(),
+            time: 1,
+            writes: Vec::new(),
+            history: Vec::new(),
+        }
     }
 
-    /// The devices' clock, as the Index's `tick`: never the same value twice, so no device issues
-    /// one counter for two different versions (a counter reused after taking a peer's version over
-    /// our own tombstone would let a later merge of two deletes swallow a newer write).
+    /// A fresh counter: a counter reused after taking a peer's version over our own tombstone
+    /// would let a later merge of two deletes swallow a newer write.
     fn tick(&mut self) -> i64 {
-        self.clock += 1;
-        self.clock
+        self.time += 1;
+        self.clock.tick(self.time) as i64
+    }
+
+    fn device(r: usize) -> DeviceId {
+        let mut id = [0u8; 32];
+        id[..8].copy_from_slice(&Self::id(r).0.to_be_bytes());
+        DeviceId(id)
     }
 
     fn id(r: usize) -> ShortId {
@@ -97,44 +134,46 @@ impl World {
         self.replicas[r].files.insert(path.into(), t);
     }
 
-    /// Replica `to` receives `from`'s record of one path; returns whether anything changed.
+    /// Replica `to` receives `from`'s record of one path; returns whether anything changed. The
+    /// Index's rules decide and record; the Puller's work is a copy written and a record handed back.
     fn deliver(&mut self, from: usize, to: usize, path: &str) -> bool {
         let Some(remote) = self.replicas[from].files.get(path).cloned() else { return false };
-        let local = self.replicas[to].files.get(path).cloned();
-        match decide(local.as_ref(), &remote) {
-            Action::Skip => false,
-            Action::Take => {
-                self.replicas[to].files.insert(path.into(), remote);
-                true
-            }
-            Action::Merge => {
-                let mut l = local.expect("merge has a local record");
-                l.version = l.version.merged(&remote.version);
-                self.replicas[to].files.insert(path.into(), l);
-                true
-            }
-            Action::KeepLocal => {
-                self.reissue(to, path, &remote.version);
-                true
-            }
-            Action::ConflictLocalLoses { copy } => {
-                let l = local.expect("conflict has a local record");
-                self.write_copy(to, &copy, &l);
-                self.replicas[to].files.insert(path.into(), remote);
-                true
-            }
-            Action::ConflictRemoteLoses { copy } => {
-                self.write_copy(to, &copy, &remote);
-                self.reissue(to, path, &remote.version);
-                true
+        let view = View { local: &self.replicas[to], from: Self::device(from), remote: Some(&remote) };
+        let Ok(items) = replica::needs(&view, &[Self::device(from)], Some(std::slice::from_ref(&remote)));
+        let d = replica::dispatch(items, false, Vec::new(), false, &|_| false);
+        let changed = !d.commit.is_empty() || !d.work.is_empty();
+        for r in d.commit {
+            self.replicas[to].files.insert(r.path.clone(), r);
+        }
+        for need in d.work {
+            let local = self.replicas[to].files.get(path).cloned();
+            match &need.action {
+                Action::Take => self.took(to, need.remote, local.as_ref()),
+                Action::KeepLocal => self.reissue(to, path, &need.remote),
+                Action::ConflictLocalLoses { copy } => {
+                    let l = local.clone().expect("conflict has a local record");
+                    self.write_copy(to, copy, &l);
+                    self.took(to, need.remote, local.as_ref());
+                }
+                Action::ConflictRemoteLoses { copy } => {
+                    self.write_copy(to, copy, &need.remote);
+                    self.reissue(to, path, &need.remote);
+                }
+                Action::Skip | Action::Merge => unreachable!("settled by dispatch"),
             }
         }
+        changed
     }
 
-    fn reissue(&mut self, r: usize, path: &str, other: &VersionVector) {
-        let mut l = self.replicas[r].files[path].clone();
-        l.version = l.version.merged(other).updated(Self::id(r), self.tick() as u64);
-        l.modified_by = Self::id(r);
+    fn took(&mut self, r: usize, remote: FileRecord, current: Option<&FileRecord>) {
+        let record = replica::took(remote, current, None);
+        self.replicas[r].files.insert(record.path.clone(), record);
+    }
+
+    fn reissue(&mut self, r: usize, path: &str, other: &FileRecord) {
+        let local = self.replicas[r].files[path].clone();
+        let now = self.tick() as u64;
+        let l = replica::reissued(local, &other.version, Self::id(r), now);
         self.history.push(l.clone());
         self.replicas[r].files.insert(path.into(), l);
     }

@@ -79,7 +79,7 @@ mod tests {
         let (ready, _) = d.take_due(ms(20), QUIET);
         assert_eq!(ready, vec![("f".to_string(), vec!["a".to_string()])]);
         let mut t = 15;
-        while t < 1000 {
+        while t + 10 < 1000 {
             t += 10;
             d.mark("f", "busy".into(), ms(t));
             let (ready, _) = d.take_due(ms(t), QUIET);

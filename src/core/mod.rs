@@ -13,6 +13,7 @@ pub mod divergence;
 pub mod path;
 pub mod plan;
 pub mod record;
+pub mod replica;
 pub mod retry;
 pub mod root;
 pub mod sharing;

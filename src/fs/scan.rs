@@ -12,6 +12,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::core::path as paths;
+use crate::core::replica::{scanned, Seen};
 use crate::core::{Chunk, FileKind, FileRecord, ShortId};
 
 use super::chunker::{chunk_file, rechunk_file, ChunkParams};
@@ -253,31 +254,9 @@ impl Scanner {
         if state.kind == FileKind::File && after.is_none_or(|a| a.size != size || a.mtime_ns != state.mtime_ns) {
             return Ok(());
         }
-        let base = previous.as_ref().map(|p| p.version.clone()).unwrap_or_default();
-        let record = FileRecord {
-            path: rel.to_string(),
-            kind: state.kind,
-            size,
-            mtime_ns: state.mtime_ns,
-            permissions: state.permissions,
-            version: base.updated(self.me, now),
-            deleted: false,
-            // Until committed: the sequence of the record this one replaces (see FileRecord).
-            sequence: previous.as_ref().map_or(0, |p| p.sequence),
-            modified_by: self.me,
-            chunks,
-        };
+        let seen = Seen { kind: state.kind, size, mtime_ns: state.mtime_ns, permissions: state.permissions, chunks };
         // Only metadata we do not sync changed (a directory's mtime): keep the record as it is.
-        // (Same bytes with a new file mtime is a touch, and a new version: mtime is synced.)
-        if let Some(prev) = &previous {
-            if !prev.deleted
-                && prev.same_content(&record)
-                && prev.permissions == record.permissions
-                && (prev.mtime_ns == record.mtime_ns || record.kind == FileKind::Directory)
-            {
-                return Ok(());
-            }
-        }
+        let Some(record) = scanned(rel, seen, previous.as_ref(), self.me, now) else { return Ok(()) };
         out.push(record);
         Ok(())
     }

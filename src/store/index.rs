@@ -371,7 +371,7 @@ impl Store {
     /// Forgets tombstones (ours and the ones peers announced) whose delete happened before
     /// `cutoff` (the deleting device's counter, milliseconds since the epoch). Returns how many.
     pub fn purge_tombstones(&self, folder: &str, cutoff: u64) -> Result<usize> {
-        let old = |r: &FileRecord| r.deleted && deleted_at(r) < cutoff;
+        let old = |r: &FileRecord| crate::core::replica::expired(r, cutoff);
         let mut batch = WriteBatch::default();
         let mut purged = 0;
         for r in self.local_records(folder).filter(|r| old(r)) {
@@ -520,17 +520,6 @@ impl Store {
         }
         self.db.flush_wal(true)?;
         Ok(())
-    }
-}
-
-/// When a tombstone was made, in milliseconds: the deleting device's counter (which jumps to its
-/// clock; counters from before millisecond clocks are seconds).
-fn deleted_at(r: &FileRecord) -> u64 {
-    let v = r.version.get(r.modified_by);
-    if v < 100_000_000_000 {
-        v * 1000
-    } else {
-        v
     }
 }
 

@@ -13,7 +13,7 @@ use crate::actors::messages::{Override, RecomputeNeeds, Revert};
 use crate::config::FolderMode;
 use crate::core::divergence::{overriding, reverted};
 use crate::core::versioning::Reason;
-use crate::core::{FileKind, FileRecord, ShortId};
+use crate::core::FileRecord;
 use crate::fs::safe_path::safe_path;
 use crate::fs::versions::VersionStore;
 use crate::store::changes::changes;

@@ -1,0 +1,467 @@
+//! The rules of one folder's index, without the index: what a local scan result becomes, what
+//! every announced version means for us (`needs`), what of it settles without disk work
+//! (`dispatch`), what a finished pull is recorded as (`took`, `reissued`), the version clock and
+//! the age of tombstones. The Index actor calls these with the RocksDB store behind [`Records`];
+//! the simulator (tests/sim.rs) calls the same functions with an in-memory store, so what it
+//! checks is the code that runs. Nothing here reads a clock: `now` comes in as an argument.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::decide::{decide, Action};
+use super::device::{DeviceId, ShortId};
+use super::record::{Chunk, FileKind, FileRecord};
+use super::version::VersionVector;
+
+/// What the rules read of a folder's index: our records, and the ones peers announced.
+pub trait Records {
+    /// A failed read (`Infallible` for a store in memory). A read that fails is an error, never
+    /// "no record": taking it for one would make a peer's version look new to us.
+    type Error;
+    /// Our record of `path`.
+    fn local(&self, path: &str) -> Result<Option<FileRecord>, Self::Error>;
+    /// The record of `path` that `device` announced.
+    fn remote(&self, device: &DeviceId, path: &str) -> Result<Option<FileRecord>, Self::Error>;
+    /// Every record `device` announced, one at a time (a folder may not fit in memory twice).
+    fn each_remote(&self, device: &DeviceId, f: &mut dyn FnMut(FileRecord)) -> Result<(), Self::Error>;
+}
+
+/// This device's version clock: milliseconds since the epoch, bumped past the last value issued.
+/// Every new version gets a larger counter: two different versions of a path made by this device
+/// must never carry the same one, or one would wrongly look like it had seen the other.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Clock {
+    last: u64,
+}
+
+impl Clock {
+    /// A fresh counter value: `now_ms`, or one more than the last one issued.
+    pub fn tick(&mut self, now_ms: u64) -> u64 {
+        self.last = now_ms.max(self.last + 1);
+        self.last
+    }
+}
+
+/// One thing a folder needs from its peers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Need {
+    pub action: Action,
+    pub remote: FileRecord,
+    pub local: Option<FileRecord>,
+    /// Devices that announced exactly this version (and so hold its chunks).
+    pub sources: Vec<DeviceId>,
+}
+
+/// What a scan saw of a file or directory that exists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    pub kind: FileKind,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub permissions: u32,
+    pub chunks: Vec<Chunk>,
+}
+
+/// The record a scan makes of `path` as `seen` on disk, or `None` when nothing we sync changed
+/// (only a directory's mtime, say). The version descends from our previous record's; until it is
+/// committed, `sequence` is that record's, which lets the commit refuse a stale result.
+pub fn scanned(path: &str, seen: Seen, previous: Option<&FileRecord>, me: ShortId, now: u64) -> Option<FileRecord> {
+    let base = previous.map(|p| p.version.clone()).unwrap_or_default();
+    let record = FileRecord {
+        path: path.to_string(),
+        kind: seen.kind,
+        size: seen.size,
+        mtime_ns: seen.mtime_ns,
+        permissions: seen.permissions,
+        version: base.updated(me, now),
+        deleted: false,
+        sequence: previous.map_or(0, |p| p.sequence),
+        modified_by: me,
+        chunks: seen.chunks,
+    };
+    // Same bytes with a new file mtime is a touch, and a new version: mtime is synced.
+    let unchanged = previous.is_some_and(|prev| {
+        !prev.deleted
+            && prev.same_content(&record)
+            && prev.permissions == record.permissions
+            && (prev.mtime_ns == record.mtime_ns || record.kind == FileKind::Directory)
+    });
+    (!unchanged).then_some(record)
+}
+
+/// What to do with one record a scan produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScanVerdict {
+    /// Commit it.
+    Commit,
+    /// A local delete: hold it with the others found meanwhile, then judge them together.
+    HoldDelete,
+    /// Our record changed while the scan ran (a pull landed): look at the path again.
+    Stale,
+}
+
+/// `current`: our record of the path now.
+pub fn judge_scanned(record: &FileRecord, current: Option<&FileRecord>) -> ScanVerdict {
+    if current.map_or(0, |r| r.sequence) != record.sequence {
+        ScanVerdict::Stale
+    } else if record.deleted {
+        ScanVerdict::HoldDelete
+    } else {
+        ScanVerdict::Commit
+    }
+}
+
+/// Whether a held local delete may still be committed: our record is the one it replaces, and the
+/// path is still absent (`absent`). A delete that no longer holds must be scanned again: our
+/// record may have moved on without the disk (a merge committed meanwhile), and nothing else
+/// would look at the path (tests/sim.rs found a node announcing, for a minute, a file it had
+/// deleted).
+pub fn delete_still_holds(delete: &FileRecord, current: Option<&FileRecord>, absent: bool) -> bool {
+    absent && current.map_or(0, |r| r.sequence) == delete.sequence
+}
+
+/// What every announced version means for us: for each path, the newest version announced by the
+/// `devices` the folder is shared with, decided against ours. `announced`: just the paths of these
+/// records (a peer's update), or `None` for everything every device announced. Path order.
+///
+/// For an announced path, every device's record of it is considered, not only the new one: an
+/// older or concurrent version arriving from one peer must not hide the newer one another peer
+/// announced before. It did: the new record settled the path, which dropped the Puller's parked
+/// pull of the newer version, and nothing brought it back (tests/sim.rs).
+pub fn needs<R: Records + ?Sized>(
+    records: &R,
+    devices: &[DeviceId],
+    announced: Option<&[FileRecord]>,
+) -> Result<Vec<Need>, R::Error> {
+    let mut best: BTreeMap<String, FileRecord> = BTreeMap::new();
+    let mut consider = |remote: FileRecord| match best.get(&remote.path) {
+        Some(cur) if cur.version.dominates(&remote.version) => {}
+        Some(cur) if remote.version.dominates(&cur.version) => {
+            best.insert(remote.path.clone(), remote);
+        }
+        // Two peers disagree concurrently: decide against ours one at a time; the outcome of the
+        // first changes ours, and the next round takes the other.
+        Some(_) => {}
+        None => {
+            best.insert(remote.path.clone(), remote);
+        }
+    };
+    match announced {
+        Some(list) => {
+            let mut seen = std::collections::HashSet::new();
+            for r in list {
+                consider(r.clone());
+                if seen.insert(r.path.as_str()) {
+                    for d in devices {
+                        if let Some(other) = records.remote(d, &r.path)? {
+                            consider(other);
+                        }
+                    }
+                }
+            }
+        }
+        None => {
+            for d in devices {
+                records.each_remote(d, &mut |r| consider(r))?;
+            }
+        }
+    }
+    let mut items = Vec::new();
+    for (path, remote) in best {
+        let local = records.local(&path)?;
+        let action = decide(local.as_ref(), &remote);
+        if action == Action::Skip {
+            continue;
+        }
+        let mut sources = Vec::new();
+        for d in devices {
+            if records.remote(d, &path)?.is_some_and(|r| r.version == remote.version) {
+                sources.push(*d);
+            }
+        }
+        items.push(Need { action, remote, local, sources });
+    }
+    Ok(items)
+}
+
+/// Needs sorted by who settles them.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Dispatched {
+    /// Records to commit now: no disk work (merged versions, tombstones of paths we do not have).
+    pub commit: Vec<FileRecord>,
+    /// Needs for the Puller.
+    pub work: Vec<Need>,
+    /// Paths whose earlier need (a parked failure, a path the Puller asked about) is over.
+    pub settled: Vec<String>,
+}
+
+/// Settles what needs no disk work; the rest is work for the Puller. `complete`: `items` is every
+/// need of the folder (the Puller's earlier list is replaced anyway). `settled`: paths the Puller
+/// asked to have decided again; those left without work are reported back. A send-only folder
+/// takes nothing from its peers; an ignored path is left alone.
+pub fn dispatch(
+    items: Vec<Need>,
+    complete: bool,
+    mut settled: Vec<String>,
+    send_only: bool,
+    ignored: &dyn Fn(&FileRecord) -> bool,
+) -> Dispatched {
+    let mut commit = Vec::new();
+    let mut work = Vec::new();
+    for item in items {
+        // Whatever the Puller still holds for this path is over, unless the path goes to the
+        // Puller again below.
+        if !complete {
+            settled.push(item.remote.path.clone());
+        }
+        match &item.action {
+            _ if ignored(&item.remote) => {}
+            Action::Merge => {
+                let mut merged = item.local.clone().expect("merge has a local record");
+                merged.version = merged.version.merged(&item.remote.version);
+                commit.push(merged);
+            }
+            // A tombstone for a path we do not have: record it, so it travels on.
+            Action::Take if item.remote.deleted && item.local.as_ref().is_none_or(|l| l.deleted) => {
+                let mut r = item.remote.clone();
+                r.sequence = item.local.as_ref().map_or(0, |l| l.sequence);
+                commit.push(r);
+            }
+            _ if send_only => {}
+            _ => work.push(item),
+        }
+    }
+    let working: std::collections::HashSet<&str> = work.iter().map(|w| w.remote.path.as_str()).collect();
+    settled.retain(|p| !working.contains(p.as_str()));
+    Dispatched { commit, work, settled }
+}
+
+/// The record of a remote version the Puller put on disk (or deleted): the peer's record, with the
+/// mtime and permissions the disk took (`disk`), replacing `current`, our record of the path now.
+/// The record says what is on disk, even when our record moved on while the pull ran (see
+/// [`overtaken`]).
+pub fn took(mut record: FileRecord, current: Option<&FileRecord>, disk: Option<(i64, u32)>) -> FileRecord {
+    record.sequence = current.map_or(0, |r| r.sequence);
+    if let Some((mtime_ns, permissions)) = disk {
+        record.mtime_ns = mtime_ns;
+        record.permissions = permissions;
+    }
+    record
+}
+
+/// Whether our record moved on, while a pull ran, to a version the pulled one has not seen: the
+/// Index settles a merge or a peer's tombstone without disk work, even for a path being pulled.
+/// The pull's record replaces it (it is what the disk holds), and the path must then be decided
+/// again, or the node would hold an older version than its peers and, since nothing new arrives,
+/// never act on the newer one (tests/sim.rs found a delete never applied, and a merged version
+/// lost, that way).
+pub fn overtaken(record: &FileRecord, current: Option<&FileRecord>) -> bool {
+    current.is_some_and(|c| !record.version.dominates(&c.version))
+}
+
+/// Our record re-issued above `other` (a losing edit kept as a copy, or a delete our edit beats),
+/// so that it wins everywhere. `now` is a fresh value of our clock.
+///
+/// The content keeps its author (`modified_by`): a conflict copy is named after the losing
+/// record's author and mtime, so that every node makes the same copy. A re-issue that named this
+/// device instead gave one content two names: when it later lost a conflict on one node as the
+/// original and on another as the re-issue, it was kept twice (tests/sim.rs).
+pub fn reissued(mut local: FileRecord, other: &VersionVector, me: ShortId, now: u64) -> FileRecord {
+    local.version = local.version.merged(other).updated(me, now);
+    local
+}
+
+/// When a tombstone's delete happened: the deleting device's counter, milliseconds since the epoch
+/// (counters from before they were milliseconds are seconds).
+pub fn deleted_at(r: &FileRecord) -> u64 {
+    let v = r.version.get(r.modified_by);
+    if v < 100_000_000_000 {
+        v * 1000
+    } else {
+        v
+    }
+}
+
+/// Tombstones whose delete happened before this are forgotten (`ttl_ms`: `sync.tombstone_ttl`).
+pub fn tombstone_cutoff(now_ms: u64, ttl_ms: u64) -> u64 {
+    now_ms.saturating_sub(ttl_ms)
+}
+
+/// Whether a record is a tombstone older than `cutoff` (forgotten by the index).
+pub fn expired(r: &FileRecord, cutoff: u64) -> bool {
+    r.deleted && deleted_at(r) < cutoff
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::record::fixtures::file;
+    use proptest::prelude::*;
+
+    #[derive(Default)]
+    struct Mem {
+        local: BTreeMap<String, FileRecord>,
+        remote: BTreeMap<DeviceId, BTreeMap<String, FileRecord>>,
+    }
+
+    impl Records for Mem {
+        type Error = std::convert::Infallible;
+        fn local(&self, path: &str) -> Result<Option<FileRecord>, Self::Error> {
+            Ok(self.local.get(path).cloned())
+        }
+        fn remote(&self, device: &DeviceId, path: &str) -> Result<Option<FileRecord>, Self::Error> {
+            Ok(self.remote.get(device).and_then(|m| m.get(path)).cloned())
+        }
+        fn each_remote(&self, device: &DeviceId, f: &mut dyn FnMut(FileRecord)) -> Result<(), Self::Error> {
+            self.remote.get(device).into_iter().flat_map(|m| m.values()).for_each(|r| f(r.clone()));
+            Ok(())
+        }
+    }
+
+    fn dev(n: u8) -> DeviceId {
+        DeviceId([n; 32])
+    }
+
+    #[test]
+    fn the_clock_never_repeats_and_follows_the_time() {
+        let mut c = Clock::default();
+        assert_eq!(c.tick(1000), 1000);
+        assert_eq!(c.tick(1000), 1001);
+        assert_eq!(c.tick(500), 1002, "a clock set back still issues new values");
+        assert_eq!(c.tick(5000), 5000);
+    }
+
+    #[test]
+    fn a_scan_makes_a_new_version_only_for_what_is_synced() {
+        let prev = file("a", 1, &[(1, 3)], 10, 1);
+        let same = Seen {
+            kind: FileKind::File,
+            size: prev.size,
+            mtime_ns: prev.mtime_ns,
+            permissions: prev.permissions,
+            chunks: prev.chunks.clone(),
+        };
+        assert_eq!(scanned("a", same.clone(), Some(&prev), ShortId(2), 100), None);
+        let touched = Seen { mtime_ns: prev.mtime_ns + 1, ..same.clone() };
+        let r = scanned("a", touched, Some(&prev), ShortId(2), 100).expect("a touch is a version");
+        assert!(r.version.dominates(&prev.version) && r.version != prev.version);
+        assert_eq!((r.sequence, r.modified_by, r.version.get(ShortId(2))), (prev.sequence, ShortId(2), 100));
+        // A file where a tombstone was descends from the tombstone.
+        let dead = prev.tombstone(ShortId(1), 50);
+        let back = scanned("a", same, Some(&dead), ShortId(1), 60).expect("a file is back");
+        assert!(back.version.dominates(&dead.version) && !back.deleted);
+    }
+
+    #[test]
+    fn a_scan_result_is_stale_once_its_record_moved_on() {
+        let mut r = file("a", 1, &[(1, 1)], 10, 1);
+        r.sequence = 4;
+        let mut current = r.clone();
+        assert_eq!(judge_scanned(&r, Some(&current)), ScanVerdict::Commit);
+        current.sequence = 5;
+        assert_eq!(judge_scanned(&r, Some(&current)), ScanVerdict::Stale);
+        r.sequence = 0;
+        assert_eq!(judge_scanned(&r, None), ScanVerdict::Commit);
+        let t = current.tombstone(ShortId(1), 20);
+        assert_eq!(judge_scanned(&t, Some(&current)), ScanVerdict::HoldDelete);
+        assert!(delete_still_holds(&t, Some(&current), true));
+        assert!(!delete_still_holds(&t, Some(&current), false));
+    }
+
+    #[test]
+    fn needs_pick_the_newest_version_and_every_source_of_it() {
+        let mut m = Mem::default();
+        let old = file("a", 1, &[(1, 1)], 10, 1);
+        let new = file("a", 2, &[(1, 2)], 11, 1);
+        m.remote.entry(dev(1)).or_default().insert("a".into(), old.clone());
+        m.remote.entry(dev(2)).or_default().insert("a".into(), new.clone());
+        m.remote.entry(dev(3)).or_default().insert("a".into(), new.clone());
+        let n = needs(&m, &[dev(1), dev(2), dev(3)], None).unwrap();
+        assert_eq!(n.len(), 1);
+        assert_eq!(
+            (n[0].action.clone(), &n[0].remote, n[0].sources.clone()),
+            (Action::Take, &new, vec![dev(2), dev(3)])
+        );
+        // A device the folder is no longer shared with is neither a source nor considered.
+        assert_eq!(needs(&m, &[dev(1)], None).unwrap()[0].remote, old);
+        // What we have already is no need.
+        m.local.insert("a".into(), new.clone());
+        assert!(needs(&m, &[dev(1), dev(2)], None).unwrap().is_empty());
+    }
+
+    #[test]
+    fn merges_and_unknown_tombstones_settle_without_the_puller() {
+        let local = file("a", 1, &[(1, 1)], 10, 1);
+        let same = file("a", 1, &[(2, 1)], 20, 2);
+        let tomb = file("b", 1, &[(2, 3)], 20, 2).tombstone(ShortId(2), 4);
+        let edit = file("c", 3, &[(2, 1)], 20, 2);
+        let items = vec![
+            Need {
+                action: decide(Some(&local), &same),
+                remote: same.clone(),
+                local: Some(local.clone()),
+                sources: vec![],
+            },
+            Need { action: decide(None, &tomb), remote: tomb.clone(), local: None, sources: vec![] },
+            Need { action: Action::Take, remote: edit.clone(), local: None, sources: vec![] },
+        ];
+        let d = dispatch(items.clone(), false, vec!["z".into()], false, &|_| false);
+        assert_eq!(d.commit.len(), 2);
+        assert_eq!(d.commit[0].version, local.version.merged(&same.version));
+        assert_eq!(d.commit[1].path, "b");
+        assert_eq!(d.work.len(), 1);
+        assert_eq!(d.settled, vec!["z".to_string(), "a".into(), "b".into()]);
+        // Send-only: the edit is not taken; ignored: nothing at all.
+        assert!(dispatch(items.clone(), true, vec![], true, &|_| false).work.is_empty());
+        let none = dispatch(items, true, vec![], false, &|_| true);
+        assert!(none.commit.is_empty() && none.work.is_empty());
+    }
+
+    #[test]
+    fn outcomes_keep_the_disk_metadata_and_reissue_above_both() {
+        let mut current = file("a", 1, &[(1, 1)], 10, 1);
+        current.sequence = 9;
+        let remote = file("a", 2, &[(2, 5)], 20, 2);
+        let r = took(remote.clone(), Some(&current), Some((7, 0o600)));
+        assert_eq!((r.sequence, r.mtime_ns, r.permissions, &r.version), (9, 7, 0o600, &remote.version));
+        let re = reissued(current.clone(), &remote.version, ShortId(1), 100);
+        assert!(re.version.dominates(&remote.version) && re.version.dominates(&current.version));
+        assert_eq!((&re.chunks, re.modified_by, re.mtime_ns), (&current.chunks, current.modified_by, current.mtime_ns));
+        // A pull that ends after our record merged a version it did not see: decided again.
+        let mut merged = current.clone();
+        merged.version = current.version.merged(&crate::core::VersionVector::from_counters([(ShortId(3), 4)]));
+        let newer = file("a", 1, &[(1, 2)], 30, 1);
+        assert!(overtaken(&newer, Some(&merged)));
+        assert!(!overtaken(&newer, Some(&current)) && !overtaken(&newer, None));
+        assert_eq!(took(newer.clone(), Some(&merged), None).version, newer.version);
+    }
+
+    #[test]
+    fn tombstones_expire_by_the_deleting_devices_counter() {
+        let t = file("a", 1, &[], 0, 1).tombstone(ShortId(1), 1_700_000_000_000);
+        assert!(!expired(&t, tombstone_cutoff(1_700_000_000_500, 1_000)));
+        assert!(expired(&t, tombstone_cutoff(1_700_000_002_000, 1_000)));
+        let seconds = file("a", 1, &[], 0, 1).tombstone(ShortId(1), 1_700_000_000);
+        assert_eq!(deleted_at(&seconds), 1_700_000_000_000);
+        assert!(!expired(&file("a", 1, &[(1, 1)], 0, 1), u64::MAX), "a live record never expires");
+    }
+
+    proptest! {
+        /// Whatever two replicas hold, the first device's `needs` and the second's agree on the
+        /// winner, and a re-issue always dominates both sides.
+        #[test]
+        fn both_sides_agree_and_reissues_dominate(a in 0u8..4, b in 0u8..4, va in 1u64..5, vb in 1u64..5, ma in 0i64..3, mb in 0i64..3) {
+            let x = file("p", a, &[(1, va)], ma, 1);
+            let y = file("p", b, &[(2, vb)], mb, 2);
+            let mut m1 = Mem::default();
+            m1.local.insert("p".into(), x.clone());
+            m1.remote.entry(dev(2)).or_default().insert("p".into(), y.clone());
+            let n = needs(&m1, &[dev(2)], None).unwrap();
+            prop_assert_eq!(n.len(), 1);
+            let re = reissued(x.clone(), &y.version, ShortId(1), 10);
+            prop_assert!(re.version.dominates(&x.version) && re.version.dominates(&y.version));
+            prop_assert_ne!(&re.version, &x.version);
+        }
+    }
+}
