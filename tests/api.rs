@@ -84,12 +84,14 @@ fn status_until(port: u16, timeout: Duration, check: impl Fn(&Value) -> bool) ->
     (ok, last)
 }
 
-/// The Prometheus text format, parsed strictly enough to catch a malformed exposition: every
-/// sample belongs to a family announced by `# TYPE`, every value is a number. Keys are the sample
-/// name with its labels as written (`{}` and no braces are the same thing).
+/// The OpenMetrics text format, parsed strictly enough to catch a malformed exposition: every
+/// sample belongs to a family announced by `# TYPE` (a counter's samples end in `_total`), every
+/// value is a number, and the text ends with `# EOF`. Keys are the sample name with its labels as
+/// written (`{}` and no braces are the same thing).
 fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
     let mut families = BTreeMap::new();
     let mut samples = BTreeMap::new();
+    assert!(text.trim_end().ends_with("# EOF"), "no # EOF at the end");
     for line in text.lines() {
         if line.trim().is_empty() {
             continue;
@@ -101,15 +103,23 @@ fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
             families.insert(name.to_string(), kind.to_string());
             continue;
         }
+        if line == "# EOF" {
+            assert!(text.trim_end().ends_with("# EOF"), "# EOF before the end");
+            continue;
+        }
         if line.starts_with('#') {
-            assert!(line.starts_with("# HELP "), "unexpected comment {line:?}");
+            assert!(line.starts_with("# HELP ") || line.starts_with("# UNIT "), "unexpected comment {line:?}");
             continue;
         }
         let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("no value in {line:?}"));
         let value: f64 = value.parse().unwrap_or_else(|_| panic!("value is not a number in {line:?}"));
         let name = series.split('{').next().unwrap();
         assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'), "bad metric name in {line:?}");
-        assert!(families.contains_key(name), "sample {name} without a # TYPE line");
+        let family = match name.strip_suffix("_total") {
+            Some(counter) if families.get(counter).is_some_and(|k| k == "counter") => counter,
+            _ => name,
+        };
+        assert!(families.contains_key(family), "sample {name} without a # TYPE line");
         let key = series.strip_suffix("{}").unwrap_or(series).to_string();
         if let Some(labels) = key.strip_prefix(name).filter(|l| !l.is_empty()) {
             assert!(
@@ -126,7 +136,7 @@ fn metrics(port: u16) -> Option<BTreeMap<String, f64>> {
     let (code, headers, body) = http_get(port, "/metrics").ok()?;
     assert_eq!(code, 200);
     assert!(
-        headers.get("content-type").is_some_and(|c| c.starts_with("text/plain")),
+        headers.get("content-type").is_some_and(|c| c.starts_with("application/openmetrics-text")),
         "metrics content type: {headers:?}"
     );
     Some(parse_metrics(&body))
