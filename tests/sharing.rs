@@ -173,6 +173,7 @@ fn record(device: &DeviceId, path: &str, data: &[u8]) -> proto::FileInfo {
         chunks: vec![proto::Chunk { offset: 0, size: data.len() as u32, hash: blake3::hash(data).as_bytes().to_vec() }],
         base_sequence: 0,
         edits: Vec::new(),
+        link_target: String::new(),
     }
 }
 

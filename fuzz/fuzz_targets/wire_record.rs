@@ -47,6 +47,8 @@ struct Input {
     base: Option<(u64, Vec<u16>)>,
     base_sequence: u64,
     edits: Vec<Edit>,
+    /// What a symlink points to (text; refused on anything but a live link).
+    link_target: String,
 }
 
 fn wire_chunk(c: &WireChunk) -> proto::Chunk {
@@ -115,6 +117,7 @@ fuzz_target!(|input: Input| {
         chunks: whole,
         base_sequence: input.base_sequence,
         edits,
+        link_target: input.link_target.clone(),
     };
     let lookup = |_: &str, seq: u64| base.as_ref().filter(|(s, _)| *s == seq).map(|(_, c)| c.clone());
     match from_wire(info, lookup) {

@@ -12,7 +12,7 @@ use super::messages::*;
 use super::now_millis;
 use super::puller::Puller;
 use super::status::NodeState;
-use crate::config::{FolderConfig, FolderMode};
+use crate::config::{FolderConfig, FolderMode, SymlinkMode};
 use crate::core::root::{holds_mass_delete, Observed, RootProblem};
 use crate::core::{decide, Action, DeviceId, FileKind, FileRecord, ShortId};
 use crate::fs::chunker::ChunkParams;
@@ -291,6 +291,7 @@ impl IndexActor {
             ignore: state.ignore.clone(),
             busy: state.pulling.clone(),
             unreadable: Default::default(),
+            links: state.config.symlinks == SymlinkMode::Link,
         };
         let suspect = std::mem::take(&mut state.suspect);
         let store = self.store.clone();
@@ -408,8 +409,9 @@ impl IndexActor {
         let mut direct = Vec::new();
         let mut work = Vec::new();
         for item in items {
-            let ignored =
-                state.ignore.is_ignored(&item.remote.path, item.remote.kind == crate::core::FileKind::Directory);
+            // With `symlinks = "ignore"`, a peer's link is neither made here nor recorded.
+            let ignored = state.ignore.is_ignored(&item.remote.path, item.remote.kind == FileKind::Directory)
+                || (item.remote.kind == FileKind::Symlink && state.config.symlinks == SymlinkMode::Ignore);
             // Whatever the Puller still holds for this path (a parked failure) is over, unless the
             // path goes to the Puller again below (a complete list replaces everything anyway).
             if !complete {

@@ -292,6 +292,7 @@ pub fn file_record(
         chunks,
         base_sequence: 0,
         edits: Vec::new(),
+        link_target: String::new(),
     };
     (info, by_hash)
 }

@@ -15,7 +15,7 @@ use crate::config::FolderMode;
 use crate::core::divergence::{is_local_change, is_remote_change, overriding, reverted};
 use crate::core::versioning::Reason;
 use crate::core::{FileKind, FileRecord, ShortId};
-use crate::fs::safe_path::safe_path;
+use crate::fs::safe_path::safe_entry_path;
 use crate::fs::versions::VersionStore;
 use crate::store::Store;
 
@@ -23,7 +23,7 @@ use crate::store::Store;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Divergent {
     pub path: String,
-    /// "file" or "directory".
+    /// "file", "directory" or "symlink".
     pub kind: String,
     /// The change is a delete (ours for a local change, the peer's for a remote change).
     pub deleted: bool,
@@ -33,7 +33,11 @@ pub struct Divergent {
 }
 
 fn divergent(r: &FileRecord) -> Divergent {
-    let kind = if r.kind == FileKind::Directory { "directory" } else { "file" };
+    let kind = match r.kind {
+        FileKind::File => "file",
+        FileKind::Directory => "directory",
+        FileKind::Symlink => "symlink",
+    };
     Divergent { path: r.path.clone(), kind: kind.into(), deleted: r.deleted, size: r.size, by: r.modified_by.prefix() }
 }
 
@@ -91,7 +95,8 @@ fn set_aside(root: &Path, versions: &VersionStore, record: &FileRecord) -> Resul
     if record.deleted {
         return Ok(());
     }
-    let full = safe_path(root, &record.path).map_err(|e| e.to_string())?;
+    // A link is set aside as the link itself (kept, then unlinked), never followed.
+    let full = safe_entry_path(root, &record.path).map_err(|e| e.to_string())?;
     match std::fs::symlink_metadata(&full) {
         Ok(m) if m.is_dir() => {
             let _ = std::fs::remove_dir(&full);
