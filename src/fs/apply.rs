@@ -609,6 +609,105 @@ mod tests {
         assert_eq!(std::fs::read(root.path().join(moved)).unwrap(), b"second loser");
     }
 
+    /// A folder, a directory outside it holding `secret`, and a version store.
+    fn with_outside() -> (tempfile::TempDir, tempfile::TempDir, VersionStore) {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), b"outside").unwrap();
+        let store = VersionStore::new(root.path(), None, crate::core::versioning::Policy::DEFAULT);
+        (root, outside, store)
+    }
+
+    fn target_of(root: &Path, rel: &str) -> String {
+        std::fs::read_link(root.join(rel)).unwrap().to_str().unwrap().to_string()
+    }
+
+    #[test]
+    fn a_link_is_made_as_the_same_link_whatever_it_points_to() {
+        use crate::core::record::fixtures::link;
+        let (root, outside, store) = with_outside();
+        let secret = outside.path().join("secret").display().to_string();
+        let by = Some((&store, ShortId(2)));
+        for (rel, target) in [("d/rel", "../x"), ("abs", secret.as_str()), ("dangling", "no/such"), ("up", "../../..")]
+        {
+            let record = link(rel, target, &[(2, 1)], 1_600_000_000, 2);
+            let state = make_link_keeping(root.path(), &record, None, by).unwrap();
+            assert_eq!(state.kind, FileKind::Symlink);
+            assert_eq!(target_of(root.path(), rel), target);
+            let mtime = std::fs::symlink_metadata(root.path().join(rel)).unwrap().mtime();
+            assert_eq!(mtime, 1_600_000_000, "the record's mtime is set on the link itself");
+        }
+        assert_eq!(std::fs::read(outside.path().join("secret")).unwrap(), b"outside");
+        assert!(temp_files(root.path()).is_empty());
+        // Retargeting replaces the link; the old link is kept in the store as the link.
+        let old = link("abs", &secret, &[(2, 1)], 1_600_000_000, 2);
+        let new = link("abs", "elsewhere", &[(2, 2)], 1_600_000_001, 2);
+        make_link_keeping(root.path(), &new, Some(&old), by).unwrap();
+        assert_eq!(target_of(root.path(), "abs"), "elsewhere");
+        let kept = store.list(Some("abs")).unwrap();
+        assert_eq!(kept.len(), 1);
+        let kept_path = store.dir().join(&kept[0].stored);
+        assert_eq!(std::fs::read_link(kept_path).unwrap().to_str().unwrap(), secret);
+        // A link we do not hold as one (an ignored link, or one not scanned yet) is refused.
+        let e = make_link_keeping(root.path(), &link("abs", "x", &[(2, 3)], 1, 2), None, by).unwrap_err();
+        assert!(e.is_permanent(), "{e}");
+        // A link whose target changed since its scan is a local change, not replaced.
+        let e = make_link_keeping(root.path(), &link("abs", "x", &[(2, 3)], 1, 2), Some(&old), by).unwrap_err();
+        assert!(matches!(e, ApplyError::LocalChange(_)), "{e}");
+        assert_eq!(target_of(root.path(), "abs"), "elsewhere");
+        // Never a link below a link.
+        std::os::unix::fs::symlink(outside.path(), root.path().join("out")).unwrap();
+        let e = make_link_keeping(root.path(), &link("out/l", "x", &[(2, 1)], 1, 2), None, by).unwrap_err();
+        assert!(e.is_permanent(), "{e}");
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 1, "nothing made outside");
+    }
+
+    #[test]
+    fn a_file_replaces_a_link_without_writing_through_it_and_a_delete_removes_only_the_link() {
+        use crate::core::record::fixtures::link;
+        let (root, outside, store) = with_outside();
+        let secret = outside.path().join("secret");
+        std::os::unix::fs::symlink(&secret, root.path().join("l")).unwrap();
+        let held = link("l", secret.to_str().unwrap(), &[(1, 1)], 1, 1);
+        // Not held as a link: refused before anything is written.
+        assert!(TempFile::create_replacing(root.path(), "l", 5, None).err().unwrap().is_permanent());
+        // Held as a link: the file replaces the link itself, which goes to the store.
+        let record = FileRecord { size: 5, ..file("l", 1, &[(1, 2)], 1_600_000_000, 2) };
+        let temp = TempFile::create_replacing(root.path(), "l", 5, Some(&held)).unwrap();
+        temp.write_at(0, b"hello").unwrap();
+        let state = commit_all_keeping(vec![(temp, record.clone(), Some(held.clone()))], Some(&store)).pop().unwrap();
+        assert_eq!(state.unwrap().kind, FileKind::File);
+        assert_eq!(std::fs::read(root.path().join("l")).unwrap(), b"hello");
+        assert_eq!(std::fs::read(&secret).unwrap(), b"outside", "written through the link");
+        let kept = store.list(Some("l")).unwrap();
+        assert_eq!(kept.len(), 1);
+        assert!(std::fs::symlink_metadata(store.dir().join(&kept[0].stored)).unwrap().file_type().is_symlink());
+        // A link deleted by a peer: the link goes, its target stays, the store keeps the link.
+        std::os::unix::fs::symlink(&secret, root.path().join("m")).unwrap();
+        let m = link("m", secret.to_str().unwrap(), &[(1, 1)], 1, 1);
+        assert!(remove_keeping(root.path(), "m", Some(&m), Some((&store, ShortId(2)))).unwrap());
+        assert!(std::fs::symlink_metadata(root.path().join("m")).is_err());
+        assert_eq!(std::fs::read(&secret).unwrap(), b"outside");
+        assert_eq!(store.list(Some("m")).unwrap().len(), 1);
+        // Restored, it is the same link again.
+        store.restore("m", None, ShortId(1)).unwrap();
+        assert_eq!(target_of(root.path(), "m"), secret.to_str().unwrap());
+        // A directory from a peer where we hold a link: the link is kept and replaced.
+        let n = link("n", "/", &[(1, 1)], 1, 1);
+        std::os::unix::fs::symlink("/", root.path().join("n")).unwrap();
+        let dir = FileRecord { kind: FileKind::Directory, size: 0, chunks: vec![], ..file("n", 0, &[(1, 2)], 1, 2) };
+        make_dir_keeping(root.path(), &dir, Some(&n), Some((&store, ShortId(2)))).unwrap();
+        assert!(std::fs::symlink_metadata(root.path().join("n")).unwrap().is_dir());
+        // Conflict copies of links: a link is compared by its target, never read through.
+        std::os::unix::fs::symlink(&secret, root.path().join("c1")).unwrap();
+        std::os::unix::fs::symlink(&secret, root.path().join("c2")).unwrap();
+        std::fs::write(root.path().join("c3"), b"outside").unwrap();
+        assert!(same_bytes(&root.path().join("c1"), &root.path().join("c2")));
+        assert!(!same_bytes(&root.path().join("c1"), &root.path().join("c3")), "a link is not its target's bytes");
+        let moved = move_aside(root.path(), "c1", "c1.sync-conflict-x").unwrap();
+        assert_eq!(target_of(root.path(), &moved), secret.to_str().unwrap());
+    }
+
     #[test]
     fn a_local_edit_is_not_overwritten() {
         let root = tempfile::tempdir().unwrap();
