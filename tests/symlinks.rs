@@ -289,3 +289,32 @@ fn with_symlinks_ignore_links_are_neither_sent_nor_made_nor_written_through() {
     assert_eq!(snapshot(&out.dir), before, "written through an ignored link");
     assert!(!any_file_holds(&a.folder, SECRET), "read through an ignored link");
 }
+
+#[test]
+fn concurrent_retargets_make_a_conflict_copy_that_is_a_link_on_both_nodes() {
+    let mut nodes = pair("", "", |_| {});
+    symlink("one", nodes[0].path("l")).unwrap();
+    assert!(wait_until(T, || links(&nodes[1].folder).get("l").map(String::as_str) == Some("one")));
+    // B offline: both retarget the link, B later (its version wins, A's is kept as a copy).
+    assert_eq!(nodes[1].stop(), Some(0));
+    std::fs::remove_file(nodes[0].path("l")).unwrap();
+    symlink("from-a", nodes[0].path("l")).unwrap();
+    std::fs::remove_file(nodes[1].path("l")).unwrap();
+    symlink("from-b", nodes[1].path("l")).unwrap();
+    // Two links made within one clock tick share an mtime: make B's a second newer, on the link.
+    let a_time = std::fs::symlink_metadata(nodes[0].path("l")).unwrap().mtime();
+    let b_time = filetime::FileTime::from_unix_time(a_time + 1, 0);
+    filetime::set_symlink_file_times(nodes[1].path("l"), b_time, b_time).unwrap();
+    nodes[1].start();
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let settled = |l: &BTreeMap<String, String>| {
+        let copies: Vec<_> = l.iter().filter(|(p, _)| p.starts_with("l.sync-conflict-")).collect();
+        l.get("l").map(String::as_str) == Some("from-b") && copies.len() == 1 && copies[0].1 == "from-a"
+    };
+    assert!(
+        wait_until(T, || settled(&links(&a.folder)) && links(&a.folder) == links(&b.folder)),
+        "A: {:?}\nB: {:?}",
+        links(&a.folder),
+        links(&b.folder)
+    );
+}
