@@ -34,6 +34,15 @@ pub enum FolderMode {
     ReceiveOnly,
 }
 
+/// What a folder does with the symbolic links in it (`symlinks`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SymlinkMode {
+    /// Synced as links: the target text travels and peers make the same link. Never followed.
+    Link,
+    /// Left alone: neither announced nor made, replaced or deleted.
+    Ignore,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compression {
     None,
@@ -52,6 +61,8 @@ pub struct FolderConfig {
     pub versions_path: Option<PathBuf>,
     /// The peers this folder is shared with (`devices`; absent: every trusted peer).
     pub devices: SharedWith,
+    /// Symlinks synced as links (the default) or ignored.
+    pub symlinks: SymlinkMode,
 }
 
 /// Whom this node admits (`security.trust`).
@@ -160,6 +171,8 @@ struct RawFolder {
     devices: Option<Vec<String>>,
     #[serde(default)]
     versioning: Option<RawVersioning>,
+    #[serde(default)]
+    symlinks: Option<String>,
 }
 
 /// `versioning = "trash"`, or a table with `type` and the limits.
@@ -227,7 +240,7 @@ struct RawSecurity {
 /// Every key the file may hold, by section; arrays of tables are listed by their element keys.
 const KNOWN_KEYS: &[(&str, &[&str])] = &[
     ("node", &["name", "data_dir", "listen", "api_listen"]),
-    ("folder", &["id", "path", "mode", "devices", "versioning"]),
+    ("folder", &["id", "path", "mode", "devices", "versioning", "symlinks"]),
     ("sync", &["chunk_size", "rescan_interval", "debounce", "compression", "tombstone_ttl", "empty_folder_guard"]),
     ("discovery", &["mdns"]),
     ("peer", &["device_id", "address"]),
@@ -327,6 +340,7 @@ impl Config {
                     devices: SharedWith::EveryTrustedPeer,
                     versioning: VersioningPolicy::DEFAULT,
                     versions_path: None,
+                    symlinks: SymlinkMode::Link,
                 }),
             }
         }
@@ -442,6 +456,13 @@ fn validate(raw: Raw, file: &str, base: &Path) -> Result<Config, ConfigError> {
         };
         let (versioning, versions_path) =
             versioning_of(f.versioning, base).map_err(|(key, m)| err(&format!("folder[{i}].versioning{key}"), m))?;
+        let symlinks = match f.symlinks.as_deref() {
+            None | Some("link") => SymlinkMode::Link,
+            Some("ignore") => SymlinkMode::Ignore,
+            Some(other) => {
+                return Err(err(&format!("folder[{i}].symlinks"), format!("`{other}`: expected link or ignore")))
+            }
+        };
         folders.push(FolderConfig {
             id: f.id,
             path: absolute(Path::new(&f.path), base),
@@ -449,6 +470,7 @@ fn validate(raw: Raw, file: &str, base: &Path) -> Result<Config, ConfigError> {
             devices,
             versioning,
             versions_path,
+            symlinks,
         });
     }
     let chunk_size =
@@ -689,6 +711,7 @@ mode = "send-receive"
 # What a peer's change replaces or deletes is kept in .syncnode-versions/ for 30 days;
 # `syncnode versions list` / `versions restore` bring it back. Types: none, trash, simple, staggered.
 versioning = {{ type = "trash", max_age = "30d" }}
+symlinks = "link"               # links travel as links (never followed); "ignore" leaves them alone
 
 [sync]
 chunk_size = "64KiB"
@@ -739,6 +762,19 @@ mod tests {
         let config = load_text(&text).unwrap();
         assert_eq!(config.folders[0].devices, SharedWith::Only([id(1), id(2)].into_iter().collect()));
         assert_eq!(config.folders[1].devices, SharedWith::EveryTrustedPeer);
+    }
+
+    #[test]
+    fn symlinks_default_to_link_and_a_bad_value_names_the_file_and_key() {
+        let text = "[[folder]]\nid = \"a\"\npath = \"FOLDER\"\n\n[[folder]]\nid = \"b\"\npath = \"FOLDER\"\nsymlinks = \"ignore\"\n\n[[folder]]\nid = \"c\"\npath = \"FOLDER\"\nsymlinks = \"link\"\n";
+        let config = load_text(text).unwrap();
+        let modes: Vec<_> = config.folders.iter().map(|f| f.symlinks).collect();
+        assert_eq!(modes, vec![SymlinkMode::Link, SymlinkMode::Ignore, SymlinkMode::Link]);
+        let e =
+            load_text("[[folder]]\nid = \"a\"\npath = \"FOLDER\"\nsymlinks = \"follow\"\n").unwrap_err().to_string();
+        assert!(e.contains("n.toml: folder[0].symlinks: `follow`: expected link or ignore"), "{e}");
+        // The starter config `syncnode init` writes holds the key.
+        assert!(starter_config("n", Path::new("/d"), Path::new("/f"), 22000).contains("\nsymlinks = \"link\""));
     }
 
     #[test]

@@ -76,8 +76,13 @@ fn a_symlink_out_of_the_folder_is_never_followed_read_or_announced() {
 
     // Over more than one retry period of the Puller (5 s), nothing under the link is announced.
     conn.pump(Duration::from_secs(7), |_| false);
-    let leaked: Vec<&String> = conn.announced.keys().filter(|p| p.starts_with("link")).collect();
+    let leaked: Vec<&String> = conn.announced.keys().filter(|p| p.starts_with("link/")).collect();
     assert!(leaked.is_empty(), "B announced paths behind the link: {leaked:?}");
+    // The link itself is announced as what it is: a link, its target text, no content.
+    let link = conn.announced.get("link").expect("B announces its link as a link");
+    assert_eq!(link.kind, proto::FileKind::Symlink as i32);
+    assert_eq!(link.link_target, outside.path().display().to_string());
+    assert!(link.chunks.is_empty() && link.size == 0, "{link:?}");
     assert!(conn.closed.is_none(), "an honest-looking record is refused, not a protocol violation: {:?}", conn.closed);
     // Nothing outside was written, and the link's refusal was logged once, not once per retry.
     assert_eq!(std::fs::read(outside.path().join("secret.txt")).unwrap(), secret);

@@ -174,6 +174,7 @@ fn record(device: &DeviceId, path: &str, data: &[u8]) -> proto::FileInfo {
         base_sequence: 0,
         edits: Vec::new(),
         base_path: String::new(),
+        link_target: String::new(),
     }
 }
 

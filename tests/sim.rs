@@ -622,6 +622,7 @@ impl Sim {
                         mtime_ns: f.mtime_ns,
                         permissions: 0o644,
                         chunks: vec![Chunk { offset: 0, size: size_of(c) as u32, hash: hash_of(c) }],
+                        link_target: String::new(),
                     };
                     records.extend(replica::scanned(&path, seen, previous, n.me, now));
                 }

@@ -29,6 +29,7 @@ fn record(path: &str, sequence: u64, sizes: &[u32], kind: FileKind, deleted: boo
         sequence,
         modified_by: ShortId(7),
         chunks,
+        link_target: String::new(),
     }
 }
 

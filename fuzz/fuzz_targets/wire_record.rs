@@ -49,6 +49,8 @@ struct Input {
     edits: Vec<Edit>,
     /// The base is another path's record (a rename sent as a reference), when not empty.
     base_path: String,
+    /// What a symlink points to (text; refused on anything but a live link).
+    link_target: String,
 }
 
 fn wire_chunk(c: &WireChunk) -> proto::Chunk {
@@ -118,6 +120,7 @@ fuzz_target!(|input: Input| {
         base_sequence: input.base_sequence,
         edits,
         base_path: input.base_path.clone(),
+        link_target: input.link_target.clone(),
     };
     // We hold the base under the path it names (the record's own, or the other one).
     let base_at = if input.base_path.is_empty() { input.path.as_str() } else { input.base_path.as_str() };

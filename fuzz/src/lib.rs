@@ -43,4 +43,9 @@ pub fn assert_valid_record(r: &FileRecord) {
     } else {
         assert!(r.chunks.is_empty() && r.size == 0, "directory or tombstone with content: {r:?}");
     }
+    if r.kind == FileKind::Symlink && !r.deleted {
+        assert_eq!(syncnode::core::record::check_link_target(&r.link_target), Ok(()), "accepted a bad link target");
+    } else {
+        assert!(r.link_target.is_empty(), "link target on a file, directory or tombstone: {r:?}");
+    }
 }

@@ -11,7 +11,7 @@ use actix::prelude::*;
 use super::messages::*;
 use super::now_millis;
 use super::status::NodeState;
-use crate::config::{FolderConfig, FolderMode};
+use crate::config::{FolderConfig, FolderMode, SymlinkMode};
 use crate::core::replica::{self, Clock, Records, ScanVerdict};
 use crate::core::root::{holds_mass_delete, Observed, RootProblem};
 use crate::core::{DeviceId, FileKind, FileRecord, ShortId};
@@ -300,6 +300,7 @@ impl IndexActor {
             ignore: state.ignore.clone(),
             busy: state.pulling.clone(),
             unreadable: Default::default(),
+            links: state.config.symlinks == SymlinkMode::Link,
         };
         let suspect = std::mem::take(&mut state.suspect);
         let store = self.store.clone();
@@ -381,7 +382,11 @@ impl IndexActor {
             return;
         }
         let puller = state.puller.clone();
-        let ignored = |r: &FileRecord| state.ignore.is_ignored(&r.path, r.kind == FileKind::Directory);
+        // With `symlinks = "ignore"`, a peer's link is neither made here nor recorded.
+        let ignored = |r: &FileRecord| {
+            state.ignore.is_ignored(&r.path, r.kind == FileKind::Directory)
+                || (r.kind == FileKind::Symlink && state.config.symlinks == SymlinkMode::Ignore)
+        };
         let send_only = state.config.mode == FolderMode::SendOnly;
         let replica::Dispatched { commit, work, settled } =
             replica::dispatch(items, complete, settled, send_only, &ignored);

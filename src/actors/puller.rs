@@ -568,7 +568,8 @@ async fn execute(ctx: &PullContext, item: NeedItem, sources: &Sources) -> Result
             Outcome::Took { record: remote, disk: Some(disk) }
         }
         Action::ConflictRemoteLoses { copy } => {
-            if remote.kind == FileKind::File {
+            // A losing link is kept as a link under the copy's name, like a losing file.
+            if matches!(remote.kind, FileKind::File | FileKind::Symlink) {
                 let (root, c, wanted) = (ctx.root.clone(), copy.clone(), remote.clone());
                 let has_remote = move |p: &std::path::Path| holds(p, &wanted);
                 // The winner's node may have made this copy already, and it may have synced here.
@@ -589,7 +590,7 @@ async fn execute(ctx: &PullContext, item: NeedItem, sources: &Sources) -> Result
     Ok(())
 }
 
-/// Puts `record`'s content (or directory) at `target`.
+/// Puts `record`'s content (or directory, or link) at `target`.
 async fn materialize(
     ctx: &PullContext,
     record: &FileRecord,
@@ -597,6 +598,16 @@ async fn materialize(
     local: Option<FileRecord>,
     sources: &Sources,
 ) -> Result<DiskState, PullError> {
+    if record.kind == FileKind::Symlink {
+        let (root, r, versions) =
+            (ctx.root.clone(), FileRecord { path: target.to_string(), ..record.clone() }, ctx.versions.clone());
+        let disk = blocking(move || {
+            apply::make_link_keeping(&root, &r, local.as_ref(), Some((&*versions as &dyn apply::Keeper, r.modified_by)))
+        })
+        .await??;
+        tracing::info!(folder = %ctx.folder, path = %target, "made link");
+        return Ok(disk);
+    }
     if record.kind == FileKind::Directory {
         let (root, r, versions) =
             (ctx.root.clone(), FileRecord { path: target.to_string(), ..record.clone() }, ctx.versions.clone());
@@ -623,8 +634,8 @@ async fn materialize(
     if free < record.size.saturating_add(FREE_SPACE_MARGIN) {
         return Err(PullError::NoSpace { need: record.size, free });
     }
-    let (root, t, size) = (ctx.root.clone(), target.to_string(), record.size);
-    let temp = Arc::new(blocking(move || TempFile::create(&root, &t, size)).await??);
+    let (root, t, size, l) = (ctx.root.clone(), target.to_string(), record.size, local.clone());
+    let temp = Arc::new(blocking(move || TempFile::create_replacing(&root, &t, size, l.as_ref())).await??);
     let progress = Arc::new(DownloadProgress::new(ctx, target, record.size));
     // Local copies run beside the network fetches of the chunks nobody here has.
     let copying = {
@@ -880,9 +891,22 @@ async fn fetch_chunk(
     Err(PullError::NoSource { offset: chunk.offset, size: chunk.size })
 }
 
-/// Whether the file at `path` holds exactly `record`'s content.
+/// Whether the entry at `path` holds exactly `record`'s content: a file its bytes, a link its
+/// target. Never read through a link.
 fn holds(path: &std::path::Path, record: &FileRecord) -> bool {
-    let Ok(file) = std::fs::File::open(path) else { return false };
+    use std::os::unix::fs::OpenOptionsExt;
+    if record.kind == FileKind::Symlink {
+        return std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
+            && crate::fs::scan::read_target(path).is_ok_and(|t| t == record.link_target);
+    }
+    let Ok(file) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .and_then(|f| if f.metadata()?.is_file() { Ok(f) } else { Err(std::io::ErrorKind::InvalidInput.into()) })
+    else {
+        return false;
+    };
     file.metadata().is_ok_and(|m| m.len() == record.size)
         && record
             .chunks

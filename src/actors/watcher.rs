@@ -3,7 +3,8 @@
 //! when its writer is done, not again and again as it grows (a file that never goes quiet is looked
 //! at every `core::debounce::MAX_DELAY`). An overflowed event queue, a watch that could not be set up, and the
 //! periodic `sync.rescan_interval` all turn into a full rescan, so nothing the kernel dropped is
-//! missed for long.
+//! missed for long. Links inside the folder are never followed (a change to a link is an event on
+//! its directory; what it points to is not watched).
 //!
 //! A watch dies with its directory: an unmounted disk, a root renamed away or replaced. Every
 //! `ROOT_CHECK_EVERY` the Watcher looks at each root's device and inode; when they are not what it

@@ -107,6 +107,7 @@ impl World {
             sequence: 0,
             modified_by: Self::id(r),
             chunks: vec![Chunk { offset: 0, size: 1, hash }],
+            link_target: String::new(),
         };
         self.writes.push(record.clone());
         self.history.push(record.clone());

@@ -64,9 +64,11 @@ fn concurrent(local: &FileRecord, remote: &FileRecord) -> Action {
 
 /// The winner of two concurrent edits, the same on every node: newer mtime, then the larger
 /// device id, then (for two versions of one device, which only a lost index can produce) the
-/// larger content hash.
+/// larger content hash or link target. Links and files are ranked alike: a link against a file
+/// is an ordinary concurrent edit.
 pub fn remote_wins(local: &FileRecord, remote: &FileRecord) -> bool {
-    let key = |r: &FileRecord| (r.mtime_ns, r.modified_by, r.chunks.first().map(|c| c.hash), r.size);
+    let key =
+        |r: &FileRecord| (r.mtime_ns, r.modified_by, r.chunks.first().map(|c| c.hash), r.size, r.link_target.clone());
     key(remote) > key(local)
 }
 
@@ -116,6 +118,45 @@ mod tests {
         // A delete that saw the edit wins.
         let later = edited.tombstone(crate::core::ShortId(2), 0);
         assert_eq!(decide(Some(&edited), &later), Action::Take);
+    }
+
+    #[test]
+    fn links_are_taken_deleted_and_conflicted_like_files() {
+        use crate::core::record::fixtures::link;
+        let old = link("l", "a", &[(1, 1)], 10, 1);
+        let retargeted = link("l", "/elsewhere", &[(1, 2)], 5, 1);
+        assert_eq!(decide(Some(&old), &retargeted), Action::Take);
+        assert_eq!(decide(Some(&retargeted), &old), Action::Skip);
+        // A delete that saw the link wins; one that did not loses to the edit.
+        let gone = old.tombstone(crate::core::ShortId(2), 0);
+        assert_eq!(decide(Some(&old), &gone), Action::Take);
+        assert_eq!(decide(Some(&retargeted), &gone), Action::KeepLocal);
+        // Two links made concurrently with the same target are one.
+        assert_eq!(decide(Some(&link("l", "t", &[(1, 1)], 1, 1)), &link("l", "t", &[(2, 1)], 9, 2)), Action::Merge);
+        // Concurrent retargets: the newer wins on both nodes and the loser is kept as a copy, which
+        // is a link too (the copy is made from the losing record).
+        let a = link("dir/l.txt", "one", &[(1, 1)], 100, 1);
+        let b = link("dir/l.txt", "two", &[(2, 1)], 200, 2);
+        let copy = conflict_name(&a);
+        assert!(copy.starts_with("dir/l.txt.sync-conflict-"), "a link's name has no extension to keep: {copy}");
+        assert_eq!(decide(Some(&a), &b), Action::ConflictLocalLoses { copy: copy.clone() });
+        assert_eq!(decide(Some(&b), &a), Action::ConflictRemoteLoses { copy });
+        // The same device, the same second: the target settles it, the same way on both sides.
+        let (c, d) = (link("l", "c", &[(1, 1)], 100, 1), link("l", "d", &[(2, 1)], 100, 1));
+        assert!(remote_wins(&c, &d) != remote_wins(&d, &c));
+    }
+
+    #[test]
+    fn a_link_against_a_file_is_an_ordinary_concurrent_edit() {
+        use crate::core::record::fixtures::link;
+        let f = file("x", 1, &[(1, 1)], 100, 1);
+        let l = link("x", "target", &[(2, 1)], 200, 2);
+        assert_eq!(decide(Some(&f), &l), Action::ConflictLocalLoses { copy: conflict_name(&f) });
+        assert_eq!(decide(Some(&l), &f), Action::ConflictRemoteLoses { copy: conflict_name(&f) });
+        // A link replacing a file it saw (or the other way round) is simply taken.
+        let mut replaced = link("x", "target", &[(1, 2)], 50, 1);
+        replaced.version = f.version.updated(crate::core::ShortId(1), 0);
+        assert_eq!(decide(Some(&f), &replaced), Action::Take);
     }
 
     #[test]

@@ -61,6 +61,8 @@ pub struct Seen {
     pub mtime_ns: i64,
     pub permissions: u32,
     pub chunks: Vec<Chunk>,
+    /// What a symlink points to (empty for anything else).
+    pub link_target: String,
 }
 
 /// The record a scan makes of `path` as `seen` on disk, or `None` when nothing we sync changed
@@ -79,13 +81,17 @@ pub fn scanned(path: &str, seen: Seen, previous: Option<&FileRecord>, me: ShortI
         sequence: previous.map_or(0, |p| p.sequence),
         modified_by: me,
         chunks: seen.chunks,
+        link_target: seen.link_target,
     };
-    // Same bytes with a new file mtime is a touch, and a new version: mtime is synced.
+    // Only metadata we do not sync changed (a directory's mtime, a link's mtime or mode): keep the
+    // record as it is. Same bytes with a new file mtime is a touch, and a new version: mtime is
+    // synced.
     let unchanged = previous.is_some_and(|prev| {
         !prev.deleted
             && prev.same_content(&record)
-            && prev.permissions == record.permissions
-            && (prev.mtime_ns == record.mtime_ns || record.kind == FileKind::Directory)
+            && (record.kind == FileKind::Symlink
+                || (prev.permissions == record.permissions
+                    && (prev.mtime_ns == record.mtime_ns || record.kind == FileKind::Directory)))
     });
     (!unchanged).then_some(record)
 }
@@ -341,6 +347,7 @@ mod tests {
             mtime_ns: prev.mtime_ns,
             permissions: prev.permissions,
             chunks: prev.chunks.clone(),
+            link_target: String::new(),
         };
         assert_eq!(scanned("a", same.clone(), Some(&prev), ShortId(2), 100), None);
         let touched = Seen { mtime_ns: prev.mtime_ns + 1, ..same.clone() };

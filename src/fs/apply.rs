@@ -1,6 +1,12 @@
 //! Applying remote versions to disk. Content goes to `.syncnode-tmp-<token>-<name>` beside the
 //! target, is verified and fsynced, gets its mtime and permissions, and is renamed into place only if
 //! the target still is what our index says it is: a user's edit made meanwhile is never overwritten.
+//!
+//! A link is made the same way: `symlinkat` at a temp name in its parent directory, opened one
+//! component at a time without following links, then `renameat` over the target. Nothing here
+//! follows a link: a link at a path is replaced, moved to the version store or unlinked as the link
+//! itself, and only one we hold as a synced link may be acted on at all (`entry_path`); any other
+//! link at the end of a path, or on the way, is refused as `safe_path` decides.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -10,12 +16,16 @@ use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use std::ffi::CString;
+use std::os::fd::OwnedFd;
+
 use crate::core::path::temp_name;
+use crate::core::record::check_link_target;
 use crate::core::versioning::Reason;
 use crate::core::{FileKind, FileRecord, ShortId};
 
-use super::safe_path::{safe_path, UnsafePath};
-use super::scan::DiskState;
+use super::safe_path::{open_dir_inside, safe_entry_path, safe_path, UnsafePath};
+use super::scan::{read_target, DiskState};
 
 /// Where a file that a peer's change replaces or deletes is kept before it goes: the folder's
 /// version store (`fs::versions`), which implements this so that applying needs nothing of it.
@@ -56,6 +66,10 @@ pub fn check_unchanged(full: &Path, rel: &str, local: Option<&FileRecord>) -> Re
     let state = DiskState::read(full).map_err(io_err(rel))?;
     let ok = match (state, local.filter(|l| !l.deleted)) {
         (None, _) => true,
+        // A link is unchanged when it still points where our record says (read, never followed).
+        (Some(s), Some(l)) if s.kind == FileKind::Symlink => {
+            l.is_link() && read_target(full).is_ok_and(|t| t == l.link_target)
+        }
         (Some(s), Some(l)) => s.matches(l),
         (Some(_), None) => false,
     };
@@ -63,6 +77,18 @@ pub fn check_unchanged(full: &Path, rel: &str, local: Option<&FileRecord>) -> Re
         Ok(())
     } else {
         Err(ApplyError::LocalChange(rel.to_string()))
+    }
+}
+
+/// Where a remote change acts on `rel`: `safe_path`'s decision, except that the path itself may
+/// be a link when our record says it is one (a synced link, replaced by a rename, kept by a hard
+/// link of the link, or unlinked: never followed). A link we do not hold as one (an ignored link,
+/// or one not scanned yet) is refused like any link.
+pub fn entry_path(root: &Path, rel: &str, local: Option<&FileRecord>) -> Result<PathBuf, UnsafePath> {
+    if local.is_some_and(FileRecord::is_link) {
+        safe_entry_path(root, rel)
+    } else {
+        safe_path(root, rel)
     }
 }
 
@@ -90,7 +116,18 @@ const WRITEBACK_EVERY: u64 = 8 << 20;
 
 impl TempFile {
     pub fn create(root: &Path, rel: &str, size: u64) -> Result<TempFile, ApplyError> {
-        let target = safe_path(root, rel)?;
+        Self::create_replacing(root, rel, size, None)
+    }
+
+    /// A download that will replace what we hold at `rel` as `local` (which may be a synced link:
+    /// the rename replaces the link itself).
+    pub fn create_replacing(
+        root: &Path,
+        rel: &str,
+        size: u64,
+        local: Option<&FileRecord>,
+    ) -> Result<TempFile, ApplyError> {
+        let target = entry_path(root, rel, local)?;
         ensure_parent(root, rel)?;
         // The target's parents were checked by safe_path; the temp file sits beside it, under a
         // name no other download uses (never opened twice: a second open would truncate the first
@@ -238,7 +275,7 @@ pub fn make_dir_keeping(
     local: Option<&FileRecord>,
     keep: Keep,
 ) -> Result<DiskState, ApplyError> {
-    let full = safe_path(root, &record.path)?;
+    let full = entry_path(root, &record.path, local)?;
     match DiskState::read(&full).map_err(io_err(&record.path))? {
         Some(s) if s.kind == FileKind::Directory => {}
         Some(_) => {
@@ -265,7 +302,7 @@ pub fn remove(root: &Path, rel: &str, local: Option<&FileRecord>) -> Result<bool
 /// `remove`, keeping a deleted file in the version store first (a hard link, then the unlink: a
 /// crash between the two leaves the file in both places, never in neither).
 pub fn remove_keeping(root: &Path, rel: &str, local: Option<&FileRecord>, keep: Keep) -> Result<bool, ApplyError> {
-    let full = safe_path(root, rel)?;
+    let full = entry_path(root, rel, local)?;
     match DiskState::read(&full).map_err(io_err(rel))? {
         None => Ok(true),
         Some(s) if s.kind == FileKind::Directory => match std::fs::remove_dir(&full) {
@@ -290,6 +327,97 @@ pub fn remove_keeping(root: &Path, rel: &str, local: Option<&FileRecord>, keep: 
     }
 }
 
+fn cstring(rel: &str, text: &str) -> Result<CString, ApplyError> {
+    CString::new(text).map_err(|e| io_err(rel)(io::Error::new(io::ErrorKind::InvalidInput, e)))
+}
+
+fn check(rel: &str, rc: libc::c_int) -> Result<(), ApplyError> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io_err(rel)(io::Error::last_os_error()))
+    }
+}
+
+/// Makes `record` (a link) at its path: a new link at a temp name in the parent directory, which
+/// is opened without following links (`open_dir_inside`), with the record's mtime set on the link
+/// itself, then renamed over the path if the path is still what `local` describes. What it
+/// replaces is kept in the version store first (a file or a link, as itself); an empty directory
+/// is removed. The target text is never resolved: it may be absolute, dangling or lead out of the
+/// folder, and nothing is read or written through it.
+pub fn make_link_keeping(
+    root: &Path,
+    record: &FileRecord,
+    local: Option<&FileRecord>,
+    keep: Keep,
+) -> Result<DiskState, ApplyError> {
+    let rel = record.path.as_str();
+    check_link_target(&record.link_target).map_err(|m| io_err(rel)(io::Error::new(io::ErrorKind::InvalidInput, m)))?;
+    let full = entry_path(root, rel, local)?;
+    ensure_parent(root, rel)?;
+    let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+    let dir = open_dir_inside(root, parent)?;
+    let existing = DiskState::read(&full).map_err(io_err(rel))?;
+    if existing.is_some() {
+        check_unchanged(&full, rel, local)?;
+    }
+    let target = cstring(rel, &record.link_target)?;
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let temp = loop {
+        let token = format!("{:x}.{:x}", std::process::id(), NEXT.fetch_add(1, Relaxed));
+        let temp = cstring(rel, &temp_name(name, &token))?;
+        // SAFETY: NUL-terminated strings and an open directory descriptor.
+        match check(rel, unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), temp.as_ptr()) }) {
+            Ok(()) => break temp,
+            Err(ApplyError::Io { source, .. }) if source.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    };
+    let unlink_temp = |dir: &OwnedFd| {
+        // SAFETY: as above; removes the temp link (never what it points to).
+        unsafe { libc::unlinkat(dir.as_raw_fd(), temp.as_ptr(), 0) };
+    };
+    let result = (|| -> Result<(), ApplyError> {
+        let mtime = libc::timespec {
+            tv_sec: record.mtime_ns.div_euclid(1_000_000_000) as libc::time_t,
+            tv_nsec: record.mtime_ns.rem_euclid(1_000_000_000) as _,
+        };
+        let times = [libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT }, mtime];
+        // SAFETY: as above, and a two-element times array; AT_SYMLINK_NOFOLLOW sets the link's own
+        // times. A failure (a filesystem without link times) leaves the link's mtime as it is.
+        unsafe { libc::utimensat(dir.as_raw_fd(), temp.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+        let kept = match existing {
+            Some(s) if s.kind == FileKind::Directory => {
+                std::fs::remove_dir(&full).map_err(io_err(rel))?;
+                None
+            }
+            Some(_) => match keep {
+                Some((store, by)) if !local.is_some_and(|l| l.same_content(record)) => {
+                    store.keep(&full, rel, Reason::Replaced, &by.prefix()).map_err(io_err(rel))?
+                }
+                _ => None,
+            },
+            None => None,
+        };
+        let name = cstring(rel, name)?;
+        // SAFETY: as above; rename replaces whatever is at `name` (a link included) without
+        // following it.
+        let renamed =
+            check(rel, unsafe { libc::renameat(dir.as_raw_fd(), temp.as_ptr(), dir.as_raw_fd(), name.as_ptr()) });
+        if renamed.is_err() {
+            if let Some(k) = kept {
+                let _ = std::fs::remove_file(k);
+            }
+        }
+        renamed
+    })();
+    if let Err(e) = result {
+        unlink_temp(&dir);
+        return Err(e);
+    }
+    DiskState::read(&full).map_err(io_err(rel))?.ok_or_else(|| ApplyError::LocalChange(rel.to_string()))
+}
+
 /// Where a conflict copy goes: `copy` if nothing has that name yet; `None` if a file there (or at a
 /// numbered variant) already holds the same content (another node made this copy first and it
 /// synced here); else `copy` with `-2`, `-3`, ... before the extension. Two losing versions by one
@@ -309,20 +437,34 @@ pub fn free_name(root: &Path, copy: &str, same: impl Fn(&Path) -> bool) -> Optio
         }
     }));
     for name in candidates {
-        let Ok(path) = safe_path(root, &name) else { return Some(name) };
+        let Ok(path) = safe_entry_path(root, &name) else { return Some(name) };
         match std::fs::symlink_metadata(&path) {
             Err(_) => return Some(name),
-            Ok(m) if m.is_file() && same(&path) => return None,
+            Ok(m) if (m.is_file() || m.file_type().is_symlink()) && same(&path) => return None,
             Ok(_) => {}
         }
     }
     unreachable!("the candidate names are endless")
 }
 
-/// Whether two files hold the same bytes.
+/// Opens a regular file for reading without following a link at its last component.
+fn open_no_follow(path: &Path) -> Option<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path).ok()?;
+    file.metadata().ok().filter(|m| m.is_file()).map(|_| file)
+}
+
+/// Whether two entries hold the same content: two regular files with the same bytes, or two links
+/// with the same target. A link is compared by its target text, never read through.
 pub fn same_bytes(a: &Path, b: &Path) -> bool {
     use std::io::Read;
-    let (Ok(fa), Ok(fb)) = (File::open(a), File::open(b)) else { return false };
+    let (Ok(ma), Ok(mb)) = (std::fs::symlink_metadata(a), std::fs::symlink_metadata(b)) else { return false };
+    if ma.file_type().is_symlink() || mb.file_type().is_symlink() {
+        return ma.file_type().is_symlink()
+            && mb.file_type().is_symlink()
+            && matches!((std::fs::read_link(a), std::fs::read_link(b)), (Ok(x), Ok(y)) if x == y);
+    }
+    let (Some(fa), Some(fb)) = (open_no_follow(a), open_no_follow(b)) else { return false };
     if fa.metadata().map(|m| m.len()).ok() != fb.metadata().map(|m| m.len()).ok() {
         return false;
     }
@@ -343,9 +485,9 @@ pub fn same_bytes(a: &Path, b: &Path) -> bool {
 }
 
 /// Moves our losing version aside to its conflict name, never over another file; returns the
-/// name used (or drops ours if an identical copy is already there).
+/// name used (or drops ours if an identical copy is already there). A link is moved as the link.
 pub fn move_aside(root: &Path, rel: &str, copy: &str) -> Result<String, ApplyError> {
-    let from = safe_path(root, rel)?;
+    let from = safe_entry_path(root, rel)?;
     match free_name(root, copy, |existing| same_bytes(existing, &from)) {
         Some(copy) => {
             let to = safe_path(root, &copy)?;
@@ -364,6 +506,7 @@ pub fn move_aside(root: &Path, rel: &str, copy: &str) -> Result<String, ApplyErr
 mod tests {
     use super::*;
     use crate::core::record::fixtures::file;
+    use crate::fs::versions::VersionStore;
 
     fn temp_files(root: &Path) -> Vec<PathBuf> {
         walkdir::WalkDir::new(root)
@@ -471,6 +614,105 @@ mod tests {
         assert_eq!(moved, "d/x.sync-conflict-20240101-000000-ABCDEFG-2.txt");
         assert_eq!(std::fs::read(root.path().join(copy)).unwrap(), b"first loser");
         assert_eq!(std::fs::read(root.path().join(moved)).unwrap(), b"second loser");
+    }
+
+    /// A folder, a directory outside it holding `secret`, and a version store.
+    fn with_outside() -> (tempfile::TempDir, tempfile::TempDir, VersionStore) {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), b"outside").unwrap();
+        let store = VersionStore::new(root.path(), None, crate::core::versioning::Policy::DEFAULT);
+        (root, outside, store)
+    }
+
+    fn target_of(root: &Path, rel: &str) -> String {
+        std::fs::read_link(root.join(rel)).unwrap().to_str().unwrap().to_string()
+    }
+
+    #[test]
+    fn a_link_is_made_as_the_same_link_whatever_it_points_to() {
+        use crate::core::record::fixtures::link;
+        let (root, outside, store) = with_outside();
+        let secret = outside.path().join("secret").display().to_string();
+        let by = Some((&store as &dyn Keeper, ShortId(2)));
+        for (rel, target) in [("d/rel", "../x"), ("abs", secret.as_str()), ("dangling", "no/such"), ("up", "../../..")]
+        {
+            let record = link(rel, target, &[(2, 1)], 1_600_000_000, 2);
+            let state = make_link_keeping(root.path(), &record, None, by).unwrap();
+            assert_eq!(state.kind, FileKind::Symlink);
+            assert_eq!(target_of(root.path(), rel), target);
+            let mtime = std::fs::symlink_metadata(root.path().join(rel)).unwrap().mtime();
+            assert_eq!(mtime, 1_600_000_000, "the record's mtime is set on the link itself");
+        }
+        assert_eq!(std::fs::read(outside.path().join("secret")).unwrap(), b"outside");
+        assert!(temp_files(root.path()).is_empty());
+        // Retargeting replaces the link; the old link is kept in the store as the link.
+        let old = link("abs", &secret, &[(2, 1)], 1_600_000_000, 2);
+        let new = link("abs", "elsewhere", &[(2, 2)], 1_600_000_001, 2);
+        make_link_keeping(root.path(), &new, Some(&old), by).unwrap();
+        assert_eq!(target_of(root.path(), "abs"), "elsewhere");
+        let kept = store.list(Some("abs")).unwrap();
+        assert_eq!(kept.len(), 1);
+        let kept_path = store.dir().join(&kept[0].stored);
+        assert_eq!(std::fs::read_link(kept_path).unwrap().to_str().unwrap(), secret);
+        // A link we do not hold as one (an ignored link, or one not scanned yet) is refused.
+        let e = make_link_keeping(root.path(), &link("abs", "x", &[(2, 3)], 1, 2), None, by).unwrap_err();
+        assert!(e.is_permanent(), "{e}");
+        // A link whose target changed since its scan is a local change, not replaced.
+        let e = make_link_keeping(root.path(), &link("abs", "x", &[(2, 3)], 1, 2), Some(&old), by).unwrap_err();
+        assert!(matches!(e, ApplyError::LocalChange(_)), "{e}");
+        assert_eq!(target_of(root.path(), "abs"), "elsewhere");
+        // Never a link below a link.
+        std::os::unix::fs::symlink(outside.path(), root.path().join("out")).unwrap();
+        let e = make_link_keeping(root.path(), &link("out/l", "x", &[(2, 1)], 1, 2), None, by).unwrap_err();
+        assert!(e.is_permanent(), "{e}");
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 1, "nothing made outside");
+    }
+
+    #[test]
+    fn a_file_replaces_a_link_without_writing_through_it_and_a_delete_removes_only_the_link() {
+        use crate::core::record::fixtures::link;
+        let (root, outside, store) = with_outside();
+        let secret = outside.path().join("secret");
+        std::os::unix::fs::symlink(&secret, root.path().join("l")).unwrap();
+        let held = link("l", secret.to_str().unwrap(), &[(1, 1)], 1, 1);
+        // Not held as a link: refused before anything is written.
+        assert!(TempFile::create_replacing(root.path(), "l", 5, None).err().unwrap().is_permanent());
+        // Held as a link: the file replaces the link itself, which goes to the store.
+        let record = FileRecord { size: 5, ..file("l", 1, &[(1, 2)], 1_600_000_000, 2) };
+        let temp = TempFile::create_replacing(root.path(), "l", 5, Some(&held)).unwrap();
+        temp.write_at(0, b"hello").unwrap();
+        let state = commit_all_keeping(vec![(temp, record.clone(), Some(held.clone()))], Some(&store)).pop().unwrap();
+        assert_eq!(state.unwrap().kind, FileKind::File);
+        assert_eq!(std::fs::read(root.path().join("l")).unwrap(), b"hello");
+        assert_eq!(std::fs::read(&secret).unwrap(), b"outside", "written through the link");
+        let kept = store.list(Some("l")).unwrap();
+        assert_eq!(kept.len(), 1);
+        assert!(std::fs::symlink_metadata(store.dir().join(&kept[0].stored)).unwrap().file_type().is_symlink());
+        // A link deleted by a peer: the link goes, its target stays, the store keeps the link.
+        std::os::unix::fs::symlink(&secret, root.path().join("m")).unwrap();
+        let m = link("m", secret.to_str().unwrap(), &[(1, 1)], 1, 1);
+        assert!(remove_keeping(root.path(), "m", Some(&m), Some((&store as &dyn Keeper, ShortId(2)))).unwrap());
+        assert!(std::fs::symlink_metadata(root.path().join("m")).is_err());
+        assert_eq!(std::fs::read(&secret).unwrap(), b"outside");
+        assert_eq!(store.list(Some("m")).unwrap().len(), 1);
+        // Restored, it is the same link again.
+        store.restore("m", None, ShortId(1)).unwrap();
+        assert_eq!(target_of(root.path(), "m"), secret.to_str().unwrap());
+        // A directory from a peer where we hold a link: the link is kept and replaced.
+        let n = link("n", "/", &[(1, 1)], 1, 1);
+        std::os::unix::fs::symlink("/", root.path().join("n")).unwrap();
+        let dir = FileRecord { kind: FileKind::Directory, size: 0, chunks: vec![], ..file("n", 0, &[(1, 2)], 1, 2) };
+        make_dir_keeping(root.path(), &dir, Some(&n), Some((&store as &dyn Keeper, ShortId(2)))).unwrap();
+        assert!(std::fs::symlink_metadata(root.path().join("n")).unwrap().is_dir());
+        // Conflict copies of links: a link is compared by its target, never read through.
+        std::os::unix::fs::symlink(&secret, root.path().join("c1")).unwrap();
+        std::os::unix::fs::symlink(&secret, root.path().join("c2")).unwrap();
+        std::fs::write(root.path().join("c3"), b"outside").unwrap();
+        assert!(same_bytes(&root.path().join("c1"), &root.path().join("c2")));
+        assert!(!same_bytes(&root.path().join("c1"), &root.path().join("c3")), "a link is not its target's bytes");
+        let moved = move_aside(root.path(), "c1", "c1.sync-conflict-x").unwrap();
+        assert_eq!(target_of(root.path(), &moved), secret.to_str().unwrap());
     }
 
     #[test]

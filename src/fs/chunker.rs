@@ -62,7 +62,7 @@ pub fn hash(data: &[u8]) -> [u8; 32] {
 }
 
 /// Below this many bytes per thread a file is chunked by one thread.
-const PART_MIN: u64 = 8 << 20;
+pub const PART_MIN: u64 = 8 << 20;
 /// Bytes read per `pread`.
 const WINDOW: usize = 4 << 20;
 

@@ -88,15 +88,23 @@ pub fn safe_path(root: &Path, rel: &str) -> Result<PathBuf, UnsafePath> {
     Ok(current)
 }
 
+/// `safe_path` for acting on the entry at `rel` itself, which may be a symlink: the same rules and
+/// the same refusal of a link on the way, but a link at the end is accepted. Only for calls that
+/// never follow their last component: `lstat`, `readlink`, `rename`, `unlink`, `linkat` without
+/// `AT_SYMLINK_FOLLOW`, `symlinkat`. Reading or writing content always goes through `safe_path`
+/// or `open_inside`.
+pub fn safe_entry_path(root: &Path, rel: &str) -> Result<PathBuf, UnsafePath> {
+    match safe_path(root, rel) {
+        // Refused only for being a link itself: every parent was checked to be a real directory.
+        Err(UnsafePath::Link { .. }) => Ok(root.join(rel)),
+        other => other,
+    }
+}
+
 /// The metadata of the entry at `rel` itself (a symlink is reported as one, never followed), or
 /// `None` if it does not exist. Refused when a parent is a symlink or not a directory.
 pub fn lstat_inside(root: &Path, rel: &str) -> Result<Option<std::fs::Metadata>, UnsafePath> {
-    let full = match safe_path(root, rel) {
-        Ok(full) => full,
-        // The leaf is a link: the scanner sees it as what it is (not synced), without following it.
-        Err(UnsafePath::Link { .. }) => root.join(rel),
-        Err(e) => return Err(e),
-    };
+    let full = safe_entry_path(root, rel)?;
     match std::fs::symlink_metadata(&full) {
         Ok(meta) => Ok(Some(meta)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -114,6 +122,34 @@ fn openat(dir: &OwnedFd, name: &str, flags: libc::c_int) -> io::Result<OwnedFd> 
     }
     // SAFETY: a fresh descriptor from openat.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Opens the directory at `rel` ("" for the root itself) the way `open_inside` opens a file's
+/// parents: one component at a time with `O_NOFOLLOW`, so the descriptor is of a real directory
+/// inside the folder even if a link was swapped in after a check. Calls relative to it
+/// (`symlinkat`, `renameat`) then cannot be redirected out of the folder.
+pub fn open_dir_inside(root: &Path, rel: &str) -> Result<OwnedFd, UnsafePath> {
+    let io_err = |source: io::Error| UnsafePath::Io { path: rel.into(), source };
+    let mut dir: OwnedFd = File::open(root).map_err(io_err)?.into();
+    if rel.is_empty() {
+        return Ok(dir);
+    }
+    path::validate(rel).map_err(|reason| UnsafePath::Rule { path: rel.into(), reason })?;
+    let components: Vec<&str> = rel.split('/').collect();
+    for (i, component) in components.iter().enumerate() {
+        dir = openat(&dir, component, libc::O_RDONLY | libc::O_DIRECTORY).map_err(|e| {
+            let component = components[..=i].join("/");
+            match e.raw_os_error() {
+                Some(libc::ELOOP) => UnsafePath::Symlink { path: rel.into(), component },
+                Some(libc::ENOTDIR) if is_symlink(&dir, components[i]) => {
+                    UnsafePath::Symlink { path: rel.into(), component }
+                }
+                Some(libc::ENOTDIR) => UnsafePath::NotADirectory { path: rel.into(), component },
+                _ => io_err(e),
+            }
+        })?;
+    }
+    Ok(dir)
 }
 
 /// Opens the regular file at `rel` for reading, without ever following a symlink below `root`:
@@ -218,6 +254,16 @@ mod tests {
         assert!(matches!(lstat_inside(root.path(), "link/file"), Err(UnsafePath::Symlink { .. })));
         // The link itself is seen as a link, never as what it points to.
         assert!(lstat_inside(root.path(), "link").unwrap().unwrap().file_type().is_symlink());
+        // Acting on the link itself is allowed; on anything behind it, not.
+        assert_eq!(safe_entry_path(root.path(), "link").unwrap(), root.path().join("link"));
+        assert!(matches!(safe_entry_path(root.path(), "link/file"), Err(UnsafePath::Symlink { .. })));
+        assert!(matches!(open_dir_inside(root.path(), "link"), Err(UnsafePath::Symlink { .. })));
+        assert!(matches!(open_dir_inside(root.path(), "d/../link"), Err(UnsafePath::Rule { .. })));
+        std::fs::create_dir(root.path().join("d/inner")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), root.path().join("d/inner/out")).unwrap();
+        assert!(open_dir_inside(root.path(), "d/inner").is_ok());
+        assert!(open_dir_inside(root.path(), "").is_ok());
+        assert!(matches!(open_dir_inside(root.path(), "d/inner/out"), Err(UnsafePath::Symlink { .. })));
     }
 
     #[test]

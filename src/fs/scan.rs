@@ -2,7 +2,9 @@
 //! A file whose size, mtime and permissions match its record is not read again; a changed file is
 //! chunked and hashed, and gets a version one step above its record's on this device.
 //!
-//! The scanner never follows a symlink: a link in the folder is not synced, and a path with a link
+//! The scanner never follows a symlink. A link in the folder is synced as a link: its record holds
+//! the target text (`readlink`), read again at every look since a link's metadata does not show
+//! it; with `symlinks = "ignore"` links are skipped as if they were not there. A path with a link
 //! on the way (`link/x` where `link` points elsewhere) is not in the folder at all — it is refused
 //! (logged once), and a record we had there becomes a tombstone, as if the directory were gone.
 
@@ -15,9 +17,9 @@ use crate::core::path as paths;
 use crate::core::replica::{scanned, Seen};
 use crate::core::{Chunk, FileKind, FileRecord, ShortId};
 
-use super::chunker::{chunk_file, rechunk_file, ChunkParams};
+use super::chunker::{chunk_file_with, rechunk_file_with, ChunkParams, PART_MIN};
 use super::ignore::IgnoreRules;
-use super::safe_path::{lstat_inside, refuse_once, UnsafePath};
+use super::safe_path::{lstat_inside, open_inside, refuse_once, UnsafePath};
 
 /// What the scanner needs to know of our current records.
 pub trait KnownRecords {
@@ -36,6 +38,8 @@ pub struct Scanner {
     /// Files that exist but could not be read (permissions, I/O errors), with why: skipped, never
     /// taken for deleted, and reported per path by the Index.
     pub unreadable: std::sync::Mutex<Vec<(String, String)>>,
+    /// Symlinks are synced as links (`symlinks = "link"`); when false they are left alone.
+    pub links: bool,
 }
 
 /// The state of one path on disk, as far as records care.
@@ -53,8 +57,10 @@ impl DiskState {
             FileKind::File
         } else if meta.file_type().is_dir() {
             FileKind::Directory
+        } else if meta.file_type().is_symlink() {
+            FileKind::Symlink
         } else {
-            return None; // symlinks, sockets, devices: not synced
+            return None; // sockets, devices, FIFOs: not synced
         };
         Some(DiskState {
             kind,
@@ -73,10 +79,24 @@ impl DiskState {
         }
     }
 
-    /// Whether a record describes this disk state (so the file needs no hashing).
+    /// Whether a record describes this disk state (so the file needs no hashing). Never for a
+    /// link: whether it still points where the record says takes a `readlink` ([`read_target`]).
     pub fn matches(&self, record: &FileRecord) -> bool {
         record.same_disk_state(self.kind, self.size, self.mtime_ns, self.permissions)
     }
+}
+
+/// The target text of the link at `full` (never followed). The caller has checked that `full`'s
+/// parents are real directories inside the folder (`safe_entry_path`, `lstat_inside`).
+/// `InvalidData` for a target that is not UTF-8 or that a peer would refuse.
+pub fn read_target(full: &Path) -> io::Result<String> {
+    let target = std::fs::read_link(full)?;
+    let target = target
+        .into_os_string()
+        .into_string()
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "link target is not UTF-8"))?;
+    crate::core::record::check_link_target(&target).map_err(|m| io::Error::new(io::ErrorKind::InvalidData, m))?;
+    Ok(target)
 }
 
 fn rel_of(root: &Path, path: &Path) -> Option<String> {
@@ -103,6 +123,11 @@ impl Scanner {
             // A path behind a link is not in the folder: whatever we had there is gone from it.
             let state = if self.ancestors(rel, known, now, &mut done, &mut out)? { self.state_of(rel)? } else { None };
             match state {
+                // Left alone: neither recorded nor taken for a delete. What was below a directory
+                // it replaced is gone from the folder, though.
+                Some(state) if state.kind == FileKind::Symlink && !self.links => {
+                    self.tombstones_under(rel, known, now, &mut done, &mut out);
+                }
                 Some(state) if state.kind == FileKind::Directory => {
                     self.examine(rel, state, known, now, &mut done, &mut out)?;
                     self.walk(&full, known, now, &mut done, &mut out)?;
@@ -206,16 +231,26 @@ impl Scanner {
                 continue;
             }
             let Some(state) = entry.metadata().ok().as_ref().and_then(DiskState::of) else { continue };
+            if state.kind == FileKind::Symlink && !self.links {
+                continue;
+            }
             self.examine(&rel, state, known, now, done, out)?;
         }
         Ok(())
     }
 
     /// The file's chunks; the previous version's spare the cutting wherever its content is unchanged.
-    fn chunk(&self, full: &Path, previous: Option<&FileRecord>) -> io::Result<(Vec<Chunk>, u64)> {
+    /// Opened with `open_inside`: a link swapped in since the file was seen is not read through
+    /// (it reads as gone; the event of that change brings another scan).
+    fn chunk(&self, rel: &str, previous: Option<&FileRecord>) -> io::Result<(Vec<Chunk>, u64)> {
+        let file = open_inside(&self.root, rel).map_err(|e| match e {
+            UnsafePath::Io { source, .. } => source,
+            other => io::Error::new(io::ErrorKind::NotFound, other.to_string()),
+        })?;
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         match previous.filter(|p| p.is_file() && !p.deleted && !p.chunks.is_empty()) {
-            Some(p) => rechunk_file(full, self.params, &p.chunks, p.size),
-            None => chunk_file(full, self.params),
+            Some(p) => rechunk_file_with(&file, self.params, &p.chunks, p.size, threads),
+            None => chunk_file_with(&file, self.params, threads, PART_MIN),
         }
     }
 
@@ -236,8 +271,9 @@ impl Scanner {
             return Ok(());
         }
         let full = self.root.join(rel);
+        let mut link_target = String::new();
         let (chunks, size) = match state.kind {
-            FileKind::File => match self.chunk(&full, previous.as_ref()) {
+            FileKind::File => match self.chunk(rel, previous.as_ref()) {
                 Ok(result) => result,
                 // Gone, or shrinking as we read: the event of that change brings another scan.
                 Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::UnexpectedEof) => return Ok(()),
@@ -248,14 +284,37 @@ impl Scanner {
                 }
             },
             FileKind::Directory => (Vec::new(), 0),
+            // The link itself, never what it points to (its parents are real directories: checked
+            // by the caller, and a link here is not followed by readlink).
+            FileKind::Symlink => match read_target(&full) {
+                Ok(target) => {
+                    link_target = target;
+                    (Vec::new(), 0)
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                // Replaced by something else meanwhile: the event of that change brings another scan.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(()),
+                Err(e) => {
+                    tracing::debug!(path = rel, error = %e, "scan: cannot read link");
+                    self.unreadable.lock().expect("scanner lock").push((rel.to_string(), e.to_string()));
+                    return Ok(());
+                }
+            },
         };
         // Still being written: leave it to the event that the next write produces.
         let after = DiskState::read(&full)?;
         if state.kind == FileKind::File && after.is_none_or(|a| a.size != size || a.mtime_ns != state.mtime_ns) {
             return Ok(());
         }
-        let seen = Seen { kind: state.kind, size, mtime_ns: state.mtime_ns, permissions: state.permissions, chunks };
-        // Only metadata we do not sync changed (a directory's mtime): keep the record as it is.
+        let seen = Seen {
+            kind: state.kind,
+            size,
+            mtime_ns: state.mtime_ns,
+            permissions: state.permissions,
+            chunks,
+            link_target,
+        };
+        // Only metadata we do not sync changed: keep the record as it is (`core::replica::scanned`).
         let Some(record) = scanned(rel, seen, previous.as_ref(), self.me, now) else { return Ok(()) };
         out.push(record);
         Ok(())
@@ -302,12 +361,13 @@ impl Scanner {
     }
 }
 
-/// Removes temp files a crash left behind (never visible under a real name, never synced).
+/// Removes temp files (and temp links) a crash left behind (never visible under a real name, never
+/// synced). A temp link is removed as the link.
 pub fn remove_stale_temp_files(root: &Path) -> usize {
     let mut removed = 0;
     for entry in walkdir::WalkDir::new(root).follow_links(false).into_iter().flatten() {
         let name = entry.file_name().to_string_lossy();
-        if entry.file_type().is_file()
+        if (entry.file_type().is_file() || entry.file_type().is_symlink())
             && name.starts_with(paths::TEMP_PREFIX)
             && std::fs::remove_file(entry.path()).is_ok()
         {
@@ -341,7 +401,12 @@ mod tests {
             ignore: IgnoreRules::load(root),
             busy: HashSet::new(),
             unreadable: Default::default(),
+            links: true,
         }
+    }
+
+    fn ignoring_links(root: &Path) -> Scanner {
+        Scanner { links: false, ..scanner(root) }
     }
 
     #[test]
@@ -372,14 +437,27 @@ mod tests {
         std::fs::write(dir.path().join("mine"), b"inside").unwrap();
         std::os::unix::fs::symlink(outside.path(), dir.path().join("link")).unwrap();
         std::os::unix::fs::symlink(outside.path().join("top"), dir.path().join("filelink")).unwrap();
-        let s = scanner(dir.path());
         let none = Known(BTreeMap::new());
-        // The whole folder, and every scope a refused pull or a watcher event could name.
-        for scope in ["", "link", "link/sub", "link/sub/secret", "link/top", "filelink", "link/nope/x"] {
-            let found = s.scan(&[scope.into()], &none, 100).unwrap();
-            let names: Vec<_> = found.iter().map(|r| r.path.as_str()).collect();
-            assert!(names.iter().all(|n| *n == "mine"), "scope `{scope}` announced {names:?}");
+        let outside_text = outside.path().to_str().unwrap().to_string();
+        // The whole folder, and every scope a refused pull or a watcher event could name: with
+        // links synced, the two links are announced as links (their target text, no content), and
+        // nothing they point to; with links ignored, not even that.
+        for s in [scanner(dir.path()), ignoring_links(dir.path())] {
+            for scope in ["", "link", "link/sub", "link/sub/secret", "link/top", "filelink", "link/nope/x"] {
+                let found = s.scan(&[scope.into()], &none, 100).unwrap();
+                for r in &found {
+                    match r.path.as_str() {
+                        "mine" => assert!(r.is_file()),
+                        "link" if s.links => assert_eq!(r.link_target, outside_text),
+                        "filelink" if s.links => assert_eq!(r.link_target, format!("{outside_text}/top")),
+                        other => panic!("scope `{scope}` announced `{other}` (links: {})", s.links),
+                    }
+                    assert!(r.chunks.is_empty() || r.path == "mine", "{r:?}");
+                    assert!(r.size == 0 || r.path == "mine", "{r:?}");
+                }
+            }
         }
+        let s = ignoring_links(dir.path());
         // A directory we had, replaced by a link: its records become tombstones, and nothing of
         // what the link points to takes their place.
         std::fs::create_dir(dir.path().join("was")).unwrap();
@@ -395,5 +473,60 @@ mod tests {
                 "scope `{scope}`: {after:?}"
             );
         }
+        // Synced as links, the same change is a directory replaced by a link: the children are
+        // gone, and the link takes the directory's place.
+        let s = scanner(dir.path());
+        let after = s.scan(&["".into()], &known, 102).unwrap();
+        let was: Vec<_> = after.iter().filter(|r| r.path.starts_with("was")).collect();
+        assert_eq!(was.len(), 2, "{after:?}");
+        assert!(was.iter().any(|r| r.path == "was/top" && r.deleted));
+        assert!(was.iter().any(|r| r.path == "was" && r.is_link() && r.link_target == outside_text));
+    }
+
+    #[test]
+    fn a_link_is_recorded_by_its_target_and_every_change_of_kind_or_target_is_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = scanner(dir.path());
+        let link = |target: &str, at: &str| {
+            let _ = std::fs::remove_file(dir.path().join(at));
+            std::os::unix::fs::symlink(target, dir.path().join(at)).unwrap();
+        };
+        link("../../outside", "rel");
+        link("/nonexistent/abs", "abs");
+        std::fs::write(dir.path().join("f"), b"file").unwrap();
+        let first = s.scan(&["".into()], &Known(BTreeMap::new()), 100).unwrap();
+        let target = |rs: &[FileRecord], p: &str| rs.iter().find(|r| r.path == p).map(|r| r.link_target.clone());
+        assert_eq!(target(&first, "rel").as_deref(), Some("../../outside"));
+        assert_eq!(target(&first, "abs").as_deref(), Some("/nonexistent/abs"));
+        let mut known = Known(first.into_iter().map(|r| (r.path.clone(), r)).collect());
+        assert!(s.scan(&["".into()], &known, 101).unwrap().is_empty(), "unchanged links are no change");
+        // Recreated with the same target (a new mtime): still no change.
+        link("../../outside", "rel");
+        assert!(s.scan(&["rel".into()], &known, 101).unwrap().is_empty());
+        // Retargeted, with a target of the same length: a change, found by reading the link.
+        link("../../outsidf", "rel");
+        // A file replaced by a link, and a link by a file.
+        std::fs::remove_file(dir.path().join("f")).unwrap();
+        link("f-target", "f");
+        std::fs::remove_file(dir.path().join("abs")).unwrap();
+        std::fs::write(dir.path().join("abs"), b"now a file").unwrap();
+        for scope in [vec!["".to_string()], vec!["rel".into(), "f".into(), "abs".into()]] {
+            let changed = s.scan(&scope, &known, 102).unwrap();
+            let by: BTreeMap<_, _> = changed.iter().map(|r| (r.path.as_str(), r)).collect();
+            assert_eq!(by.len(), 3, "{scope:?}: {changed:?}");
+            assert_eq!(by["rel"].link_target, "../../outsidf");
+            assert!(by["f"].is_link() && by["f"].link_target == "f-target");
+            assert!(by["abs"].is_file() && by["abs"].link_target.is_empty() && by["abs"].size == 10);
+            assert!(changed.iter().all(|r| r.version.get(ShortId(1)) == 102));
+        }
+        // A link that is gone is a tombstone, whatever it pointed to.
+        let all = s.scan(&["".into()], &known, 102).unwrap();
+        known.0.extend(all.into_iter().map(|r| (r.path.clone(), r)));
+        std::fs::remove_file(dir.path().join("rel")).unwrap();
+        let gone = s.scan(&["rel".into()], &known, 103).unwrap();
+        assert!(gone.len() == 1 && gone[0].deleted && gone[0].kind == FileKind::Symlink, "{gone:?}");
+        known.0.extend(gone.into_iter().map(|r| (r.path.clone(), r)));
+        // Ignored links are no record and no tombstone.
+        assert!(ignoring_links(dir.path()).scan(&["".into(), "f".into()], &known, 104).unwrap().is_empty());
     }
 }

@@ -10,6 +10,9 @@
 //! in between leaves the old file both at its path and in the store; at no moment is it only in
 //! a place a scan could take for a delete. Listing, restoring and cleanup read the store's
 //! directories one at a time; which versions survive is `core::versioning`'s decision.
+//!
+//! A symlink is kept as the link itself: a hard link of the link (`linkat` without
+//! `AT_SYMLINK_FOLLOW`), never a copy of what it points to, and restored the same way.
 
 use std::collections::HashMap;
 use std::io;
@@ -24,7 +27,7 @@ use crate::core::versioning::{parse_version_name, to_remove, version_name, Polic
 use crate::core::{FileKind, FileRecord, ShortId};
 
 use super::apply;
-use super::safe_path::{safe_path, UnsafePath};
+use super::safe_path::{safe_entry_path, safe_path, UnsafePath};
 use super::scan::DiskState;
 
 /// One kept version, as `versions list` and `GET /rest/versions` show it.
@@ -147,14 +150,15 @@ impl VersionStore {
 
     /// Gives the file at `rel` (on disk at `full`) a second name in the store, before a peer's
     /// change replaces or deletes it; returns that name, or `None` when nothing is kept (no
-    /// versioning, or not a regular file). Same inode, no data copied, unless the store is on
-    /// another filesystem (a mount point inside the folder), where it falls back to a copy.
+    /// versioning, or neither a regular file nor a link). Same inode, no data copied, unless the
+    /// store is on another filesystem (a mount point inside the folder), where it falls back to a
+    /// copy (of a link: a new link with the same target).
     pub fn keep(&self, full: &Path, rel: &str, reason: Reason, by: &str) -> io::Result<Option<PathBuf>> {
         if !self.policy.keeps_versions() {
             return Ok(None);
         }
         let meta = match std::fs::symlink_metadata(full) {
-            Ok(m) if m.file_type().is_file() => m,
+            Ok(m) if m.file_type().is_file() || m.file_type().is_symlink() => m,
             Ok(_) => return Ok(None),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
@@ -165,7 +169,7 @@ impl VersionStore {
         let mut time = now_millis();
         loop {
             let dest = dir.join(version_name(name, time, reason, by));
-            match std::fs::hard_link(full, &dest) {
+            match link_entry(full, &dest) {
                 Ok(()) => {}
                 // Another version of this path in the same millisecond.
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
@@ -178,7 +182,11 @@ impl VersionStore {
                         Some(libc::EXDEV | libc::EPERM | libc::EMLINK | libc::EOPNOTSUPP)
                     ) =>
                 {
-                    copy_new(full, &dest, &meta)?
+                    if meta.file_type().is_symlink() {
+                        std::os::unix::fs::symlink(std::fs::read_link(full)?, &dest)?
+                    } else {
+                        copy_new(full, &dest, &meta)?
+                    }
                 }
                 Err(e) => return Err(e),
             }
@@ -257,8 +265,9 @@ impl VersionStore {
             if only.is_some_and(|n| n != tag.name) {
                 continue;
             }
+            // The entry's own metadata: a kept link is listed as the link.
             let Ok(meta) = entry.metadata() else { continue };
-            if !meta.is_file() {
+            if !meta.is_file() && !meta.file_type().is_symlink() {
                 continue;
             }
             let join = |a: &str, b: &str| if a.is_empty() { b.to_string() } else { format!("{a}/{b}") };
@@ -290,7 +299,8 @@ impl VersionStore {
             .ok_or_else(not_found)?;
         let (parent, file) = version.stored.rsplit_once('/').map_or(("", version.stored.as_str()), |(d, n)| (d, n));
         let source = self.store_dir(parent).map_err(io_err(&self.dir))?.join(file);
-        let target = safe_path(&self.root, path)?;
+        // The path may hold a link now: it is moved aside as the link, never followed.
+        let target = safe_entry_path(&self.root, path)?;
         let mut conflict_copy = None;
         match DiskState::read(&target).map_err(io_err(&target))? {
             None => {}
@@ -301,7 +311,7 @@ impl VersionStore {
                 }
                 let loser = FileRecord {
                     path: path.to_string(),
-                    kind: FileKind::File,
+                    kind: current.kind,
                     size: current.size,
                     mtime_ns: current.mtime_ns,
                     permissions: current.permissions,
@@ -310,12 +320,15 @@ impl VersionStore {
                     sequence: 0,
                     modified_by: me,
                     chunks: Vec::new(),
+                    link_target: String::new(),
                 };
                 conflict_copy =
                     Some(apply::move_aside(&self.root, path, &crate::core::conflict::conflict_name(&loser))?);
                 // Same size and mtime as the file it replaces would look unchanged to a scan.
                 let kept = DiskState::read(&source).map_err(io_err(&source))?;
-                if kept.is_some_and(|k| k.size == current.size && k.mtime_ns == current.mtime_ns) {
+                if kept.is_some_and(|k| {
+                    k.kind == FileKind::File && k.size == current.size && k.mtime_ns == current.mtime_ns
+                }) {
                     let bumped = current.mtime_ns + 1000;
                     let time = filetime::FileTime::from_unix_time(
                         bumped.div_euclid(1_000_000_000),
@@ -329,7 +342,7 @@ impl VersionStore {
             std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         }
         // A link fails rather than replace a file that appeared meanwhile.
-        std::fs::hard_link(&source, &target).map_err(io_err(&target))?;
+        link_entry(&source, &target).map_err(io_err(&target))?;
         std::fs::remove_file(&source).map_err(io_err(&source))?;
         let _ = self.files.fetch_update(Relaxed, Relaxed, |n| Some(n.saturating_sub(1)));
         let _ = self.bytes.fetch_update(Relaxed, Relaxed, |b| Some(b.saturating_sub(version.size)));
@@ -370,7 +383,7 @@ impl VersionStore {
             for file in std::fs::read_dir(entry.path())?.flatten() {
                 let Some(tag) = file.file_name().to_str().and_then(parse_version_name) else { continue };
                 let Ok(meta) = file.metadata() else { continue };
-                if meta.is_file() {
+                if meta.is_file() || meta.file_type().is_symlink() {
                     groups.entry(tag.name).or_default().push((tag.time, meta.len(), file.path()));
                 }
             }
@@ -405,6 +418,19 @@ impl VersionStore {
         self.files.store(report.files, Relaxed);
         self.bytes.store(report.bytes, Relaxed);
         Ok(report)
+    }
+}
+
+/// A second name `to` for the entry at `from`, which may be a symlink: the link itself gets the
+/// name (`linkat` without `AT_SYMLINK_FOLLOW`), never what it points to.
+fn link_entry(from: &Path, to: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other);
+    let (from, to) = (c(from)?, c(to)?);
+    // SAFETY: NUL-terminated paths; flags 0 links the entry itself.
+    match unsafe { libc::linkat(libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), 0) } {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
     }
 }
 

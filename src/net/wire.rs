@@ -10,6 +10,7 @@
 
 use super::proto;
 use crate::core::chunks::{self, ChunkEdit, MAX_CHUNKS_PER_RECORD};
+use crate::core::record::check_link_target;
 use crate::core::version::{MAX_COUNTER, MAX_COUNTERS};
 use crate::core::{path, Chunk, FileKind, FileRecord, ShortId, VersionVector};
 
@@ -239,6 +240,7 @@ pub fn to_wire(record: &FileRecord, diff: Option<Diff<'_>>) -> proto::FileInfo {
         kind: match record.kind {
             FileKind::File => proto::FileKind::File as i32,
             FileKind::Directory => proto::FileKind::Directory as i32,
+            FileKind::Symlink => proto::FileKind::Symlink as i32,
         },
         size: record.size,
         mtime_ns: record.mtime_ns,
@@ -251,6 +253,7 @@ pub fn to_wire(record: &FileRecord, diff: Option<Diff<'_>>) -> proto::FileInfo {
         base_sequence,
         edits,
         base_path,
+        link_target: record.link_target.clone(),
     }
 }
 
@@ -266,8 +269,16 @@ pub fn from_wire(
     let kind = match proto::FileKind::try_from(info.kind) {
         Ok(proto::FileKind::File) => FileKind::File,
         Ok(proto::FileKind::Directory) => FileKind::Directory,
+        Ok(proto::FileKind::Symlink) => FileKind::Symlink,
         Err(_) => return Err(invalid("unknown file kind")),
     };
+    // A link's target is text: bounded, no NUL, and nothing else (absolute or `..` is data, never
+    // resolved). Only a live link carries one.
+    if kind == FileKind::Symlink && !info.deleted {
+        check_link_target(&info.link_target).map_err(|what| invalid(&what))?;
+    } else if !info.link_target.is_empty() {
+        return Err(invalid("link target on a file, directory or tombstone"));
+    }
     let counters = info.version.take().unwrap_or_default().counters;
     if counters.len() > MAX_COUNTERS {
         return Err(invalid(&format!("version vector of {} devices (at most {MAX_COUNTERS})", counters.len())));
@@ -316,7 +327,7 @@ pub fn from_wire(
         return Err(invalid("chunk list does not cover the file size"));
     }
     if !live_file && !chunks.is_empty() {
-        return Err(invalid("chunks on a directory or tombstone"));
+        return Err(invalid("chunks on a directory, link or tombstone"));
     }
     Ok(FileRecord {
         path: info.path,
@@ -329,6 +340,7 @@ pub fn from_wire(
         sequence: info.sequence,
         modified_by: ShortId(info.modified_by),
         chunks,
+        link_target: info.link_target,
     })
 }
 
@@ -365,6 +377,32 @@ mod tests {
         let mut orphan = info;
         orphan.base_sequence = 0;
         assert!(matches!(from_wire(orphan, held), Err(WireError::Invalid { .. })));
+    }
+
+    #[test]
+    fn links_travel_as_their_target_text_and_bad_targets_are_refused() {
+        use crate::core::record::fixtures::link;
+        for target in ["rel/x", "../../../etc", "/etc/passwd", "dangling", "a b\tc\u{e9}"] {
+            let r = link("dir/l", target, &[(1, 2)], 12, 7);
+            assert_eq!(from_wire(to_wire(&r, None), |_, _| None).unwrap(), r, "{target}");
+        }
+        let bad = |f: &dyn Fn(&mut proto::FileInfo)| {
+            let mut info = to_wire(&link("l", "t", &[(1, 2)], 12, 7), None);
+            f(&mut info);
+            from_wire(info, |_, _| None).is_err()
+        };
+        assert!(bad(&|i| i.link_target.clear()), "a live link needs a target");
+        assert!(bad(&|i| i.link_target = "a\0b".into()), "NUL");
+        assert!(bad(&|i| i.link_target = "x".repeat(crate::core::record::MAX_LINK_TARGET + 1)), "length");
+        assert!(bad(&|i| i.chunks = vec![proto::Chunk { offset: 0, size: 1, hash: vec![1; 32] }]), "chunks");
+        assert!(bad(&|i| i.kind = proto::FileKind::File as i32), "a target on a file");
+        assert!(bad(&|i| i.deleted = true), "a target on a tombstone");
+        // The tombstone of a link travels without one, and a link's size is always 0.
+        let gone = link("l", "t", &[(1, 2)], 12, 7).tombstone(ShortId(7), 0);
+        assert_eq!(from_wire(to_wire(&gone, None), |_, _| None).unwrap(), gone);
+        let mut sized = to_wire(&link("l", "t", &[(1, 2)], 12, 7), None);
+        sized.size = 99;
+        assert_eq!(from_wire(sized, |_, _| None).unwrap().size, 0);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::core::{DeviceId, FileKind, FileRecord, ShortId};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Divergent {
     pub path: String,
-    /// "file" or "directory".
+    /// "file", "directory" or "symlink".
     pub kind: String,
     /// The change is a delete (ours for a local change, the peer's for a remote change).
     pub deleted: bool,
@@ -25,7 +25,11 @@ pub struct Divergent {
 }
 
 fn divergent(r: &FileRecord) -> Divergent {
-    let kind = if r.kind == FileKind::Directory { "directory" } else { "file" };
+    let kind = match r.kind {
+        FileKind::File => "file",
+        FileKind::Directory => "directory",
+        FileKind::Symlink => "symlink",
+    };
     Divergent { path: r.path.clone(), kind: kind.into(), deleted: r.deleted, size: r.size, by: r.modified_by.prefix() }
 }
 

@@ -93,6 +93,42 @@ fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T> {
     postcard::from_bytes(bytes).context("corrupt index entry")
 }
 
+/// A record as indexes written before links were synced hold it: the same fields, without
+/// `link_target` (postcard has no field names, so a missing last field fails the decode).
+#[derive(Deserialize)]
+struct RecordWithoutLink {
+    path: String,
+    kind: crate::core::FileKind,
+    size: u64,
+    mtime_ns: i64,
+    permissions: u32,
+    version: crate::core::VersionVector,
+    deleted: bool,
+    sequence: u64,
+    modified_by: crate::core::ShortId,
+    chunks: Vec<crate::core::Chunk>,
+}
+
+/// A stored record, of this version's layout or the one before it.
+fn decode_record(bytes: &[u8]) -> Result<FileRecord> {
+    decode::<FileRecord>(bytes).or_else(|e| {
+        let old: RecordWithoutLink = postcard::from_bytes(bytes).map_err(|_| e)?;
+        Ok(FileRecord {
+            path: old.path,
+            kind: old.kind,
+            size: old.size,
+            mtime_ns: old.mtime_ns,
+            permissions: old.permissions,
+            version: old.version,
+            deleted: old.deleted,
+            sequence: old.sequence,
+            modified_by: old.modified_by,
+            chunks: old.chunks,
+            link_target: String::new(),
+        })
+    })
+}
+
 impl Store {
     pub fn open(path: &Path) -> Result<Store> {
         let mut opts = Options::default();
@@ -151,17 +187,19 @@ impl Store {
     }
 
     pub fn get(&self, folder: &str, path: &str) -> Result<Option<FileRecord>> {
-        self.db.get_cf(self.cf("files"), keys::file(folder, path))?.map(|v| decode(&v)).transpose()
+        self.db.get_cf(self.cf("files"), keys::file(folder, path))?.map(|v| decode_record(&v)).transpose()
     }
 
     /// All our records of a folder, in path order.
     pub fn local_records(&self, folder: &str) -> impl Iterator<Item = FileRecord> + '_ {
-        self.scan_prefix("files", keys::folder_prefix(folder)).filter_map(|(_, v)| decode(&v).ok())
+        self.scan_prefix("files", keys::folder_prefix(folder)).filter_map(|(_, v)| decode_record(&v).ok())
     }
 
     /// Our records strictly inside directory `dir`.
     pub fn local_records_under(&self, folder: &str, dir: &str) -> Vec<FileRecord> {
-        self.scan_prefix("files", keys::file(folder, &format!("{dir}/"))).filter_map(|(_, v)| decode(&v).ok()).collect()
+        self.scan_prefix("files", keys::file(folder, &format!("{dir}/")))
+            .filter_map(|(_, v)| decode_record(&v).ok())
+            .collect()
     }
 
     /// The folder's live records and bytes (counted on first use, then kept by each commit).
@@ -322,11 +360,11 @@ impl Store {
     }
 
     pub fn remote(&self, device: &DeviceId, folder: &str, path: &str) -> Result<Option<FileRecord>> {
-        self.db.get_cf(self.cf("remote"), keys::remote(device, folder, path))?.map(|v| decode(&v)).transpose()
+        self.db.get_cf(self.cf("remote"), keys::remote(device, folder, path))?.map(|v| decode_record(&v)).transpose()
     }
 
     pub fn remote_records<'a>(&'a self, device: &DeviceId, folder: &str) -> impl Iterator<Item = FileRecord> + 'a {
-        self.scan_prefix("remote", keys::remote_prefix(device, folder)).filter_map(|(_, v)| decode(&v).ok())
+        self.scan_prefix("remote", keys::remote_prefix(device, folder)).filter_map(|(_, v)| decode_record(&v).ok())
     }
 
     /// Devices we hold an index from, for a folder.
@@ -527,6 +565,40 @@ impl Store {
 mod tests {
     use super::*;
     use crate::core::record::fixtures::file;
+
+    #[test]
+    fn records_written_before_links_were_synced_still_decode() {
+        #[derive(Serialize)]
+        struct Old<'a> {
+            path: &'a str,
+            kind: crate::core::FileKind,
+            size: u64,
+            mtime_ns: i64,
+            permissions: u32,
+            version: &'a crate::core::VersionVector,
+            deleted: bool,
+            sequence: u64,
+            modified_by: crate::core::ShortId,
+            chunks: &'a [crate::core::Chunk],
+        }
+        let r = file("a/b", 3, &[(1, 2)], 12, 7);
+        let old = Old {
+            path: &r.path,
+            kind: r.kind,
+            size: r.size,
+            mtime_ns: r.mtime_ns,
+            permissions: r.permissions,
+            version: &r.version,
+            deleted: r.deleted,
+            sequence: r.sequence,
+            modified_by: r.modified_by,
+            chunks: &r.chunks,
+        };
+        assert_eq!(decode_record(&encode(&old)).unwrap(), r);
+        let link = crate::core::record::fixtures::link("l", "/abs/target", &[(1, 2)], 12, 7);
+        assert_eq!(decode_record(&encode(&link)).unwrap(), link);
+        assert!(decode_record(&[0xff; 3]).is_err());
+    }
 
     #[test]
     fn old_tombstones_are_purged_and_recent_ones_kept() {

@@ -293,6 +293,7 @@ pub fn file_record(
         base_sequence: 0,
         edits: Vec::new(),
         base_path: String::new(),
+        link_target: String::new(),
     };
     (info, by_hash)
 }

@@ -14,7 +14,7 @@ use crate::config::FolderMode;
 use crate::core::divergence::{overriding, reverted};
 use crate::core::versioning::Reason;
 use crate::core::FileRecord;
-use crate::fs::safe_path::safe_path;
+use crate::fs::safe_path::safe_entry_path;
 use crate::fs::versions::VersionStore;
 use crate::store::changes::changes;
 
@@ -24,7 +24,8 @@ fn set_aside(root: &Path, versions: &VersionStore, record: &FileRecord) -> Resul
     if record.deleted {
         return Ok(());
     }
-    let full = safe_path(root, &record.path).map_err(|e| e.to_string())?;
+    // A link is set aside as the link itself (kept, then unlinked), never followed.
+    let full = safe_entry_path(root, &record.path).map_err(|e| e.to_string())?;
     match std::fs::symlink_metadata(&full) {
         Ok(m) if m.is_dir() => {
             let _ = std::fs::remove_dir(&full);
