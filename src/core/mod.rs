@@ -8,6 +8,7 @@ mod convergence;
 pub mod decide;
 pub mod device;
 pub mod divergence;
+pub mod need_budget;
 pub mod path;
 pub mod plan;
 pub mod record;
