@@ -60,7 +60,9 @@ async fn serve(config: Config, identity: Identity, store: Arc<Store>) -> Result<
         store: store.clone(),
         versions: versions.clone(),
         index: Default::default(),
+        actor_stall_max_ms: Default::default(),
     });
+    actix_rt::spawn(watch_actor_thread(state.clone()));
     let mut guarded = Vec::new();
     for folder in config.folders.iter() {
         let expected = store.root_id(&folder.id).context("reading the index")?;
@@ -180,6 +182,24 @@ fn warn_about_trust(config: &Config) {
                     tracing::warn!(folder = %folder.id, device = %device, "folder is shared with a device that is not a [[peer]]; it cannot connect");
                 }
             }
+        }
+    }
+}
+
+/// How late the actor thread runs a short timer. Every actor, and the wait for SIGTERM, share
+/// that thread: a handler that holds it shows here, as the longest stall in `/metrics`
+/// (`syncnode_actor_thread_stall_max_ms`), at debug from 100 ms and as a WARN from a second.
+async fn watch_actor_thread(state: Arc<NodeState>) {
+    const TICK: std::time::Duration = std::time::Duration::from_millis(50);
+    loop {
+        let asked = std::time::Instant::now();
+        tokio::time::sleep(TICK).await;
+        let late = asked.elapsed().saturating_sub(TICK).as_millis() as u64;
+        state.actor_stall_max_ms.fetch_max(late, std::sync::atomic::Ordering::Relaxed);
+        if late >= 1000 {
+            tracing::warn!(late_ms = late, "the actor thread was held for over a second");
+        } else if late >= 100 {
+            tracing::debug!(late_ms = late, "the actor thread was held");
         }
     }
 }

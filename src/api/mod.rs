@@ -168,6 +168,12 @@ pub fn prometheus_text(r: &StatusReport) -> String {
         "counter",
         per_folder(&|f| f.bytes_saved_on_wire),
     );
+    family(
+        "actor_thread_stall_max_ms",
+        "The longest the actor thread (shared by every actor and the signal handler) was held past a timer, in ms.",
+        "gauge",
+        vec![(String::new(), r.actor_stall_max_ms)],
+    );
     let connected = r.peers.iter().filter(|p| p.connected).count() as u64;
     family("peers_connected", "Peers connected now.", "gauge", vec![(String::new(), connected)]);
     let per_peer = |f: &dyn Fn(&crate::actors::status::PeerReport) -> u64| -> Vec<(String, u64)> {
@@ -192,6 +198,24 @@ pub fn prometheus_text(r: &StatusReport) -> String {
         "Times the peer broke the protocol and was cut off.",
         "counter",
         per_peer(&|p| p.protocol_violations),
+    );
+    family(
+        "peer_failed_fetches_total",
+        "Our chunk requests to the peer that failed (refused, timed out, connection lost).",
+        "counter",
+        per_peer(&|p| p.failed_fetches),
+    );
+    family(
+        "peer_needs_admitted",
+        "Needs charged to the peer in the pull queues now (queued, running or waiting to retry).",
+        "gauge",
+        per_peer(&|p| p.needs_admitted),
+    );
+    family(
+        "peer_needs_held",
+        "Needs of the peer held in the index until its need budget frees.",
+        "gauge",
+        per_peer(&|p| p.needs_held),
     );
     out
 }
