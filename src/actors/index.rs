@@ -597,8 +597,24 @@ impl Handler<ScanDone> for IndexActor {
 }
 
 impl Handler<RemoteIndex> for IndexActor {
-    type Result = ();
-    fn handle(&mut self, msg: RemoteIndex, _: &mut Context<Self>) {
+    /// Resolves once the folder's Puller has taken in the needs too, so that the Peer actor (which
+    /// waits for it) hands over a peer's next batch only then: batches never line up on the actor
+    /// thread.
+    type Result = ResponseFuture<()>;
+    fn handle(&mut self, msg: RemoteIndex, _: &mut Context<Self>) -> Self::Result {
+        let puller = self.folders.get(&msg.folder).and_then(|s| s.puller.clone());
+        self.take_in(msg);
+        Box::pin(async move {
+            if let Some(p) = puller {
+                let _ = p.send(super::puller::Barrier).await;
+            }
+        })
+    }
+}
+
+impl IndexActor {
+    /// Stores a batch of a peer's records and hands what they make us need to the Puller.
+    fn take_in(&mut self, msg: RemoteIndex) {
         if !self.folders.contains_key(&msg.folder) {
             return;
         }

@@ -273,6 +273,7 @@ impl Puller {
                 tracing::error!(folder = %folder, error = %e, "cannot write the need queue");
                 continue;
             }
+            let took = refs.len() as u64;
             let mut taken = Vec::new();
             for path in paths {
                 if self.charged.contains_key(&path) || self.in_flight.contains_key(&path) {
@@ -284,7 +285,7 @@ impl Puller {
                 }
             }
             if !taken.is_empty() {
-                tracing::debug!(folder = %folder, peer = %device.prefix(), paths = taken.len(), left = waiting - refs.len() as u64, "taking held needs");
+                tracing::debug!(folder = %folder, peer = %device.prefix(), paths = taken.len(), left = waiting - took, "taking held needs");
                 self.ctx.index.do_send(RecomputePaths { folder: folder.clone(), paths: taken });
             }
         }
@@ -561,6 +562,17 @@ impl Actor for Puller {
     }
 }
 
+/// Answered once the Puller has handled every message sent to it before this one (a mailbox is
+/// first in, first out): a sender waits on it until its needs are taken in.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Barrier;
+
+impl Handler<Barrier> for Puller {
+    type Result = ();
+    fn handle(&mut self, _: Barrier, _: &mut Context<Self>) {}
+}
+
 impl Handler<RetryNow> for Puller {
     type Result = usize;
     fn handle(&mut self, _: RetryNow, _: &mut Context<Self>) -> usize {
@@ -614,30 +626,31 @@ impl Handler<Needs> for Puller {
         let mut over_budget = Vec::new();
         let mut admitted: Vec<String> = Vec::new();
         for item in msg.items {
-            match self.in_flight.get_mut(&item.remote.path) {
-                None if !self.admit(&item, now) => {
+            let Some(running) = self.in_flight.get_mut(&item.remote.path) else {
+                if !self.admit(&item, now) {
                     // (A path parked before a complete list came is held now, not retried.)
                     self.unpark(&item.remote.path);
-                    over_budget.push(item)
+                    over_budget.push(item);
+                    continue;
                 }
-                None => {
-                    if !self.held.is_empty() {
-                        admitted.push(item.remote.path.clone());
-                    }
-                    queue.extend(self.park_or_pass(item))
+                if !self.held.is_empty() {
+                    admitted.push(item.remote.path.clone());
                 }
+                queue.extend(self.park_or_pass(item));
+                continue;
+            };
+            if running.version == item.remote.version {
                 // Another peer now has the version we are pulling: it shares the work.
-                Some(running) if running.version == item.remote.version => {
-                    let mut sources = running.sources.write().expect("sources lock");
-                    for d in item.sources {
-                        if !sources.contains(&d) {
-                            sources.push(d);
-                        }
+                let mut sources = running.sources.write().expect("sources lock");
+                for d in item.sources {
+                    if !sources.contains(&d) {
+                        sources.push(d);
                     }
                 }
+            } else {
                 // Newer than what we are pulling: decided again (against what that pull leaves
                 // on disk) once it is done.
-                Some(running) => running.superseded = true,
+                running.superseded = true;
             }
         }
         if !admitted.is_empty() {
