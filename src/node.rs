@@ -12,7 +12,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::actors::directory::PeerDirectory;
 use crate::actors::discovery::Discovery;
 use crate::actors::index::{index_path, IndexActor};
-use crate::actors::messages::{Control, DiscoveryReports, IndexForPeers, IndexForPuller, Shutdown, StopDiscovery};
+use crate::actors::messages::{
+    Control, DiscoveryReports, IndexForPeers, IndexForPuller, PullerPort, Shutdown, StopDiscovery,
+};
 use crate::actors::puller::{CommitQueue, PullContext, Puller};
 use crate::actors::status::NodeState;
 use crate::actors::supervisor::Supervisor;
@@ -59,7 +61,9 @@ async fn serve(config: Config, identity: Identity, store: Arc<Store>) -> Result<
         directory: directory.clone(),
         store: store.clone(),
         versions: versions.clone(),
+        actor_stall_max_ms: Default::default(),
     });
+    actix_rt::spawn(watch_actor_thread(state.clone()));
     let mut guarded = Vec::new();
     for folder in config.folders.iter() {
         let expected = store.root_id(&folder.id).context("reading the index")?;
@@ -92,7 +96,7 @@ async fn serve(config: Config, identity: Identity, store: Arc<Store>) -> Result<
         })
         .start();
         pullers.insert(folder.id.clone(), puller.clone().recipient());
-        wired.push((folder, guard, puller.recipient()));
+        wired.push((folder, guard, PullerPort { needs: puller.clone().recipient(), barrier: puller.recipient() }));
     }
     index_context.run(IndexActor::new(
         store.clone(),
@@ -205,6 +209,24 @@ fn warn_about_trust(config: &Config) {
                     tracing::warn!(folder = %folder.id, device = %device, "folder is shared with a device that is not a [[peer]]; it cannot connect");
                 }
             }
+        }
+    }
+}
+
+/// How late the actor thread runs a short timer. Every actor, and the wait for SIGTERM, share
+/// that thread: a handler that holds it shows here, as the longest stall in `/metrics`
+/// (`syncnode_actor_thread_stall_max_ms`), at debug from 100 ms and as a WARN from a second.
+async fn watch_actor_thread(state: Arc<NodeState>) {
+    const TICK: std::time::Duration = std::time::Duration::from_millis(50);
+    loop {
+        let asked = std::time::Instant::now();
+        tokio::time::sleep(TICK).await;
+        let late = asked.elapsed().saturating_sub(TICK).as_millis() as u64;
+        state.actor_stall_max_ms.fetch_max(late, std::sync::atomic::Ordering::Relaxed);
+        if late >= 1000 {
+            tracing::warn!(late_ms = late, "the actor thread was held for over a second");
+        } else if late >= 100 {
+            tracing::debug!(late_ms = late, "the actor thread was held");
         }
     }
 }

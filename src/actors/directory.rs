@@ -20,6 +20,12 @@ pub struct PeerCounters {
     pub refused_requests: AtomicU64,
     /// Times the peer broke the protocol (garbage, bad messages) and was cut off.
     pub protocol_violations: AtomicU64,
+    /// Our chunk requests to the peer that failed (refused, timed out, or cut by a disconnect).
+    pub failed_fetches: AtomicU64,
+    /// Needs charged to the peer in the Pullers now (`core::need_budget`), and needs of the peer
+    /// held back in the index until its budget frees.
+    pub needs_admitted: AtomicU64,
+    pub needs_held: AtomicU64,
     /// Kinds of refusal already logged for this peer: each is logged once, then only counted.
     logged: std::sync::Mutex<std::collections::HashSet<&'static str>>,
 }
@@ -36,6 +42,9 @@ impl PeerCounters {
     }
     pub fn refused_request(&self) {
         self.refused_requests.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn failed_fetch(&self) {
+        self.failed_fetches.fetch_add(1, Ordering::Relaxed);
     }
     pub fn violation(&self) {
         self.protocol_violations.fetch_add(1, Ordering::Relaxed);

@@ -36,7 +36,7 @@ struct FolderState {
     /// Paths the Puller is writing now: not scanned until it is done with them.
     pulling: HashSet<String>,
     /// The folder's Puller.
-    puller: Recipient<Needs>,
+    puller: PullerPort,
     /// The root this folder must keep (shared with its Puller).
     guard: Arc<RootGuard>,
     /// Why the folder is stopped, if it is: nothing is scanned into the index, announced, or
@@ -169,7 +169,7 @@ impl IndexActor {
         chunk_size: u32,
         tombstone_ttl: std::time::Duration,
         empty_folder_guard: u64,
-        folders: &[(FolderConfig, Arc<RootGuard>, Recipient<Needs>)],
+        folders: &[(FolderConfig, Arc<RootGuard>, PullerPort)],
         state: Arc<NodeState>,
     ) -> Self {
         let folders = folders
@@ -221,7 +221,7 @@ impl IndexActor {
         tracing::warn!(folder = %folder, path = %state.config.path.display(), reason = %fault, "folder stopped");
         self.state.gauges(folder).set_fault(Some(fault.to_string()));
         state.fault = Some(fault);
-        state.puller.do_send(Needs { items: Vec::new(), complete: true, settled: Vec::new() });
+        state.puller.needs.do_send(Needs { items: Vec::new(), complete: true, settled: Vec::new() });
     }
 
     /// Resumes a stopped folder: a full rescan, then every need recomputed.
@@ -381,7 +381,7 @@ impl IndexActor {
         if state.fault.is_some() {
             return;
         }
-        let puller = state.puller.clone();
+        let puller = state.puller.needs.clone();
         // With `symlinks = "ignore"`, a peer's link is neither made here nor recorded.
         let ignored = |r: &FileRecord| {
             state.ignore.is_ignored(&r.path, r.kind == FileKind::Directory)
@@ -551,8 +551,24 @@ impl Handler<ScanDone> for IndexActor {
 }
 
 impl Handler<RemoteIndex> for IndexActor {
-    type Result = ();
-    fn handle(&mut self, msg: RemoteIndex, _: &mut Context<Self>) {
+    /// Resolves once the folder's Puller has taken in the needs too, so that the Peer actor (which
+    /// waits for it) hands over a peer's next batch only then: batches never line up on the actor
+    /// thread.
+    type Result = ResponseFuture<()>;
+    fn handle(&mut self, msg: RemoteIndex, _: &mut Context<Self>) -> Self::Result {
+        let barrier = self.folders.get(&msg.folder).map(|s| s.puller.barrier.clone());
+        self.take_in(msg);
+        Box::pin(async move {
+            if let Some(b) = barrier {
+                let _ = b.send(Barrier).await;
+            }
+        })
+    }
+}
+
+impl IndexActor {
+    /// Stores a batch of a peer's records and hands what they make us need to the Puller.
+    fn take_in(&mut self, msg: RemoteIndex) {
         if !self.folders.contains_key(&msg.folder) {
             return;
         }
@@ -573,6 +589,7 @@ impl Handler<RemoteIndex> for IndexActor {
             let _ = store.clear_remote(&msg.device, &msg.folder);
             progress = Progress { index_id: msg.index_id, max_sequence: 0 };
         }
+        let started = std::time::Instant::now();
         let total = msg.files.len();
         let mut records = Vec::with_capacity(total);
         let mut batch: HashMap<String, FileRecord> = HashMap::new();
@@ -620,7 +637,10 @@ impl Handler<RemoteIndex> for IndexActor {
             return;
         }
         let items = self.needs(&msg.folder, Some(&records));
+        let needs = items.len();
         self.dispatch(&msg.folder, items, false, Vec::new());
+        // The actor thread is shared by every actor: how long one batch of a peer's records holds it.
+        tracing::debug!(peer = %msg.device.prefix(), folder = %msg.folder, records = total, needs, ms = started.elapsed().as_millis() as u64, "peer records taken in");
     }
 }
 

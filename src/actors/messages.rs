@@ -21,6 +21,19 @@ pub struct IndexForPeers {
     pub recompute: Recipient<RecomputeNeeds>,
 }
 
+/// What the Index sends a folder's Puller.
+#[derive(Clone)]
+pub struct PullerPort {
+    pub needs: Recipient<Needs>,
+    pub barrier: Recipient<Barrier>,
+}
+
+/// Answered once the Puller has handled every message sent to it before this one (a mailbox is
+/// first in, first out): a sender waits on it until its needs are taken in.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Barrier;
+
 /// What a Puller tells the Index.
 #[derive(Clone)]
 pub struct IndexForPuller {

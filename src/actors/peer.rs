@@ -249,13 +249,18 @@ impl PeerActor {
             self.setup.counters.refused_records(update.files.len());
             return self.refuse_unshared(&update.folder, "index records");
         }
-        self.setup.index.remote_index.do_send(RemoteIndex {
+        let taken_in = self.setup.index.remote_index.send(RemoteIndex {
             device: self.setup.device,
             folder: update.folder,
             index_id: update.index_id,
             files: update.files,
             reply: ctx.address().recipient(),
         });
+        // One batch at a time: the next message of this peer is read once the Index has taken
+        // this one in. A peer sending batch after batch then never lines up many of them for the
+        // actor thread to work through without a break (the signal handler and every other
+        // actor run between two batches).
+        ctx.wait(actix::fut::wrap_future::<_, Self>(taken_in).map(|_, _, _| ()));
     }
 
     /// Serves one chunk request: checked at once; then it waits for the peer's send budget and a

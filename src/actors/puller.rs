@@ -6,7 +6,7 @@
 //! of the peers that announced this exact version, in turn. Data is verified against its BLAKE3
 //! hash before it is written; the file appears under its real name only when complete.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
@@ -19,6 +19,7 @@ use super::directory::PeerDirectory;
 use super::messages::*;
 use super::now_millis;
 use super::status::FolderGauges;
+use crate::core::need_budget::{running_share, NeedBudget};
 use crate::core::plan::{self, Entry, Phase, PullQueue, Targets};
 use crate::core::retry::{FailureKind, PathFailure};
 use crate::core::root::RootProblem;
@@ -30,6 +31,7 @@ use crate::fs::root::{free_bytes, RootGuard};
 use crate::fs::safe_path::{open_inside, safe_path};
 use crate::fs::scan::DiskState;
 use crate::fs::versions::VersionStore;
+use crate::net::wire::FetchError;
 use crate::store::{NeedKey, Store};
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -46,6 +48,11 @@ const BYTES_IN_FLIGHT: u64 = 4 << 20;
 const RETRY_TICK: Duration = Duration::from_secs(1);
 /// Space left free on the disk beyond a download's own size (for the index, logs, other writers).
 const FREE_SPACE_MARGIN: u64 = 1 << 20;
+/// Needs held back by a peer's budget are taken again in batches of at least this many (or all
+/// that are held), at most `HELD_BATCH_MAX`: each batch costs one read of the store and one
+/// recompute by the Index, not one per finished pull.
+const HELD_BATCH_MIN: u64 = 64;
+const HELD_BATCH_MAX: u32 = 512;
 /// Chunks smaller than this are fetched whole: a signature would cost more than it saves.
 const DELTA_MIN_CHUNK: u32 = 4096;
 
@@ -89,6 +96,22 @@ pub struct Puller {
     /// Failed needs waiting for their retry (`core::retry` decides when), and the bytes they bring.
     parked: BTreeMap<String, NeedItem>,
     parked_bytes: u64,
+    /// Each peer's need budget (`core::need_budget`), the peer each admitted need is charged to,
+    /// and the running pulls charged to each peer (for its share of the slots).
+    budget: NeedBudget<DeviceId>,
+    charged: HashMap<String, DeviceId>,
+    running: HashMap<DeviceId, usize>,
+    /// Peers with needs over their budget held in the store (`held_queue`), in pull order.
+    held: BTreeSet<DeviceId>,
+    /// What this Puller last added to each peer's gauges (admitted, held).
+    published: HashMap<DeviceId, (u64, u64)>,
+}
+
+/// Where a peer's needs over its budget wait: a need queue of its own in the store, beside the
+/// folder's (folder ids never hold control characters, so it can be no folder's queue). Only the
+/// paths count: a held need is decided again by the Index when it is taken.
+fn held_queue(folder: &str, device: &DeviceId) -> String {
+    format!("{folder}\u{1}held\u{1}{device}")
 }
 
 /// The devices that hold the version being pulled: peers that announce it mid-file join in.
@@ -156,6 +179,145 @@ impl Puller {
             failures: BTreeMap::new(),
             parked: BTreeMap::new(),
             parked_bytes: 0,
+            budget: NeedBudget::default(),
+            charged: HashMap::new(),
+            running: HashMap::new(),
+            held: BTreeSet::new(),
+            published: HashMap::new(),
+        }
+    }
+
+    /// Whether `item` may join the queue now: a path already charged (a newer need of it, or a
+    /// retry) keeps its charge; a need nobody announced is free; any other is charged to the
+    /// announcing peer with the most room, if one has room.
+    fn admit(&mut self, item: &NeedItem, now: u64) -> bool {
+        let path = &item.remote.path;
+        if self.charged.contains_key(path) || item.sources.is_empty() {
+            return true;
+        }
+        match self.budget.admit_any(&item.sources, now) {
+            Some(device) => {
+                self.charged.insert(path.clone(), device);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A need is over: its peer's budget has room for one more.
+    fn release(&mut self, path: &str) {
+        if let Some(device) = self.charged.remove(path) {
+            self.budget.release(device);
+        }
+    }
+
+    /// Holds needs over their peers' budgets in the store, each under its first announcer.
+    fn hold(&mut self, items: Vec<NeedItem>) {
+        let mut by_peer: BTreeMap<DeviceId, Vec<(NeedKey, u64, Vec<u8>)>> = BTreeMap::new();
+        for i in items {
+            let key = NeedKey { order: plan::order(phase_of(&i), &i.remote.path), path: i.remote.path.clone() };
+            let size = if i.remote.deleted { 0 } else { i.remote.size };
+            by_peer.entry(i.sources[0]).or_default().push((key, size, Vec::new()));
+        }
+        for (device, rows) in by_peer {
+            if let Err(e) = self.ctx.store.put_needs(&held_queue(&self.ctx.folder, &device), &rows) {
+                tracing::error!(folder = %self.ctx.folder, error = %e, "cannot write the need queue");
+                continue;
+            }
+            if self.held.insert(device) {
+                tracing::info!(folder = %self.ctx.folder, peer = %device.prefix(), budget = self.budget.cap(), "peer's needs over its budget are held until earlier ones are done");
+            }
+        }
+    }
+
+    /// Paths newly admitted are no longer held under any peer.
+    fn unhold(&mut self, paths: &[&str]) {
+        for device in &self.held {
+            if let Err(e) = self.ctx.store.remove_needs(&held_queue(&self.ctx.folder, device), paths) {
+                tracing::error!(folder = %self.ctx.folder, error = %e, "cannot write the need queue");
+            }
+        }
+    }
+
+    /// Takes held needs of peers whose budget has room again, in batches: they are charged now
+    /// and handed to the Index to be decided again (the disk and the peers may have changed).
+    fn take_held(&mut self, now: u64) {
+        let folder = self.ctx.folder.clone();
+        for device in self.held.clone() {
+            let queue = held_queue(&folder, &device);
+            let waiting = self.ctx.store.need_counts(&queue).records;
+            if waiting == 0 {
+                self.held.remove(&device);
+                continue;
+            }
+            let room = self.budget.room(device, now);
+            if room == 0 || u64::from(room) < waiting.min(HELD_BATCH_MIN) {
+                continue;
+            }
+            let rows = match self.ctx.store.needs_after(&queue, None, room.min(HELD_BATCH_MAX) as usize) {
+                Ok(rows) => rows,
+                Err(e) => {
+                    tracing::error!(folder = %folder, error = %e, "cannot read the need queue");
+                    continue;
+                }
+            };
+            let paths: Vec<String> = rows.into_iter().map(|(key, _)| key.path).collect();
+            let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
+            if let Err(e) = self.ctx.store.remove_needs(&queue, &refs) {
+                tracing::error!(folder = %folder, error = %e, "cannot write the need queue");
+                continue;
+            }
+            let took = refs.len() as u64;
+            let mut taken = Vec::new();
+            for path in paths {
+                if self.charged.contains_key(&path) || self.in_flight.contains_key(&path) {
+                    continue;
+                }
+                if self.budget.admit(device, now) {
+                    self.charged.insert(path.clone(), device);
+                    taken.push(path);
+                }
+            }
+            if !taken.is_empty() {
+                tracing::debug!(folder = %folder, peer = %device.prefix(), paths = taken.len(), left = waiting - took, "taking held needs");
+                self.ctx.index.recompute_paths.do_send(RecomputePaths { folder: folder.clone(), paths: taken });
+            }
+        }
+    }
+
+    fn held_counts(&self) -> (u64, u64) {
+        self.held.iter().fold((0, 0), |(n, b), d| {
+            let c = self.ctx.store.need_counts(&held_queue(&self.ctx.folder, d));
+            (n + c.records, b + c.bytes)
+        })
+    }
+
+    /// Brings each peer's gauges (needs admitted and held) up to date with this Puller's part.
+    fn publish_budget(&mut self) {
+        let mut peers: BTreeSet<DeviceId> = self.budget.peers().collect();
+        peers.extend(self.held.iter().copied());
+        peers.extend(self.published.keys().copied());
+        for device in peers {
+            let admitted = u64::from(self.budget.outstanding(device));
+            let held = if self.held.contains(&device) {
+                self.ctx.store.need_counts(&held_queue(&self.ctx.folder, &device)).records
+            } else {
+                0
+            };
+            let before = self.published.insert(device, (admitted, held)).unwrap_or((0, 0));
+            if before == (admitted, held) {
+                continue;
+            }
+            let counters = self.ctx.directory.counters(&device);
+            for (gauge, old, new) in
+                [(&counters.needs_admitted, before.0, admitted), (&counters.needs_held, before.1, held)]
+            {
+                if new >= old {
+                    gauge.fetch_add(new - old, Relaxed);
+                } else {
+                    gauge.fetch_sub(old - new, Relaxed);
+                }
+            }
         }
     }
 
@@ -258,8 +420,12 @@ impl Puller {
     /// O(1): the counters are kept as needs come and go.
     fn update_gauges(&self) {
         let queued = self.ctx.store.need_counts(&self.ctx.folder);
-        let bytes = queued.bytes + self.in_flight_bytes + self.parked_bytes;
-        self.ctx.gauges.need_files.store(queued.records + (self.in_flight.len() + self.parked.len()) as u64, Relaxed);
+        let (held, held_bytes) = self.held_counts();
+        let bytes = queued.bytes + self.in_flight_bytes + self.parked_bytes + held_bytes;
+        self.ctx
+            .gauges
+            .need_files
+            .store(queued.records + held + (self.in_flight.len() + self.parked.len()) as u64, Relaxed);
         self.ctx.gauges.need_bytes.store(bytes, Relaxed);
     }
 
@@ -328,8 +494,21 @@ impl Puller {
         self.refill();
         let mut started = Vec::new();
         while self.room() {
-            let Some(path) = self.queue.next(&self.targets, self.creating > 0).map(str::to_string) else { break };
+            // No peer takes more than its share of the slots: pulls that hang on one peer's
+            // silence leave room for the others'.
+            let slots =
+                if self.in_flight_bytes < SMALL_BYTES_IN_FLIGHT { SMALL_FILES_IN_FLIGHT } else { FILES_IN_FLIGHT };
+            let share = running_share(slots);
+            let (charged, running) = (&self.charged, &self.running);
+            let allowed = |p: &str| charged.get(p).is_none_or(|d| running.get(d).copied().unwrap_or(0) < share);
+            let Some(path) = self.queue.next_where(&self.targets, self.creating > 0, allowed).map(str::to_string)
+            else {
+                break;
+            };
             let item = self.queue.remove(&path).expect("queued").item;
+            if let Some(d) = self.charged.get(&path) {
+                *self.running.entry(*d).or_default() += 1;
+            }
             started.push(path.clone());
             let delete = is_delete(&item);
             let sources: Sources = Arc::new(RwLock::new(item.sources.clone()));
@@ -378,8 +557,15 @@ impl Actor for Puller {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.run_interval(RETRY_TICK, |this, _| {
             this.retry_due(false);
+            this.take_held(now_millis());
+            this.publish_budget();
         });
     }
+}
+
+impl Handler<Barrier> for Puller {
+    type Result = ();
+    fn handle(&mut self, _: Barrier, _: &mut Context<Self>) {}
 }
 
 impl Handler<RetryNow> for Puller {
@@ -392,6 +578,8 @@ impl Handler<RetryNow> for Puller {
 impl Handler<Needs> for Puller {
     type Result = ();
     fn handle(&mut self, msg: Needs, ctx: &mut Context<Self>) {
+        let started = Instant::now();
+        let items = msg.items.len();
         if msg.complete {
             self.queue.clear();
             if let Err(e) = self.ctx.store.clear_needs(&self.ctx.folder) {
@@ -403,34 +591,72 @@ impl Handler<Needs> for Puller {
             self.parked_bytes = self.parked.values().map(|i| i.remote.size).sum();
             self.failures.retain(|p, _| wanted.contains(p.as_str()) || self.in_flight.contains_key(p));
             self.publish_failures();
+            // The whole list is admitted anew: only running pulls keep their charge.
+            let (budget, in_flight) = (&mut self.budget, &self.in_flight);
+            self.charged.retain(|p, d| {
+                let keep = in_flight.contains_key(p);
+                if !keep {
+                    budget.release(*d);
+                }
+                keep
+            });
+            for device in std::mem::take(&mut self.held) {
+                if let Err(e) = self.ctx.store.clear_needs(&held_queue(&self.ctx.folder, &device)) {
+                    tracing::error!(folder = %self.ctx.folder, error = %e, "cannot write the need queue");
+                }
+            }
         }
         if !msg.settled.is_empty() {
             for path in &msg.settled {
                 self.unpark(path);
                 self.failures.remove(path);
+                if !self.queue.contains(path) && !self.in_flight.contains_key(path) {
+                    self.release(path);
+                }
             }
             self.publish_failures();
         }
+        let now = now_millis();
         let mut queue = Vec::new();
+        let mut over_budget = Vec::new();
+        let mut admitted: Vec<String> = Vec::new();
         for item in msg.items {
-            match self.in_flight.get_mut(&item.remote.path) {
-                None => queue.extend(self.park_or_pass(item)),
+            let Some(running) = self.in_flight.get_mut(&item.remote.path) else {
+                if !self.admit(&item, now) {
+                    // (A path parked before a complete list came is held now, not retried.)
+                    self.unpark(&item.remote.path);
+                    over_budget.push(item);
+                    continue;
+                }
+                if !self.held.is_empty() {
+                    admitted.push(item.remote.path.clone());
+                }
+                queue.extend(self.park_or_pass(item));
+                continue;
+            };
+            if running.version == item.remote.version {
                 // Another peer now has the version we are pulling: it shares the work.
-                Some(running) if running.version == item.remote.version => {
-                    let mut sources = running.sources.write().expect("sources lock");
-                    for d in item.sources {
-                        if !sources.contains(&d) {
-                            sources.push(d);
-                        }
+                let mut sources = running.sources.write().expect("sources lock");
+                for d in item.sources {
+                    if !sources.contains(&d) {
+                        sources.push(d);
                     }
                 }
+            } else {
                 // Newer than what we are pulling: decided again (against what that pull leaves
                 // on disk) once it is done.
-                Some(running) => running.superseded = true,
+                running.superseded = true;
             }
         }
+        if !admitted.is_empty() {
+            self.unhold(&admitted.iter().map(String::as_str).collect::<Vec<_>>());
+        }
+        self.hold(over_budget);
         self.queue_needs(queue);
+        self.take_held(now);
         self.pump(ctx);
+        self.publish_budget();
+        tracing::debug!(folder = %self.ctx.folder, items, ms = started.elapsed().as_millis() as u64, "needs taken in");
     }
 }
 
@@ -438,6 +664,11 @@ impl Handler<Finished> for Puller {
     type Result = ();
     fn handle(&mut self, msg: Finished, ctx: &mut Context<Self>) {
         let flight = self.in_flight.remove(&msg.path);
+        if let (Some(_), Some(d)) = (&flight, self.charged.get(&msg.path)) {
+            if let Some(n) = self.running.get_mut(d) {
+                *n = n.saturating_sub(1);
+            }
+        }
         if let Some(f) = &flight {
             f.targets.iter().for_each(|t| self.targets.remove(t));
             self.creating -= usize::from(!f.delete);
@@ -457,6 +688,7 @@ impl Handler<Finished> for Puller {
         }
         match msg.result {
             Ok(()) => {
+                self.release(&msg.path);
                 if self.failures.remove(&msg.path).is_some() {
                     tracing::info!(folder = %self.ctx.folder, path = %msg.path, "pull succeeded after failing");
                     self.publish_failures();
@@ -486,7 +718,9 @@ impl Handler<Finished> for Puller {
                 self.publish_failures();
             }
         }
+        self.take_held(now_millis());
         self.pump(ctx);
+        self.publish_budget();
     }
 }
 
@@ -882,13 +1116,31 @@ async fn fetch_chunk(
             Ok(Ok(_)) => {
                 tracing::warn!(peer = %device.prefix(), path = %record.path, "chunk failed verification; trying another source")
             }
-            Ok(Err(e)) => {
-                tracing::debug!(peer = %device.prefix(), path = %record.path, error = %e, "chunk request failed")
-            }
+            Ok(Err(e)) => fetch_failed(ctx, &device, &record.path, &e),
             Err(_) => {}
         }
     }
     Err(PullError::NoSource { offset: chunk.offset, size: chunk.size })
+}
+
+/// Counts a chunk request to `device` that failed, and logs it once per peer and kind of failure
+/// (a peer that announces many files it never serves costs one line, not one per file).
+fn fetch_failed(ctx: &PullContext, device: &DeviceId, path: &str, error: &FetchError) {
+    let counters = ctx.directory.counters(device);
+    counters.failed_fetch();
+    let kind = match error {
+        FetchError::TimedOut => "fetch timed out",
+        FetchError::Closed => "fetch cut off",
+        FetchError::BadAnswer(_) => "fetch answered badly",
+        FetchError::Refused { .. } => "fetch refused",
+    };
+    if counters.first(kind) {
+        // The peer wrote the detail text: a line of it is enough.
+        let error: String = error.to_string().chars().take(200).collect();
+        tracing::warn!(peer = %device.prefix(), kind, error, "chunk requests to this peer fail (further failures only counted)");
+    } else {
+        tracing::debug!(peer = %device.prefix(), path, error = %error, "chunk request failed");
+    }
 }
 
 /// Whether the entry at `path` holds exactly `record`'s content: a file its bytes, a link its

@@ -62,6 +62,9 @@ pub struct NodeState {
     pub store: Arc<Store>,
     /// Each folder's version store, by folder id.
     pub versions: std::collections::HashMap<String, Arc<VersionStore>>,
+    /// The longest the actor thread (every actor and the signal handler share it) was busy
+    /// past a timer, in milliseconds, since the node started.
+    pub actor_stall_max_ms: AtomicU64,
 }
 
 impl NodeState {
@@ -161,9 +164,18 @@ impl NodeState {
                 refused_records: e.counters.refused_records.load(Relaxed),
                 refused_requests: e.counters.refused_requests.load(Relaxed),
                 protocol_violations: e.counters.protocol_violations.load(Relaxed),
+                failed_fetches: e.counters.failed_fetches.load(Relaxed),
+                needs_admitted: e.counters.needs_admitted.load(Relaxed),
+                needs_held: e.counters.needs_held.load(Relaxed),
             })
             .collect();
-        Ok(StatusReport { device_id: self.device_id.to_string(), name: self.name.clone(), folders, peers })
+        Ok(StatusReport {
+            device_id: self.device_id.to_string(),
+            name: self.name.clone(),
+            folders,
+            peers,
+            actor_stall_max_ms: self.actor_stall_max_ms.load(Relaxed),
+        })
     }
 }
 
@@ -173,6 +185,9 @@ pub struct StatusReport {
     pub name: String,
     pub folders: Vec<FolderReport>,
     pub peers: Vec<PeerReport>,
+    /// The longest the actor thread was held past a timer since the node started (ms).
+    #[serde(default)]
+    pub actor_stall_max_ms: u64,
 }
 
 #[derive(Debug, Default, Serialize, serde::Deserialize)]
@@ -267,4 +282,12 @@ pub struct PeerReport {
     pub refused_requests: u64,
     #[serde(default)]
     pub protocol_violations: u64,
+    /// Our chunk requests to the peer that failed.
+    #[serde(default)]
+    pub failed_fetches: u64,
+    /// The peer's needs admitted to the pull queue now, and those held until its budget frees.
+    #[serde(default)]
+    pub needs_admitted: u64,
+    #[serde(default)]
+    pub needs_held: u64,
 }

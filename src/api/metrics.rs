@@ -61,7 +61,28 @@ pub fn render(r: &StatusReport) -> Result<String, std::fmt::Error> {
 
     let connected = r.peers.iter().filter(|p| p.connected).count() as u64;
     registry.register("peers_connected", "Peers connected now.", gauges([(Vec::new(), connected)]));
-    let peer_counters: [(&str, &str, fn(&PeerReport) -> u64); 5] = [
+    registry.register(
+        "actor_thread_stall_max_ms",
+        "The longest the actor thread (shared by every actor and the signal handler) was held past a timer, in ms.",
+        gauges([(Vec::new(), r.actor_stall_max_ms)]),
+    );
+    let peer_gauges: [(&str, &str, fn(&PeerReport) -> u64); 2] = [
+        (
+            "peer_needs_admitted",
+            "Needs charged to the peer in the pull queues now (queued, running or waiting to retry).",
+            |p| p.needs_admitted,
+        ),
+        ("peer_needs_held", "Needs of the peer held in the index until its need budget frees.", |p| p.needs_held),
+    ];
+    for (name, help, value) in peer_gauges {
+        registry.register(name, help, gauges(r.peers.iter().map(|p| (peer(p), value(p)))));
+    }
+    let peer_counters: [(&str, &str, fn(&PeerReport) -> u64); 6] = [
+        (
+            "peer_failed_fetches",
+            "Our chunk requests to the peer that failed (refused, timed out, connection lost).",
+            |p| p.failed_fetches,
+        ),
         ("peer_bytes_in", "Protocol bytes received from the peer.", |p| p.bytes_in),
         ("peer_bytes_out", "Protocol bytes sent to the peer.", |p| p.bytes_out),
         ("peer_refused_records", "Records from the peer refused (their batch not applied).", |p| p.refused_records),

@@ -139,9 +139,17 @@ impl<T> PullQueue<T> {
     /// written (`running`); deletes only once `creating` (anything but deletes running) is false
     /// and no create is queued. Looks at no more entries than it skips.
     pub fn next(&self, running: &Targets, creating: bool) -> Option<&str> {
+        self.next_where(running, creating, |_| true)
+    }
+
+    /// As [`PullQueue::next`], also skipping the needs `allowed` says may not start now (their
+    /// peer has its share of the running pulls already).
+    pub fn next_where(&self, running: &Targets, creating: bool, allowed: impl Fn(&str) -> bool) -> Option<&str> {
         let free = |path: &str| {
             let entry = &self.entries[path];
-            !running.overlaps(path) && entry.also_writes.as_deref().is_none_or(|c| !running.overlaps(c))
+            allowed(path)
+                && !running.overlaps(path)
+                && entry.also_writes.as_deref().is_none_or(|c| !running.overlaps(c))
         };
         if let Some((_, p)) = self.dirs.iter().find(|(_, p)| free(p)) {
             return Some(p);
@@ -235,6 +243,18 @@ mod tests {
         assert!(running.overlaps("a/f") && running.overlaps("a") && !running.overlaps("a/fx"));
         q.insert("c".into(), Entry { phase: Phase::File, bytes: 1, also_writes: Some("a/f/g".into()), item: () });
         assert_eq!(q.next(&running, true), None, "its conflict copy is being written");
+    }
+
+    #[test]
+    fn a_need_that_may_not_start_is_passed_over_not_waited_for() {
+        let mut q = PullQueue::default();
+        for p in ["flood/1", "flood/2", "honest.txt"] {
+            q.insert(p.into(), entry(Phase::File, 1));
+        }
+        let none = Targets::default();
+        assert_eq!(q.next_where(&none, false, |p| !p.starts_with("flood/")), Some("honest.txt"));
+        assert_eq!(q.next_where(&none, false, |_| false), None);
+        assert_eq!(q.next_where(&none, false, |_| true), q.next(&none, false));
     }
 
     proptest! {

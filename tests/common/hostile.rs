@@ -213,6 +213,50 @@ impl Conn<'_> {
         });
     }
 
+    /// Reads the node's data stream from now on and answers none of its chunk requests as asked:
+    /// those with an odd id get a refusal, those with an even id no answer at all (the node's
+    /// fetch waits until its timeout). The requests seen are counted in the returned counter.
+    pub fn stonewall(&mut self) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
+        let mut rx = self.data_rx.take().expect("data stream already taken");
+        let tx = self.data.clone();
+        let seen = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = seen.clone();
+        self.peer.rt.spawn(async move {
+            while let Some(Ok(msg)) = rx.next().await {
+                if let Some(data_message::Kind::Request(r)) = msg.kind {
+                    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if r.id % 2 == 1 {
+                        let refusal = proto::ChunkResponse {
+                            id: r.id,
+                            code: proto::ChunkError::Busy as i32,
+                            error: "not now".into(),
+                            ..Default::default()
+                        };
+                        if tx.send(DataMessage { kind: Some(data_message::Kind::Response(refusal)) }).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        seen
+    }
+
+    /// Pings the node every `every` from now on, so that a peer that sends nothing else is not
+    /// taken for gone.
+    pub fn keepalive(&self, every: Duration) {
+        let tx = self.control.clone();
+        self.peer.rt.spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let ping = ControlMessage { kind: Some(control_message::Kind::Ping(proto::Ping { nonce: 1 })) };
+                if tx.send(ping).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
     /// The node's answer to one of our chunk requests (needs [`Conn::serve`]).
     pub fn response(&self, timeout: Duration) -> Option<proto::ChunkResponse> {
         self.responses.as_ref().expect("call serve first").recv_timeout(timeout).ok()
@@ -323,11 +367,12 @@ pub fn memory_kib(pid: u32) -> (u64, u64) {
     (field("VmHWM:"), field("VmRSS:"))
 }
 
-/// One sample of the node's /metrics: `name{label}`, e.g. `peer="ID"` or `folder="default"`.
+/// One sample of the node's /metrics: `name{label}`, e.g. `peer="ID"` or `folder="default"`
+/// (an empty label: the sample without labels).
 pub fn metric(node: &Node, name: &str, label: &str) -> Option<u64> {
     let mut response = ureq::get(&format!("http://127.0.0.1:{}/metrics", node.api_port)).call().ok()?;
     let text = response.body_mut().read_to_string().ok()?;
-    let key = format!("{name}{{{label}}} ");
+    let key = if label.is_empty() { format!("{name} ") } else { format!("{name}{{{label}}} ") };
     text.lines().find_map(|l| l.strip_prefix(&key)).and_then(|v| v.trim().parse().ok())
 }
 
