@@ -1049,11 +1049,8 @@ impl Sim {
                 self.flush_deletes(node)
             }
             Ev::Retry { node, life, path } if live(self, node, life) => self.retry(node, path),
-            Ev::Restart { node } => {
-                if !self.nodes[node].up {
-                    self.start(node)
-                }
-            }
+            Ev::Restart { node } if !self.nodes[node].up => self.start(node),
+            Ev::Restart { .. } => {}
             Ev::Heal { a, b } => {
                 self.link(a, b).partitioned = false;
                 self.maybe_dial(a, b);

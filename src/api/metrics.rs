@@ -14,6 +14,8 @@ use crate::actors::status::{FolderReport, PeerReport, StatusReport};
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 type Labels = Vec<(&'static str, String)>;
+/// A metric read off a report: its name, its help text, and how to get its value.
+type Metric<T> = (&'static str, &'static str, fn(&T) -> u64);
 
 /// Counters are named without `_total`: OpenMetrics adds it to the sample
 /// (`syncnode_pulls_total{folder="default"} 3`).
@@ -22,7 +24,7 @@ pub fn render(r: &StatusReport) -> Result<String, std::fmt::Error> {
     let folder = |f: &FolderReport| vec![("folder", f.id.clone())];
     let peer = |p: &PeerReport| vec![("peer", p.device_id.clone())];
 
-    let folder_gauges: [(&str, &str, fn(&FolderReport) -> u64); 13] = [
+    let folder_gauges: [Metric<FolderReport>; 13] = [
         ("folder_files", "Files and directories in the folder.", |f| f.local_files),
         ("folder_bytes", "Bytes of file data in the folder.", |f| f.local_bytes),
         ("folder_need_files", "Files still to pull.", |f| f.need_files),
@@ -46,7 +48,7 @@ pub fn render(r: &StatusReport) -> Result<String, std::fmt::Error> {
     for (name, help, value) in folder_gauges {
         registry.register(name, help, gauges(r.folders.iter().map(|f| (folder(f), value(f)))));
     }
-    let folder_counters: [(&str, &str, fn(&FolderReport) -> u64); 5] = [
+    let folder_counters: [Metric<FolderReport>; 5] = [
         ("pulls", "Files and directories pulled from peers.", |f| f.pulls),
         ("conflicts", "Conflicts resolved (a copy kept).", |f| f.conflicts),
         ("errors", "Failed pulls (retried).", |f| f.errors),
@@ -66,7 +68,7 @@ pub fn render(r: &StatusReport) -> Result<String, std::fmt::Error> {
         "The longest the actor thread (shared by every actor and the signal handler) was held past a timer, in ms.",
         gauges([(Vec::new(), r.actor_stall_max_ms)]),
     );
-    let peer_gauges: [(&str, &str, fn(&PeerReport) -> u64); 2] = [
+    let peer_gauges: [Metric<PeerReport>; 2] = [
         (
             "peer_needs_admitted",
             "Needs charged to the peer in the pull queues now (queued, running or waiting to retry).",
@@ -77,7 +79,7 @@ pub fn render(r: &StatusReport) -> Result<String, std::fmt::Error> {
     for (name, help, value) in peer_gauges {
         registry.register(name, help, gauges(r.peers.iter().map(|p| (peer(p), value(p)))));
     }
-    let peer_counters: [(&str, &str, fn(&PeerReport) -> u64); 6] = [
+    let peer_counters: [Metric<PeerReport>; 6] = [
         (
             "peer_failed_fetches",
             "Our chunk requests to the peer that failed (refused, timed out, connection lost).",
