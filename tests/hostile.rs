@@ -348,6 +348,8 @@ fn garbage_and_refused_requests_are_logged_counted_and_cut_off() {
     let mut conn = h.connect(&b);
     conn.hello();
     conn.serve(Default::default());
+    // The control and data streams are not ordered with each other: ask only once B took the Hello.
+    assert!(wait_log(&b, "peer connected", Duration::from_secs(10)));
     for id in 0..3 {
         conn.request(proto::ChunkRequest {
             id,
