@@ -11,7 +11,7 @@ use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use syncnode::core::{chunks, Chunk, FileKind, FileRecord, ShortId, VersionVector};
 use syncnode::net::proto;
-use syncnode::net::wire::{from_wire, to_wire};
+use syncnode::net::wire::{from_wire, to_wire, Diff};
 use syncnode_fuzz::{assert_valid_record, write_seeds_if_asked};
 
 fn record(path: &str, sequence: u64, sizes: &[u32], kind: FileKind, deleted: bool) -> FileRecord {
@@ -50,7 +50,10 @@ fn seeds() -> Vec<Vec<u8>> {
             to_wire(&record("dir/gone", 4, &[], FileKind::File, true), None),
             to_wire(&record("dir/empty", 6, &[], FileKind::File, false), None),
         ]),
-        update(vec![to_wire(&v1, None), to_wire(&v2, Some((v1.sequence, &edits)))]),
+        update(vec![
+            to_wire(&v1, None),
+            to_wire(&v2, Some(Diff { base: v1.sequence, base_path: None, edits: &edits })),
+        ]),
     ]
 }
 
@@ -70,7 +73,7 @@ fuzz_target!(
             // path), it comes back as it is too.
             if let Some(base) = batch.get(&r.path).filter(|b| b.sequence != 0 && (sent_base == 0 || b.sequence == sent_base)) {
                 let edits = chunks::diff(&base.chunks, &r.chunks);
-                let back = from_wire(to_wire(&r, Some((base.sequence, &edits))), |p, s| lookup(&batch, p, s));
+                let back = from_wire(to_wire(&r, Some(Diff { base: base.sequence, base_path: None, edits: &edits })), |p, s| lookup(&batch, p, s));
                 assert_eq!(back.as_ref().ok(), Some(&r), "edit-script round trip against sequence {}", base.sequence);
             }
             batch.insert(r.path.clone(), r);

@@ -8,7 +8,7 @@ use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use syncnode::core::{chunks, Chunk};
 use syncnode::net::proto;
-use syncnode::net::wire::{from_wire, to_wire, WireError};
+use syncnode::net::wire::{from_wire, to_wire, Diff, WireError};
 use syncnode_fuzz::assert_valid_record;
 
 #[derive(Arbitrary, Debug)]
@@ -138,8 +138,11 @@ fuzz_target!(|input: Input| {
             assert_eq!(from_wire(to_wire(&r, None), |_, _| None).as_ref().ok(), Some(&r), "whole-record round trip");
             if let Some((seq, old)) = base.as_ref().filter(|(seq, _)| *seq != 0) {
                 let edits = chunks::diff(old, &r.chunks);
+                let from_elsewhere = (!input.base_path.is_empty()).then_some(input.base_path.as_str());
                 assert_eq!(
-                    from_wire(to_wire(&r, Some((*seq, &edits))), lookup).as_ref().ok(),
+                    from_wire(to_wire(&r, Some(Diff { base: *seq, base_path: from_elsewhere, edits: &edits })), lookup)
+                        .as_ref()
+                        .ok(),
                     Some(&r),
                     "edit-script round trip"
                 );
