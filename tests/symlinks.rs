@@ -28,10 +28,7 @@ fn folder_keys(node: &Node, keys: &str) {
 /// before the nodes start.
 fn pair(a_keys: &str, b_keys: &str, before: impl Fn(&Node)) -> Vec<Node> {
     let mut nodes = vec![Node::new("a"), Node::new("b")];
-    let (ia, ib) = (nodes[0].device_id.clone(), nodes[1].device_id.clone());
-    let (aa, ab) = (nodes[0].address(), nodes[1].address());
-    nodes[0].peers.push((ib, Some(ab)));
-    nodes[1].peers.push((ia, Some(aa)));
+    introduce(&mut nodes, &[(0, 1)]);
     for n in nodes.iter_mut() {
         n.write_config();
         std::fs::create_dir_all(&n.folder).unwrap();

@@ -40,10 +40,7 @@ fn pair(b_keys: &str) -> Vec<Node> {
 /// Two connected nodes with extra keys in each one's folder table.
 fn pair_with(a_keys: &str, b_keys: &str) -> Vec<Node> {
     let mut nodes = vec![Node::new("a"), Node::new("b")];
-    let (ia, ib) = (nodes[0].device_id.clone(), nodes[1].device_id.clone());
-    let (aa, ab) = (nodes[0].address(), nodes[1].address());
-    nodes[0].peers.push((ib, Some(ab)));
-    nodes[1].peers.push((ia, Some(aa)));
+    introduce(&mut nodes, &[(0, 1)]);
     for n in nodes.iter_mut() {
         n.write_config();
     }

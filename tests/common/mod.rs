@@ -282,13 +282,18 @@ impl Drop for Node {
 }
 
 /// Nodes trusting each other pairwise along `links` (indices), started.
-pub fn connect(nodes: &mut [Node], links: &[(usize, usize)]) {
+/// Makes each linked pair trust each other and know each other's address (configs not written yet).
+pub fn introduce(nodes: &mut [Node], links: &[(usize, usize)]) {
     for &(a, b) in links {
         let (na, nb) = (nodes[a].device_id.clone(), nodes[b].device_id.clone());
         let (aa, ab) = (nodes[a].address(), nodes[b].address());
         nodes[a].peers.push((nb, Some(ab)));
         nodes[b].peers.push((na, Some(aa)));
     }
+}
+
+pub fn connect(nodes: &mut [Node], links: &[(usize, usize)]) {
+    introduce(nodes, links);
     for n in nodes.iter_mut() {
         n.write_config();
         n.start();
