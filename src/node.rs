@@ -13,7 +13,7 @@ use crate::actors::directory::PeerDirectory;
 use crate::actors::discovery::Discovery;
 use crate::actors::index::{index_path, IndexActor};
 use crate::actors::messages::{
-    Control, DiscoveryReports, IndexForPeers, IndexForPuller, PullerPort, Shutdown, StopDiscovery,
+    Control, DiscoveryReports, IndexForPeers, IndexForPuller, PullerPort, Sequences, Shutdown, StopDiscovery,
 };
 use crate::actors::puller::{CommitQueue, PullContext, Puller};
 use crate::actors::status::NodeState;
@@ -98,6 +98,11 @@ async fn serve(config: Config, identity: Identity, store: Arc<Store>) -> Result<
         pullers.insert(folder.id.clone(), puller.clone().recipient());
         wired.push((folder, guard, PullerPort { needs: puller.clone().recipient(), barrier: puller.recipient() }));
     }
+    let mut current = Vec::new();
+    for folder in config.folders.iter() {
+        current.push((folder.id.clone(), store.folder_meta(&folder.id).context("reading the index")?.max_sequence));
+    }
+    let sequences = Sequences::new(current);
     index_context.run(IndexActor::new(
         store.clone(),
         identity.device_id,
@@ -106,11 +111,12 @@ async fn serve(config: Config, identity: Identity, store: Arc<Store>) -> Result<
         config.empty_folder_guard,
         &wired,
         state.clone(),
+        sequences.clone(),
     ));
     let for_peers = IndexForPeers {
         remote_index: index.clone().recipient(),
         rehash: index.clone().recipient(),
-        subscribe: index.clone().recipient(),
+        sequences,
         recompute: index.clone().recipient(),
     };
     let network_key = match &config.trust {

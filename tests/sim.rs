@@ -30,6 +30,9 @@ const QUIET_LIMIT_MS: u64 = 30 * 60 * 1000;
 /// The Index's delete hold (`DELETE_QUIET` in actors/index.rs) and the watcher's debounce.
 const DELETE_QUIET_MS: u64 = 100;
 const DEBOUNCE_MS: u64 = 20;
+/// Records per peer in one step of a whole-folder recompute (`replica::NEEDS_PAGE` in the node):
+/// small, so that a recompute of the histories' few paths takes several steps.
+const SIM_NEEDS_PAGE: usize = 2;
 /// Paths users touch. Conflict copies appear beside them.
 const PATHS: [&str; 5] = ["a", "b.txt", "d/c", "d/e.txt", "d/f/g"];
 
@@ -138,11 +141,13 @@ impl Records for Store {
     fn remote(&self, device: &DeviceId, path: &str) -> Result<Option<FileRecord>, Self::Error> {
         Ok(self.remote.get(device).and_then(|r| r.files.get(path)).cloned())
     }
-    fn each_remote(&self, device: &DeviceId, f: &mut dyn FnMut(FileRecord)) -> Result<(), Self::Error> {
-        if let Some(r) = self.remote.get(device) {
-            r.files.values().for_each(|x| f(x.clone()));
-        }
-        Ok(())
+    fn remote_page(
+        &self,
+        device: &DeviceId,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<FileRecord>, Self::Error> {
+        Ok(replica::page_of(self.remote.get(device).map(|r| &r.files), after, limit))
     }
 }
 
@@ -749,9 +754,21 @@ impl Sim {
         if !self.nodes[i].up {
             return;
         }
+        // A page at a time as the Index does (`Handler<RecomputeStep>`): the first page replaces
+        // the Puller's list, the others add to it. Small pages, so that histories cross them.
         let devices = self.devices(i);
-        let Ok(items) = replica::needs(&self.nodes[i].store, &devices, None);
-        self.dispatch(i, items, true, Vec::new());
+        let mut after = None;
+        let mut first = true;
+        loop {
+            let Ok((items, next)) =
+                replica::needs_page(&self.nodes[i].store, &devices, after.as_deref(), SIM_NEEDS_PAGE);
+            self.dispatch(i, items, first, Vec::new());
+            first = false;
+            match next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
     }
 
     /// `Handler<RecomputePaths>`.

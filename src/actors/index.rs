@@ -47,6 +47,8 @@ struct FolderState {
     confirmed: bool,
     /// Recompute every need once the scan that follows a resume is done.
     recompute_after_scan: bool,
+    /// The generation of the running (or last) whole-folder recompute: a step of an older one stops.
+    recompute: u64,
     /// Files that exist but cannot be read, with why (skipped by scans, never taken for deleted).
     unreadable: BTreeMap<String, String>,
     /// Local deletes found by scans, held back for `DELETE_QUIET` so that deletes arriving in
@@ -88,7 +90,8 @@ pub struct IndexActor {
     me: ShortId,
     params: ChunkParams,
     folders: HashMap<String, FolderState>,
-    subscribers: Vec<Recipient<IndexUpdated>>,
+    /// Where our commits are announced to the Peers' index senders.
+    sequences: Sequences,
     state: Arc<NodeState>,
     empty_folder_guard: u64,
     /// This node's version clock (`core::replica::Clock`).
@@ -119,11 +122,11 @@ impl KnownRecords for StoreView<'_> {
         }
         Some(record)
     }
-    fn under(&self, dir: &str) -> Vec<FileRecord> {
+    fn each_under(&self, dir: &str, f: &mut dyn FnMut(FileRecord)) {
         if dir.is_empty() {
-            self.store.local_records(self.folder).collect()
+            self.store.local_records(self.folder).for_each(f)
         } else {
-            self.store.local_records_under(self.folder, dir)
+            self.store.local_records_under(self.folder, dir).for_each(f)
         }
     }
 }
@@ -142,9 +145,8 @@ impl Records for FolderRecords<'_> {
     fn remote(&self, device: &DeviceId, path: &str) -> anyhow::Result<Option<FileRecord>> {
         self.store.remote(device, self.folder, path)
     }
-    fn each_remote(&self, device: &DeviceId, f: &mut dyn FnMut(FileRecord)) -> anyhow::Result<()> {
-        self.store.remote_records(device, self.folder).for_each(f);
-        Ok(())
+    fn remote_page(&self, device: &DeviceId, after: Option<&str>, limit: usize) -> anyhow::Result<Vec<FileRecord>> {
+        self.store.remote_page(device, self.folder, after, limit)
     }
 }
 
@@ -171,6 +173,7 @@ impl IndexActor {
         empty_folder_guard: u64,
         folders: &[(FolderConfig, Arc<RootGuard>, PullerPort)],
         state: Arc<NodeState>,
+        sequences: Sequences,
     ) -> Self {
         let folders = folders
             .iter()
@@ -187,6 +190,7 @@ impl IndexActor {
                     fault: None,
                     confirmed: false,
                     recompute_after_scan: false,
+                    recompute: 0,
                     unreadable: BTreeMap::new(),
                     pending_deletes: BTreeMap::new(),
                     deletes_since: None,
@@ -200,7 +204,7 @@ impl IndexActor {
             me: me.short(),
             params: ChunkParams::new(chunk_size),
             folders,
-            subscribers: Vec::new(),
+            sequences,
             state,
             empty_folder_guard,
             clock: Clock::default(),
@@ -301,6 +305,7 @@ impl IndexActor {
             busy: state.pulling.clone(),
             unreadable: Default::default(),
             links: state.config.symlinks == SymlinkMode::Link,
+            progress: None,
         };
         let suspect = std::mem::take(&mut state.suspect);
         let store = self.store.clone();
@@ -309,6 +314,21 @@ impl IndexActor {
         let guard = state.guard.clone();
         let now = self.tick();
         let addr = ctx.address();
+        // A walk's records go to the Index in batches as it goes, while the root still holds
+        // (the last part, and whether the root held to the end, come with `ScanDone`).
+        let handed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let scanner = Scanner {
+            progress: Some(Box::new({
+                let (addr, folder, guard, handed) = (addr.clone(), folder.clone(), guard.clone(), handed.clone());
+                move |records: Vec<FileRecord>| {
+                    if guard.check().is_ok() {
+                        handed.fetch_add(records.len(), std::sync::atomic::Ordering::Relaxed);
+                        addr.do_send(ScanBatch { folder: folder.clone(), records });
+                    }
+                }
+            })),
+            ..scanner
+        };
         tokio::task::spawn_blocking(move || {
             let started = std::time::Instant::now();
             let view = StoreView { store: &store, folder: &folder, suspect: &suspect };
@@ -320,10 +340,11 @@ impl IndexActor {
                 }
             };
             let ms = started.elapsed().as_millis() as u64;
+            let changed = records.len() + handed.load(std::sync::atomic::Ordering::Relaxed);
             if full {
-                tracing::debug!(folder = %folder, changed = records.len(), ms, "full scan done");
+                tracing::debug!(folder = %folder, changed, ms, "full scan done");
             } else {
-                tracing::debug!(folder = %folder, paths = scope.len(), changed = records.len(), ms, "scan done");
+                tracing::debug!(folder = %folder, paths = scope.len(), changed, ms, "scan done");
             }
             let unreadable = std::mem::take(&mut *scanner.unreadable.lock().expect("scanner lock"));
             addr.do_send(ScanDone { folder, records, root: guard.check(), full, scope, unreadable });
@@ -331,11 +352,9 @@ impl IndexActor {
     }
 
     fn notify(&mut self, folder: &str) {
-        let Ok(meta) = self.store.folder_meta(folder) else { return };
-        let msg = IndexUpdated { folder: folder.to_string(), max_sequence: meta.max_sequence };
-        self.subscribers.retain(|s| s.connected());
-        for s in &self.subscribers {
-            s.do_send(msg.clone());
+        match self.store.folder_meta(folder) {
+            Ok(meta) => self.sequences.publish(folder, meta.max_sequence),
+            Err(e) => tracing::error!(folder, error = %format!("{e:#}"), "cannot read the index"),
         }
     }
 
@@ -355,23 +374,44 @@ impl IndexActor {
         }
     }
 
-    /// Needs for the given remote records (or, with `None`, for everything every peer announced).
-    /// An index that cannot be read gives none, with an ERROR line: the work waits for the next
-    /// recompute (a peer connecting, a retry) instead of being decided on records taken for absent.
-    fn needs(&self, folder: &str, records: Option<&[FileRecord]>) -> Vec<NeedItem> {
-        let read = || -> anyhow::Result<Vec<NeedItem>> {
-            let mut devices = self.store.remote_devices(folder)?;
-            // Records kept from a device the folder is no longer shared with are neither pulled
-            // nor asked for (the Peer actor refuses anything new from it).
-            if let Some(state) = self.folders.get(folder) {
-                devices.retain(|d| state.config.devices.includes(d));
-            }
-            replica::needs(&FolderRecords { store: &self.store, folder }, &devices, records)
-        };
+    /// The devices whose records decide what `folder` needs: records kept from a device the folder
+    /// is no longer shared with are neither pulled nor asked for (the Peer actor refuses anything
+    /// new from it).
+    fn sources(&self, folder: &str) -> anyhow::Result<Vec<DeviceId>> {
+        let mut devices = self.store.remote_devices(folder)?;
+        if let Some(state) = self.folders.get(folder) {
+            devices.retain(|d| state.config.devices.includes(d));
+        }
+        Ok(devices)
+    }
+
+    /// Needs for the given remote records. An index that cannot be read gives none, with an ERROR
+    /// line: the work waits for the next recompute (a peer connecting) instead of being decided
+    /// on records taken for absent.
+    fn needs(&self, folder: &str, records: &[FileRecord]) -> Vec<NeedItem> {
+        let read =
+            || replica::needs(&FolderRecords { store: &self.store, folder }, &self.sources(folder)?, Some(records));
         read().unwrap_or_else(|e| {
             tracing::error!(folder, error = %format!("{e:#}"), "cannot read the index to decide what to pull");
             Vec::new()
         })
+    }
+
+    /// Decides everything the folder needs again, from every peer's whole index: a page of paths
+    /// per step (`replica::needs_page`), each step its own message, so that neither the actor
+    /// thread nor memory carries the whole folder. The first page replaces the Puller's list; a
+    /// recompute started meanwhile takes over from its own start.
+    fn recompute(&mut self, folder: &str, ctx: &mut Context<Self>) {
+        let Some(state) = self.folders.get_mut(folder) else { return };
+        state.recompute += 1;
+        let step = RecomputeStep {
+            folder: folder.to_string(),
+            generation: state.recompute,
+            after: None,
+            started: std::time::Instant::now(),
+            needs: 0,
+        };
+        ctx.notify(step);
     }
 
     /// Settles what needs no disk work right here; sends the rest to the Puller.
@@ -446,13 +486,6 @@ impl Actor for IndexActor {
     }
 }
 
-impl Handler<Subscribe> for IndexActor {
-    type Result = ();
-    fn handle(&mut self, msg: Subscribe, _: &mut Context<Self>) {
-        self.subscribers.push(msg.0);
-    }
-}
-
 impl Handler<LocalChanged> for IndexActor {
     type Result = ();
     fn handle(&mut self, msg: LocalChanged, ctx: &mut Context<Self>) {
@@ -485,37 +518,8 @@ impl Handler<ScanDone> for IndexActor {
             return;
         }
         self.note_unreadable(&msg.folder, msg.full, &msg.scope, msg.unreadable);
-        let mut fresh = Vec::new();
-        let mut stale = Vec::new();
-        let mut deletes = Vec::new();
-        for record in msg.records {
-            // The scan compared against the record at `record.sequence`; if that changed since
-            // (a pull landed meanwhile), the result is stale: look at the path again.
-            let current = match self.store.get(&msg.folder, &record.path) {
-                Ok(current) => current,
-                Err(e) => {
-                    // Nothing is committed against a record we cannot read; the periodic rescan
-                    // looks at the path again.
-                    tracing::error!(folder = %msg.folder, path = %record.path, error = %format!("{e:#}"), "cannot read the index");
-                    continue;
-                }
-            };
-            match replica::judge_scanned(&record, current.as_ref()) {
-                ScanVerdict::Stale => stale.push(record.path),
-                ScanVerdict::HoldDelete => deletes.push(record),
-                ScanVerdict::Commit => {
-                    tracing::debug!(folder = %msg.folder, path = %record.path, size = record.size, "local change");
-                    fresh.push(record);
-                }
-            }
-        }
-        self.commit(&msg.folder, fresh);
-        let state = self.folders.get_mut(&msg.folder).expect("folder");
-        state.pending.extend(stale);
-        if !deletes.is_empty() {
-            state.deletes_since.get_or_insert_with(std::time::Instant::now);
-            state.pending_deletes.extend(deletes.into_iter().map(|r| (r.path.clone(), r)));
-        }
+        self.take_scanned(&msg.folder, msg.records);
+        let Some(state) = self.folders.get_mut(&msg.folder) else { return };
         // A full scan sees the whole folder: judge its deletes now. Otherwise wait until no new
         // delete has come for `DELETE_QUIET`.
         let overdue = state.deletes_since.is_some_and(|t| t.elapsed() >= DELETE_MAX_WAIT);
@@ -543,10 +547,61 @@ impl Handler<ScanDone> for IndexActor {
         let state = self.folders.get_mut(&msg.folder).expect("folder");
         let recompute = std::mem::take(&mut state.recompute_after_scan) && state.fault.is_none();
         if recompute {
-            let items = self.needs(&msg.folder, None);
-            self.dispatch(&msg.folder, items, true, Vec::new());
+            self.recompute(&msg.folder, ctx);
         }
         self.start_scan(&msg.folder, ctx);
+    }
+}
+
+/// Part of a running scan's result (`Scanner::progress`): records of new or changed files.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct ScanBatch {
+    folder: String,
+    records: Vec<FileRecord>,
+}
+
+impl Handler<ScanBatch> for IndexActor {
+    type Result = ();
+    fn handle(&mut self, msg: ScanBatch, _: &mut Context<Self>) {
+        self.take_scanned(&msg.folder, msg.records);
+    }
+}
+
+impl IndexActor {
+    /// Commits what a scan found, each record judged against our record now: one that a pull
+    /// changed meanwhile is stale (the path is looked at again), a delete waits to be judged
+    /// with the others (`flush_deletes`).
+    fn take_scanned(&mut self, folder: &str, records: Vec<FileRecord>) {
+        let (mut fresh, mut stale, mut deletes) = (Vec::new(), Vec::new(), Vec::new());
+        for record in records {
+            // The scan compared against the record at `record.sequence`; if that changed since
+            // (a pull landed meanwhile), the result is stale: look at the path again.
+            let current = match self.store.get(folder, &record.path) {
+                Ok(current) => current,
+                Err(e) => {
+                    // Nothing is committed against a record we cannot read; the periodic rescan
+                    // looks at the path again.
+                    tracing::error!(folder, path = %record.path, error = %format!("{e:#}"), "cannot read the index");
+                    continue;
+                }
+            };
+            match replica::judge_scanned(&record, current.as_ref()) {
+                ScanVerdict::Stale => stale.push(record.path),
+                ScanVerdict::HoldDelete => deletes.push(record),
+                ScanVerdict::Commit => {
+                    tracing::debug!(folder, path = %record.path, size = record.size, "local change");
+                    fresh.push(record);
+                }
+            }
+        }
+        self.commit(folder, fresh);
+        let Some(state) = self.folders.get_mut(folder) else { return };
+        state.pending.extend(stale);
+        if !deletes.is_empty() {
+            state.deletes_since.get_or_insert_with(std::time::Instant::now);
+            state.pending_deletes.extend(deletes.into_iter().map(|r| (r.path.clone(), r)));
+        }
     }
 }
 
@@ -636,7 +691,7 @@ impl IndexActor {
             tracing::error!(error = %e, "cannot store a peer's index");
             return;
         }
-        let items = self.needs(&msg.folder, Some(&records));
+        let items = self.needs(&msg.folder, &records);
         let needs = items.len();
         self.dispatch(&msg.folder, items, false, Vec::new());
         // The actor thread is shared by every actor: how long one batch of a peer's records holds it.
@@ -646,10 +701,54 @@ impl IndexActor {
 
 impl Handler<RecomputeNeeds> for IndexActor {
     type Result = ();
-    fn handle(&mut self, msg: RecomputeNeeds, _: &mut Context<Self>) {
-        if self.folders.contains_key(&msg.folder) {
-            let items = self.needs(&msg.folder, None);
-            self.dispatch(&msg.folder, items, true, Vec::new());
+    fn handle(&mut self, msg: RecomputeNeeds, ctx: &mut Context<Self>) {
+        self.recompute(&msg.folder, ctx);
+    }
+}
+
+/// One step of a whole-folder recompute (`IndexActor::recompute`): the paths after `after`.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct RecomputeStep {
+    folder: String,
+    generation: u64,
+    after: Option<String>,
+    started: std::time::Instant,
+    needs: usize,
+}
+
+impl Handler<RecomputeStep> for IndexActor {
+    type Result = ();
+    fn handle(&mut self, mut msg: RecomputeStep, ctx: &mut Context<Self>) {
+        if self.folders.get(&msg.folder).is_none_or(|s| s.recompute != msg.generation) {
+            return;
+        }
+        let folder = msg.folder.as_str();
+        let read = || {
+            let records = FolderRecords { store: &self.store, folder };
+            replica::needs_page(&records, &self.sources(folder)?, msg.after.as_deref(), replica::NEEDS_PAGE)
+        };
+        let (items, next) = match read() {
+            Ok(page) => page,
+            Err(e) => {
+                return tracing::error!(folder, error = %format!("{e:#}"), "cannot read the index to decide what to pull")
+            }
+        };
+        msg.needs += items.len();
+        self.dispatch(folder, items, msg.after.is_none(), Vec::new());
+        match next {
+            Some(next) => {
+                msg.after = Some(next);
+                ctx.notify(msg);
+            }
+            None => {
+                tracing::debug!(
+                    folder,
+                    needs = msg.needs,
+                    ms = msg.started.elapsed().as_millis() as u64,
+                    "needs recomputed"
+                )
+            }
         }
     }
 }
@@ -688,7 +787,7 @@ impl Handler<RecomputePaths> for IndexActor {
                 return tracing::error!(folder = %msg.folder, error = %format!("{e:#}"), "cannot read the index to decide what to pull")
             }
         };
-        let items = self.needs(&msg.folder, Some(&announced));
+        let items = self.needs(&msg.folder, &announced);
         self.dispatch(&msg.folder, items, false, msg.paths);
     }
 }

@@ -17,7 +17,7 @@ use crate::net::wire::FetchError;
 pub struct IndexForPeers {
     pub remote_index: Recipient<RemoteIndex>,
     pub rehash: Recipient<Rehash>,
-    pub subscribe: Recipient<Subscribe>,
+    pub sequences: Sequences,
     pub recompute: Recipient<RecomputeNeeds>,
 }
 
@@ -111,17 +111,31 @@ pub struct Disconnect {
     pub violation: Option<usize>,
 }
 
-/// Our index of `folder` has new records up to `max_sequence`.
-#[derive(Message, Clone)]
-#[rtype(result = "()")]
-pub struct IndexUpdated {
-    pub folder: String,
-    pub max_sequence: u64,
-}
+/// Each folder's highest local sequence, as the Index last committed it. A Peer's index sender
+/// watches it: a watch holds the latest value, so a sender that starts watching at any moment
+/// (before or after a commit) never misses one. (A subscription by message did: a commit that the
+/// Index handled before the Peer's `Subscribe` went unannounced until the next change.)
+#[derive(Clone, Default)]
+pub struct Sequences(Arc<std::collections::HashMap<String, tokio::sync::watch::Sender<u64>>>);
 
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Subscribe(pub Recipient<IndexUpdated>);
+impl Sequences {
+    /// Starting from each folder's current highest sequence.
+    pub fn new(folders: impl IntoIterator<Item = (String, u64)>) -> Sequences {
+        Sequences(Arc::new(folders.into_iter().map(|(f, seq)| (f, tokio::sync::watch::Sender::new(seq))).collect()))
+    }
+
+    /// The Index committed records of `folder` up to `max_sequence`.
+    pub fn publish(&self, folder: &str, max_sequence: u64) {
+        if let Some(tx) = self.0.get(folder) {
+            tx.send_replace(max_sequence);
+        }
+    }
+
+    /// A watch of `folder`'s highest sequence, its current value taken as seen.
+    pub fn watch(&self, folder: &str) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.0.get(folder).map(|tx| tx.subscribe())
+    }
+}
 
 /// Recompute what a folder needs (a peer came or went, or a retry is due).
 #[derive(Message)]

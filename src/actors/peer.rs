@@ -87,7 +87,6 @@ struct Serving {
 pub struct PeerActor {
     setup: PeerSetup,
     roots: HashMap<String, PathBuf>,
-    senders: HashMap<String, watch::Sender<u64>>,
     pending: HashMap<u64, Pending>,
     next_id: u64,
     last_seen: Instant,
@@ -115,7 +114,6 @@ impl PeerActor {
         PeerActor {
             setup,
             roots,
-            senders: HashMap::new(),
             pending: HashMap::new(),
             next_id: 1,
             last_seen: Instant::now(),
@@ -221,8 +219,7 @@ impl PeerActor {
                     Err(e) => return self.close(format!("cannot read the index of `{}`: {e:#}", folder.id), ctx),
                 };
                 let start = if offer.your_index_id == meta.index_id { offer.your_max_sequence } else { 0 };
-                let (tx, rx) = watch::channel(meta.max_sequence);
-                self.senders.insert(folder.id.clone(), tx);
+                let Some(rx) = self.setup.index.sequences.watch(&folder.id) else { continue };
                 tokio::spawn(send_index(
                     self.setup.store.clone(),
                     self.setup.control.tx.clone(),
@@ -520,7 +517,6 @@ impl Actor for PeerActor {
             Ok(hello) => self.send_control(control_message::Kind::Hello(hello)),
             Err(e) => return self.close(format!("cannot read the index: {e:#}"), ctx),
         }
-        self.setup.index.subscribe.do_send(Subscribe(ctx.address().recipient()));
         ctx.run_interval(PING_INTERVAL, |this, _| {
             this.send_control(control_message::Kind::Ping(proto::Ping { nonce: 0 }))
         });
@@ -665,15 +661,6 @@ impl Handler<FetchChunk> for PeerActor {
                 Err(_) => Err(FetchError::TimedOut),
             }
         })
-    }
-}
-
-impl Handler<IndexUpdated> for PeerActor {
-    type Result = ();
-    fn handle(&mut self, msg: IndexUpdated, _: &mut Context<Self>) {
-        if let Some(tx) = self.senders.get(&msg.folder) {
-            let _ = tx.send(msg.max_sequence);
-        }
     }
 }
 

@@ -37,9 +37,14 @@ impl Records for View<'_> {
     fn remote(&self, device: &DeviceId, path: &str) -> Result<Option<FileRecord>, Self::Error> {
         Ok(self.remote.filter(|r| *device == self.from && r.path == path).cloned())
     }
-    fn each_remote(&self, device: &DeviceId, f: &mut dyn FnMut(FileRecord)) -> Result<(), Self::Error> {
-        self.remote.filter(|_| *device == self.from).into_iter().for_each(|r| f(r.clone()));
-        Ok(())
+    fn remote_page(
+        &self,
+        device: &DeviceId,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<FileRecord>, Self::Error> {
+        let after_cursor = |r: &&FileRecord| after.is_none_or(|a| r.path.as_str() > a);
+        Ok(self.remote.filter(|_| *device == self.from).filter(after_cursor).into_iter().take(limit).cloned().collect())
     }
 }
 

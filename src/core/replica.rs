@@ -23,9 +23,15 @@ pub trait Records {
     fn local(&self, path: &str) -> Result<Option<FileRecord>, Self::Error>;
     /// The record of `path` that `device` announced.
     fn remote(&self, device: &DeviceId, path: &str) -> Result<Option<FileRecord>, Self::Error>;
-    /// Every record `device` announced, one at a time (a folder may not fit in memory twice).
-    fn each_remote(&self, device: &DeviceId, f: &mut dyn FnMut(FileRecord)) -> Result<(), Self::Error>;
+    /// Up to `limit` records `device` announced, in path order (byte order), from the first path
+    /// after `after` (from the start with `None`). A folder is read a page at a time: it may not
+    /// fit in memory.
+    fn remote_page(&self, device: &DeviceId, after: Option<&str>, limit: usize)
+        -> Result<Vec<FileRecord>, Self::Error>;
 }
+
+/// How many records of each peer's index one step of a whole-folder recompute reads.
+pub const NEEDS_PAGE: usize = 1024;
 
 /// This device's version clock: milliseconds since the epoch, bumped past the last value issued.
 /// Every new version gets a larger counter: two different versions of a path made by this device
@@ -140,6 +146,26 @@ pub fn needs<R: Records + ?Sized>(
     devices: &[DeviceId],
     announced: Option<&[FileRecord]>,
 ) -> Result<Vec<Need>, R::Error> {
+    let Some(list) = announced else {
+        let (mut items, mut after) = (Vec::new(), None);
+        loop {
+            let (page, next) = needs_page(records, devices, after.as_deref(), NEEDS_PAGE)?;
+            items.extend(page);
+            match next {
+                Some(next) => after = Some(next),
+                None => return Ok(items),
+            }
+        }
+    };
+    needs_of(records, devices, list)
+}
+
+/// `needs` for the paths of `list`.
+fn needs_of<R: Records + ?Sized>(
+    records: &R,
+    devices: &[DeviceId],
+    list: &[FileRecord],
+) -> Result<Vec<Need>, R::Error> {
     let mut best: BTreeMap<String, FileRecord> = BTreeMap::new();
     let mut consider = |remote: FileRecord| match best.get(&remote.path) {
         Some(cur) if cur.version.dominates(&remote.version) => {}
@@ -153,23 +179,14 @@ pub fn needs<R: Records + ?Sized>(
             best.insert(remote.path.clone(), remote);
         }
     };
-    match announced {
-        Some(list) => {
-            let mut seen = std::collections::HashSet::new();
-            for r in list {
-                consider(r.clone());
-                if seen.insert(r.path.as_str()) {
-                    for d in devices {
-                        if let Some(other) = records.remote(d, &r.path)? {
-                            consider(other);
-                        }
-                    }
-                }
-            }
-        }
-        None => {
+    let mut seen = std::collections::HashSet::new();
+    for r in list {
+        consider(r.clone());
+        if seen.insert(r.path.as_str()) {
             for d in devices {
-                records.each_remote(d, &mut |r| consider(r))?;
+                if let Some(other) = records.remote(d, &r.path)? {
+                    consider(other);
+                }
             }
         }
     }
@@ -189,6 +206,73 @@ pub fn needs<R: Records + ?Sized>(
         items.push(Need { action, remote, local, sources });
     }
     Ok(items)
+}
+
+/// One step of deciding everything a folder needs, in bounded memory: reads a page of `limit`
+/// records from each device's index after `after`, and decides the paths up to the last one that
+/// every full page reached (below it, each device's page holds all of its records). Returns those
+/// needs, and where the next step starts (`None`: this was the last step). Looping from `None`
+/// until it returns `None` gives `needs(records, devices, None)`, a page at a time.
+pub fn needs_page<R: Records + ?Sized>(
+    records: &R,
+    devices: &[DeviceId],
+    after: Option<&str>,
+    limit: usize,
+) -> Result<(Vec<Need>, Option<String>), R::Error> {
+    let limit = limit.max(1);
+    let mut pages = Vec::with_capacity(devices.len());
+    let mut end: Option<String> = None;
+    for d in devices {
+        let page = records.remote_page(d, after, limit)?;
+        if page.len() >= limit {
+            let last = &page[page.len() - 1].path;
+            if end.as_ref().is_none_or(|e| last < e) {
+                end = Some(last.clone());
+            }
+        }
+        pages.push(page);
+    }
+    let within = |r: &FileRecord| end.as_ref().is_none_or(|e| r.path <= *e);
+    let announced: Vec<FileRecord> = pages.iter().flatten().filter(|r| within(r)).cloned().collect();
+    let paged = Paged { records, devices, pages };
+    Ok((needs_of(&paged, devices, &announced)?, end))
+}
+
+/// A store's records with each device's page held in memory: the lookups of one `needs_page` step
+/// read no record twice.
+struct Paged<'a, R: ?Sized> {
+    records: &'a R,
+    devices: &'a [DeviceId],
+    pages: Vec<Vec<FileRecord>>,
+}
+
+impl<R: Records + ?Sized> Records for Paged<'_, R> {
+    type Error = R::Error;
+    fn local(&self, path: &str) -> Result<Option<FileRecord>, Self::Error> {
+        self.records.local(path)
+    }
+    fn remote(&self, device: &DeviceId, path: &str) -> Result<Option<FileRecord>, Self::Error> {
+        let Some(page) = self.devices.iter().position(|d| d == device).map(|i| &self.pages[i]) else {
+            return Ok(None);
+        };
+        Ok(page.binary_search_by(|r| r.path.as_str().cmp(path)).ok().map(|i| page[i].clone()))
+    }
+    fn remote_page(
+        &self,
+        device: &DeviceId,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<FileRecord>, Self::Error> {
+        self.records.remote_page(device, after, limit)
+    }
+}
+
+/// A page of an index held in a map by path (`Records::remote_page` of a store in memory).
+pub fn page_of(index: Option<&BTreeMap<String, FileRecord>>, after: Option<&str>, limit: usize) -> Vec<FileRecord> {
+    use std::ops::Bound::{Excluded, Unbounded};
+    let Some(index) = index else { return Vec::new() };
+    let from = after.map_or(Unbounded, Excluded);
+    index.range::<str, _>((from, Unbounded)).take(limit).map(|(_, r)| r.clone()).collect()
 }
 
 /// Needs sorted by who settles them.
@@ -319,9 +403,13 @@ mod tests {
         fn remote(&self, device: &DeviceId, path: &str) -> Result<Option<FileRecord>, Self::Error> {
             Ok(self.remote.get(device).and_then(|m| m.get(path)).cloned())
         }
-        fn each_remote(&self, device: &DeviceId, f: &mut dyn FnMut(FileRecord)) -> Result<(), Self::Error> {
-            self.remote.get(device).into_iter().flat_map(|m| m.values()).for_each(|r| f(r.clone()));
-            Ok(())
+        fn remote_page(
+            &self,
+            device: &DeviceId,
+            after: Option<&str>,
+            limit: usize,
+        ) -> Result<Vec<FileRecord>, Self::Error> {
+            Ok(page_of(self.remote.get(device), after, limit))
         }
     }
 
@@ -469,6 +557,46 @@ mod tests {
             let re = reissued(x.clone(), &y.version, ShortId(1), 10);
             prop_assert!(re.version.dominates(&x.version) && re.version.dominates(&y.version));
             prop_assert_ne!(&re.version, &x.version);
+        }
+
+        /// A whole-folder recompute read a page at a time, whatever the page size, decides
+        /// exactly what one read of everything decides: same needs, same order, same sources.
+        #[test]
+        fn needs_read_a_page_at_a_time_equal_needs_read_at_once(
+            held in proptest::collection::vec((0u8..12, 0u8..4, 0u8..3, 1u64..4), 0..40),
+            limit in 1usize..6,
+        ) {
+            let mut m = Mem::default();
+            for (p, holder, content, counter) in held {
+                let path = format!("d{}/f{}", p % 3, p);
+                let record = file(&path, content, &[(u64::from(holder) + 1, counter)], 1, 1);
+                if holder == 3 {
+                    m.local.insert(path, record);
+                } else {
+                    m.remote.entry(dev(holder)).or_default().insert(path, record);
+                }
+            }
+            let devices = [dev(0), dev(1), dev(2)];
+            let everything: Vec<Vec<FileRecord>> =
+                devices.iter().map(|d| page_of(m.remote.get(d), None, usize::MAX)).collect();
+            let all: Vec<FileRecord> = everything.into_iter().flatten().collect();
+            let at_once = needs(&m, &devices, Some(&all)).unwrap();
+            let (mut paged, mut after, mut steps) = (Vec::new(), None::<String>, 0);
+            loop {
+                let (page, next) = needs_page(&m, &devices, after.as_deref(), limit).unwrap();
+                paged.extend(page);
+                steps += 1;
+                prop_assert!(steps <= 40, "no progress");
+                match next {
+                    Some(next) => {
+                        prop_assert!(after.as_ref().is_none_or(|a| *a < next), "the cursor moves on");
+                        after = Some(next);
+                    }
+                    None => break,
+                }
+            }
+            prop_assert_eq!(&paged, &at_once);
+            prop_assert_eq!(needs(&m, &devices, None).unwrap(), at_once);
         }
     }
 }

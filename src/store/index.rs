@@ -196,10 +196,8 @@ impl Store {
     }
 
     /// Our records strictly inside directory `dir`.
-    pub fn local_records_under(&self, folder: &str, dir: &str) -> Vec<FileRecord> {
-        self.scan_prefix("files", keys::file(folder, &format!("{dir}/")))
-            .filter_map(|(_, v)| decode_record(&v).ok())
-            .collect()
+    pub fn local_records_under<'a>(&'a self, folder: &str, dir: &str) -> impl Iterator<Item = FileRecord> + 'a {
+        self.scan_prefix("files", keys::file(folder, &format!("{dir}/"))).filter_map(|(_, v)| decode_record(&v).ok())
     }
 
     /// The folder's live records and bytes (counted on first use, then kept by each commit).
@@ -365,6 +363,35 @@ impl Store {
 
     pub fn remote_records<'a>(&'a self, device: &DeviceId, folder: &str) -> impl Iterator<Item = FileRecord> + 'a {
         self.scan_prefix("remote", keys::remote_prefix(device, folder)).filter_map(|(_, v)| decode_record(&v).ok())
+    }
+
+    /// Up to `limit` of `device`'s records, in path order, after path `after` (from the first with
+    /// `None`). A record that cannot be read is an error, never left out.
+    pub fn remote_page(
+        &self,
+        device: &DeviceId,
+        folder: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<FileRecord>> {
+        let prefix = keys::remote_prefix(device, folder);
+        let start = match after {
+            Some(path) => {
+                let mut k = keys::remote(device, folder, path);
+                k.push(0);
+                k
+            }
+            None => prefix.clone(),
+        };
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf("remote"), IteratorMode::From(&start, Direction::Forward)) {
+            let (k, v) = item?;
+            if !k.starts_with(&prefix) || out.len() >= limit {
+                break;
+            }
+            out.push(decode_record(&v)?);
+        }
+        Ok(out)
     }
 
     /// Devices we hold an index from, for a folder.
