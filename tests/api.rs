@@ -2,15 +2,15 @@
 //! and values), `GET /metrics` (Prometheus text agreeing with the status), the status command's
 //! table and JSON, and its clear failure when no node runs.
 //!
-//! HTTP is spoken by hand over `std::net::TcpStream` (HTTP/1.1, `Connection: close`), so the test
-//! depends on nothing but std and serde_json.
+//! The status is read with the harness's client (`Node::status`, the one the status command uses);
+//! `/metrics` and the page are fetched by hand over `std::net::TcpStream` (HTTP/1.1, `Connection:
+//! close`), so that their headers and framing are checked too.
 
 mod common;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -60,28 +60,6 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
         data = &data[eol + 2 + size + 2..];
     }
     out
-}
-
-fn status(port: u16) -> Option<Value> {
-    let (code, _, body) = http_get(port, "/rest/status").ok()?;
-    if code != 200 {
-        return None;
-    }
-    serde_json::from_str(&body).ok()
-}
-
-/// Polls the status until `check` holds; returns the last status seen either way.
-fn status_until(port: u16, timeout: Duration, check: impl Fn(&Value) -> bool) -> (bool, Value) {
-    let mut last = Value::Null;
-    let ok = wait_until(timeout, || match status(port) {
-        Some(s) => {
-            let ok = check(&s);
-            last = s;
-            ok
-        }
-        None => false,
-    });
-    (ok, last)
 }
 
 /// The OpenMetrics text format, parsed strictly enough to catch a malformed exposition: every
@@ -142,18 +120,13 @@ fn metrics(port: u16) -> Option<BTreeMap<String, f64>> {
     Some(parse_metrics(&body))
 }
 
-fn syncnode(args: &[&str], config: &std::path::Path) -> std::process::Output {
-    Command::new(bin()).args(args).arg("--config").arg(config).output().unwrap()
-}
-
 fn u(v: &Value) -> u64 {
     v.as_u64().unwrap_or_else(|| panic!("not an unsigned number: {v}"))
 }
 
 /// Two connected nodes; `a` holds three files and `b` has pulled them.
 fn synced_pair() -> Vec<Node> {
-    let mut nodes = vec![Node::new("a"), Node::new("b")];
-    connect(&mut nodes, &[(0, 1)]);
+    let nodes = pair();
     let (a, b) = (&nodes[0], &nodes[1]);
     a.write("one.txt", b"one\n");
     a.write("two.txt", b"two two\n");
@@ -168,14 +141,14 @@ fn rest_status_and_metrics_describe_two_connected_nodes() {
     let nodes = synced_pair();
     let (a, b) = (&nodes[0], &nodes[1]);
 
-    let id = syncnode(&["id"], &a.config);
-    assert!(id.status.success());
-    let printed_id = String::from_utf8(id.stdout).unwrap().trim().to_string();
+    let (code, out, err) = a.cli(&["id"]);
+    assert_eq!(code, 0, "{err}");
+    let printed_id = out.trim().to_string();
     assert_eq!(printed_id, a.device_id);
 
     // Both sides settle: files counted, nothing needed, the peer connected with traffic counted.
     for (me, peer) in [(a, b), (b, a)] {
-        let (ok, s) = status_until(me.api_port, T, |s| {
+        let (ok, s) = me.status_until(T, |s| {
             let f = &s["folders"][0];
             let p = &s["peers"][0];
             f["local_files"] == 3
@@ -224,7 +197,7 @@ fn rest_status_and_metrics_describe_two_connected_nodes() {
             good
         });
         assert!(ok, "{}: metrics never matched: {last:#?}", me.name);
-        let s = status(me.api_port).unwrap();
+        let s = me.status().unwrap();
         assert_eq!(last["syncnode_folder_bytes{folder=\"default\"}"], u(&s["folders"][0]["local_bytes"]) as f64);
         assert_eq!(last["syncnode_reused_bytes_total{folder=\"default\"}"], u(&s["folders"][0]["bytes_reused"]) as f64);
         assert_eq!(
@@ -249,12 +222,11 @@ fn rest_status_and_metrics_describe_two_connected_nodes() {
 fn status_command_prints_a_table_and_json() {
     let nodes = synced_pair();
     let (a, b) = (&nodes[0], &nodes[1]);
-    let (ok, s) = status_until(a.api_port, T, |s| s["peers"][0]["connected"] == true && s["peers"][0]["name"] == "b");
+    let (ok, s) = a.status_until(T, |s| s["peers"][0]["connected"] == true && s["peers"][0]["name"] == "b");
     assert!(ok, "{s:#}");
 
-    let out = syncnode(&["status"], &a.config);
-    let table = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
+    let (code, table, err) = a.cli(&["status"]);
+    assert_eq!(code, 0, "status failed: {err}");
     eprintln!("{table}");
     assert!(table.contains(&a.device_id), "{table}");
     let folder_row =
@@ -264,9 +236,9 @@ fn status_command_prints_a_table_and_json() {
     let peer_row = table.lines().find(|l| l.contains(&b.device_id)).unwrap_or_else(|| panic!("no peer row:\n{table}"));
     assert!(peer_row.starts_with("b ") && peer_row.contains("connected"), "{peer_row}");
 
-    let out = syncnode(&["status", "--json"], &a.config);
-    assert!(out.status.success());
-    let json: Value = serde_json::from_slice(&out.stdout).expect("status --json prints JSON");
+    let (code, out, err) = a.cli(&["status", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let json: Value = serde_json::from_str(&out).expect("status --json prints JSON");
     assert_eq!(json["device_id"], a.device_id.as_str());
     assert_eq!(json["name"], "a");
     assert_eq!(json["peers"][0]["device_id"], b.device_id.as_str());
@@ -277,37 +249,31 @@ fn status_command_prints_a_table_and_json() {
 fn status_command_without_a_node_fails_clearly() {
     let node = Node::new("lonely"); // configured, never started
     let started = Instant::now();
-    let out = syncnode(&["status"], &node.config);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let (code, stdout, stderr) = node.cli(&["status"]);
+    assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("no node is running"), "{stderr}");
     assert!(stderr.contains(&format!("127.0.0.1:{}", node.api_port)), "the message names the address: {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
-    assert!(out.stdout.is_empty());
-    let out = syncnode(&["status", "--json"], &node.config);
-    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no node is running"));
+    assert!(stdout.is_empty());
+    let (code, _, stderr) = node.cli(&["status", "--json"]);
+    assert!(code != 0 && stderr.contains("no node is running"));
     assert!(started.elapsed() < Duration::from_secs(10), "status took {:?} to give up", started.elapsed());
 }
 
 /// While a file is being pulled it is still needed: `need_bytes` must count it, as `need_files`
-/// does. Ignored until the puller counts in-flight files in need_bytes (src/actors/puller.rs,
-/// `update_gauges` sums only the queue, while `need_files` counts queue + in-flight); today a
-/// single 256 MiB pull shows `need_files: 1, need_bytes: 0` from start to end.
-/// Run with `scripts/test.sh --test api -- --ignored`.
+/// does (the puller's `update_gauges` counts the files in flight in both).
 #[test]
 fn need_bytes_counts_the_file_being_pulled() {
     const BIG: u64 = 256 << 20;
-    let mut nodes = vec![Node::new("a"), Node::new("b")];
-    connect(&mut nodes, &[(0, 1)]);
+    let nodes = pair();
     let (a, b) = (&nodes[0], &nodes[1]);
-    assert!(status_until(a.api_port, T, |s| s["peers"][0]["connected"] == true).0);
+    assert!(a.status_until(T, |s| s["peers"][0]["connected"] == true).0);
     let staged = b.dir.join("big.staging");
     std::fs::write(&staged, random_bytes(BIG as usize, 9)).unwrap();
     std::fs::rename(&staged, b.path("big.bin")).unwrap();
     let mut samples = Vec::new();
     let done = wait_until(T, || {
-        let Some(s) = status(a.api_port) else { return false };
+        let Some(s) = a.status() else { return false };
         let f = &s["folders"][0];
         if u(&f["need_files"]) > 0 {
             samples.push((u(&f["need_files"]), u(&f["need_bytes"]), u(&f["current_done"])));

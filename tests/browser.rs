@@ -221,8 +221,7 @@ fn png_size(png: &[u8]) -> (u32, u32) {
 #[test]
 fn status_page_shows_the_peer_and_follows_a_folder_through_a_sync() {
     let started = Instant::now();
-    let mut nodes = vec![Node::new("alpha"), Node::new("beta")];
-    connect(&mut nodes, &[(0, 1)]);
+    let mut nodes = Cluster::new(&["alpha", "beta"], &[(0, 1)]).start();
     {
         let (alpha, beta) = (&nodes[0], &nodes[1]);
         alpha.write("readme.txt", b"hello from alpha\n");
@@ -325,8 +324,7 @@ fn status_page_shows_the_peer_and_follows_a_folder_through_a_sync() {
 /// its size), and its Restore button brings it back on both nodes.
 #[test]
 fn status_page_lists_kept_versions_and_restores_one() {
-    let mut nodes = vec![Node::new("alpha"), Node::new("beta")];
-    connect(&mut nodes, &[(0, 1)]);
+    let nodes = Cluster::new(&["alpha", "beta"], &[(0, 1)]).start();
     let (alpha, beta) = (&nodes[0], &nodes[1]);
     alpha.write("report.txt", b"quarterly numbers\n");
     assert!(converged(&[alpha, beta], T, |t| t.contains_key("report.txt")), "{}", describe(&[alpha, beta]));

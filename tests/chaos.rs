@@ -122,8 +122,7 @@ fn three_nodes_converge_through_kills_and_restarts_without_losing_a_version() {
     });
     println!("CHAOS_SEED={seed}");
     let mut rng = Rng(seed);
-    let mut nodes = vec![Node::new("a"), Node::new("b"), Node::new("c")];
-    connect(&mut nodes, &[(0, 1), (1, 2), (0, 2)]);
+    let mut nodes = triangle();
     let mut counter = 0u64;
     let mut ledger = Ledger::default();
 

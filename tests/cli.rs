@@ -6,21 +6,12 @@ use std::process::Command;
 
 use common::*;
 
-fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-    let out = Command::new(bin()).args(args).envs(env.iter().copied()).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
-
 #[test]
 fn init_writes_a_config_and_id_prints_the_same_device_id() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("n.toml");
     let cfg = config.to_str().unwrap();
-    let (code, out, err) = run(
+    let (code, out, err) = run_cli(
         &["init", "--config", cfg, "--sync-folder", dir.path().join("f").to_str().unwrap(), "--port", "50999"],
         &[],
     );
@@ -28,10 +19,10 @@ fn init_writes_a_config_and_id_prints_the_same_device_id() {
     let id = out.trim();
     assert_eq!(id.len(), 52);
     assert!(std::fs::read_to_string(&config).unwrap().contains("0.0.0.0:50999"));
-    let (code, out2, _) = run(&["id", "--config", cfg], &[]);
+    let (code, out2, _) = run_cli(&["id", "--config", cfg], &[]);
     assert_eq!((code, out2.trim()), (0, id));
     // init refuses to overwrite
-    let (code, _, err) = run(&["init", "--config", cfg], &[]);
+    let (code, _, err) = run_cli(&["init", "--config", cfg], &[]);
     assert_eq!(code, 2);
     assert!(err.contains("already exists"), "{err}");
 }
@@ -43,28 +34,28 @@ fn bad_configs_exit_2_naming_the_file_and_the_key() {
     let good = std::fs::read_to_string(&node.config).unwrap();
 
     std::fs::write(&node.config, good.replace("debounce = \"20ms\"", "debounce = \"20ms\"\nspeed = 3")).unwrap();
-    let (code, _, err) = run(&["--config", &cfg], &[]);
+    let (code, _, err) = run_cli(&["--config", &cfg], &[]);
     assert_eq!(code, 2);
     assert!(err.contains(&cfg) && err.contains("sync.speed"), "{err}");
 
     std::fs::write(&node.config, good.replace("debounce = \"20ms\"", "debounce = \"soon\"")).unwrap();
-    let (code, _, err) = run(&["--config", &cfg], &[]);
+    let (code, _, err) = run_cli(&["--config", &cfg], &[]);
     assert_eq!(code, 2);
     assert!(err.contains(&cfg) && err.contains("sync.debounce"), "{err}");
 
     std::fs::write(&node.config, good.replace(node.folder.to_str().unwrap(), "/no/such/folder")).unwrap();
-    let (code, _, err) = run(&["--config", &cfg], &[]);
+    let (code, _, err) = run_cli(&["--config", &cfg], &[]);
     assert_eq!(code, 2);
     assert!(err.contains("folder[0].path") && err.contains("/no/such/folder"), "{err}");
 
     std::fs::write(&node.config, &good).unwrap();
-    let (code, _, err) = run(&["--config", &cfg], &[("SYNCNODE_NODE__LISTEN", "not-an-address")]);
+    let (code, _, err) = run_cli(&["--config", &cfg], &[("SYNCNODE_NODE__LISTEN", "not-an-address")]);
     assert_eq!(code, 2);
     assert!(err.contains("node.listen"), "{err}");
-    let (code, _, err) = run(&["--config", &cfg, "--peer", "nonsense"], &[]);
+    let (code, _, err) = run_cli(&["--config", &cfg, "--peer", "nonsense"], &[]);
     assert_eq!(code, 2);
     assert!(err.contains("--peer"), "{err}");
-    let (code, _, err) = run(&["--config", &cfg], &[("SYNCNODE_NODE__COLOUR", "red")]);
+    let (code, _, err) = run_cli(&["--config", &cfg], &[("SYNCNODE_NODE__COLOUR", "red")]);
     assert_eq!(code, 2);
     assert!(err.contains("SYNCNODE_NODE__COLOUR"), "{err}");
 }

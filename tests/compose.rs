@@ -97,16 +97,12 @@ fn compose_tool() -> Option<Vec<String>> {
     None
 }
 
-/// Returns false (and says why) when this machine cannot run the test; panics instead when
+/// Says why this machine cannot run the test (see `common::skip`); panics instead when
 /// COMPOSE_TEST_REQUIRED or CI is set, so a CI job that expects docker cannot pass by skipping.
-fn skip(why: &str) -> bool {
-    let required = std::env::var("COMPOSE_TEST_REQUIRED").is_ok_and(|v| !v.is_empty() && v != "0")
-        || std::env::var_os("CI").is_some();
-    if required {
-        panic!("COMPOSE_TEST_REQUIRED is set but {why}");
-    }
-    eprintln!("SKIPPED compose test: {why} (set COMPOSE_TEST_REQUIRED=1 to make this a failure)");
-    true
+fn skip(why: &str) {
+    let required = std::env::var("COMPOSE_TEST_REQUIRED").is_ok_and(|v| !v.is_empty() && v != "0");
+    assert!(!required, "COMPOSE_TEST_REQUIRED is set but {why}");
+    common::skip("the compose test", &format!("{why}; set COMPOSE_TEST_REQUIRED=1 to make this a failure"));
 }
 
 /// One compose project; `down -v` and the image removal happen in Drop, so also on failure.

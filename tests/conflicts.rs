@@ -9,12 +9,6 @@ use common::*;
 
 const T: Duration = Duration::from_secs(30);
 
-fn pair() -> Vec<Node> {
-    let mut nodes = vec![Node::new("a"), Node::new("b")];
-    connect(&mut nodes, &[(0, 1)]);
-    nodes
-}
-
 fn conflict_copies(t: &std::collections::BTreeMap<String, Entry>) -> Vec<String> {
     t.keys().filter(|k| k.contains(".sync-conflict-")).cloned().collect()
 }

@@ -66,19 +66,17 @@ impl CountingProxy {
     fn peek(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
     }
+
+    fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
 }
 
 /// A and B, where B reaches A only through the proxy (A does not dial B).
 fn proxied_pair() -> (Node, Node, CountingProxy) {
-    let mut a = Node::new("a");
-    let mut b = Node::new("b");
-    let proxy = CountingProxy::start(a.address());
-    a.peers.push((b.device_id.clone(), None));
-    b.peers.push((a.device_id.clone(), Some(format!("127.0.0.1:{}", proxy.port))));
-    a.write_config();
-    b.write_config();
-    a.start();
-    b.start();
+    let cluster = Cluster::new(&["a", "b"], &[]);
+    let proxy = CountingProxy::start(cluster.nodes[0].address());
+    let [a, b] = each(cluster.dials(1, 0, proxy.address()).start());
     (a, b, proxy)
 }
 
@@ -207,19 +205,14 @@ fn last_pull(node: &Node, path: &str) -> Option<PullCounts> {
 /// both proxies together carry the file once, plus at most the chunks that were in flight to s2.
 #[test]
 fn a_source_that_leaves_mid_file_costs_only_its_chunks_in_flight() {
-    let (mut s1, mut s2, mut r) = (Node::new("s1"), Node::new("s2"), Node::new("r"));
+    let cluster = Cluster::new(&["s1", "s2", "r"], &[]);
     let rate = 24 << 20;
-    let (p1, p2) = (CountingProxy::start_limited(s1.address(), rate), CountingProxy::start_limited(s2.address(), rate));
-    s1.peers.push((s2.device_id.clone(), None));
-    s2.peers.push((s1.device_id.clone(), Some(s1.address())));
+    let limited = |i: usize| CountingProxy::start_limited(cluster.nodes[i].address(), rate);
+    let (p1, p2) = (limited(0), limited(1));
+    let s1_address = cluster.nodes[0].address();
     // r dials both sources through the proxies; they never dial r.
-    s1.peers.push((r.device_id.clone(), None));
-    s2.peers.push((r.device_id.clone(), None));
-    r.peers.push((s1.device_id.clone(), Some(format!("127.0.0.1:{}", p1.port))));
-    r.peers.push((s2.device_id.clone(), Some(format!("127.0.0.1:{}", p2.port))));
-    for n in [&s1, &s2, &r] {
-        n.write_config();
-    }
+    let [mut s1, mut s2, mut r] =
+        each(cluster.dials(1, 0, s1_address).dials(2, 0, p1.address()).dials(2, 1, p2.address()).configured());
     s1.start();
     s2.start();
     let size = 64 << 20;
@@ -279,8 +272,7 @@ fn peak_rss_kib(pid: u32) -> u64 {
 
 #[test]
 fn a_4_gib_file_syncs_with_the_receiver_under_200_mib() {
-    let mut nodes = vec![Node::new("a"), Node::new("b")];
-    connect(&mut nodes, &[(0, 1)]);
+    let nodes = pair();
     let (a, b) = (&nodes[0], &nodes[1]);
     // A sparse 4 GiB file with some random data sprinkled in.
     let staging = a.dir.join("huge.tmp");

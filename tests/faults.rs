@@ -18,14 +18,9 @@ const T: Duration = Duration::from_secs(30);
 /// How long a stopped folder's peer is watched for any change (the bound).
 const QUIET: Duration = Duration::from_secs(20);
 
-fn pair() -> Vec<Node> {
-    vec![Node::new("a"), Node::new("b")]
-}
-
 /// Two connected nodes holding the same 12 files in 3 directories, and B's tree.
 fn synced_pair_of_12_files() -> (Vec<Node>, BTreeMap<String, Entry>) {
-    let mut nodes = pair();
-    connect(&mut nodes, &[(0, 1)]);
+    let nodes = pair();
     write_files(&nodes[0], 12);
     assert!(converged(&[&nodes[0], &nodes[1]], T, |t| t.len() == 15), "{}", describe(&[&nodes[0], &nodes[1]]));
     let before = tree(&nodes[1].folder);
@@ -63,8 +58,8 @@ fn held_until_confirmed(a: &Node, b: &Node, before: &BTreeMap<String, Entry>, re
     let (held, f) = a.folder_until("default", T, |f| state(f) == "error");
     assert!(held && error_text(&f).contains(reason), "{f}");
     stays_unchanged(b, before).unwrap();
-    let (ok, out, err) = a.cli(&["confirm", "--folder", "default"]);
-    assert!(ok, "confirm failed: {out} {err}");
+    let (code, out, err) = a.cli(&["confirm", "--folder", "default"]);
+    assert_eq!(code, 0, "confirm failed: {out} {err}");
     assert!(converged(&[a, b], T, |t| t.is_empty()), "{}", describe(&[a, b]));
     assert!(a.folder_until("default", T, |f| state(f) == "idle").0);
 }
@@ -82,9 +77,9 @@ fn an_unplugged_disk_stops_the_folder_and_resumes_when_it_is_plugged_back() {
     if !require_root("an_unplugged_disk_stops_the_folder_and_resumes_when_it_is_plugged_back") {
         return;
     }
-    let mut nodes = pair();
-    let disk = Disk::mount(&nodes[0].folder, 32);
-    connect(&mut nodes, &[(0, 1)]);
+    let cluster = Cluster::pair();
+    let disk = Disk::mount(&cluster.nodes[0].folder, 32);
+    let nodes = cluster.start();
     let (a, b) = (&nodes[0], &nodes[1]);
     write_files(a, 30);
     assert!(converged(&[a, b], T, |t| t.len() == 33), "{}", describe(&[a, b]));
@@ -96,8 +91,8 @@ fn an_unplugged_disk_stops_the_folder_and_resumes_when_it_is_plugged_back() {
     assert!(stopped, "A's folder never went to error: {f}");
     assert!(error_text(&f).contains("another filesystem"), "{f}");
     assert!(a.metrics().lines().any(|l| l == "syncnode_folder_error{folder=\"default\"} 1"), "{}", a.metrics());
-    let (ok, out, _) = a.cli(&["status"]);
-    assert!(ok && out.contains("error") && out.contains("another filesystem"), "{out}");
+    let (code, out, _) = a.cli(&["status"]);
+    assert!(code == 0 && out.contains("error") && out.contains("another filesystem"), "{out}");
     stays_unchanged(b, &before).unwrap();
     let warnings = a.log_text().lines().filter(|l| l.contains("folder stopped")).count();
     assert_eq!(warnings, 1, "one WARN line, not one per check:\n{}", a.log_text());
@@ -148,8 +143,7 @@ fn a_root_replaced_by_an_empty_directory_is_held_until_the_user_confirms_it() {
 
 #[test]
 fn a_folder_emptied_by_rm_is_held_and_a_branch_switch_is_not() {
-    let mut nodes = pair();
-    connect(&mut nodes, &[(0, 1)]);
+    let nodes = pair();
     let (a, b) = (&nodes[0], &nodes[1]);
     for i in 0..20 {
         a.write(&format!("f{i:02}.txt"), format!("file {i}").as_bytes());
@@ -179,16 +173,14 @@ fn a_full_disk_backs_off_shows_the_path_and_resumes_when_space_is_freed() {
     if !require_root("a_full_disk_backs_off_shows_the_path_and_resumes_when_space_is_freed") {
         return;
     }
-    let mut nodes = pair();
+    let mut cluster = Cluster::pair();
     // B's folder lives on a 64 MiB disk that a 30 MiB file outside the folder shares.
-    let disk_dir = nodes[1].dir.join("disk");
-    let disk = Disk::mount(&disk_dir, 64);
+    let disk = Disk::mount(&cluster.nodes[1].dir.join("disk"), 64);
     let filler = disk.dir.join("filler");
     std::fs::write(&filler, random_bytes(30 << 20, 3)).unwrap();
     std::fs::create_dir(disk.dir.join("sync")).unwrap();
-    nodes[1].folder = disk.dir.join("sync");
-    nodes[1].write_config();
-    connect(&mut nodes, &[(0, 1)]);
+    cluster.nodes[1].folder = disk.dir.join("sync");
+    let nodes = cluster.start();
     let (a, b) = (&nodes[0], &nodes[1]);
     a.write("small.txt", b"fits");
     assert!(converged(&[a, b], T, |t| t.len() == 1), "{}", describe(&[a, b]));
@@ -263,18 +255,20 @@ fn an_unreadable_file_is_reported_and_skipped_never_announced_as_deleted() {
     if !require_root("an_unreadable_file_is_reported_and_skipped_never_announced_as_deleted") {
         return;
     }
-    let mut nodes = pair();
     // A runs as an unprivileged user, for whom file permissions matter (root reads everything).
     const NOBODY: u32 = 65534;
-    assert!(std::process::Command::new("chown")
-        .arg("-R")
-        .arg(format!("{NOBODY}:{NOBODY}"))
-        .arg(&nodes[0].dir)
-        .status()
-        .unwrap()
-        .success());
-    nodes[0].run_as = Some(NOBODY);
-    connect(&mut nodes, &[(0, 1)]);
+    let nodes = Cluster::pair()
+        .with(0, |a| {
+            assert!(std::process::Command::new("chown")
+                .arg("-R")
+                .arg(format!("{NOBODY}:{NOBODY}"))
+                .arg(&a.dir)
+                .status()
+                .unwrap()
+                .success());
+            a.run_as = Some(NOBODY);
+        })
+        .start();
     let (a, b) = (&nodes[0], &nodes[1]);
     a.write("open.txt", b"readable");
     a.write("secret.txt", b"version 1");

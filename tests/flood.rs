@@ -13,8 +13,8 @@ mod hostile_peer;
 
 use std::time::{Duration, Instant};
 
-use common::{converged, wait_until, Node};
-use hostile_peer::{memory_kib, metric, peer_label, reset_peak, short_id, HostilePeer};
+use common::{converged, each, peer_label, wait_until, Cluster};
+use hostile_peer::{memory_kib, reset_peak, short_id, HostilePeer};
 use syncnode::net::proto;
 
 const MIB: u64 = 1024;
@@ -40,23 +40,10 @@ fn unservable(i: usize, me: u64) -> proto::FileInfo {
     }
 }
 
-fn pair_with_hostile(h: &HostilePeer) -> (Node, Node) {
-    let mut a = Node::new("a");
-    let mut b = Node::new("b");
-    a.peers.push((b.device_id.clone(), Some(b.address())));
-    b.peers.push((a.device_id.clone(), Some(a.address())));
-    b.peers.push((h.device_id.clone(), None));
-    a.write_config();
-    b.write_config();
-    (a, b)
-}
-
 #[test]
 fn a_flood_of_unservable_records_starves_nothing_and_sigterm_still_stops_the_node() {
     let h = HostilePeer::new();
-    let (mut a, mut b) = pair_with_hostile(&h);
-    a.start();
-    b.start();
+    let [mut a, mut b] = each(Cluster::pair().trusts(1, &h.device_id).start());
     a.write("warmup.txt", b"the pair syncs");
     assert!(
         wait_until(Duration::from_secs(20), || std::fs::read(b.path("warmup.txt"))
@@ -67,10 +54,7 @@ fn a_flood_of_unservable_records_starves_nothing_and_sigterm_still_stops_the_nod
     conn.hello();
     let requests = conn.stonewall();
     conn.keepalive(Duration::from_secs(2));
-    assert!(
-        wait_until(Duration::from_secs(10), || b.log_text().contains("name=hostile")),
-        "the hostile peer never got in"
-    );
+    assert!(h.hello_taken(&b, Duration::from_secs(10)), "the hostile peer never got in");
     let pid = b.pid().unwrap();
     reset_peak(pid);
     let (before, _) = memory_kib(pid);
@@ -88,8 +72,8 @@ fn a_flood_of_unservable_records_starves_nothing_and_sigterm_still_stops_the_nod
     let label = peer_label(&h.device_id);
     let all_in = wait_until(Duration::from_secs(30), || {
         let (admitted, held) = (
-            metric(&b, "syncnode_peer_needs_admitted", &label).unwrap_or(0),
-            metric(&b, "syncnode_peer_needs_held", &label).unwrap_or(0),
+            b.metric("syncnode_peer_needs_admitted", &label).unwrap_or(0),
+            b.metric("syncnode_peer_needs_held", &label).unwrap_or(0),
         );
         admitted + held >= FLOOD as u64
     });
@@ -113,11 +97,11 @@ fn a_flood_of_unservable_records_starves_nothing_and_sigterm_still_stops_the_nod
         peak = peak.max(memory_kib(pid).0);
         false
     });
-    let stall = metric(&b, "syncnode_actor_thread_stall_max_ms", "").unwrap_or(0);
+    let stall = b.metric("syncnode_actor_thread_stall_max_ms", "").unwrap_or(0);
     let (admitted, held, failed) = (
-        metric(&b, "syncnode_peer_needs_admitted", &label).unwrap_or(0),
-        metric(&b, "syncnode_peer_needs_held", &label).unwrap_or(0),
-        metric(&b, "syncnode_peer_failed_fetches_total", &label).unwrap_or(0),
+        b.metric("syncnode_peer_needs_admitted", &label).unwrap_or(0),
+        b.metric("syncnode_peer_needs_held", &label).unwrap_or(0),
+        b.metric("syncnode_peer_failed_fetches_total", &label).unwrap_or(0),
     );
     let log = b.log_text();
     let warn_per_file = log.lines().filter(|l| l.contains("WARN") && l.contains("flood/")).count();
@@ -167,24 +151,22 @@ fn a_flood_of_unservable_records_starves_nothing_and_sigterm_still_stops_the_nod
 
 #[test]
 fn an_honest_peer_with_more_files_than_its_need_budget_still_syncs_completely() {
-    let mut a = Node::new("a");
-    let mut b = Node::new("b");
-    a.peers.push((b.device_id.clone(), Some(b.address())));
-    b.peers.push((a.device_id.clone(), Some(a.address())));
-    a.write_config();
-    b.write_config();
     // Three times the per-peer need budget, written before A starts (so B learns of them at once).
     let files = 3 * 1024 + 17;
-    for i in 0..files {
-        a.write(&format!("d{:02}/f{i:05}.txt", i % 50), format!("file {i}").as_bytes());
-    }
-    a.start();
-    b.start();
+    let [mut a, mut b] = each(
+        Cluster::pair()
+            .with(0, |a| {
+                for i in 0..files {
+                    a.write(&format!("d{:02}/f{i:05}.txt", i % 50), format!("file {i}").as_bytes());
+                }
+            })
+            .start(),
+    );
     let started = Instant::now();
     let label = peer_label(&a.device_id);
     let held_peak = std::cell::Cell::new(0);
     let done = converged(&[&a, &b], Duration::from_secs(120), |t| {
-        held_peak.set(held_peak.get().max(metric(&b, "syncnode_peer_needs_held", &label).unwrap_or(0)));
+        held_peak.set(held_peak.get().max(b.metric("syncnode_peer_needs_held", &label).unwrap_or(0)));
         t.len() >= files + 50
     });
     let held_peak = held_peak.get();
@@ -194,8 +176,8 @@ fn an_honest_peer_with_more_files_than_its_need_budget_still_syncs_completely() 
     );
     assert!(done, "B never got all of A's files");
     assert!(held_peak > 0, "the need budget never held anything back (the test does not exercise it)");
-    assert!(wait_until(Duration::from_secs(10), || metric(&b, "syncnode_peer_needs_admitted", &label) == Some(0)));
-    assert_eq!(metric(&b, "syncnode_peer_needs_held", &label), Some(0));
+    assert!(wait_until(Duration::from_secs(10), || b.metric("syncnode_peer_needs_admitted", &label) == Some(0)));
+    assert_eq!(b.metric("syncnode_peer_needs_held", &label), Some(0));
     assert_eq!(b.stop(), Some(0));
     a.stop();
 }

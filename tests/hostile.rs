@@ -12,8 +12,8 @@ mod hostile_peer;
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
-use common::{random_bytes, wait_until, Node};
-use hostile_peer::{file_record, memory_kib, metric, peer_label, reset_peak, short_id, HostilePeer};
+use common::{each, peer_label, random_bytes, wait_until, Cluster, Node};
+use hostile_peer::{file_record, memory_kib, reset_peak, short_id, HostilePeer};
 use syncnode::net::proto;
 
 const MIB: u64 = 1024;
@@ -22,14 +22,9 @@ const MIB: u64 = 1024;
 fn node_trusting(name: &str, hostile: &[&HostilePeer]) -> Node {
     let mut node = Node::new(name);
     for h in hostile {
-        node.peers.push((h.device_id.clone(), None));
+        node.trust_id(&h.device_id);
     }
-    node.write_config();
     node
-}
-
-fn wait_log(node: &Node, needle: &str, timeout: Duration) -> bool {
-    wait_until(timeout, || node.log_text().contains(needle))
 }
 
 #[test]
@@ -105,7 +100,7 @@ fn a_symlink_out_of_the_folder_is_never_followed_read_or_announced() {
         1,
         "the refusal is logged exactly once:\n{log}"
     );
-    assert!(metric(&b, "syncnode_peer_refused_requests_total", &peer_label(&h.device_id)).unwrap_or(0) >= 1);
+    assert!(b.metric("syncnode_peer_refused_requests_total", &peer_label(&h.device_id)).unwrap_or(0) >= 1);
     assert_eq!(b.stop(), Some(0));
 }
 
@@ -116,14 +111,15 @@ fn an_amplifying_edit_script_is_refused_before_it_is_expanded() {
     b.start();
     let mut conn = h.connect(&b);
     conn.hello();
-    assert!(wait_log(&b, "peer connected", Duration::from_secs(10)));
+    assert!(h.hello_taken(&b, Duration::from_secs(10)));
     // A base record of 10,000 chunks that B then holds from us.
     let me = short_id(&h.device_id);
     let data = random_bytes(10_000 * 64, 7);
     let (base, _) = file_record("big", &data, 64, &[(me, 1)], 1, 0o644);
     conn.send_index(vec![base]);
     assert!(
-        wait_until(Duration::from_secs(10), || metric(&b, "syncnode_folder_need_files", "folder=\"default\"")
+        wait_until(Duration::from_secs(10), || b
+            .metric("syncnode_folder_need_files", "folder=\"default\"")
             .unwrap_or(0)
             >= 1),
         "B never took in the base record"
@@ -149,10 +145,11 @@ fn an_amplifying_edit_script_is_refused_before_it_is_expanded() {
     assert!(reason.contains("14000000 chunks"), "{reason}");
     assert!(after < before + 16 * MIB, "B's peak RSS grew from {before} KiB to {after} KiB");
     let label = peer_label(&h.device_id);
-    assert!(wait_until(Duration::from_secs(5), || metric(&b, "syncnode_peer_protocol_violations_total", &label)
+    assert!(wait_until(Duration::from_secs(5), || b
+        .metric("syncnode_peer_protocol_violations_total", &label)
         .unwrap_or(0)
         >= 1));
-    assert!(metric(&b, "syncnode_peer_refused_records_total", &label).unwrap_or(0) >= 1);
+    assert!(b.metric("syncnode_peer_refused_records_total", &label).unwrap_or(0) >= 1);
     assert!(b.log_text().contains("protocol violation"));
     assert_eq!(b.stop(), Some(0));
 }
@@ -164,7 +161,7 @@ fn a_message_of_many_empty_records_is_refused_before_it_is_decoded() {
     b.start();
     let mut conn = h.connect(&b);
     conn.hello();
-    assert!(wait_log(&b, "peer connected", Duration::from_secs(10)));
+    assert!(h.hello_taken(&b, Duration::from_secs(10)));
     let pid = b.pid().unwrap();
     reset_peak(pid);
     let (before, _) = memory_kib(pid);
@@ -181,12 +178,9 @@ fn a_message_of_many_empty_records_is_refused_before_it_is_decoded() {
     let reason = reason.expect("B cuts the peer off");
     assert!(reason.contains("8000000 records"), "{reason}");
     assert!(after < before + 48 * MIB, "B's peak RSS grew from {before} KiB to {after} KiB");
-    assert!(wait_until(Duration::from_secs(5), || metric(
-        &b,
-        "syncnode_peer_protocol_violations_total",
-        &peer_label(&h.device_id)
-    )
-    .unwrap_or(0)
+    assert!(wait_until(Duration::from_secs(5), || b
+        .metric("syncnode_peer_protocol_violations_total", &peer_label(&h.device_id))
+        .unwrap_or(0)
         >= 1));
     assert_eq!(b.stop(), Some(0));
 }
@@ -194,16 +188,16 @@ fn a_message_of_many_empty_records_is_refused_before_it_is_decoded() {
 #[test]
 fn unread_and_oversized_chunk_requests_keep_memory_bounded_while_an_honest_peer_syncs() {
     let h = HostilePeer::new();
-    let mut a = Node::new("a");
-    let mut b = node_trusting("b", &[&h]);
-    a.peers.push((b.device_id.clone(), Some(b.address())));
-    b.peers.push((a.device_id.clone(), Some(a.address())));
-    a.write_config();
-    b.write_config();
     // Large chunks on B (4 MiB average, up to 16 MiB), and A ignores the big file (only the
     // hostile peer asks for it).
-    let config = std::fs::read_to_string(&b.config).unwrap().replace("chunk_size = \"64KiB\"", "chunk_size = \"4MiB\"");
-    std::fs::write(&b.config, config).unwrap();
+    let [mut a, mut b] = each(
+        Cluster::pair()
+            .trusts(1, &h.device_id)
+            .with(1, |b| {
+                b.sync.insert("chunk_size", "4MiB".into());
+            })
+            .configured(),
+    );
     a.write(".syncignore", b"big.bin\n");
     b.write("big.bin", &random_bytes(160 << 20, 3));
     a.start();
@@ -257,7 +251,7 @@ fn unread_and_oversized_chunk_requests_keep_memory_bounded_while_an_honest_peer_
     // Give B time to do its worst with the requests it holds.
     let label = peer_label(&h.device_id);
     let counted = wait_until(Duration::from_secs(10), || {
-        metric(&b, "syncnode_peer_refused_requests_total", &label).unwrap_or(0) >= 1
+        b.metric("syncnode_peer_refused_requests_total", &label).unwrap_or(0) >= 1
     });
     let mut peak = before;
     wait_until(Duration::from_secs(4), || {
@@ -282,14 +276,7 @@ fn unread_and_oversized_chunk_requests_keep_memory_bounded_while_an_honest_peer_
 #[test]
 fn a_counter_at_u64_max_is_refused_and_honest_edits_still_win() {
     let h = HostilePeer::new();
-    let mut a = Node::new("a");
-    let mut b = node_trusting("b", &[&h]);
-    a.peers.push((b.device_id.clone(), Some(b.address())));
-    b.peers.push((a.device_id.clone(), Some(a.address())));
-    a.write_config();
-    b.write_config();
-    a.start();
-    b.start();
+    let [mut a, mut b] = each(Cluster::pair().trusts(1, &h.device_id).start());
     a.write("f.txt", b"version one");
     assert!(wait_until(Duration::from_secs(15), || std::fs::read(b.path("f.txt")).is_ok_and(|d| d == b"version one")));
     let mut conn = h.connect(&b);
@@ -316,7 +303,7 @@ fn a_counter_at_u64_max_is_refused_and_honest_edits_still_win() {
     );
     eprintln!("counter at u64::MAX: refused ({reason}); A's next edit reached B in {:?}", started.elapsed());
     assert!(!b.log_text().contains("hostile content"));
-    assert!(metric(&b, "syncnode_peer_refused_records_total", &peer_label(&h.device_id)).unwrap_or(0) >= 1);
+    assert!(b.metric("syncnode_peer_refused_records_total", &peer_label(&h.device_id)).unwrap_or(0) >= 1);
     assert_eq!(b.stop(), Some(0));
     a.stop();
 }
@@ -327,13 +314,13 @@ fn garbage_and_refused_requests_are_logged_counted_and_cut_off() {
     let h = HostilePeer::new();
     let mut b = node_trusting("b", &[&garbage_peer, &h]);
     b.start();
-    assert!(wait_log(&b, "node starting", Duration::from_secs(10)));
+    assert!(wait_until(Duration::from_secs(10), || b.log_text().contains("node starting")));
 
     // Bytes that are not HTTP/2, straight after a successful TLS handshake.
     garbage_peer.send_garbage(&b, &random_bytes(4096, 11));
     let g = peer_label(&garbage_peer.device_id);
     assert!(
-        wait_until(Duration::from_secs(10), || metric(&b, "syncnode_peer_protocol_violations_total", &g).unwrap_or(0)
+        wait_until(Duration::from_secs(10), || b.metric("syncnode_peer_protocol_violations_total", &g).unwrap_or(0)
             >= 1),
         "garbage not counted"
     );
@@ -349,7 +336,7 @@ fn garbage_and_refused_requests_are_logged_counted_and_cut_off() {
     conn.hello();
     conn.serve(Default::default());
     // The control and data streams are not ordered with each other: ask only once B took the Hello.
-    assert!(wait_log(&b, "peer connected", Duration::from_secs(10)));
+    assert!(h.hello_taken(&b, Duration::from_secs(10)));
     for id in 0..3 {
         conn.request(proto::ChunkRequest {
             id,
@@ -365,14 +352,15 @@ fn garbage_and_refused_requests_are_logged_counted_and_cut_off() {
         assert!(r.error.contains("chunk size"), "{r:?}");
     }
     let label = peer_label(&h.device_id);
-    assert_eq!(metric(&b, "syncnode_peer_refused_requests_total", &label), Some(3));
+    assert_eq!(b.metric("syncnode_peer_refused_requests_total", &label), Some(3));
     assert_eq!(b.log_text().matches("refused a chunk request (further ones").count(), 1);
 
     // Then a message that means nothing: a protocol violation, and the peer is cut off.
     conn.send_raw_control(proto::ControlMessage { kind: None });
     let reason = conn.wait_closed(Duration::from_secs(10)).expect("B cuts the peer off");
     assert!(reason.contains("empty control message"), "{reason}");
-    assert!(wait_until(Duration::from_secs(5), || metric(&b, "syncnode_peer_protocol_violations_total", &label)
+    assert!(wait_until(Duration::from_secs(5), || b
+        .metric("syncnode_peer_protocol_violations_total", &label)
         .unwrap_or(0)
         >= 1));
     assert!(b.log_text().lines().any(|l| l.contains("protocol violation") && l.contains(&h.device_id[..7])));
@@ -388,8 +376,7 @@ fn garbage_and_refused_requests_are_logged_counted_and_cut_off() {
     // A Hello offering one folder twice (each offer would start a sender of our whole index).
     let twice = HostilePeer::new();
     b.stop();
-    b.peers.push((twice.device_id.clone(), None));
-    b.write_config();
+    b.trust_id(&twice.device_id);
     b.start();
     let mut conn = twice.connect(&b);
     let offer =

@@ -10,11 +10,11 @@ mod common;
 use std::net::TcpListener;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{tree, wait_until};
+use common::{tree, wait_until, Node};
 
 /// The peer port every node listens on (each host has its own port space).
 const PORT: u16 = 22000;
@@ -188,138 +188,31 @@ impl Drop for Lan {
     }
 }
 
-/// A syncnode on one host of a `Lan`: identity from `syncnode init` (outside the namespaces, it
-/// only writes files), then a config with mDNS on and peers by device ID only.
-struct LanNode {
-    name: String,
-    ns: String,
-    ip: String,
-    folder: PathBuf,
-    config: PathBuf,
-    data_dir: PathBuf,
-    log: PathBuf,
-    device_id: String,
-    child: Option<Child>,
-    _tmp: tempfile::TempDir,
+/// A syncnode on host `host` of `lan`: identity from `syncnode init` (outside the namespaces, it
+/// only writes files), listening on the host's address, mDNS on, peers by device ID only (see
+/// [`trust`]). It runs under `ip netns exec`, which execs the node, so the child's pid is the node's.
+fn lan_node(name: &str, lan: &Lan, host: usize) -> Node {
+    let mut node = Node::new(name);
+    node.host = lan.ip(host);
+    node.port = PORT;
+    node.mdns = true;
+    node.runner = ["ip", "netns", "exec", &lan.hosts[host]].map(String::from).to_vec();
+    node.write_config();
+    node
 }
 
-impl LanNode {
-    fn new(name: &str, lan: &Lan, host: usize) -> LanNode {
-        let tmp = tempfile::Builder::new().prefix(&format!("syncnode-lan-{name}-")).tempdir().unwrap();
-        let dir = tmp.path().to_path_buf();
-        let (config, folder) = (dir.join("node.toml"), dir.join("sync"));
-        let out = Command::new(common::bin())
-            .arg("init")
-            .arg("--config")
-            .arg(&config)
-            .arg("--sync-folder")
-            .arg(&folder)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "init failed: {}", String::from_utf8_lossy(&out.stderr));
-        let device_id = String::from_utf8(out.stdout).unwrap().trim().to_string();
-        LanNode {
-            name: name.into(),
-            ns: lan.hosts[host].clone(),
-            ip: lan.ip(host),
-            folder,
-            config,
-            data_dir: dir.join("node-data"),
-            log: dir.join("node.log"),
-            device_id,
-            child: None,
-            _tmp: tmp,
-        }
-    }
-
-    /// The 7-character form the logs use (`peer=XXXXXXX`).
-    fn prefix(&self) -> &str {
-        &self.device_id[..7]
-    }
-
-    fn configure(&self, trusted: &[&str]) {
-        let mut text = format!(
-            r#"[node]
-name = "{name}"
-data_dir = "{data}"
-listen = "{ip}:{PORT}"
-api_listen = "127.0.0.1:8384"
-
-[[folder]]
-id = "default"
-path = "{folder}"
-
-[sync]
-debounce = "20ms"
-
-[discovery]
-mdns = true
-
-[security]
-trust = "listed"
-"#,
-            name = self.name,
-            data = self.data_dir.display(),
-            ip = self.ip,
-            folder = self.folder.display()
-        );
-        for id in trusted {
-            text.push_str(&format!("\n[[peer]]\ndevice_id = \"{id}\"\n"));
-        }
-        std::fs::write(&self.config, text).unwrap();
-    }
-
-    fn start(&mut self) {
-        assert!(self.child.is_none(), "{} already running", self.name);
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
-        // `ip netns exec` execs the node, so the child's pid is the node's own.
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.ns, common::bin(), "--config"])
-            .arg(&self.config)
-            .env("RUST_LOG", "info,syncnode=debug")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-    }
-
-    /// SIGTERM and wait (the node withdraws its mDNS announcement on the way out).
-    fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        if !wait_until(Duration::from_secs(10), || child.try_wait().unwrap().is_some()) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{} did not stop within 10 s of SIGTERM", self.name);
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Log lines containing `what` about `peer` (`peer=` + its prefix).
-    fn about(&self, what: &str, peer: &LanNode) -> usize {
-        let tag = format!("peer={}", peer.prefix());
-        self.log_text().lines().filter(|l| l.contains(what) && l.contains(&tag)).count()
-    }
-
-    fn write(&self, rel: &str, data: &[u8]) {
-        std::fs::write(self.folder.join(rel), data).unwrap();
+/// `node` trusts the devices `ids`, knowing no address (mDNS finds them).
+fn trust(node: &mut Node, ids: &[String]) {
+    for id in ids {
+        node.trust_id(id);
     }
 }
 
-impl Drop for LanNode {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!("---- log of {} ({}) ----\n{}", self.name, self.ip, self.log_text());
-        }
-    }
+/// Lines of `node`'s log containing `what` about `peer` (`peer=` + the 7-character prefix of its
+/// device ID, as the logs write it).
+fn about(node: &Node, what: &str, peer: &Node) -> usize {
+    let tag = format!("peer={}", &peer.device_id[..7]);
+    node.log_text().lines().filter(|l| l.contains(what) && l.contains(&tag)).count()
 }
 
 /// Polls `check` until it holds; how long that took, or None after `timeout`.
@@ -330,20 +223,20 @@ fn time_until(timeout: Duration, check: impl FnMut() -> bool) -> Option<Duration
 
 /// Every node connected to every other one and found it by mDNS itself (a connection can come
 /// from the other side's dial first; redialing needs the addresses of one's own sighting).
-fn all_connected(nodes: &[LanNode]) -> bool {
+fn all_connected(nodes: &[Node]) -> bool {
     nodes.iter().all(|n| {
         nodes
             .iter()
-            .all(|m| std::ptr::eq(n, m) || (n.about("peer connected", m) > 0 && n.about("found on the LAN", m) > 0))
+            .all(|m| std::ptr::eq(n, m) || (about(n, "peer connected", m) > 0 && about(n, "found on the LAN", m) > 0))
     })
 }
 
-fn same_trees(nodes: &[LanNode], check: impl Fn(&std::collections::BTreeMap<String, common::Entry>) -> bool) -> bool {
+fn same_trees(nodes: &[Node], check: impl Fn(&std::collections::BTreeMap<String, common::Entry>) -> bool) -> bool {
     let first = tree(&nodes[0].folder);
     check(&first) && nodes[1..].iter().all(|n| tree(&n.folder) == first)
 }
 
-fn listing(nodes: &[LanNode]) -> String {
+fn listing(nodes: &[Node]) -> String {
     nodes.iter().map(|n| format!("{}: {:?}\n", n.name, tree(&n.folder).keys().collect::<Vec<_>>())).collect()
 }
 
@@ -354,11 +247,11 @@ fn ms(d: Duration) -> String {
 #[test]
 fn three_hosts_find_each_other_by_mdns_sync_and_survive_a_pulled_cable() {
     let Some(lan) = Lan::new(3) else { return };
-    let mut nodes: Vec<LanNode> = ["a", "b", "c"].iter().enumerate().map(|(i, n)| LanNode::new(n, &lan, i)).collect();
+    let mut nodes: Vec<Node> = ["a", "b", "c"].iter().enumerate().map(|(i, n)| lan_node(n, &lan, i)).collect();
     let ids: Vec<String> = nodes.iter().map(|n| n.device_id.clone()).collect();
-    for n in &nodes {
-        let others: Vec<&str> = ids.iter().filter(|id| **id != n.device_id).map(String::as_str).collect();
-        n.configure(&others);
+    for n in nodes.iter_mut() {
+        let others: Vec<String> = ids.iter().filter(|id| **id != n.device_id).cloned().collect();
+        trust(n, &others);
     }
 
     let started = Instant::now();
@@ -382,7 +275,7 @@ fn three_hosts_find_each_other_by_mdns_sync_and_survive_a_pulled_cable() {
     // Pull c's cable: a and b must drop it once pings go unanswered, and keep syncing between them.
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
     let lost_before =
-        [a.about("peer lost", c), b.about("peer lost", c), c.about("peer lost", a), c.about("peer lost", b)];
+        [about(a, "peer lost", c), about(b, "peer lost", c), about(c, "peer lost", a), about(c, "peer lost", b)];
     let pulled = Instant::now();
     lan.set_cable(2, false);
     a.write("while-c-away.txt", b"made while c was unplugged");
@@ -396,7 +289,7 @@ fn three_hosts_find_each_other_by_mdns_sync_and_survive_a_pulled_cable() {
     let mut detected: [Option<Duration>; 4] = [None; 4];
     wait_until(LOSS_DEADLINE.saturating_sub(pulled.elapsed()), || {
         for (i, (n, p, _)) in checks.iter().enumerate() {
-            if detected[i].is_none() && n.about("peer lost", p) > lost_before[i] {
+            if detected[i].is_none() && about(n, "peer lost", p) > lost_before[i] {
                 detected[i] = Some(pulled.elapsed());
             }
         }
@@ -417,20 +310,20 @@ fn three_hosts_find_each_other_by_mdns_sync_and_survive_a_pulled_cable() {
 
     // a and b keep redialing c at the addresses mDNS gave them; let each fail once against the
     // pulled cable, so the reconnection below goes through the backoff as it would in real life.
-    let dials_before = [a.about("dial failed", c), b.about("dial failed", c)];
+    let dials_before = [about(a, "dial failed", c), about(b, "dial failed", c)];
     let redial =
-        time_until(T, || a.about("dial failed", c) > dials_before[0] && b.about("dial failed", c) > dials_before[1]);
+        time_until(T, || about(a, "dial failed", c) > dials_before[0] && about(b, "dial failed", c) > dials_before[1]);
     let redial = redial.unwrap_or_else(|| panic!("a and b did not try to redial c within {T:?}"));
     println!("lan: a and b each failed to redial c {} after the last loss was noticed", ms(redial));
 
     // Plug it back: c is dialed again and catches up.
-    let connected_before = [a.about("peer connected", c), b.about("peer connected", c)];
+    let connected_before = [about(a, "peer connected", c), about(b, "peer connected", c)];
     let plugged = Instant::now();
     lan.set_cable(2, true);
     let back = Duration::from_secs(90);
     assert!(
-        wait_until(back, || a.about("peer connected", c) > connected_before[0]
-            && b.about("peer connected", c) > connected_before[1]),
+        wait_until(back, || about(a, "peer connected", c) > connected_before[0]
+            && about(b, "peer connected", c) > connected_before[1]),
         "c not reconnected to a and b within {back:?} of plugging the cable back"
     );
     let reconnected = plugged.elapsed();
@@ -465,16 +358,16 @@ impl Drop for Daemon {
 #[test]
 fn mdns_ignores_itself_other_services_and_untrusted_nodes() {
     let Some(lan) = Lan::new(3) else { return };
-    let mut a = LanNode::new("a", &lan, 0);
-    let mut b = LanNode::new("b", &lan, 1);
-    let mut stranger = LanNode::new("stranger", &lan, 2);
+    let mut a = lan_node("a", &lan, 0);
+    let mut b = lan_node("b", &lan, 1);
+    let mut stranger = lan_node("stranger", &lan, 2);
     // A device a trusts that never runs: only the look-alike service below carries its ID.
-    let ghost = LanNode::new("ghost", &lan, 2);
+    let ghost = lan_node("ghost", &lan, 2);
     // a's list includes a itself, as a peer list copied to every machine would.
-    a.configure(&[&a.device_id, &b.device_id, &ghost.device_id]);
-    b.configure(&[&a.device_id]);
+    let trusted_by_a = [a.device_id.clone(), b.device_id.clone(), ghost.device_id.clone()];
+    trust(&mut a, &trusted_by_a);
+    trust(&mut b, &trusted_by_a[..1]);
     // The stranger trusts nobody: if anyone dialed it, its handshake refusal would be in its log.
-    stranger.configure(&[]);
 
     // Another kind of service on the stranger's host, with a TXT record that claims to be the
     // ghost and speak our protocol, and a listener that would notice being dialed.
@@ -510,7 +403,7 @@ fn mdns_ignores_itself_other_services_and_untrusted_nodes() {
 
     // The positive control: a and b find each other in this same LAN.
     assert!(
-        wait_until(T, || a.about("peer connected", &b) > 0 && b.about("peer connected", &a) > 0),
+        wait_until(T, || about(&a, "peer connected", &b) > 0 && about(&b, "peer connected", &a) > 0),
         "a and b did not connect"
     );
     let heard = |rx: &mdns_sd::Receiver<mdns_sd::ServiceEvent>, fullname: &str, resolved: bool| {
@@ -532,7 +425,7 @@ fn mdns_ignores_itself_other_services_and_untrusted_nodes() {
     let stranger_name = format!("{}._syncnode._tcp.local.", stranger.device_id);
     assert!(heard(&syncnode_events, &stranger_name, true), "the stranger was never heard on a's host");
     let stranger_id = stranger.device_id.clone();
-    let untrusted = |n: &LanNode| {
+    let untrusted = |n: &Node| {
         n.log_text().lines().filter(|l| l.contains("untrusted syncnode on the LAN") && l.contains(&stranger_id)).count()
     };
     assert!(wait_until(T, || untrusted(&a) > 0 && untrusted(&b) > 0), "the stranger was not reported");
@@ -549,21 +442,21 @@ fn mdns_ignores_itself_other_services_and_untrusted_nodes() {
     let a_log = a.log_text();
     assert!(!repeated, "the stranger was reported more than once:\n{a_log}");
     // Never dialed: no connection, no dial attempt, no handshake on the stranger's side.
-    assert_eq!(a.about("", &stranger), 0, "a dialed or connected to the stranger");
-    assert_eq!(b.about("", &stranger), 0, "b dialed or connected to the stranger");
+    assert_eq!(about(&a, "", &stranger), 0, "a dialed or connected to the stranger");
+    assert_eq!(about(&b, "", &stranger), 0, "b dialed or connected to the stranger");
     assert!(
         !stranger.log_text().contains("refused connection at the TLS handshake"),
         "someone dialed the stranger:\n{}",
         stranger.log_text()
     );
     // Not itself: a neither dialed nor connected to itself nor saw itself as a stranger.
-    assert_eq!(a.about("", &a), 0, "a dialed itself:\n{a_log}");
+    assert_eq!(about(&a, "", &a), 0, "a dialed itself:\n{a_log}");
     assert!(
         !a_log.lines().any(|l| l.contains("untrusted syncnode") && l.contains(&a.device_id)),
         "a reported itself:\n{a_log}"
     );
     // Not the look-alike: its TXT id is trusted, but it is not a syncnode service.
-    assert_eq!(a.about("", &ghost), 0, "a took the look-alike for the ghost:\n{a_log}");
+    assert_eq!(about(&a, "", &ghost), 0, "a took the look-alike for the ghost:\n{a_log}");
     let mut dialed = 0;
     while listener.accept().is_ok() {
         dialed += 1;
@@ -580,8 +473,8 @@ fn stamp(line: &str) -> Option<chrono::DateTime<chrono::FixedOffset>> {
 
 /// Whether `node` logged a failed dial to `peer` that began after it last saw `peer`'s mDNS
 /// records go: more than the 5 s connect timeout after that, so not a dial already under way.
-fn redialed_after_expiry(node: &LanNode, peer: &LanNode) -> bool {
-    let tag = format!("peer={}", peer.prefix());
+fn redialed_after_expiry(node: &Node, peer: &Node) -> bool {
+    let tag = format!("peer={}", &peer.device_id[..7]);
     let text = node.log_text();
     let lines: Vec<&str> = text.lines().filter(|l| l.contains(&tag)).collect();
     let Some(gone) = lines.iter().rev().find(|l| l.contains("left the LAN")).and_then(|l| stamp(l)) else {
@@ -603,9 +496,10 @@ fn redialed_after_expiry(node: &LanNode, peer: &LanNode) -> bool {
 #[test]
 fn a_partition_that_outlives_the_mdns_records_heals() {
     let Some(lan) = Lan::with(2, false) else { return };
-    let mut nodes: Vec<LanNode> = ["a", "b"].iter().enumerate().map(|(i, n)| LanNode::new(n, &lan, i)).collect();
-    nodes[0].configure(&[&nodes[1].device_id]);
-    nodes[1].configure(&[&nodes[0].device_id]);
+    let mut nodes: Vec<Node> = ["a", "b"].iter().enumerate().map(|(i, n)| lan_node(n, &lan, i)).collect();
+    let ids: Vec<String> = nodes.iter().map(|n| n.device_id.clone()).collect();
+    trust(&mut nodes[0], &ids[1..]);
+    trust(&mut nodes[1], &ids[..1]);
     for n in nodes.iter_mut() {
         n.start();
     }
@@ -618,7 +512,7 @@ fn a_partition_that_outlives_the_mdns_records_heals() {
     lan.set_bridged(1, false);
     // Records live 120 s from when they were last heard; mdns-sd's refresh queries go unanswered.
     let expiry = Duration::from_secs(150);
-    let expired = time_until(expiry, || a.about("left the LAN", b) > 0 && b.about("left the LAN", a) > 0);
+    let expired = time_until(expiry, || about(a, "left the LAN", b) > 0 && about(b, "left the LAN", a) > 0);
     let expired = expired.unwrap_or_else(|| panic!("the mDNS records did not expire within {expiry:?} of the cut"));
     println!("lan: partition; records expired on both sides {} after the cut", ms(expired));
     // Still dialed after that: the addresses were not forgotten (backoff is at most a minute).
@@ -630,12 +524,12 @@ fn a_partition_that_outlives_the_mdns_records_heals() {
     println!("lan: both still redialing {} after the records expired", ms(redialed));
 
     b.write("during.txt", b"written during the partition");
-    let connected_before = [a.about("peer connected", b), b.about("peer connected", a)];
+    let connected_before = [about(a, "peer connected", b), about(b, "peer connected", a)];
     let healed = Instant::now();
     lan.set_bridged(1, true);
     let back = Duration::from_secs(75);
     let reconnected = time_until(back, || {
-        a.about("peer connected", b) > connected_before[0] && b.about("peer connected", a) > connected_before[1]
+        about(a, "peer connected", b) > connected_before[0] && about(b, "peer connected", a) > connected_before[1]
     });
     let reconnected =
         reconnected.unwrap_or_else(|| panic!("a and b did not reconnect within {back:?} of the network coming back"));

@@ -18,26 +18,11 @@ const T: Duration = Duration::from_secs(30);
 const QUIET: Duration = Duration::from_secs(5);
 
 /// Two nodes trusting each other, folder `default` in the given modes, started.
-fn pair(mode_a: &str, mode_b: &str) -> Vec<Node> {
-    let mut nodes = vec![Node::new("a"), Node::new("b")];
-    let (ida, idb) = (nodes[0].device_id.clone(), nodes[1].device_id.clone());
-    let (adda, addb) = (nodes[0].address(), nodes[1].address());
-    nodes[0].peers.push((idb, Some(addb)));
-    nodes[1].peers.push((ida, Some(adda)));
-    for (n, mode) in nodes.iter_mut().zip([mode_a, mode_b]) {
-        n.write_config();
-        set_mode(n, mode);
-        n.start();
-    }
-    nodes
-}
-
-/// Writes `mode = ...` into the node's one `[[folder]]` table (the harness writes send-receive).
-fn set_mode(n: &Node, mode: &str) {
-    let text = std::fs::read_to_string(&n.config).unwrap();
-    let line = format!("path = \"{}\"\n", n.folder.display());
-    assert!(text.contains(&line), "{text}");
-    std::fs::write(&n.config, text.replacen(&line, &format!("{line}mode = \"{mode}\"\n"), 1)).unwrap();
+fn pair_in_modes(mode_a: &str, mode_b: &str) -> Vec<Node> {
+    Cluster::pair()
+        .folder_keys(0, &format!("mode = \"{mode_a}\""))
+        .folder_keys(1, &format!("mode = \"{mode_b}\""))
+        .start()
 }
 
 /// `n`'s tree stays exactly `before` for `QUIET`, polled.
@@ -91,7 +76,7 @@ fn write_at(n: &Node, rel: &str, data: &[u8], secs: i64) {
 
 #[test]
 fn a_receive_only_node_keeps_its_own_files_home_and_still_takes_the_peers_changes() {
-    let nodes = pair("send-receive", "receive-only");
+    let nodes = pair_in_modes("send-receive", "receive-only");
     let (a, b) = (&nodes[0], &nodes[1]);
     a.write("from-a.txt", b"hello from a");
     assert!(wait_until(T, || has(b, "from-a.txt", b"hello from a")), "{}", describe(&[a, b]));
@@ -122,7 +107,7 @@ fn a_receive_only_node_keeps_its_own_files_home_and_still_takes_the_peers_change
 
 #[test]
 fn a_receive_only_nodes_local_edit_superseded_by_a_newer_remote_version_is_kept_as_a_conflict_copy() {
-    let nodes = pair("send-receive", "receive-only");
+    let nodes = pair_in_modes("send-receive", "receive-only");
     let (a, b) = (&nodes[0], &nodes[1]);
     a.write("notes.txt", b"original");
     assert!(converged(&[a, b], T, |t| t.len() == 1), "{}", describe(&[a, b]));
@@ -154,7 +139,7 @@ fn a_receive_only_nodes_local_edit_superseded_by_a_newer_remote_version_is_kept_
 
 #[test]
 fn a_send_only_node_applies_nothing_from_its_peer_and_still_sends_its_own_changes() {
-    let nodes = pair("send-only", "send-receive");
+    let nodes = pair_in_modes("send-only", "send-receive");
     let (a, b) = (&nodes[0], &nodes[1]);
     a.write("shared.txt", b"a's shared file");
     a.write("other.txt", b"another of a's files");
@@ -190,16 +175,26 @@ fn a_send_only_node_applies_nothing_from_its_peer_and_still_sends_its_own_change
 
 #[test]
 fn ignored_files_and_directories_are_neither_sent_nor_deleted_and_the_ignore_file_stays_home() {
-    let mut nodes = vec![Node::new("a"), Node::new("b")];
-    // Each node's own rules, worded differently: neither copy travels.
-    nodes[0].write(".syncignore", b"*.log\nbuild/\n");
-    nodes[1].write(".syncignore", b"# b's rules\n*.log\nbuild/\n");
-    nodes[0].write("app.log", b"a's log");
-    nodes[0].write("build/out.bin", b"a's build output");
-    nodes[0].write("src/main.rs", b"fn main() {}");
-    nodes[1].write("app.log", b"b's own log, longer");
-    nodes[1].write("build/keep.o", b"b's object");
-    connect(&mut nodes, &[(0, 1)]);
+    let nodes = Cluster::pair()
+        // Each node's own rules, worded differently: neither copy travels.
+        .files(
+            0,
+            &[
+                (".syncignore", b"*.log\nbuild/\n"),
+                ("app.log", b"a's log"),
+                ("build/out.bin", b"a's build output"),
+                ("src/main.rs", b"fn main() {}"),
+            ],
+        )
+        .files(
+            1,
+            &[
+                (".syncignore", b"# b's rules\n*.log\nbuild/\n"),
+                ("app.log", b"b's own log, longer"),
+                ("build/keep.o", b"b's object"),
+            ],
+        )
+        .start();
     let (a, b) = (&nodes[0], &nodes[1]);
     assert!(wait_until(T, || has(b, "src/main.rs", b"fn main() {}")), "{}", describe(&[a, b]));
     let on_a = tree(&a.folder);
@@ -226,13 +221,18 @@ fn ignored_files_and_directories_are_neither_sent_nor_deleted_and_the_ignore_fil
 
 #[test]
 fn editing_the_ignore_file_while_running_takes_effect_at_once() {
-    let mut nodes = vec![Node::new("a"), Node::new("b")];
-    nodes[0].write(".syncignore", b"secret.txt\n");
-    nodes[0].write("secret.txt", b"not yet");
-    nodes[0].write("old.tmp", b"synced while not ignored");
-    nodes[0].write("gone.tmp", b"also synced");
-    nodes[0].write("plain.txt", b"plain");
-    connect(&mut nodes, &[(0, 1)]);
+    let nodes = Cluster::pair()
+        .files(
+            0,
+            &[
+                (".syncignore", b"secret.txt\n"),
+                ("secret.txt", b"not yet"),
+                ("old.tmp", b"synced while not ignored"),
+                ("gone.tmp", b"also synced"),
+                ("plain.txt", b"plain"),
+            ],
+        )
+        .start();
     let (a, b) = (&nodes[0], &nodes[1]);
     assert!(converged(&[b], T, |t| t.len() == 3), "{}", describe(&[a, b]));
     assert!(!b.path("secret.txt").exists() && !b.path(".syncignore").exists(), "{}", describe(&[a, b]));
@@ -259,11 +259,10 @@ fn editing_the_ignore_file_while_running_takes_effect_at_once() {
 
 #[test]
 fn a_pattern_removed_on_the_receiver_lets_the_peers_file_in() {
-    let mut nodes = vec![Node::new("a"), Node::new("b")];
-    nodes[1].write(".syncignore", b"*.log\n");
-    nodes[0].write("app.log", b"a's log");
-    nodes[0].write("plain.txt", b"plain");
-    connect(&mut nodes, &[(0, 1)]);
+    let nodes = Cluster::pair()
+        .files(1, &[(".syncignore", b"*.log\n")])
+        .files(0, &[("app.log", b"a's log"), ("plain.txt", b"plain")])
+        .start();
     let (a, b) = (&nodes[0], &nodes[1]);
     assert!(wait_until(T, || has(b, "plain.txt", b"plain")), "{}", describe(&[a, b]));
     let on_b = tree(&b.folder);

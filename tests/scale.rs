@@ -17,17 +17,19 @@ const WINDOW: u64 = 4096;
 
 #[test]
 fn twenty_thousand_files_pass_through_a_bounded_window() {
-    let mut nodes = vec![Node::new("a"), Node::new("b")];
-    for i in 0..FILES {
-        nodes[0].write(&format!("d{:03}/f{i:05}", i / PER_DIR), format!("file number {i}").as_bytes());
-    }
-    connect(&mut nodes, &[(0, 1)]);
+    let nodes = Cluster::pair()
+        .with(0, |a| {
+            for i in 0..FILES {
+                a.write(&format!("d{:03}/f{i:05}", i / PER_DIR), format!("file number {i}").as_bytes());
+            }
+        })
+        .start();
     let (a, b) = (&nodes[0], &nodes[1]);
     let entries = FILES + FILES / PER_DIR;
     let held_peak = std::cell::Cell::new(0u64);
-    let held_label = format!("syncnode_peer_needs_held{{peer=\"{}\"}} ", a.device_id);
+    let held_label = peer_label(&a.device_id);
     let (done, f) = b.folder_until("default", Duration::from_secs(300), |f| {
-        let held = b.metrics().lines().find_map(|l| l.strip_prefix(&held_label)?.trim().parse().ok()).unwrap_or(0);
+        let held = b.metric("syncnode_peer_needs_held", &held_label).unwrap_or(0);
         held_peak.set(held_peak.get().max(held));
         f["local_files"] == entries as u64 && f["need_files"] == 0
     });
@@ -61,24 +63,21 @@ fn a_tree_with_more_directories_than_the_inotify_limit_still_syncs() {
             "no user namespaces (unshare -U)",
         );
     }
-    let (mut a, mut b) = (Node::new("a"), Node::new("b"));
-    for d in 0..DIRS {
-        a.write(&format!("d{d:03}/f"), format!("file in directory {d}").as_bytes());
-    }
-    a.runner = ["unshare", "-U", "-r", "sh", "-c"]
-        .into_iter()
-        .map(String::from)
-        .chain([format!("echo {WATCHES} > /proc/sys/user/max_inotify_watches && exec \"$0\" \"$@\"")])
-        .collect();
-    a.trust(&b);
-    b.trust(&a);
-    // A rescan every 2 s covers the directories past the limit.
-    let config =
-        std::fs::read_to_string(&a.config).unwrap().replace("rescan_interval = \"1m\"", "rescan_interval = \"2s\"");
-    std::fs::write(&a.config, config).unwrap();
-    a.start();
-    b.start();
-    let (a, b) = (&a, &b);
+    let nodes = Cluster::pair()
+        .with(0, |a| {
+            for d in 0..DIRS {
+                a.write(&format!("d{d:03}/f"), format!("file in directory {d}").as_bytes());
+            }
+            a.runner = ["unshare", "-U", "-r", "sh", "-c"]
+                .into_iter()
+                .map(String::from)
+                .chain([format!("echo {WATCHES} > /proc/sys/user/max_inotify_watches && exec \"$0\" \"$@\"")])
+                .collect();
+            // A rescan every 2 s covers the directories past the limit.
+            a.sync.insert("rescan_interval", "2s".into());
+        })
+        .start();
+    let (a, b) = (&nodes[0], &nodes[1]);
     assert!(converged(&[a, b], Duration::from_secs(60), |t| t.len() == 2 * DIRS), "{}", describe(&[a, b]));
     // Changes in a directory past the limit, and in a new directory, arrive too.
     a.write(&format!("d{:03}/late", DIRS - 1), b"written after the start");

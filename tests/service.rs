@@ -4,11 +4,10 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -58,78 +57,7 @@ impl NotifySocket {
     }
 }
 
-/// A node process started the way systemd starts it (NOTIFY_SOCKET set), killed if the test fails.
-struct Service {
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl Service {
-    fn start(node: &Node, notify: &NotifySocket, log: PathBuf) -> Service {
-        let stderr = std::fs::File::create(&log).unwrap();
-        let child = Command::new(bin())
-            .arg("--config")
-            .arg(&node.config)
-            .env("NOTIFY_SOCKET", &notify.path)
-            .env("RUST_LOG", "info,syncnode=debug")
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .unwrap();
-        Service { child: Some(child), log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.as_ref().unwrap().id() as i32
-    }
-
-    /// Waits for the process to exit; its exit code, or None if it is still running at `deadline`.
-    fn wait_exit(&mut self, deadline: Instant) -> Option<std::process::ExitStatus> {
-        let child = self.child.as_mut().unwrap();
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                self.child = None;
-                return Some(status);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!("---- {} ----\n{}", self.log.display(), self.log());
-        }
-    }
-}
-
-fn http_get(port: u16, path: &str) -> Option<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).ok()?;
-    let (head, body) = raw.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
-}
-
-fn folder_status(port: u16) -> Option<serde_json::Value> {
-    let s: serde_json::Value = serde_json::from_str(&http_get(port, "/rest/status")?).ok()?;
-    Some(s["folders"][0].clone())
-}
-
+/// Counts the lines of `text` holding `needle`.
 fn count(text: &str, needle: &str) -> usize {
     text.lines().filter(|l| l.contains(needle)).count()
 }
@@ -137,17 +65,19 @@ fn count(text: &str, needle: &str) -> usize {
 #[test]
 fn ready_after_listeners_then_stopping_and_a_clean_exit_with_the_index_flushed() {
     let started = Instant::now();
-    let node = Node::new("svc");
+    let mut node = Node::new("svc");
     let files = ["a.txt", "b/c.txt", "b/d.bin", "e.txt"];
     for (i, f) in files.iter().enumerate() {
         node.write(f, &random_bytes(1000 + i * 50_000, i as u64 + 1));
     }
     // Four files and the directory b.
     let records = files.len() as u64 + 1;
+    // Started the way systemd starts it: NOTIFY_SOCKET names the socket.
     let notify = NotifySocket::bind(&node.dir);
+    node.env.push(("NOTIFY_SOCKET".into(), notify.path.display().to_string()));
 
     // First run: READY=1, and by then both listeners take connections.
-    let mut run = Service::start(&node, &notify, node.dir.join("run1.log"));
+    node.start();
     let seen = notify.expect("READY=1", T).unwrap_or_else(|seen| panic!("no READY=1 within {T:?}; got {seen:?}"));
     let ready_after = started.elapsed();
     TcpStream::connect(("127.0.0.1", node.port)).expect("peer listener accepts TCP once READY=1 is sent");
@@ -155,49 +85,46 @@ fn ready_after_listeners_then_stopping_and_a_clean_exit_with_the_index_flushed()
     assert!(!seen.iter().any(|m| m.contains("STOPPING=1")), "{seen:?}");
 
     // The startup scan records every file.
-    assert!(
-        wait_until(T, || folder_status(node.api_port)
-            .is_some_and(|f| f["local_files"] == records && f["state"] == "idle")),
-        "first scan did not finish: {:?}",
-        folder_status(node.api_port)
-    );
-    assert!(count(&run.log(), "local change") >= records as usize, "{}", run.log());
+    let (scanned, f) = node.folder_until("default", T, |f| f["local_files"] == records && f["state"] == "idle");
+    assert!(scanned, "first scan did not finish: {f}");
+    assert!(count(&node.log_text(), "local change") >= records as usize, "{}", node.log_text());
 
     // SIGTERM: STOPPING=1, then exit code 0, all within 5 s.
     let term = Instant::now();
-    assert_eq!(unsafe { libc::kill(run.pid(), libc::SIGTERM) }, 0);
+    node.terminate();
     notify
         .expect("STOPPING=1", Duration::from_secs(5))
         .unwrap_or_else(|seen| panic!("no STOPPING=1 within 5 s; got {seen:?}"));
     let stopping_after = term.elapsed();
-    let status =
-        run.wait_exit(term + Duration::from_secs(5)).unwrap_or_else(|| panic!("still running 5 s after SIGTERM"));
+    let code = node
+        .wait_exit(Duration::from_secs(5).saturating_sub(term.elapsed()))
+        .unwrap_or_else(|| panic!("still running 5 s after SIGTERM"));
     let exit_after = term.elapsed();
-    assert_eq!(status.code(), Some(0), "exit status {status:?}\n{}", run.log());
-    let log1 = run.log();
+    assert_eq!(code, Some(0), "exit code {code:?}\n{}", node.log_text());
+    let log1 = node.log_text();
     assert!(!log1.contains("panicked"), "{log1}");
-    drop(run);
 
     // Second run on the same data dir: the index survived, so nothing is a local change.
-    let mut run = Service::start(&node, &notify, node.dir.join("run2.log"));
+    let second_run = |node: &Node| node.log_text()[log1.len()..].to_string();
+    node.start();
     notify.expect("READY=1", T).unwrap_or_else(|seen| panic!("no READY=1 on restart; got {seen:?}"));
     assert!(
-        wait_until(T, || run.log().contains("full scan done")),
+        wait_until(T, || second_run(&node).contains("full scan done")),
         "the restart's full scan did not finish:\n{}",
-        run.log()
+        second_run(&node)
     );
-    let log2 = run.log();
+    let log2 = second_run(&node);
     assert_eq!(count(&log2, "local change"), 0, "unchanged files were rescanned as changes after a restart:\n{log2}");
     assert!(log2.lines().any(|l| l.contains("full scan done") && l.contains("changed=0")), "{log2}");
-    let f = folder_status(node.api_port).expect("status after restart");
+    let f = node.folder_status("default").expect("status after restart");
     assert_eq!(f["local_files"], records, "{f}");
 
     // And it stops cleanly again.
     let term = Instant::now();
-    assert_eq!(unsafe { libc::kill(run.pid(), libc::SIGTERM) }, 0);
+    node.terminate();
     notify.expect("STOPPING=1", Duration::from_secs(5)).expect("STOPPING=1 on the second stop");
-    let status = run.wait_exit(term + Duration::from_secs(5)).expect("second stop within 5 s");
-    assert_eq!(status.code(), Some(0));
+    let code = node.wait_exit(Duration::from_secs(5).saturating_sub(term.elapsed())).expect("second stop within 5 s");
+    assert_eq!(code, Some(0));
     eprintln!(
         "READY=1 after {ready_after:?}; STOPPING=1 {stopping_after:?} and exit {exit_after:?} after SIGTERM; test {:?}",
         started.elapsed()

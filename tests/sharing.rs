@@ -35,33 +35,36 @@ impl Folder {
     }
 }
 
-/// Writes `node`'s config with these folders, `[[peer]]`s (device ID and/or address) and `[security]`
-/// body, replacing what `Node::write_config` wrote.
-fn configure(node: &Node, folders: &[Folder], peers: &[(Option<String>, Option<String>)], security: &str) {
-    let mut text = format!(
-        "[node]\nname = \"{}\"\ndata_dir = \"{}\"\nlisten = \"127.0.0.1:{}\"\napi_listen = \"127.0.0.1:{}\"\n\n[sync]\nrescan_interval = \"1m\"\ndebounce = \"20ms\"\n\n[discovery]\nmdns = false\n\n[security]\n{security}\n",
-        node.name,
-        node.data_dir.display(),
-        node.port,
-        node.api_port
-    );
-    for f in folders {
-        text += &format!("\n[[folder]]\nid = \"{}\"\npath = \"{}\"\n", f.id, f.path.display());
-        if let Some(devices) = &f.devices {
-            let list: Vec<String> = devices.iter().map(|d| format!("\"{d}\"")).collect();
-            text += &format!("devices = [{}]\n", list.join(", "));
+trait Configure {
+    fn configure(&mut self, folders: &[Folder], peers: &[(Option<String>, Option<String>)], security: &str);
+}
+
+impl Configure for Node {
+    /// Writes the node's config with these folders (`default` first), `[[peer]]`s (device ID
+    /// and/or address) and `[security]` body.
+    fn configure(&mut self, folders: &[Folder], peers: &[(Option<String>, Option<String>)], security: &str) {
+        let node = self;
+        assert_eq!(folders[0].id, "default", "the harness's config has folder `default` first");
+        node.extra.clear();
+        for f in folders {
+            let devices = match &f.devices {
+                Some(devices) => {
+                    let list: Vec<String> = devices.iter().map(|d| format!("\"{d}\"")).collect();
+                    format!("devices = [{}]\n", list.join(", "))
+                }
+                None => String::new(),
+            };
+            if f.id == "default" {
+                node.folder = f.path.clone();
+                node.folder_keys = devices;
+            } else {
+                node.extra += &format!("\n[[folder]]\nid = \"{}\"\npath = \"{}\"\n{devices}", f.id, f.path.display());
+            }
         }
+        node.peers = peers.iter().map(|(id, address)| (id.clone().unwrap_or_default(), address.clone())).collect();
+        node.security = security.into();
+        node.write_config();
     }
-    for (id, address) in peers {
-        text += "\n[[peer]]\n";
-        if let Some(id) = id {
-            text += &format!("device_id = \"{id}\"\n");
-        }
-        if let Some(a) = address {
-            text += &format!("address = \"{a}\"\n");
-        }
-    }
-    std::fs::write(&node.config, text).unwrap();
 }
 
 fn write(dir: &Path, rel: &str, data: &[u8]) {
@@ -92,8 +95,7 @@ fn a_folder_not_shared_with_a_peer_never_reaches_it_while_shared_folders_sync() 
     let a_private = Folder::on(&a, "private", Some(vec![stranger.clone()]));
     let a_team = Folder::on(&a, "team", Some(vec![b.device_id.clone()]));
     let (a_private_dir, a_team_dir) = (a_private.path.clone(), a_team.path.clone());
-    configure(
-        &a,
+    a.configure(
         &[Folder::on(&a, "default", None), a_team, a_private],
         &[(Some(b.device_id.clone()), Some(b.address()))],
         LISTED,
@@ -102,8 +104,7 @@ fn a_folder_not_shared_with_a_peer_never_reaches_it_while_shared_folders_sync() 
     let b_private = Folder::on(&b, "private", None);
     let b_team = Folder::on(&b, "team", Some(vec![a.device_id.clone()]));
     let (b_private_dir, b_team_dir) = (b_private.path.clone(), b_team.path.clone());
-    configure(
-        &b,
+    b.configure(
         &[Folder::on(&b, "default", None), b_team, b_private],
         &[(Some(a.device_id.clone()), Some(a.address()))],
         LISTED,
@@ -239,7 +240,7 @@ fn records_and_chunk_requests_for_a_folder_not_shared_with_the_peer_are_refused_
     let b = Node::new("b"); // never started: its identity is what the test speaks with
     let a_private = Folder::on(&a, "private", Some(Vec::new()));
     let a_private_dir = a_private.path.clone();
-    configure(&a, &[Folder::on(&a, "default", None), a_private], &[(Some(b.device_id.clone()), None)], LISTED);
+    a.configure(&[Folder::on(&a, "default", None), a_private], &[(Some(b.device_id.clone()), None)], LISTED);
     a.write("mine.txt", b"A shares this");
     write(&a_private_dir, "secret.txt", b"A keeps this");
     a.start();
@@ -316,8 +317,8 @@ fn nodes_with_the_same_network_key_join_and_sync_without_device_ids() {
     let mut a = Node::new("a");
     let mut b = Node::new("b");
     // A knows only its own address (as in a config listing every node's); B knows only A's address.
-    configure(&a, &[Folder::on(&a, "default", None)], &[(None, Some(a.address()))], &network_key(key));
-    configure(&b, &[Folder::on(&b, "default", None)], &[(None, Some(a.address()))], &network_key(key));
+    a.configure(&[Folder::on(&a, "default", None)], &[(None, Some(a.address()))], &network_key(key));
+    b.configure(&[Folder::on(&b, "default", None)], &[(None, Some(a.address()))], &network_key(key));
     a.start();
     b.start();
     a.write("from-a.txt", b"hello from A");
@@ -353,16 +354,14 @@ fn a_peer_with_a_wrong_key_or_no_key_is_refused_at_the_start_and_logged_once() {
     let mut a = Node::new("a");
     let mut wrong = Node::new("wrong");
     let mut keyless = Node::new("keyless");
-    configure(&a, &[Folder::on(&a, "default", None)], &[], &network_key("the-right-key-for-this-cluster"));
-    configure(
-        &wrong,
+    a.configure(&[Folder::on(&a, "default", None)], &[], &network_key("the-right-key-for-this-cluster"));
+    wrong.configure(
         &[Folder::on(&wrong, "default", None)],
         &[(None, Some(a.address()))],
         &network_key("a-wrong-key-for-this-cluster"),
     );
     // Under "listed", trusting A's device ID: the TLS handshake passes, then no proof comes.
-    configure(
-        &keyless,
+    keyless.configure(
         &[Folder::on(&keyless, "default", None)],
         &[(Some(a.device_id.clone()), Some(a.address()))],
         LISTED,
@@ -405,34 +404,27 @@ fn a_peer_with_a_wrong_key_or_no_key_is_refused_at_the_start_and_logged_once() {
 
 // ---- configuration ----
 
-/// Runs the node on `config` and returns its exit code and stderr (for configs that must fail).
-fn run_config(node: &Node, extra_args: &[&str]) -> (Option<i32>, String) {
-    let out =
-        std::process::Command::new(common::bin()).arg("--config").arg(&node.config).args(extra_args).output().unwrap();
-    (out.status.code(), String::from_utf8_lossy(&out.stderr).to_string())
-}
-
 #[test]
 fn bad_sharing_and_trust_settings_are_config_errors_naming_the_file_and_key() {
-    let node = Node::new("cfg");
+    let mut node = Node::new("cfg");
     let file = node.config.display().to_string();
-    configure(&node, &[Folder::on(&node, "default", Some(vec!["not-a-device".into()]))], &[], LISTED);
-    let (code, err) = run_config(&node, &[]);
-    assert_eq!(code, Some(2), "{err}");
+    node.configure(&[Folder::on(&node, "default", Some(vec!["not-a-device".into()]))], &[], LISTED);
+    let (code, _, err) = node.cli(&[]);
+    assert_eq!(code, 2, "{err}");
     assert!(err.contains(&file) && err.contains("folder[0].devices[0]") && err.contains("not-a-device"), "{err}");
 
-    configure(&node, &[Folder::on(&node, "default", None)], &[], &network_key(""));
-    let (code, err) = run_config(&node, &[]);
-    assert_eq!(code, Some(2), "{err}");
+    node.configure(&[Folder::on(&node, "default", None)], &[], &network_key(""));
+    let (code, _, err) = node.cli(&[]);
+    assert_eq!(code, 2, "{err}");
     assert!(err.contains(&file) && err.contains("security.network_key"), "{err}");
 
     // A bare HOST:PORT peer needs network-key trust.
-    configure(&node, &[Folder::on(&node, "default", None)], &[(None, Some("127.0.0.1:9".into()))], LISTED);
-    let (code, err) = run_config(&node, &[]);
-    assert_eq!(code, Some(2), "{err}");
+    node.configure(&[Folder::on(&node, "default", None)], &[(None, Some("127.0.0.1:9".into()))], LISTED);
+    let (code, _, err) = node.cli(&[]);
+    assert_eq!(code, 2, "{err}");
     assert!(err.contains(&file) && err.contains("peer[0].device_id"), "{err}");
-    configure(&node, &[Folder::on(&node, "default", None)], &[], LISTED);
-    let (code, err) = run_config(&node, &["--peer", "127.0.0.1:9"]);
-    assert_eq!(code, Some(2), "{err}");
+    node.configure(&[Folder::on(&node, "default", None)], &[], LISTED);
+    let (code, _, err) = node.cli(&["--peer", "127.0.0.1:9"]);
+    assert_eq!(code, 2, "{err}");
     assert!(err.contains("--peer 127.0.0.1:9") && err.contains("network-key"), "{err}");
 }

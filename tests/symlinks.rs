@@ -9,38 +9,11 @@ mod common;
 use std::collections::BTreeMap;
 use std::os::unix::fs::{symlink, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
 
 const T: Duration = Duration::from_secs(60);
-
-/// Adds `keys` (TOML lines) to the node's `[[folder]]` table.
-fn folder_keys(node: &Node, keys: &str) {
-    let text = std::fs::read_to_string(&node.config).unwrap();
-    let anchor = format!("path = \"{}\"\n", node.folder.display());
-    assert!(text.contains(&anchor));
-    std::fs::write(&node.config, text.replacen(&anchor, &format!("{anchor}{keys}\n"), 1)).unwrap();
-}
-
-/// Two connected nodes with extra keys in each one's folder table; `before` runs on both folders
-/// before the nodes start.
-fn pair(a_keys: &str, b_keys: &str, before: impl Fn(&Node)) -> Vec<Node> {
-    let mut nodes = vec![Node::new("a"), Node::new("b")];
-    introduce(&mut nodes, &[(0, 1)]);
-    for n in nodes.iter_mut() {
-        n.write_config();
-        std::fs::create_dir_all(&n.folder).unwrap();
-        before(n);
-    }
-    folder_keys(&nodes[0], a_keys);
-    folder_keys(&nodes[1], b_keys);
-    for n in nodes.iter_mut() {
-        n.start();
-    }
-    nodes
-}
 
 /// Every link in the folder (the version store excluded), by path, with its target text.
 fn links(root: &Path) -> BTreeMap<String, String> {
@@ -100,15 +73,6 @@ fn kept_links(node: &Node) -> BTreeMap<String, String> {
         .collect()
 }
 
-fn run(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(bin()).args(args).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
-
 struct Outside {
     _tmp: tempfile::TempDir,
     dir: PathBuf,
@@ -130,7 +94,7 @@ const SECRET: &[u8] = b"outside the folder: never read, never announced, never w
 fn links_of_every_kind_arrive_as_the_same_links_and_nothing_behind_them_is_read() {
     let out = outside();
     let before = snapshot(&out.dir);
-    let nodes = pair("", "", |_| {});
+    let nodes = pair();
     let (a, b) = (&nodes[0], &nodes[1]);
     a.write("docs/readme.txt", b"inside\n");
     // From the folder's root, the outside directory is two levels up and then over.
@@ -194,8 +158,7 @@ fn links_of_every_kind_arrive_as_the_same_links_and_nothing_behind_them_is_read(
         .any(|(name, t)| name.starts_with("dangling~") && name.contains("~replaced~") && t == "no/such/thing"));
 
     // Restored on B as the same link, it travels back to A.
-    let (code, stdout, err) =
-        run(&["versions", "restore", "--config", b.config.to_str().unwrap(), "--folder", "default", "absolute"]);
+    let (code, stdout, err) = b.cli(&["versions", "restore", "--folder", "default", "absolute"]);
     assert_eq!(code, 0, "restore failed: {err}");
     assert!(stdout.contains("restored absolute"), "{stdout}");
     assert_eq!(std::fs::read_link(b.path("absolute")).unwrap().to_string_lossy(), made["absolute"]);
@@ -212,7 +175,7 @@ fn links_of_every_kind_arrive_as_the_same_links_and_nothing_behind_them_is_read(
 fn a_file_replacing_a_link_replaces_the_link_and_never_writes_through_it() {
     let out = outside();
     let before = snapshot(&out.dir);
-    let nodes = pair("", "", |_| {});
+    let nodes = pair();
     let (a, b) = (&nodes[0], &nodes[1]);
     let target = out.dir.join("secret.txt").display().to_string();
     symlink(&target, a.path("victim")).unwrap();
@@ -256,13 +219,15 @@ fn with_symlinks_ignore_links_are_neither_sent_nor_made_nor_written_through() {
     let out = outside();
     let before = snapshot(&out.dir);
     let secret = out.dir.join("secret.txt");
-    let nodes = pair("", "symlinks = \"ignore\"", |n| {
-        if n.name == "b" {
+    let nodes = Cluster::pair()
+        .folder_keys(1, "symlinks = \"ignore\"")
+        .with(1, |b| {
             // B's own links: an ignored link to a file outside, and one to a directory outside.
-            symlink(&secret, n.path("mine")).unwrap();
-            symlink(&out.dir, n.path("mydir")).unwrap();
-        }
-    });
+            std::fs::create_dir_all(&b.folder).unwrap();
+            symlink(&secret, b.path("mine")).unwrap();
+            symlink(&out.dir, b.path("mydir")).unwrap();
+        })
+        .start();
     let (a, b) = (&nodes[0], &nodes[1]);
     symlink("elsewhere", a.path("from-a")).unwrap();
     a.write("plain.txt", b"plain\n");
@@ -289,7 +254,7 @@ fn with_symlinks_ignore_links_are_neither_sent_nor_made_nor_written_through() {
 
 #[test]
 fn concurrent_retargets_make_a_conflict_copy_that_is_a_link_on_both_nodes() {
-    let mut nodes = pair("", "", |_| {});
+    let mut nodes = pair();
     symlink("one", nodes[0].path("l")).unwrap();
     assert!(wait_until(T, || links(&nodes[1].folder).get("l").map(String::as_str) == Some("one")));
     // B offline: both retarget the link, B later (its version wins, A's is kept as a copy).

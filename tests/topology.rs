@@ -11,8 +11,7 @@ const T: Duration = Duration::from_secs(30);
 
 #[test]
 fn a_change_crosses_a_line_of_three_nodes_both_ways() {
-    let mut nodes = vec![Node::new("a"), Node::new("b"), Node::new("c")];
-    connect(&mut nodes, &[(0, 1), (1, 2)]);
+    let nodes = line(3);
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
     a.write("x/from-a.txt", b"hello from a");
     c.write("from-c.txt", b"hello from c");
@@ -24,8 +23,7 @@ fn a_change_crosses_a_line_of_three_nodes_both_ways() {
 
 #[test]
 fn changes_made_while_a_node_was_down_are_found_and_exchanged() {
-    let mut nodes = vec![Node::new("a"), Node::new("b")];
-    connect(&mut nodes, &[(0, 1)]);
+    let mut nodes = pair();
     nodes[0].write("keep.txt", b"1");
     nodes[0].write("gone.txt", b"2");
     nodes[0].write("edit.txt", b"3");
@@ -52,8 +50,7 @@ fn changes_made_while_a_node_was_down_are_found_and_exchanged() {
 
 #[test]
 fn a_receiver_killed_mid_transfer_finishes_after_restart() {
-    let mut nodes = vec![Node::new("a"), Node::new("b")];
-    connect(&mut nodes, &[(0, 1)]);
+    let mut nodes = pair();
     let data = random_bytes(200 << 20, 7);
     let staging = nodes[0].dir.join("big.staging");
     std::fs::write(&staging, &data).unwrap();

@@ -7,7 +7,6 @@ mod common;
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -15,48 +14,10 @@ use serde_json::Value;
 
 const T: Duration = Duration::from_secs(60);
 
-fn run(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(bin()).args(args).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
-
-/// Adds `keys` (TOML lines) to the node's `[[folder]]` table.
-fn folder_keys(node: &Node, keys: &str) {
-    let text = std::fs::read_to_string(&node.config).unwrap();
-    let anchor = format!("path = \"{}\"\n", node.folder.display());
-    assert!(text.contains(&anchor));
-    std::fs::write(&node.config, text.replacen(&anchor, &format!("{anchor}{keys}\n"), 1)).unwrap();
-}
-
-/// Two connected nodes; `b_keys` go into B's folder table.
-fn pair(b_keys: &str) -> Vec<Node> {
-    pair_with("", b_keys)
-}
-
-/// Two connected nodes with extra keys in each one's folder table.
-fn pair_with(a_keys: &str, b_keys: &str) -> Vec<Node> {
-    let mut nodes = vec![Node::new("a"), Node::new("b")];
-    introduce(&mut nodes, &[(0, 1)]);
-    for n in nodes.iter_mut() {
-        n.write_config();
-    }
-    folder_keys(&nodes[0], a_keys);
-    folder_keys(&nodes[1], b_keys);
-    for n in nodes.iter_mut() {
-        n.start();
-    }
-    nodes
-}
-
 fn list_json(node: &Node, file: Option<&str>) -> Vec<Value> {
-    let cfg = node.config.to_str().unwrap();
-    let mut args = vec!["versions", "list", "--config", cfg, "--json"];
+    let mut args = vec!["versions", "list", "--json"];
     args.extend(file);
-    let (code, out, err) = run(&args);
+    let (code, out, err) = node.cli(&args);
     assert_eq!(code, 0, "versions list failed: {err}");
     serde_json::from_str::<Vec<Value>>(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
 }
@@ -72,26 +33,14 @@ fn store_files(node: &Node) -> BTreeMap<String, PathBuf> {
         .collect()
 }
 
+/// A sample of folder `default` in the node's /metrics.
 fn metric(node: &Node, name: &str) -> Option<u64> {
-    let (code, body) = http_get(node.api_port, "/metrics")?;
-    (code == 200).then_some(())?;
-    body.lines().find(|l| l.starts_with(&format!("{name}{{folder=\"default\"}}")))?.rsplit(' ').next()?.parse().ok()
-}
-
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).ok()?;
-    let (head, body) = raw.split_once("\r\n\r\n")?;
-    let code = head.split(' ').nth(1)?.parse().ok()?;
-    Some((code, body.to_string()))
+    node.metric(name, "folder=\"default\"")
 }
 
 #[test]
 fn a_delete_on_a_is_restorable_on_b_and_the_restore_reaches_a() {
-    let nodes = pair("");
+    let nodes = pair();
     let (a, b) = (&nodes[0], &nodes[1]);
     a.write("docs/plan.txt", b"the plan, first draft\n");
     assert!(converged(&[a, b], T, |t| t.contains_key("docs/plan.txt")), "{}", describe(&[a, b]));
@@ -112,23 +61,21 @@ fn a_delete_on_a_is_restorable_on_b_and_the_restore_reaches_a() {
     assert!(wait_until(T, || metric(b, "syncnode_versions_files") == Some(1)));
     assert_eq!(metric(b, "syncnode_versions_bytes"), Some(22));
     // The table names it too.
-    let (code, out, err) = run(&["versions", "list", "--config", b.config.to_str().unwrap()]);
+    let (code, out, err) = b.cli(&["versions", "list"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("docs/plan.txt") && out.contains("deleted") && out.contains(&a.device_id[..7]), "{out}");
 
-    let (code, out, err) =
-        run(&["versions", "restore", "--config", b.config.to_str().unwrap(), "--folder", "default", "docs/plan.txt"]);
+    let (code, out, err) = b.cli(&["versions", "restore", "--folder", "default", "docs/plan.txt"]);
     assert_eq!(code, 0, "restore failed: {err}");
     assert!(out.contains("restored docs/plan.txt"), "{out}");
     assert!(converged(&[a, b], T, |t| t.contains_key("docs/plan.txt")), "{}", describe(&[a, b]));
     assert_eq!(std::fs::read(a.path("docs/plan.txt")).unwrap(), b"the plan, first draft\n");
     assert!(list_json(b, None).is_empty(), "a restored version leaves the store");
     // Nothing left to restore: a clear failure, exit 1.
-    let (code, _, err) =
-        run(&["versions", "restore", "--config", b.config.to_str().unwrap(), "--folder", "default", "docs/plan.txt"]);
+    let (code, _, err) = b.cli(&["versions", "restore", "--folder", "default", "docs/plan.txt"]);
     assert_eq!(code, 1);
     assert!(err.contains("no kept version of `docs/plan.txt`"), "{err}");
-    let (code, _, err) = run(&["versions", "restore", "--config", b.config.to_str().unwrap(), "--folder", "nope", "x"]);
+    let (code, _, err) = b.cli(&["versions", "restore", "--folder", "nope", "x"]);
     assert_eq!(code, 2, "{err}");
 }
 
@@ -137,7 +84,7 @@ fn a_delete_on_a_is_restorable_on_b_and_the_restore_reaches_a() {
 #[test]
 fn a_thousand_files_rewritten_on_a_leave_every_old_version_on_b_without_a_copy() {
     const N: usize = 1000;
-    let nodes = pair("");
+    let nodes = pair();
     let (a, b) = (&nodes[0], &nodes[1]);
     let name = |i: usize| format!("d{}/file-{i:04}.txt", i % 10);
     let old = |i: usize| format!("original content of file {i}\n").into_bytes();
@@ -193,18 +140,8 @@ fn a_thousand_files_rewritten_on_a_leave_every_old_version_on_b_without_a_copy()
     // Restoring one at its listed time puts the original back on both nodes; the encrypted file
     // that was there is kept as a conflict copy (a restore never overwrites a changed file).
     let pick = listed.iter().find(|v| v["path"].as_str() == Some(&name(7))).unwrap();
-    let cfg = b.config.to_str().unwrap();
-    let (code, out, err) = run(&[
-        "versions",
-        "restore",
-        "--config",
-        cfg,
-        "--folder",
-        "default",
-        &name(7),
-        "--at",
-        pick["time"].as_str().unwrap(),
-    ]);
+    let (code, out, err) =
+        b.cli(&["versions", "restore", "--folder", "default", &name(7), "--at", pick["time"].as_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("sync-conflict"), "{out}");
     assert!(
@@ -222,7 +159,7 @@ fn a_thousand_files_rewritten_on_a_leave_every_old_version_on_b_without_a_copy()
 
 #[test]
 fn without_versioning_nothing_is_kept() {
-    let nodes = pair("versioning = \"none\"");
+    let nodes = Cluster::pair().folder_keys(1, "versioning = \"none\"").start();
     let (a, b) = (&nodes[0], &nodes[1]);
     a.write("x.txt", b"x");
     assert!(converged(&[a, b], T, |t| t.contains_key("x.txt")));
@@ -239,7 +176,7 @@ fn without_versioning_nothing_is_kept() {
 #[test]
 fn a_kill_in_the_middle_of_replacing_loses_no_old_version() {
     const N: usize = 300;
-    let mut nodes = pair("");
+    let mut nodes = pair();
     let name = |i: usize| format!("f{i:03}.bin");
     for i in 0..N {
         nodes[0].write(&name(i), &random_bytes(20_000, i as u64 + 1));
@@ -252,7 +189,7 @@ fn a_kill_in_the_middle_of_replacing_loses_no_old_version() {
     let originals: Vec<[u8; 32]> =
         (0..N).map(|i| *blake3::hash(&random_bytes(20_000, i as u64 + 1)).as_bytes()).collect();
 
-    let pulled = |n: &Node| n.log_text().lines().filter(|l| l.contains("pulled")).count();
+    let pulled = |n: &Node| n.folder_status("default").map_or(0, |f| f["pulls"].as_u64().unwrap_or(0));
     let before = pulled(&nodes[1]);
     let scratch = nodes[0].dir.join("scratch");
     std::fs::create_dir_all(&scratch).unwrap();
@@ -279,7 +216,7 @@ fn a_kill_in_the_middle_of_replacing_loses_no_old_version() {
 
 #[test]
 fn a_bad_versioning_setting_is_a_config_error_naming_the_key() {
-    let node = Node::new("a");
+    let mut node = Node::new("a");
     let cfg = node.config.to_str().unwrap().to_string();
     for (keys, key) in [
         ("versioning = \"weekly\"", "folder[0].versioning.type"),
@@ -288,28 +225,26 @@ fn a_bad_versioning_setting_is_a_config_error_naming_the_key() {
         ("versioning = { type = \"trash\", colour = \"red\" }", "folder.versioning.colour"),
         ("versioning = { path = \"sync/old\" }", "folder[0].versioning.path"),
     ] {
+        node.folder_keys = keys.to_string();
         node.write_config();
-        folder_keys(&node, keys);
-        let (code, _, err) = run(&["--config", &cfg]);
+        let (code, _, err) = node.cli(&[]);
         assert_eq!(code, 2, "{keys}: {err}");
         assert!(err.contains(&cfg) && err.contains(key), "{keys}: {err}");
     }
     // A store outside the folder on the same filesystem is fine.
+    node.folder_keys = "versioning = { type = \"staggered\", max_size = \"1GiB\", path = \"versions\" }".into();
     node.write_config();
-    folder_keys(&node, "versioning = { type = \"staggered\", max_size = \"1GiB\", path = \"versions\" }");
-    let (code, out, err) = run(&["versions", "list", "--config", &cfg]);
+    let (code, out, err) = node.cli(&["versions", "list"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("no versions kept"), "{out}");
 }
 
 fn status_of(node: &Node, field: &str) -> Option<u64> {
-    let (code, body) = http_get(node.api_port, "/rest/status")?;
-    (code == 200).then_some(())?;
-    serde_json::from_str::<Value>(&body).ok()?["folders"][0][field].as_u64()
+    node.folder_status("default")?[field].as_u64()
 }
 
 fn changes_json(node: &Node) -> Vec<Value> {
-    let (code, out, err) = run(&["changes", "--config", node.config.to_str().unwrap(), "--json"]);
+    let (code, out, err) = node.cli(&["changes", "--json"]);
     assert_eq!(code, 0, "changes failed: {err}");
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
 }
@@ -318,7 +253,7 @@ fn changes_json(node: &Node) -> Vec<Value> {
 /// the paths back to the cluster, keeping the local files in the version store.
 #[test]
 fn a_receive_only_nodes_local_edit_is_listed_and_reverted() {
-    let nodes = pair("mode = \"receive-only\"");
+    let nodes = Cluster::pair().folder_keys(1, "mode = \"receive-only\"").start();
     let (a, b) = (&nodes[0], &nodes[1]);
     a.write("doc.txt", b"cluster version\n");
     assert!(converged(&[a, b], T, |t| t.contains_key("doc.txt")), "{}", describe(&[a, b]));
@@ -339,7 +274,7 @@ fn a_receive_only_nodes_local_edit_is_listed_and_reverted() {
     );
     assert!(!a.path("extra.txt").exists());
 
-    let (code, out, err) = run(&["revert", "--config", b.config.to_str().unwrap(), "--folder", "default"]);
+    let (code, out, err) = b.cli(&["revert", "--folder", "default"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("reverted 2"), "{out}");
     assert!(
@@ -359,7 +294,7 @@ fn a_receive_only_nodes_local_edit_is_listed_and_reverted() {
     reverted.sort();
     assert_eq!(reverted, vec![("doc.txt", 32), ("extra.txt", 12)]);
     // revert is for receive-only folders only.
-    let (code, _, err) = run(&["revert", "--config", a.config.to_str().unwrap(), "--folder", "default"]);
+    let (code, _, err) = a.cli(&["revert", "--folder", "default"]);
     assert_eq!(code, 1);
     assert!(err.contains("not receive-only"), "{err}");
 }
@@ -368,7 +303,7 @@ fn a_receive_only_nodes_local_edit_is_listed_and_reverted() {
 /// state win on every peer (which keep what they lose as versions).
 #[test]
 fn a_send_only_override_wins_on_every_peer() {
-    let nodes = pair_with("mode = \"send-only\"", "");
+    let nodes = Cluster::pair().folder_keys(0, "mode = \"send-only\"").start();
     let (a, b) = (&nodes[0], &nodes[1]);
     a.write("settings.ini", b"golden\n");
     a.write("keep.txt", b"untouched\n");
@@ -393,7 +328,7 @@ fn a_send_only_override_wins_on_every_peer() {
     );
     assert_eq!(std::fs::read(a.path("settings.ini")).unwrap(), b"golden\n", "a send-only node took a peer's change");
 
-    let (code, out, err) = run(&["override", "--config", a.config.to_str().unwrap(), "--folder", "default"]);
+    let (code, out, err) = a.cli(&["override", "--folder", "default"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("re-issued 3"), "{out}");
     assert!(
@@ -417,7 +352,7 @@ fn a_send_only_override_wins_on_every_peer() {
 /// file is found by the node's startup scan and syncs then.
 #[test]
 fn versions_work_without_a_running_node() {
-    let mut nodes = pair("");
+    let mut nodes = pair();
     nodes[0].write("letter.txt", b"dear peer\n");
     assert!(
         converged(&[&nodes[0], &nodes[1]], T, |t| t.contains_key("letter.txt")),
@@ -431,15 +366,7 @@ fn versions_work_without_a_running_node() {
 
     let listed = list_json(&nodes[1], Some("letter.txt"));
     assert_eq!(listed.len(), 1);
-    let (code, out, err) = run(&[
-        "versions",
-        "restore",
-        "--config",
-        nodes[1].config.to_str().unwrap(),
-        "--folder",
-        "default",
-        "letter.txt",
-    ]);
+    let (code, out, err) = nodes[1].cli(&["versions", "restore", "--folder", "default", "letter.txt"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("restored letter.txt") && err.contains("no node is running"), "{out} {err}");
     assert_eq!(std::fs::read(nodes[1].path("letter.txt")).unwrap(), b"dear peer\n");
@@ -454,7 +381,7 @@ fn versions_work_without_a_running_node() {
 /// Past `max_size`, the oldest versions go first, within seconds of the store growing past it.
 #[test]
 fn a_size_cap_keeps_the_newest_versions() {
-    let nodes = pair("versioning = { type = \"trash\", max_size = \"25KiB\" }");
+    let nodes = Cluster::pair().folder_keys(1, "versioning = { type = \"trash\", max_size = \"25KiB\" }").start();
     let (a, b) = (&nodes[0], &nodes[1]);
     let name = |i: usize| format!("f{i}.bin");
     for i in 0..5 {

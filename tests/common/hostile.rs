@@ -19,7 +19,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
 
-use super::Node;
+use crate::common::{wait_until, Node};
 
 /// The index id the hostile peer announces its records under.
 pub const INDEX_ID: u64 = 0x5eed;
@@ -54,6 +54,14 @@ pub struct Conn<'a> {
 }
 
 impl HostilePeer {
+    /// Waits until `node` has taken this peer's Hello: its status shows the peer connected, under
+    /// the name [`Conn::hello`] gives.
+    pub fn hello_taken(&self, node: &Node, timeout: Duration) -> bool {
+        wait_until(timeout, || {
+            node.peer_status(&self.device_id).is_some_and(|p| p["connected"] == true && p["name"] == "hostile")
+        })
+    }
+
     pub fn new() -> HostilePeer {
         let dir = tempfile::Builder::new().prefix("syncnode-hostile-").tempdir().unwrap();
         let identity = Identity::load_or_create(dir.path()).unwrap();
@@ -138,7 +146,7 @@ impl Conn<'_> {
         let _ = self.peer.rt.block_on(async move { tx.send(ControlMessage { kind: Some(kind) }).await });
     }
 
-    /// Our Hello: we share folder `default` and have read nothing of the node's index.
+    /// Our Hello, as `hostile`: we share folder `default` and have read nothing of the node's index.
     pub fn hello(&self) {
         let folders = vec![proto::FolderOffer {
             id: "default".into(),
@@ -365,18 +373,4 @@ pub fn memory_kib(pid: u32) -> (u64, u64) {
             .unwrap_or(0)
     };
     (field("VmHWM:"), field("VmRSS:"))
-}
-
-/// One sample of the node's /metrics: `name{label}`, e.g. `peer="ID"` or `folder="default"`
-/// (an empty label: the sample without labels).
-pub fn metric(node: &Node, name: &str, label: &str) -> Option<u64> {
-    let mut response = ureq::get(&format!("http://127.0.0.1:{}/metrics", node.api_port)).call().ok()?;
-    let text = response.body_mut().read_to_string().ok()?;
-    let key = if label.is_empty() { format!("{name} ") } else { format!("{name}{{{label}}} ") };
-    text.lines().find_map(|l| l.strip_prefix(&key)).and_then(|v| v.trim().parse().ok())
-}
-
-/// The label of a peer's samples.
-pub fn peer_label(device_id: &str) -> String {
-    format!("peer=\"{device_id}\"")
 }

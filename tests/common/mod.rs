@@ -88,11 +88,26 @@ pub struct Node {
     pub folder: PathBuf,
     pub data_dir: PathBuf,
     pub config: PathBuf,
+    /// The address the node listens on for peers (127.0.0.1 unless a test gives it a LAN's).
+    pub host: String,
     pub port: u16,
     pub api_port: u16,
     pub device_id: String,
+    /// Trusted devices and the address to dial each at (`None`: it dials us). An empty device ID
+    /// writes a bare address (a peer known only by address, for `trust = "network-key"`).
     pub peers: Vec<(String, Option<String>)>,
+    /// TOML lines added to the `[[folder]]` table, e.g. `mode = "send-only"` or versioning keys.
+    pub folder_keys: String,
+    /// The `[sync]` table, `key = "value"` each (chunk size, rescan interval, debounce, compression).
+    pub sync: BTreeMap<&'static str, String>,
+    /// Whether the node finds peers by mDNS (off: the harness gives every address).
+    pub mdns: bool,
+    /// The body of the `[security]` table.
+    pub security: String,
+    /// Written at the end of the config (more `[[folder]]` tables, say).
     pub extra: String,
+    /// Environment variables the node runs with, besides `RUST_LOG`.
+    pub env: Vec<(String, String)>,
     /// Run the node as this user id (and group), for tests where permissions must matter.
     pub run_as: Option<u32>,
     /// A command the node runs under (its program and arguments, the node's command line after
@@ -117,26 +132,30 @@ impl Node {
     pub fn at(name: &str, dir: &Path) -> Node {
         let config = dir.join("node.toml");
         let folder = dir.join("sync");
-        let out = Command::new(bin())
-            .args(["init", "--config"])
-            .arg(&config)
-            .arg("--sync-folder")
-            .arg(&folder)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "init failed: {}", String::from_utf8_lossy(&out.stderr));
-        let device_id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        let (code, out, err) =
+            run_cli(&["init", "--config", config.to_str().unwrap(), "--sync-folder", folder.to_str().unwrap()], &[]);
+        assert_eq!(code, 0, "init failed: {err}");
+        let device_id = out.trim().to_string();
         let node = Node {
             name: name.into(),
             dir: dir.to_path_buf(),
             folder,
             data_dir: dir.join("node-data"),
             config,
+            host: "127.0.0.1".into(),
             port: free_port(),
             api_port: free_port(),
             device_id,
             peers: Vec::new(),
+            folder_keys: String::new(),
+            sync: [("chunk_size", "64KiB"), ("rescan_interval", "1m"), ("debounce", "20ms"), ("compression", "zstd")]
+                .into_iter()
+                .map(|(k, v)| (k, v.to_string()))
+                .collect(),
+            mdns: false,
+            security: "trust = \"listed\"\nnetwork_key = \"\"".into(),
             extra: String::new(),
+            env: Vec::new(),
             run_as: None,
             runner: Vec::new(),
             child: None,
@@ -148,7 +167,7 @@ impl Node {
     }
 
     pub fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.host, self.port)
     }
 
     /// Trust `other` and know its address.
@@ -157,39 +176,42 @@ impl Node {
         self.write_config();
     }
 
+    /// Trust device `id`, which dials us (a peer the harness does not run, say).
+    pub fn trust_id(&mut self, id: &str) {
+        self.peers.push((id.into(), None));
+        self.write_config();
+    }
+
     pub fn write_config(&self) {
         let mut text = format!(
             r#"[node]
 name = "{name}"
 data_dir = "{data}"
-listen = "127.0.0.1:{port}"
+listen = "{address}"
 api_listen = "127.0.0.1:{api}"
 
 [[folder]]
 id = "default"
 path = "{folder}"
-
+{folder_keys}
 [sync]
-chunk_size = "64KiB"
-rescan_interval = "1m"
-debounce = "20ms"
-compression = "zstd"
-
-[discovery]
-mdns = false
-
-[security]
-trust = "listed"
-network_key = ""
 "#,
             name = self.name,
             data = self.data_dir.display(),
-            port = self.port,
+            address = self.address(),
             api = self.api_port,
-            folder = self.folder.display()
+            folder = self.folder.display(),
+            folder_keys = self.folder_keys.lines().map(|l| format!("{l}\n")).collect::<String>(),
         );
+        for (key, value) in &self.sync {
+            text.push_str(&format!("{key} = \"{value}\"\n"));
+        }
+        text.push_str(&format!("\n[discovery]\nmdns = {}\n\n[security]\n{}\n", self.mdns, self.security));
         for (id, addr) in &self.peers {
-            text.push_str(&format!("\n[[peer]]\ndevice_id = \"{id}\"\n"));
+            text.push_str("\n[[peer]]\n");
+            if !id.is_empty() {
+                text.push_str(&format!("device_id = \"{id}\"\n"));
+            }
             if let Some(a) = addr {
                 text.push_str(&format!("address = \"{a}\"\n"));
             }
@@ -213,6 +235,7 @@ network_key = ""
             .arg("--config")
             .arg(&self.config)
             .env("RUST_LOG", "info,syncnode=debug")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log);
         if let Some(uid) = self.run_as {
@@ -233,18 +256,37 @@ network_key = ""
 
     /// SIGTERM and wait; returns the exit code.
     pub fn stop(&mut self) -> Option<i32> {
-        let mut child = self.child.take()?;
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status.code();
-            }
-            if Instant::now() > deadline {
-                child.kill().unwrap();
+        self.child.as_ref()?;
+        self.terminate();
+        match self.wait_exit(Duration::from_secs(10)) {
+            Some(code) => code,
+            None => {
+                self.kill();
                 panic!("{} did not stop within 10 s of SIGTERM", self.name);
             }
-            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends SIGTERM and returns at once (see [`Node::wait_exit`]).
+    pub fn terminate(&self) {
+        let child = self.child.as_ref().expect("the node runs");
+        assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    }
+
+    /// Waits up to `timeout` for the node to exit: `Some(exit code)` once it has (the code is
+    /// `None` after a signal), `None` if it still runs.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<Option<i32>> {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut().expect("the node was started");
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return Some(status.code());
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 
@@ -281,23 +323,126 @@ impl Drop for Node {
     }
 }
 
-/// Nodes trusting each other pairwise along `links` (indices), started.
-/// Makes each linked pair trust each other and know each other's address (configs not written yet).
-pub fn introduce(nodes: &mut [Node], links: &[(usize, usize)]) {
-    for &(a, b) in links {
-        let (na, nb) = (nodes[a].device_id.clone(), nodes[b].device_id.clone());
-        let (aa, ab) = (nodes[a].address(), nodes[b].address());
-        nodes[a].peers.push((nb, Some(ab)));
-        nodes[b].peers.push((na, Some(aa)));
+/// Nodes set up together: each made by `syncnode init`, linked as asked, then given what the test
+/// needs before it starts (folder keys, files, a runner...), then configured and started.
+pub struct Cluster {
+    pub nodes: Vec<Node>,
+}
+
+impl Cluster {
+    /// Nodes named `names`; each pair in `links` (indices) trusts each other and dials the other.
+    pub fn new(names: &[&str], links: &[(usize, usize)]) -> Cluster {
+        let mut cluster = Cluster { nodes: names.iter().map(|n| Node::new(n)).collect() };
+        for &(a, b) in links {
+            let (to_a, to_b) = (cluster.nodes[a].address(), cluster.nodes[b].address());
+            cluster.knows(a, b, Some(to_b)).knows(b, a, Some(to_a));
+        }
+        cluster
+    }
+
+    /// `a` and `b`, linked.
+    pub fn pair() -> Cluster {
+        Cluster::new(&["a", "b"], &[(0, 1)])
+    }
+
+    /// `n` nodes `a`, `b`, `c`... each linked to the next.
+    pub fn line(n: usize) -> Cluster {
+        let names: Vec<String> = (0..n).map(|i| ((b'a' + i as u8) as char).to_string()).collect();
+        let links: Vec<(usize, usize)> = (1..n).map(|i| (i - 1, i)).collect();
+        Cluster::new(&names.iter().map(String::as_str).collect::<Vec<_>>(), &links)
+    }
+
+    /// `a`, `b` and `c`, each linked to both others.
+    pub fn triangle() -> Cluster {
+        Cluster::new(&["a", "b", "c"], &[(0, 1), (1, 2), (0, 2)])
+    }
+
+    /// Node `i` trusts node `j`, and dials it at `address` (`None`: it waits for `j` to dial).
+    pub fn knows(&mut self, i: usize, j: usize, address: Option<String>) -> &mut Cluster {
+        let id = self.nodes[j].device_id.clone();
+        self.nodes[i].peers.push((id, address));
+        self
+    }
+
+    /// `from` dials `to` at `address` (a proxy in front of it, say); `to` trusts `from` and waits.
+    pub fn dials(mut self, from: usize, to: usize, address: String) -> Cluster {
+        self.knows(from, to, Some(address)).knows(to, from, None);
+        self
+    }
+
+    /// Runs `f` on node `i` before it is configured and started.
+    pub fn with(mut self, i: usize, f: impl FnOnce(&mut Node)) -> Cluster {
+        f(&mut self.nodes[i]);
+        self
+    }
+
+    /// Writes `files` (path in the folder, content) into node `i`'s folder before it starts.
+    pub fn files(self, i: usize, files: &[(&str, &[u8])]) -> Cluster {
+        self.with(i, |n| {
+            for (rel, data) in files {
+                n.write(rel, data);
+            }
+        })
+    }
+
+    /// Node `i` trusts device `id` from outside the cluster, which dials it.
+    pub fn trusts(self, i: usize, id: &str) -> Cluster {
+        self.with(i, |n| n.trust_id(id))
+    }
+
+    /// Adds `keys` (TOML lines) to node `i`'s `[[folder]]` table.
+    pub fn folder_keys(self, i: usize, keys: &str) -> Cluster {
+        self.with(i, |n| n.folder_keys.push_str(&format!("{keys}\n")))
+    }
+
+    /// Writes every node's config; none is started.
+    pub fn configured(self) -> Vec<Node> {
+        for n in &self.nodes {
+            n.write_config();
+        }
+        self.nodes
+    }
+
+    /// Writes every node's config and starts them all.
+    pub fn start(self) -> Vec<Node> {
+        let mut nodes = self.configured();
+        for n in nodes.iter_mut() {
+            n.start();
+        }
+        nodes
     }
 }
 
-pub fn connect(nodes: &mut [Node], links: &[(usize, usize)]) {
-    introduce(nodes, links);
-    for n in nodes.iter_mut() {
-        n.write_config();
-        n.start();
-    }
+/// The nodes one by one, to name each: `let [mut a, mut b] = each(nodes);`.
+pub fn each<const N: usize>(nodes: Vec<Node>) -> [Node; N] {
+    let n = nodes.len();
+    nodes.try_into().unwrap_or_else(|_| panic!("{n} nodes, not {N}"))
+}
+
+/// Two linked nodes, `a` and `b`, started.
+pub fn pair() -> Vec<Node> {
+    Cluster::pair().start()
+}
+
+/// `n` nodes in a line, started.
+pub fn line(n: usize) -> Vec<Node> {
+    Cluster::line(n).start()
+}
+
+/// Three nodes each linked to both others, started.
+pub fn triangle() -> Vec<Node> {
+    Cluster::triangle().start()
+}
+
+/// Runs `syncnode ARGS` with `env` added to its environment: (exit code, stdout, stderr); the code
+/// is -1 when a signal ended it.
+pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let out = Command::new(bin()).args(args).envs(env.iter().copied()).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
 }
 
 /// Waits until every node's folder equals the first one's and `check` holds on it.
@@ -358,16 +503,7 @@ impl Node {
         timeout: Duration,
         check: impl Fn(&serde_json::Value) -> bool,
     ) -> (bool, serde_json::Value) {
-        let mut last = serde_json::Value::Null;
-        let ok = wait_until(timeout, || match self.folder_status(id) {
-            Some(f) => {
-                let ok = check(&f);
-                last = f;
-                ok
-            }
-            None => false,
-        });
-        (ok, last)
+        value_until(timeout, || self.folder_status(id), check)
     }
 
     /// `GET /metrics` as text.
@@ -379,15 +515,56 @@ impl Node {
             .unwrap_or_default()
     }
 
-    /// Runs `syncnode ARGS --config <this node's config>`: (success, stdout, stderr).
-    pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(bin()).args(args).arg("--config").arg(&self.config).output().unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).to_string(),
-            String::from_utf8_lossy(&out.stderr).to_string(),
-        )
+    /// Polls the status until `check` holds; returns the last status seen either way.
+    pub fn status_until(
+        &self,
+        timeout: Duration,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> (bool, serde_json::Value) {
+        value_until(timeout, || self.status(), check)
     }
+
+    /// The status of the peer with `device_id`, as this node reports it.
+    pub fn peer_status(&self, device_id: &str) -> Option<serde_json::Value> {
+        self.status()?["peers"].as_array()?.iter().find(|p| p["device_id"] == device_id).cloned()
+    }
+
+    /// The value of one sample in `/metrics`: `name` with `labels` (as written between the braces,
+    /// e.g. `folder="default"`; empty for none).
+    pub fn metric(&self, name: &str, labels: &str) -> Option<u64> {
+        let key = if labels.is_empty() { format!("{name} ") } else { format!("{name}{{{labels}}} ") };
+        self.metrics().lines().find_map(|l| l.strip_prefix(&key)).and_then(|v| v.trim().parse().ok())
+    }
+
+    /// Runs `syncnode ARGS --config <this node's config>`: (exit code, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let mut args = args.to_vec();
+        args.extend(["--config", self.config.to_str().unwrap()]);
+        run_cli(&args, &[])
+    }
+}
+
+/// Polls `get` until it answers and `check` holds on the answer; returns the last answer either way.
+fn value_until(
+    timeout: Duration,
+    get: impl Fn() -> Option<serde_json::Value>,
+    check: impl Fn(&serde_json::Value) -> bool,
+) -> (bool, serde_json::Value) {
+    let mut last = serde_json::Value::Null;
+    let ok = wait_until(timeout, || match get() {
+        Some(v) => {
+            let ok = check(&v);
+            last = v;
+            ok
+        }
+        None => false,
+    });
+    (ok, last)
+}
+
+/// The labels of a peer's samples in `/metrics`.
+pub fn peer_label(device_id: &str) -> String {
+    format!("peer=\"{device_id}\"")
 }
 
 /// Whether this process may mount filesystems. Tests that need it skip without root, but fail
@@ -400,10 +577,15 @@ pub fn require_root(test: &str) -> bool {
     false
 }
 
-/// Says why `test` skips; panics instead under `CI` (.ci/run sets CI=true, as most CI services
-/// do), where everything a test needs is installed: a skip there would be a silent pass.
+/// Whether this runs under CI (`CI` set to anything but empty, `0` or `false`; .ci/run sets
+/// CI=true, as most CI services do). There everything a test needs is installed and allowed.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !matches!(v.as_str(), "" | "0" | "false"))
+}
+
+/// Says why `test` skips; panics instead under CI ([`in_ci`]): a skip there would be a silent pass.
 pub fn skip(test: &str, why: &str) {
-    assert!(std::env::var_os("CI").is_none(), "{test} cannot run ({why}), and CI is set");
+    assert!(!in_ci(), "{test} cannot run ({why}), and CI is set");
     eprintln!("skipping {test}: {why}");
 }
 
