@@ -4,12 +4,17 @@
 #   benches/bench.sh                      # W1..W5, 3 runs
 #   WORKLOADS="W3 W3b W6" RUNS=3 benches/bench.sh
 #   COMPARE=1 benches/bench.sh            # also Syncthing and rsync in the same run
+#   BENCH_SYNCNODE_BIN=/tmp/syncnode WORKLOADS="W6 W7 W8 W9" RUNS=1 benches/bench.sh   # a copied binary
 # Results (JSON per run, summary tables) go to $RESULTS (default /tmp/anchors/syncnode).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
-cargo build --release --locked --bin syncnode
-export BENCH_SYNCNODE_BIN="$CARGO_TARGET_DIR/release/syncnode"
+# BENCH_SYNCNODE_BIN: a binary copied aside, so that builds during a long run do not swap it.
+# (Not a SYNCNODE_ variable: the node reads those as settings and refuses unknown ones.)
+if [ -z "${BENCH_SYNCNODE_BIN:-}" ]; then
+  cargo build --release --locked --bin syncnode
+  export BENCH_SYNCNODE_BIN="$CARGO_TARGET_DIR/release/syncnode"
+fi
 anchors="${ANCHORS:-$(cd .. && pwd)/shared/tools/anchors}"
 [ -d "$anchors" ] || { echo "bench: anchors not found at $anchors (set ANCHORS)" >&2; exit 1; }
 command -v python3 >/dev/null || { echo "bench: python3 needed" >&2; exit 1; }
