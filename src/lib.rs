@@ -5,7 +5,8 @@
 //! - [`store`]: the RocksDB index;
 //! - [`fs`]: scanning, chunking, watching support and safe application of remote versions;
 //! - [`net`]: the protocol, TLS identities, the gRPC service and dialer;
-//! - [`actors`]: the actix actors wiring it all together;
+//! - [`actors`]: the actix actors wiring it all together, and beside them [`pull`]: the I/O of one
+//!   pull (fetch, verify, apply) for the Puller;
 //! - [`api`], [`status`], [`versions`]: the local HTTP API, `syncnode status` and `syncnode versions`;
 //! - [`config`], [`cli`], [`node`]: settings, the command line, and running a node.
 //!
@@ -27,6 +28,8 @@ pub mod net;
 pub mod node;
 #[cfg(feature = "node")]
 pub mod oneway;
+#[cfg(feature = "node")]
+pub mod pull;
 #[cfg(feature = "node")]
 pub mod status;
 #[cfg(feature = "node")]

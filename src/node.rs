@@ -15,7 +15,7 @@ use crate::actors::index::{index_path, IndexActor};
 use crate::actors::messages::{
     Control, DiscoveryReports, IndexForPeers, IndexForPuller, PullerPort, Sequences, Shutdown, StopDiscovery,
 };
-use crate::actors::puller::{CommitQueue, PullContext, Puller};
+use crate::actors::puller::Puller;
 use crate::actors::status::NodeState;
 use crate::actors::supervisor::Supervisor;
 use crate::actors::watcher::Watcher;
@@ -25,6 +25,7 @@ use crate::fs::versions::VersionStore;
 use crate::net::identity::Identity;
 use crate::net::network_key::NetworkKey;
 use crate::net::tls::{Admit, TrustedDevices};
+use crate::pull::{CommitQueue, PullContext};
 use crate::store::Store;
 
 /// Runs a node in the foreground until SIGINT or SIGTERM.

@@ -4,7 +4,7 @@
 //! what a scan makes of a path, judging a scan result, `needs`, `dispatch`, `took`, `reissued`,
 //! held deletes), `core::decide` and its conflict names, and the retry backoff of `core::retry`.
 //! Simulated, after the code it stands for: the store (an in-memory `Records`), the Puller's disk
-//! work (`actors/puller.rs` `execute`, `fs::apply`), the peer sessions (`actors/peer.rs`: a Hello
+//! work (`pull::execute`, `fs::apply`), the peer sessions (`actors/peer.rs`: a Hello
 //! says how far each side holds the other's index, then index updates stream in sequence order on
 //! the connection; chunk requests travel beside them, unordered), the filesystem and the network.
 //! Everything runs on one thread, one seeded RNG and a virtual clock: a seed is a history.
@@ -249,7 +249,7 @@ struct Link {
 // ---------------------------------------------------------------------------------------------
 // A node: what survives a restart (store, disk) and what does not
 
-/// A pull in progress (`actors/puller.rs` in-flight entry).
+/// A pull in progress (`core::pull` in-flight entry).
 #[derive(Clone)]
 struct Flight {
     need: Need,

@@ -170,7 +170,8 @@ pub use crate::core::replica::Need as NeedItem;
 #[rtype(result = "()")]
 pub struct Needs {
     pub items: Vec<NeedItem>,
-    /// True when this is the complete list (earlier items not in it are obsolete).
+    /// True when this starts a new complete list (earlier items not in it are obsolete): the
+    /// first page of a recompute, whose later pages add to it.
     pub complete: bool,
     /// Paths the Puller asked to have decided again (`RecomputePaths`) that need nothing now.
     pub settled: Vec<String>,

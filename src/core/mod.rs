@@ -13,6 +13,7 @@ pub mod divergence;
 pub mod need_budget;
 pub mod path;
 pub mod plan;
+pub mod pull;
 pub mod record;
 pub mod replica;
 pub mod retry;

@@ -32,6 +32,19 @@ pub fn order(phase: Phase, path: &str) -> [u8; 3] {
     [p, hi, lo]
 }
 
+/// Where a queued need sorts in a stored queue: its pull order ([`order`]), then its path.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct NeedKey {
+    pub order: [u8; 3],
+    pub path: String,
+}
+
+impl NeedKey {
+    pub fn new(phase: Phase, path: &str) -> NeedKey {
+        NeedKey { order: order(phase, path), path: path.to_string() }
+    }
+}
+
 /// What the planner needs to know of a queued need.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry<T> {

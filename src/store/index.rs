@@ -63,11 +63,7 @@ pub struct Store {
 }
 
 /// Where a queued need sorts: its pull order (`core::plan::order`), then its path.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct NeedKey {
-    pub order: [u8; 3],
-    pub path: String,
-}
+pub use crate::core::plan::NeedKey;
 
 /// Live (not deleted) records of a folder, and the bytes of their content.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
