@@ -41,9 +41,10 @@ pub struct Scanner {
     pub unreadable: std::sync::Mutex<Vec<(String, String)>>,
     /// Symlinks are synced as links (`symlinks = "link"`); when false they are left alone.
     pub links: bool,
-    /// Where a walk hands over what it found so far, `SCAN_BATCH` records at a time, so that
-    /// indexing a big tree neither holds every new record until the end nor announces nothing
-    /// until then. Tombstones and the remainder are the scan's result. `None`: all at the end.
+    /// Where a scan hands over what it found so far, `SCAN_BATCH` records at a time (during a
+    /// walk, or between the paths of its scope), so that indexing a big tree or a burst of
+    /// watcher paths neither holds every record until the end nor announces nothing until then.
+    /// The remainder is the scan's result. `None`: all at the end.
     pub progress: Option<Box<dyn Fn(Vec<FileRecord>) + Send + Sync>>,
 }
 
@@ -146,6 +147,7 @@ impl Scanner {
         let mut out = Vec::new();
         let mut done = Done::default();
         for rel in scope {
+            self.hand_over(&mut out);
             if rel.is_empty() {
                 self.walk(&self.root, known, now, &mut done, &mut out)?;
                 self.tombstones_under("", known, now, &mut done, &mut out);
@@ -270,13 +272,19 @@ impl Scanner {
                 continue;
             }
             self.examine(&rel, state, known, now, done, out)?;
-            if out.len() >= SCAN_BATCH {
-                if let Some(progress) = &self.progress {
-                    progress(std::mem::take(out));
-                }
-            }
+            self.hand_over(out);
         }
         Ok(())
+    }
+
+    /// Hands the records found so far to `progress` once there are `SCAN_BATCH` of them (a walk,
+    /// or a scan of many watcher paths, then holds at most that many).
+    fn hand_over(&self, out: &mut Vec<FileRecord>) {
+        if out.len() >= SCAN_BATCH {
+            if let Some(progress) = &self.progress {
+                progress(std::mem::take(out));
+            }
+        }
     }
 
     /// The file's chunks; the previous version's spare the cutting wherever its content is unchanged.
