@@ -123,6 +123,15 @@ pub struct SyncService {
 
 pub const STREAM_BUFFER: usize = 64;
 
+/// Whether a stream error means the peer sent what the protocol does not allow (a message that
+/// does not decode, or one over the size limit) rather than the connection failing.
+pub fn is_garbage(status: &Status) -> bool {
+    let message = status.message();
+    status.code() == tonic::Code::OutOfRange
+        || (status.code() == tonic::Code::Internal
+            && (message.starts_with("failed to decode") || message.starts_with("protocol error")))
+}
+
 fn identify<T>(request: &Request<T>) -> Result<(DeviceId, u64, Option<SocketAddr>), Status> {
     let certs = request.peer_certs();
     let device = peer_device(certs.as_deref().map(|v| v.as_slice()))
