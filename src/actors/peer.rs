@@ -12,13 +12,11 @@
 //! once per folder with the peer, and counted), and never asks the peer for another folder's chunks.
 //! A peer that breaks the protocol is counted, cut off, and redialed only with backoff.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use actix::prelude::*;
 use prost::Message as _;
-use tokio::sync::oneshot;
 use tonic::Status;
 
 use super::directory::{PeerCounters, PeerDirectory};
@@ -26,7 +24,7 @@ use super::messages::*;
 use crate::config::{Compression, FolderConfig, FolderMode};
 use crate::core::session::{self, End, Liveness, Offer, Session, Shared, Verdict};
 use crate::core::DeviceId;
-use crate::net::encoding::decode;
+use crate::net::fetch::{fetch, Fetches};
 use crate::net::proto::{self, control_message, data_message, ControlMessage, DataMessage};
 use crate::net::serve::{self, send_index, Server};
 use crate::net::service::{is_garbage, Duplex};
@@ -51,20 +49,11 @@ pub struct PeerSetup {
     pub data: Duplex<DataMessage>,
 }
 
-/// A chunk request of ours waiting for its response.
-struct Pending {
-    size: u32,
-    base: Option<Arc<Vec<u8>>>,
-    signature: u64,
-    reply: oneshot::Sender<Result<Fetched, FetchError>>,
-}
-
 pub struct PeerActor {
     setup: PeerSetup,
     session: Session,
     server: Arc<Server>,
-    pending: HashMap<u64, Pending>,
-    next_id: u64,
+    fetches: Fetches,
     reason: Option<String>,
     /// The connection ends because the peer broke the protocol.
     violation: bool,
@@ -94,8 +83,7 @@ impl PeerActor {
             session: Session::new(PROTOCOL_VERSION, folders, Instant::now()),
             server: Arc::new(server),
             setup,
-            pending: HashMap::new(),
-            next_id: 1,
+            fetches: Fetches::default(),
             reason: None,
             violation: false,
         }
@@ -221,18 +209,6 @@ impl PeerActor {
         }
     }
 
-    fn on_response(&mut self, r: proto::ChunkResponse) {
-        if let Some(p) = self.pending.remove(&r.id) {
-            let wire = p.signature + r.data.len() as u64;
-            let result = wire::answer(r).and_then(|(data, encoding)| {
-                decode(data, encoding, p.size, p.base.as_deref().map(|b| b.as_slice()))
-                    .map(|data| Fetched { data, wire })
-                    .map_err(FetchError::BadAnswer)
-            });
-            let _ = p.reply.send(result);
-        }
-    }
-
     /// A message arrived on one of the streams: the peer is alive; a stream error that means
     /// garbage from the peer is a violation, any other closes the connection.
     fn received<M: prost::Message>(
@@ -323,7 +299,7 @@ impl StreamHandler<Result<DataMessage, Status>> for PeerActor {
         let Some(msg) = self.received(item, "data", ctx) else { return };
         match msg.kind {
             Some(data_message::Kind::Request(r)) => self.on_request(r, ctx),
-            Some(data_message::Kind::Response(r)) => self.on_response(r),
+            Some(data_message::Kind::Response(r)) => self.fetches.answered(r),
             None => self.violation("empty data message".into(), 0, ctx),
         }
     }
@@ -343,31 +319,9 @@ impl Handler<FetchChunk> for PeerActor {
             let detail = "folder not shared with this peer".into();
             return Box::pin(async { Err(FetchError::Refused { code: proto::ChunkError::NotShared, detail }) });
         }
-        let id = self.next_id;
-        self.next_id += 1;
-        let (reply, response) = oneshot::channel();
-        let signature = msg.signature.len() as u64;
-        self.pending.insert(id, Pending { size: msg.chunk.size, base: msg.base, signature, reply });
-        let request = proto::ChunkRequest {
-            id,
-            folder: msg.folder,
-            path: msg.path,
-            offset: msg.chunk.offset,
-            size: msg.chunk.size,
-            hash: msg.chunk.hash.to_vec(),
-            signature: msg.signature,
-        };
-        let data = DataMessage { kind: Some(data_message::Kind::Request(request)) };
-        self.setup.counters.add_out(data.encoded_len());
-        let tx = self.setup.data.tx.clone();
-        Box::pin(async move {
-            tx.send(data).await.map_err(|_| FetchError::Closed)?;
-            match tokio::time::timeout(session::FETCH_TIMEOUT, response).await {
-                Ok(Ok(result)) => result,
-                Ok(Err(_)) => Err(FetchError::Closed),
-                Err(_) => Err(FetchError::TimedOut),
-            }
-        })
+        let (request, answer) = self.fetches.request(msg.folder, msg.path, &msg.chunk, msg.signature, msg.base);
+        self.setup.counters.add_out(request.encoded_len());
+        Box::pin(fetch(self.setup.data.tx.clone(), request, answer))
     }
 }
 

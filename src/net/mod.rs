@@ -5,6 +5,7 @@ pub mod codec;
 pub mod counters;
 pub mod dial;
 pub mod encoding;
+pub mod fetch;
 pub mod identity;
 pub mod mdns;
 pub mod network_key;
