@@ -26,7 +26,7 @@ use crate::core::session::{self, End, Liveness, Offer, Session, Shared, Verdict}
 use crate::core::DeviceId;
 use crate::net::fetch::{fetch, Fetches};
 use crate::net::proto::{self, control_message, data_message, ControlMessage, DataMessage};
-use crate::net::serve::{self, send_index, Server};
+use crate::net::serve::{self, send_index, Server, Serving};
 use crate::net::service::{is_garbage, Duplex};
 use crate::net::wire::{self, FetchError};
 use crate::net::PROTOCOL_VERSION;
@@ -69,16 +69,16 @@ impl PeerActor {
             .collect();
         let roots = shared.iter().map(|f| (f.id.clone(), f.path.clone())).collect();
         let rehash = setup.index.rehash.clone();
-        let server = Server::new(
-            setup.device,
-            setup.store.clone(),
+        let server = Server::new(Serving {
+            device: setup.device,
+            store: setup.store.clone(),
             roots,
-            setup.compression,
-            setup.data.tx.clone(),
-            setup.data.budget.clone(),
-            setup.counters.clone(),
-            Box::new(move |folder, path| rehash.do_send(Rehash { folder, path })),
-        );
+            compression: setup.compression,
+            tx: setup.data.tx.clone(),
+            budget: setup.data.budget.clone(),
+            counters: setup.counters.clone(),
+            rehash: Box::new(move |folder, path| rehash.do_send(Rehash { folder, path })),
+        });
         PeerActor {
             session: Session::new(PROTOCOL_VERSION, folders, Instant::now()),
             server: Arc::new(server),

@@ -41,40 +41,36 @@ pub fn check(request: &proto::ChunkRequest) -> Result<Result<[u8; 32], RequestEr
     }
 }
 
-/// The chunk server of one connection.
+/// What a connection's chunk server works with.
+pub struct Serving {
+    pub device: DeviceId,
+    pub store: Arc<Store>,
+    /// The folders shared with the peer, and where they are.
+    pub roots: HashMap<String, PathBuf>,
+    pub compression: Compression,
+    /// The data stream's sender, and the budget of what it queues.
+    pub tx: mpsc::Sender<DataMessage>,
+    pub budget: SendBudget,
+    pub counters: Arc<PeerCounters>,
+    /// A file no longer matches its record although its size and mtime do: hash it again.
+    pub rehash: Box<dyn Fn(String, String) + Send + Sync>,
+}
+
+/// The chunk server of one connection: the requests waiting, and the reads running.
 pub struct Server {
-    device: DeviceId,
-    store: Arc<Store>,
-    roots: HashMap<String, PathBuf>,
-    compression: Compression,
-    tx: mpsc::Sender<DataMessage>,
-    budget: SendBudget,
-    counters: Arc<PeerCounters>,
+    with: Serving,
     waiting: Mutex<Waiting>,
     readers: Semaphore,
-    /// A file no longer matches its record although its size and mtime do: hash it again.
-    rehash: Box<dyn Fn(String, String) + Send + Sync>,
 }
 
 impl Server {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        device: DeviceId,
-        store: Arc<Store>,
-        roots: HashMap<String, PathBuf>,
-        compression: Compression,
-        tx: mpsc::Sender<DataMessage>,
-        budget: SendBudget,
-        counters: Arc<PeerCounters>,
-        rehash: Box<dyn Fn(String, String) + Send + Sync>,
-    ) -> Server {
-        let (waiting, readers) = (Mutex::new(Waiting::default()), Semaphore::new(READERS_PER_PEER));
-        Server { device, store, roots, compression, tx, budget, counters, waiting, readers, rehash }
+    pub fn new(with: Serving) -> Server {
+        Server { with, waiting: Mutex::new(Waiting::default()), readers: Semaphore::new(READERS_PER_PEER) }
     }
 
     /// The connection ended: requests still waiting to be served give up (nobody would read them).
     pub fn close(&self) {
-        self.budget.close();
+        self.with.budget.close();
         self.readers.close();
     }
 
@@ -82,13 +78,13 @@ impl Server {
     /// timeout covers that.
     pub fn answer_refusal(&self, id: u64, code: proto::ChunkError, detail: String) {
         let msg = DataMessage { kind: Some(data_message::Kind::Response(wire::refusal(id, code, detail))) };
-        self.counters.add_out(msg.encoded_len());
-        let _ = self.tx.try_send(msg);
+        self.with.counters.add_out(msg.encoded_len());
+        let _ = self.with.tx.try_send(msg);
     }
 
     /// Refuses request `id`: counted, logged the first time this kind comes from this peer, answered.
     pub fn refuse(&self, id: u64, code: proto::ChunkError, kind: &'static str, reason: String) {
-        self.counters.refused(&self.device, kind, &reason);
+        self.with.counters.refused(&self.with.device, kind, &reason);
         self.answer_refusal(id, code, reason);
     }
 
@@ -96,7 +92,7 @@ impl Server {
     /// budget and a reader, and the chunk is read on a blocking thread (only if our index
     /// announced it), or it is refused at once as busy.
     pub fn serve(self: &Arc<Self>, request: proto::ChunkRequest, hash: [u8; 32]) {
-        let Some(root) = self.roots.get(&request.folder).cloned() else {
+        let Some(root) = self.with.roots.get(&request.folder).cloned() else {
             let reason = format!("folder `{}` is not shared", request.folder);
             return self.refuse(request.id, proto::ChunkError::NotShared, "folder", reason);
         };
@@ -107,12 +103,14 @@ impl Server {
         }
         let this = self.clone();
         tokio::spawn(async move {
-            let size = request.size;
+            let (w, size) = (&this.with, request.size);
             // Both fail only once the connection has ended (`close`): nobody would read the answer.
-            let (Ok(()), Ok(reader)) = (this.budget.take(size).await, this.readers.acquire().await) else { return };
+            let (Ok(()), Ok(reader)) = (w.budget.take(size).await, this.readers.acquire().await) else {
+                return;
+            };
             this.waiting.lock().expect("waiting lock").started(cost);
             let (id, folder, path) = (request.id, request.folder.clone(), request.path.clone());
-            let (store, read_root, compression) = (this.store.clone(), root.clone(), this.compression);
+            let (store, read_root, compression) = (w.store.clone(), root.clone(), w.compression);
             let result = tokio::task::spawn_blocking(move || {
                 read_chunk(&store, &read_root, &request, &hash)
                     .map(|data| encode(data, &request.signature, compression))
@@ -121,13 +119,13 @@ impl Server {
             .unwrap_or_else(|e| Err(ServeError::Io(e.to_string())));
             drop(reader);
             match &result {
-                Err(ServeError::Changed) => (this.rehash)(folder, path),
+                Err(ServeError::Changed) => (w.rehash)(folder, path),
                 Err(ServeError::Unsafe(e)) if e.is_link() => {
-                    this.counters.refused_request();
-                    refuse_once(&root, e, Some(&this.device.prefix()));
+                    w.counters.refused_request();
+                    refuse_once(&root, e, Some(&w.device.prefix()));
                 }
                 Err(e @ ServeError::NotIndexed) => {
-                    this.counters.refused(&this.device, "not-indexed", &format!("chunk request for `{path}`: {e}"))
+                    w.counters.refused(&w.device, "not-indexed", &format!("chunk request for `{path}`: {e}"))
                 }
                 _ => {}
             }
@@ -140,11 +138,11 @@ impl Server {
             // What was taken for the read and is not queued goes back now; the queued data goes
             // back as the transport takes it.
             let queued = response.data.len();
-            this.budget.give(size as usize - queued.min(size as usize));
+            w.budget.give(size as usize - queued.min(size as usize));
             let msg = DataMessage { kind: Some(data_message::Kind::Response(response)) };
-            this.counters.add_out(msg.encoded_len());
-            if this.tx.send(msg).await.is_err() {
-                this.budget.give(queued);
+            w.counters.add_out(msg.encoded_len());
+            if w.tx.send(msg).await.is_err() {
+                w.budget.give(queued);
             }
         });
     }
