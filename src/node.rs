@@ -17,7 +17,7 @@ use crate::actors::messages::{
 };
 use crate::actors::puller::Puller;
 use crate::actors::status::NodeState;
-use crate::actors::supervisor::Supervisor;
+use crate::actors::supervisor::{Supervisor, SupervisorSetup};
 use crate::actors::watcher::Watcher;
 use crate::config::{Config, Trust};
 use crate::fs::root::RootGuard;
@@ -125,16 +125,16 @@ async fn serve(config: Config, identity: Identity, store: Arc<Store>) -> Result<
         Trust::NetworkKey(secret) => Some(Arc::new(NetworkKey::new(secret.expose()))),
     };
     warn_about_trust(&config);
-    let supervisor = Supervisor::new(
-        identity.clone(),
-        config.name.clone(),
-        folders.clone(),
-        store.clone(),
-        for_peers,
-        directory.clone(),
-        config.compression,
-        network_key.clone(),
-    );
+    let supervisor = Supervisor::new(SupervisorSetup {
+        identity: identity.clone(),
+        name: config.name.clone(),
+        folders: folders.clone(),
+        store: store.clone(),
+        index: for_peers,
+        directory: directory.clone(),
+        compression: config.compression,
+        network_key: network_key.clone(),
+    });
     let (inbound_tx, inbound_rx) = mpsc::channel(64);
     let supervisor = Supervisor::create(move |ctx| {
         ctx.add_stream(ReceiverStream::new(inbound_rx));

@@ -165,6 +165,7 @@ struct ScanDone {
 }
 
 impl IndexActor {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Arc<Store>,
         me: DeviceId,

@@ -9,6 +9,7 @@ use actix::prelude::*;
 
 use crate::core::{Chunk, DeviceId, FileRecord, VersionVector};
 use crate::fs::scan::DiskState;
+pub use crate::net::fetch::Fetched;
 use crate::net::proto::FileInfo;
 use crate::net::wire::FetchError;
 
@@ -213,14 +214,6 @@ pub struct FetchChunk {
     pub chunk: Chunk,
     pub signature: Vec<u8>,
     pub base: Option<Arc<Vec<u8>>>,
-}
-
-/// A chunk's bytes, and what they cost on the wire: the signature we sent plus the encoded answer
-/// (a delta or compressed data may be far smaller than the chunk).
-#[derive(Debug)]
-pub struct Fetched {
-    pub data: Vec<u8>,
-    pub wire: u64,
 }
 
 /// Try every parked path now (the user asked: space was freed, permissions fixed).

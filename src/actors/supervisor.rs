@@ -3,7 +3,8 @@
 //! connection per device: when both sides dial each other, both keep the one dialed by the smaller
 //! device ID, so they agree without a further message. Under `trust = "network-key"` a peer may
 //! also be known by an address alone: that address is dialed accepting whoever proves the key
-//! there, and the device learned from its certificate then counts like any other.
+//! there, and the device learned from its certificate then counts like any other. Which slots are
+//! due, how long they wait and which connection is kept are `core::dial`'s rules.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,18 +18,15 @@ use super::messages::{
 };
 use super::peer::{PeerActor, PeerSetup};
 use crate::config::{Compression, FolderConfig};
-use crate::core::dial::{self, Backoff};
+use crate::core::dial::{self, Schedule};
 use crate::core::DeviceId;
-use crate::net::dial::{dial, Outbound, OwnAddress};
+use crate::net::dial::{dial, dial_any, Outbound, OwnAddress};
 use crate::net::identity::Identity;
 use crate::net::network_key::NetworkKey;
-use crate::net::proto::{ControlMessage, DataMessage};
-use crate::net::service::{Duplex, InboundHalf, InboundStream};
+use crate::net::service::{InboundHalf, InboundStream, Paired, Pairing};
 use crate::store::Store;
 
 const TICK: Duration = Duration::from_millis(250);
-/// How long one stream of an inbound connection waits for its other stream.
-const HALF_OPEN_FOR: Duration = Duration::from_secs(30);
 
 struct Active {
     conn: u64,
@@ -41,12 +39,7 @@ struct Active {
 struct Slot {
     addresses: Vec<String>,
     active: Option<Active>,
-    backoff: Backoff,
-    next_attempt: Option<Instant>,
-    dialing: bool,
-    /// The peer broke the protocol: until then, its own connections are refused too (it is cut
-    /// off, not just disconnected), and our redial waits as long.
-    cut_off_until: Option<Instant>,
+    dial: Schedule,
 }
 
 /// Dial state of an address configured without a device ID.
@@ -54,65 +47,43 @@ struct Slot {
 struct AddressSlot {
     /// The device that answered there last; while it is connected the address is not dialed.
     device: Option<DeviceId>,
-    backoff: Backoff,
-    next_attempt: Option<Instant>,
-    dialing: bool,
+    dial: Schedule,
 }
 
-#[derive(Default)]
-struct Halves {
-    control: Option<Duplex<ControlMessage>>,
-    data: Option<Duplex<DataMessage>>,
-    address: Option<std::net::SocketAddr>,
-    since: Option<Instant>,
+/// Everything the Supervisor is started with.
+pub struct SupervisorSetup {
+    pub identity: Identity,
+    pub name: String,
+    pub folders: Arc<Vec<FolderConfig>>,
+    pub store: Arc<Store>,
+    pub index: IndexForPeers,
+    pub directory: PeerDirectory,
+    pub compression: Compression,
+    /// Under trust = "network-key": every dial proves and checks it.
+    pub network_key: Option<Arc<NetworkKey>>,
 }
 
 pub struct Supervisor {
-    identity: Identity,
-    name: String,
-    folders: Arc<Vec<FolderConfig>>,
-    store: Arc<Store>,
-    index: IndexForPeers,
-    directory: PeerDirectory,
-    compression: Compression,
-    /// Under trust = "network-key": every dial proves and checks it.
-    network_key: Option<Arc<NetworkKey>>,
+    setup: SupervisorSetup,
     peers: HashMap<DeviceId, Slot>,
     addresses: HashMap<String, AddressSlot>,
-    halves: HashMap<(DeviceId, u64), Halves>,
+    inbound: Pairing,
     stopping: bool,
 }
 
 impl Supervisor {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        identity: Identity,
-        name: String,
-        folders: Arc<Vec<FolderConfig>>,
-        store: Arc<Store>,
-        index: IndexForPeers,
-        directory: PeerDirectory,
-        compression: Compression,
-        network_key: Option<Arc<NetworkKey>>,
-    ) -> Self {
+    pub fn new(setup: SupervisorSetup) -> Self {
         Supervisor {
-            identity,
-            name,
-            folders,
-            store,
-            index,
-            directory,
-            compression,
-            network_key,
+            setup,
             peers: HashMap::new(),
             addresses: HashMap::new(),
-            halves: HashMap::new(),
+            inbound: Pairing::default(),
             stopping: false,
         }
     }
 
     fn me(&self) -> DeviceId {
-        self.identity.device_id
+        self.setup.identity.device_id
     }
 
     fn tick(&mut self, ctx: &mut Context<Self>) {
@@ -120,58 +91,30 @@ impl Supervisor {
             return;
         }
         let now = Instant::now();
-        let due: Vec<(DeviceId, Vec<String>)> = self
-            .peers
-            .iter_mut()
-            .filter(|(_, s)| {
-                s.active.is_none() && !s.dialing && !s.addresses.is_empty() && s.next_attempt.is_none_or(|t| t <= now)
-            })
-            .map(|(d, s)| {
-                s.dialing = true;
-                (*d, s.addresses.clone())
-            })
-            .collect();
-        for (device, addresses) in due {
-            let identity = self.identity.clone();
-            let network_key = self.network_key.clone();
-            // Every known address in turn (mDNS lists IPv4 first), so one the peer does not
-            // listen on (say its IPv6 link-local one) costs a refused connection, not a backoff.
-            let fut = async move {
-                let mut errors = Vec::new();
-                for address in &addresses {
-                    match dial(&identity, Some(device), address, network_key.clone()).await {
-                        Ok(out) => return Ok(out),
-                        Err(e) => errors.push(format!("{address}: {e:#}")),
-                    }
-                }
-                Err(errors.join("; "))
-            };
+        let slots = (self.peers.iter_mut())
+            .map(|(d, s)| (*d, &mut s.dial, dial::peer_blocked(s.active.is_some(), s.addresses.len())));
+        for device in dial::start_due(slots, now) {
+            let (identity, network_key) = (self.setup.identity.clone(), self.setup.network_key.clone());
+            let addresses = self.peers[&device].addresses.clone();
+            let fut = async move { dial_any(&identity, device, &addresses, network_key).await };
             ctx.spawn(fut.into_actor(self).map(move |result, this, ctx| this.dialed(device, result, ctx)));
         }
         self.dial_addresses(now, ctx);
         // Half-open inbound connections whose second stream never came.
-        self.halves.retain(|_, h| h.since.is_none_or(|t| t.elapsed() < HALF_OPEN_FOR));
+        self.inbound.expire(now, dial::HALF_OPEN_FOR);
     }
 
     /// Dials the due addresses known without a device ID, unless the device last found there is
     /// connected (by this or any other way).
     fn dial_addresses(&mut self, now: Instant, ctx: &mut Context<Self>) {
-        let Some(network_key) = self.network_key.clone() else { return };
+        let Some(network_key) = self.setup.network_key.clone() else { return };
         let (me, peers) = (self.me(), &self.peers);
-        let due: Vec<String> = self
-            .addresses
-            .iter_mut()
-            .filter(|(_, s)| !s.dialing && s.next_attempt.is_none_or(|t| t <= now))
-            .filter(|(_, s)| s.device.is_none_or(|d| d != me && peers.get(&d).is_none_or(|p| p.active.is_none())))
-            .map(|(a, s)| {
-                s.dialing = true;
-                a.clone()
-            })
-            .collect();
+        let connected = |d: &DeviceId| peers.get(d).is_some_and(|p| p.active.is_some());
+        let slots =
+            self.addresses.iter_mut().map(|(a, s)| (a, &mut s.dial, dial::address_blocked(s.device, me, connected)));
+        let due: Vec<String> = dial::start_due(slots, now).into_iter().cloned().collect();
         for address in due {
-            let identity = self.identity.clone();
-            let key = network_key.clone();
-            let target = address.clone();
+            let (identity, key, target) = (self.setup.identity.clone(), network_key.clone(), address.clone());
             let fut = async move {
                 dial(&identity, None, &target, Some(key)).await.map_err(|e| (e.is::<OwnAddress>(), format!("{e:#}")))
             };
@@ -182,7 +125,7 @@ impl Supervisor {
     fn dialed_address(&mut self, address: String, result: Result<Outbound, (bool, String)>, ctx: &mut Context<Self>) {
         let me = self.me();
         let Some(slot) = self.addresses.get_mut(&address) else { return };
-        slot.dialing = false;
+        slot.dial.dialed();
         match result {
             Err((true, _)) => {
                 // A config listing every node's address, this one's included: never dialed again.
@@ -192,11 +135,10 @@ impl Supervisor {
             Ok(out) => {
                 slot.device = Some(out.device);
                 tracing::debug!(peer = %out.device.prefix(), address = %address, "reached by address");
-                self.establish(out.device, out.conn, me, Some(out.address), out.control, out.data, ctx);
+                self.establish(out.into(), me, ctx);
             }
             Err((false, e)) => {
-                let wait = slot.backoff.failed(rand::random());
-                slot.next_attempt = Some(Instant::now() + wait);
+                let wait = slot.dial.failed(Instant::now(), rand::random());
                 tracing::debug!(address = %address, error = %e, retry_in_ms = wait.as_millis() as u64, "dial failed");
             }
         }
@@ -204,37 +146,28 @@ impl Supervisor {
 
     fn dialed(&mut self, device: DeviceId, result: Result<Outbound, String>, ctx: &mut Context<Self>) {
         let Some(slot) = self.peers.get_mut(&device) else { return };
-        slot.dialing = false;
+        slot.dial.dialed();
         match result {
             Ok(out) => {
                 let me = self.me();
-                self.establish(device, out.conn, me, Some(out.address), out.control, out.data, ctx);
+                self.establish(out.into(), me, ctx);
             }
             Err(e) => {
-                let wait = slot.backoff.failed(rand::random());
-                slot.next_attempt = Some(Instant::now() + wait);
+                let wait = slot.dial.failed(Instant::now(), rand::random());
                 tracing::debug!(peer = %device.prefix(), error = %e, retry_in_ms = wait.as_millis() as u64, "dial failed");
             }
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn establish(
-        &mut self,
-        device: DeviceId,
-        conn: u64,
-        dialer: DeviceId,
-        address: Option<std::net::SocketAddr>,
-        control: Duplex<ControlMessage>,
-        data: Duplex<DataMessage>,
-        ctx: &mut Context<Self>,
-    ) {
+    /// Starts the Peer actor of connection `c`, dialed by `dialer`, unless the peer is cut off or
+    /// the connection it has is the one both sides keep.
+    fn establish(&mut self, c: Paired, dialer: DeviceId, ctx: &mut Context<Self>) {
         if self.stopping {
             return;
         }
-        let me = self.me();
+        let (me, device, conn, address) = (self.me(), c.device, c.conn, c.address);
         let slot = self.peers.entry(device).or_default();
-        if dialer == device && slot.cut_off_until.is_some_and(|t| t > Instant::now()) {
+        if dialer == device && slot.dial.cut_off(Instant::now()) {
             tracing::debug!(peer = %device.prefix(), "connection of a peer that broke the protocol refused until its backoff ends");
             return;
         }
@@ -250,20 +183,20 @@ impl Supervisor {
             device,
             conn,
             address,
-            my_name: self.name.clone(),
-            folders: self.folders.clone(),
-            store: self.store.clone(),
-            index: self.index.clone(),
+            my_name: self.setup.name.clone(),
+            folders: self.setup.folders.clone(),
+            store: self.setup.store.clone(),
+            index: self.setup.index.clone(),
             supervisor: ctx.address().recipient(),
-            counters: self.directory.counters(&device),
-            directory: self.directory.clone(),
-            compression: self.compression,
-            control,
-            data,
+            counters: self.setup.directory.counters(&device),
+            directory: self.setup.directory.clone(),
+            compression: self.setup.compression,
+            control: c.control,
+            data: c.data,
         };
         let addr = PeerActor::new(setup).start();
         slot.active = Some(Active { conn, dialer, addr: addr.clone(), since: Instant::now() });
-        self.directory.update(device, |e| {
+        self.setup.directory.update(device, |e| {
             e.connected = Some(PeerHandle { fetch: addr.clone().recipient() });
             e.address = address;
         });
@@ -285,15 +218,14 @@ impl Handler<PeerDiscovered> for Supervisor {
             return;
         }
         let slot = self.peers.entry(msg.device).or_default();
-        let mut changed = false;
+        let known = slot.addresses.len();
         for a in msg.addresses {
             if !slot.addresses.contains(&a) {
                 slot.addresses.push(a);
-                changed = true;
             }
         }
-        if changed {
-            slot.next_attempt = None;
+        if slot.addresses.len() > known {
+            slot.dial.dial_now();
             self.tick(ctx);
         }
     }
@@ -302,7 +234,7 @@ impl Handler<PeerDiscovered> for Supervisor {
 impl Handler<PeerAtAddress> for Supervisor {
     type Result = ();
     fn handle(&mut self, msg: PeerAtAddress, ctx: &mut Context<Self>) {
-        if self.network_key.is_none() {
+        if self.setup.network_key.is_none() {
             tracing::warn!(address = %msg.address, "a peer address without a device ID needs trust = \"network-key\"; ignored");
             return;
         }
@@ -322,32 +254,16 @@ impl Handler<PeerVanished> for Supervisor {
 
 impl StreamHandler<InboundStream> for Supervisor {
     fn handle(&mut self, stream: InboundStream, ctx: &mut Context<Self>) {
-        let key = (stream.device, stream.conn);
-        let half = match stream.half {
-            InboundHalf::Refused(_) => {
-                // Logged by the listener; counted here, where the peer's counters live, and the
-                // peer is cut off for a backoff like one that broke the protocol mid-connection.
-                self.directory.counters(&stream.device).violation();
-                let slot = self.peers.entry(stream.device).or_default();
-                let until = Instant::now() + slot.backoff.failed(rand::random());
-                slot.cut_off_until = Some(until);
-                slot.next_attempt = Some(slot.next_attempt.map_or(until, |t| t.max(until)));
-                return;
-            }
-            half => half,
-        };
-        let halves = self.halves.entry(key).or_default();
-        halves.address = halves.address.or(stream.address);
-        halves.since.get_or_insert_with(Instant::now);
-        match half {
-            InboundHalf::Control(d) => halves.control = Some(d),
-            InboundHalf::Data(d) => halves.data = Some(d),
-            InboundHalf::Refused(_) => unreachable!("handled above"),
+        if let InboundHalf::Refused(_) = stream.half {
+            // Logged by the listener; counted here, where the peer's counters live, and the
+            // peer is cut off for a backoff like one that broke the protocol mid-connection.
+            self.setup.directory.counters(&stream.device).violation();
+            self.peers.entry(stream.device).or_default().dial.refused(Instant::now(), rand::random());
+            return;
         }
-        if halves.control.is_some() && halves.data.is_some() {
-            let h = self.halves.remove(&key).expect("present");
-            let (control, data) = (h.control.expect("control"), h.data.expect("data"));
-            self.establish(stream.device, stream.conn, stream.device, h.address, control, data, ctx);
+        if let Some(c) = self.inbound.add(stream, Instant::now()) {
+            let dialer = c.device;
+            self.establish(c, dialer, ctx);
         }
     }
 
@@ -358,22 +274,15 @@ impl Handler<PeerDown> for Supervisor {
     type Result = ();
     fn handle(&mut self, msg: PeerDown, _: &mut Context<Self>) {
         let Some(slot) = self.peers.get_mut(&msg.device) else { return };
-        if slot.active.as_ref().is_none_or(|a| a.conn != msg.conn) {
-            return;
-        }
-        let active = slot.active.take().expect("checked");
+        let Some(active) = slot.active.take_if(|a| a.conn == msg.conn) else { return };
         // A peer that broke the protocol is cut off until its next attempt (`core::dial`).
-        let wait = slot.backoff.ended(active.since.elapsed(), msg.violation, rand::random());
-        slot.next_attempt = Some(Instant::now() + wait);
-        if msg.violation {
-            slot.cut_off_until = slot.next_attempt;
-        }
+        slot.dial.ended(Instant::now(), active.since.elapsed(), msg.violation, rand::random());
         // An address where this device was found is redialed on the same schedule.
-        let (backoff, next_attempt) = (slot.backoff, slot.next_attempt);
+        let schedule = slot.dial;
         for a in self.addresses.values_mut().filter(|a| a.device == Some(msg.device)) {
-            (a.backoff, a.next_attempt) = (backoff, next_attempt);
+            a.dial.follow(&schedule);
         }
-        self.directory.update(msg.device, |e| e.connected = None);
+        self.setup.directory.update(msg.device, |e| e.connected = None);
     }
 }
 

@@ -18,6 +18,7 @@ pub mod record;
 pub mod replica;
 pub mod retry;
 pub mod root;
+pub mod session;
 pub mod sharing;
 pub mod version;
 pub mod versioning;

@@ -26,7 +26,7 @@ use super::network_key::{NetworkKey, ProofError, SessionBinding};
 use super::proto::sync_client::SyncClient;
 use super::proto::sync_server::SyncServer;
 use super::service::{
-    outgoing, Duplex, InboundHalf, InboundStream, Incoming, SendBudget, SyncService, SEND_BUDGET, STREAM_BUFFER,
+    outgoing, Duplex, InboundHalf, InboundStream, Incoming, Paired, SendBudget, SyncService, SEND_BUDGET, STREAM_BUFFER,
 };
 use super::tls::{client_config, peer_device, server_config, Admit};
 use super::{CONN_HEADER, MAX_MESSAGE};
@@ -221,10 +221,35 @@ pub struct Outbound {
     pub data: Duplex<super::proto::DataMessage>,
 }
 
+impl From<Outbound> for Paired {
+    fn from(out: Outbound) -> Paired {
+        Paired { device: out.device, conn: out.conn, address: Some(out.address), control: out.control, data: out.data }
+    }
+}
+
 /// A dial reached this node itself (its own address is among its peers' addresses).
 #[derive(Debug, thiserror::Error)]
 #[error("{0} is this node's own address")]
 pub struct OwnAddress(pub String);
+
+/// Dials `device` at every known address in turn until one answers (mDNS lists IPv4 first, so one
+/// the peer does not listen on, say its IPv6 link-local one, costs a refused connection, not a
+/// backoff); fails with the errors of all of them.
+pub async fn dial_any(
+    identity: &Identity,
+    device: DeviceId,
+    addresses: &[String],
+    network_key: Option<Arc<NetworkKey>>,
+) -> Result<Outbound, String> {
+    let mut errors = Vec::new();
+    for address in addresses {
+        match dial(identity, Some(device), address, network_key.clone()).await {
+            Ok(out) => return Ok(out),
+            Err(e) => errors.push(format!("{address}: {e:#}")),
+        }
+    }
+    Err(errors.join("; "))
+}
 
 /// Dials `address`, expecting the certificate of `device`; anything else fails the handshake.
 /// With `network_key`, the peer must also prove the key, and `device` may be `None`: whoever

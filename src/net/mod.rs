@@ -2,11 +2,15 @@
 //! (with every field checked), the TLS identity and verifiers, and the gRPC service and dialer.
 
 pub mod codec;
+pub mod counters;
 pub mod dial;
 pub mod encoding;
+pub mod fetch;
 pub mod identity;
 pub mod mdns;
 pub mod network_key;
+#[cfg(feature = "node")]
+pub mod serve;
 pub mod service;
 pub mod tls;
 pub mod wire;

@@ -7,9 +7,11 @@
 //! request's size from it before reading; the bytes come back as the transport takes each
 //! response off the queue, so a peer that never reads its answers stalls only itself.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 use tokio::sync::{mpsc, Semaphore};
@@ -117,11 +119,72 @@ pub struct InboundStream {
     pub half: InboundHalf,
 }
 
+/// The two streams of each inbound connection, paired as they arrive.
+#[derive(Default)]
+pub struct Pairing(HashMap<(DeviceId, u64), Halves>);
+
+#[derive(Default)]
+struct Halves {
+    control: Option<Duplex<ControlMessage>>,
+    data: Option<Duplex<DataMessage>>,
+    address: Option<SocketAddr>,
+    since: Option<Instant>,
+}
+
+/// Both streams of an inbound connection.
+pub struct Paired {
+    pub device: DeviceId,
+    pub conn: u64,
+    pub address: Option<SocketAddr>,
+    pub control: Duplex<ControlMessage>,
+    pub data: Duplex<DataMessage>,
+}
+
+impl Pairing {
+    /// One stream arrived at `now` (a refused one is not a stream: ignored); with its other
+    /// stream already here, the connection is whole.
+    pub fn add(&mut self, stream: InboundStream, now: Instant) -> Option<Paired> {
+        if let InboundHalf::Refused(_) = stream.half {
+            return None;
+        }
+        let key = (stream.device, stream.conn);
+        let halves = self.0.entry(key).or_default();
+        halves.address = halves.address.or(stream.address);
+        halves.since.get_or_insert(now);
+        match stream.half {
+            InboundHalf::Control(d) => halves.control = Some(d),
+            InboundHalf::Data(d) => halves.data = Some(d),
+            InboundHalf::Refused(_) => unreachable!("returned above"),
+        }
+        if halves.control.is_none() || halves.data.is_none() {
+            return None;
+        }
+        let h = self.0.remove(&key).expect("present");
+        let (device, conn) = key;
+        let (control, data) = (h.control.expect("control"), h.data.expect("data"));
+        Some(Paired { device, conn, address: h.address, control, data })
+    }
+
+    /// Drops the half-open connections whose second stream has not come `wait` after the first.
+    pub fn expire(&mut self, now: Instant, wait: Duration) {
+        self.0.retain(|_, h| h.since.is_none_or(|t| now.saturating_duration_since(t) < wait));
+    }
+}
+
 pub struct SyncService {
     pub inbound: mpsc::Sender<InboundStream>,
 }
 
 pub const STREAM_BUFFER: usize = 64;
+
+/// Whether a stream error means the peer sent what the protocol does not allow (a message that
+/// does not decode, or one over the size limit) rather than the connection failing.
+pub fn is_garbage(status: &Status) -> bool {
+    let message = status.message();
+    status.code() == tonic::Code::OutOfRange
+        || (status.code() == tonic::Code::Internal
+            && (message.starts_with("failed to decode") || message.starts_with("protocol error")))
+}
 
 fn identify<T>(request: &Request<T>) -> Result<(DeviceId, u64, Option<SocketAddr>), Status> {
     let certs = request.peer_certs();

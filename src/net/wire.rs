@@ -11,6 +11,7 @@
 use super::proto;
 use crate::core::chunks::{self, ChunkEdit, MAX_CHUNKS_PER_RECORD};
 use crate::core::record::check_link_target;
+use crate::core::session::{self, Batch, Cost, Limits};
 use crate::core::version::{MAX_COUNTER, MAX_COUNTERS};
 use crate::core::{path, Chunk, FileKind, FileRecord, ShortId, VersionVector};
 
@@ -25,6 +26,17 @@ pub const MAX_CHUNKS_PER_UPDATE: u64 = 1 << 19;
 /// Most version counters in one index message, all records together (each decodes to a map entry
 /// of some 40 bytes, so about 10 MiB): the sender cuts its batches to fit.
 pub const MAX_COUNTERS_PER_UPDATE: u64 = 1 << 18;
+/// Largest index message we send (half the limit: room for framing and for the records' growth
+/// in the receiver's eyes, which counts expanded edits).
+pub const MAX_INDEX_BYTES: usize = super::MAX_MESSAGE / 2;
+/// What one of our index messages may carry: the limits the receiver checks (`check_update`).
+pub const INDEX_LIMITS: Limits = Limits {
+    records: MAX_FILES_PER_UPDATE,
+    chunks: MAX_CHUNKS_PER_UPDATE,
+    counters: MAX_COUNTERS_PER_UPDATE,
+    bytes: MAX_INDEX_BYTES,
+    record_chunks: MAX_CHUNKS_PER_RECORD,
+};
 /// Largest chunk: FastCDC's largest maximum size.
 pub const MAX_CHUNK_SIZE: u32 = 16 << 20;
 /// Largest file size and chunk request end: 2^43 bytes (8 TiB), as many chunks as a record may have
@@ -72,6 +84,28 @@ pub fn check_update(update: &proto::IndexUpdate) -> Result<(), UpdateError> {
         return Err(UpdateError::TooManyCounters(counters));
     }
     Ok(())
+}
+
+/// What a record costs in an index message, as `check_update` counts it (bytes with room for its
+/// field header).
+pub fn record_cost(info: &proto::FileInfo) -> Cost {
+    use prost::Message as _;
+    Cost { chunks: record_chunks(info), counters: record_counters(info), bytes: info.encoded_len() + 8 }
+}
+
+/// Cuts our next index message from `records` (in sequence order): the longest prefix within
+/// `INDEX_LIMITS` (`core::session::fit_batch`), returning its length. A record that no message
+/// could carry is dropped from `records`, logged: it is skipped, not sent to be refused forever.
+pub fn fit_batch(folder: &str, records: &mut Vec<proto::FileInfo>) -> usize {
+    let batch: Batch = session::fit_batch(records.iter().map(record_cost), &INDEX_LIMITS);
+    for &i in &batch.skip {
+        let Cost { chunks, bytes, .. } = record_cost(&records[i]);
+        tracing::warn!(folder, path = %records[i].path, chunks, bytes, "file has too many chunks to announce; not synced");
+    }
+    for &i in batch.skip.iter().rev() {
+        records.remove(i);
+    }
+    batch.len()
 }
 
 /// A chunk request that is refused before anything is read.
@@ -546,5 +580,77 @@ mod tests {
         assert!(matches!(answer(unknown), Err(FetchError::Refused { .. })));
         let ok = proto::ChunkResponse { id: 1, data: vec![1, 2], encoding: 0, ..Default::default() };
         assert_eq!(answer(ok), Ok((vec![1, 2], 0)));
+    }
+
+    fn info(path: &str, chunks: usize, expanded: u32, counters: usize) -> proto::FileInfo {
+        proto::FileInfo {
+            path: path.into(),
+            chunks: vec![proto::Chunk { offset: 0, size: 1, hash: vec![7; 32] }; chunks],
+            edits: (expanded > 0)
+                .then(|| proto::ChunkEdit { copy_len: expanded, ..Default::default() })
+                .into_iter()
+                .collect(),
+            version: Some(proto::Vector { counters: vec![proto::Counter { id: 1, value: 1 }; counters] }),
+            ..Default::default()
+        }
+    }
+
+    /// Sends `records` as our index sender does, checking every message as the receiver would:
+    /// returns the paths sent, in order.
+    fn send_all(mut records: Vec<proto::FileInfo>) -> Vec<String> {
+        use prost::Message as _;
+        let mut sent = Vec::new();
+        while !records.is_empty() {
+            let n = fit_batch("default", &mut records);
+            let batch =
+                proto::IndexUpdate { folder: "default".into(), index_id: 1, files: records.drain(..n).collect() };
+            assert!(n > 0 || batch.files.is_empty() && records.is_empty(), "an empty batch left records behind");
+            assert_eq!(check_update(&batch), Ok(()));
+            assert!(batch.encoded_len() <= MAX_INDEX_BYTES + 64, "{}", batch.encoded_len());
+            sent.extend(batch.files.into_iter().map(|f| f.path));
+        }
+        sent
+    }
+
+    #[test]
+    fn our_index_batches_stay_within_what_the_receiver_accepts() {
+        // Three records of 200,000 chunks: two fit one message by count, but not by bytes.
+        let mut records = vec![info("a", 200_000, 0, 1), info("b", 200_000, 0, 1), info("c", 10, 0, 1)];
+        let n = fit_batch("default", &mut records);
+        assert!((1..3).contains(&n), "{n}");
+        assert_eq!(send_all(records), ["a", "b", "c"]);
+        // A record that no message could carry is skipped, not sent to be refused forever.
+        let mut records = vec![info("huge", 600_000, 0, 1), info("small", 1, 0, 1)];
+        assert_eq!(fit_batch("default", &mut records), 1);
+        assert_eq!(records[0].path, "small");
+        assert_eq!(send_all(vec![info("huge", 0, 600_000, 1)]), Vec::<String>::new());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 48, ..Default::default() })]
+
+        /// Every batch passes `check_update` and fits a message; a record is left out only if
+        /// it alone is over a limit, and the others go in order.
+        #[test]
+        fn every_batch_of_ours_passes_the_receivers_check(
+            shapes in proptest::collection::vec(
+                (0usize..3_000_000, 0usize..40, 0u32..700_000, 0usize..2_000), 0..300)
+        ) {
+            let records: Vec<proto::FileInfo> = shapes
+                .iter()
+                .enumerate()
+                .map(|(i, &(pad, chunks, expanded, counters))| {
+                    // Mostly small records; a few long paths to reach the byte limit.
+                    let pad = if i % 37 == 0 { pad } else { pad % 64 };
+                    info(&format!("{i}-{}", "x".repeat(pad)), chunks, expanded % (if i % 5 == 0 { 700_000 } else { 5_000 }), counters)
+                })
+                .collect();
+            let sendable: Vec<String> = records
+                .iter()
+                .filter(|r| !INDEX_LIMITS.too_big(&record_cost(r)))
+                .map(|r| r.path.clone())
+                .collect();
+            proptest::prop_assert_eq!(send_all(records), sendable);
+        }
     }
 }

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::keys;
 use crate::core::chunks::{self, ChunkEdit};
 use crate::core::root::RootId;
+use crate::core::session;
 use crate::core::{DeviceId, FileRecord};
 
 const FAMILIES: &[&str] = &["files", "seq", "remote", "chunks", "diffs", "meta", "needs", "needpath"];
@@ -328,12 +329,12 @@ impl Store {
     /// another path, one the peer still holds when this record arrives (records go out in
     /// sequence order, so that path must not have changed between its base and this record).
     pub fn diff_to_send(&self, folder: &str, record: &FileRecord, sent: u64) -> Result<Option<StoredDiff>> {
-        let Some(diff) = self.diff_for(folder, record)?.filter(|d| d.base <= sent && d.base > 0) else {
+        let Some(diff) = self.diff_for(folder, record)?.filter(|d| session::difference_sendable(d.base, sent)) else {
             return Ok(None);
         };
         if let Some(base_path) = &diff.base_path {
             let now = self.get(folder, base_path)?.map_or(0, |r| r.sequence);
-            if now != diff.base && now < record.sequence {
+            if !session::base_still_held(diff.base, now, record.sequence) {
                 return Ok(None);
             }
         }
