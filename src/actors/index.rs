@@ -20,16 +20,17 @@ use super::now_millis;
 use super::status::NodeState;
 use crate::config::{FolderConfig, FolderMode, SymlinkMode};
 use crate::core::folder::{Effect, Fault, Folder, ROOT_CHECK_EVERY};
-use crate::core::replica::{self, Clock, ScanVerdict};
-use crate::core::root::Observed;
+use crate::core::replica::{self, Clock};
 use crate::core::{DeviceId, FileKind, FileRecord, ShortId};
 use crate::fs::chunker::ChunkParams;
 use crate::fs::ignore::IgnoreRules;
-use crate::fs::root::{observe, RootGuard};
+use crate::fs::root::RootGuard;
 use crate::fs::scan::remove_stale_temp_files;
-use crate::index::{FolderDisk, FolderRecords, ScanJob, Scanned};
-use crate::net::wire;
-use crate::store::{Progress, Store};
+use crate::index::{
+    accept_root, announced, judge_scanned, needs, needs_page, purge_tombstones, store_remote, FolderDisk, Judged,
+    Refusal, ScanJob, Scanned,
+};
+use crate::store::Store;
 
 pub mod modes;
 
@@ -70,6 +71,7 @@ struct FlushDue {
 }
 
 impl IndexActor {
+    #[allow(clippy::too_many_arguments)] // the node's settings and wiring, each used once
     pub fn new(
         store: Arc<Store>,
         me: DeviceId,
@@ -220,27 +222,9 @@ impl IndexActor {
         }
     }
 
-    /// The devices whose records decide what `folder` needs: records kept from a device the folder
-    /// is no longer shared with are neither pulled nor asked for (the Peer actor refuses anything
-    /// new from it).
-    fn sources(&self, folder: &str) -> anyhow::Result<Vec<DeviceId>> {
-        let mut devices = self.store.remote_devices(folder)?;
-        if let Some(state) = self.folders.get(folder) {
-            devices.retain(|d| state.config.devices.includes(d));
-        }
-        Ok(devices)
-    }
-
-    /// Needs for the given remote records. An index that cannot be read gives none, with an ERROR
-    /// line: the work waits for the next recompute (a peer connecting) instead of being decided
-    /// on records taken for absent.
+    /// Needs for the given remote records (none, logged, if the index cannot be read).
     fn needs(&self, folder: &str, records: &[FileRecord]) -> Vec<NeedItem> {
-        let read =
-            || replica::needs(&FolderRecords { store: &self.store, folder }, &self.sources(folder)?, Some(records));
-        read().unwrap_or_else(|e| {
-            tracing::error!(folder, error = %format!("{e:#}"), "cannot read the index to decide what to pull");
-            Vec::new()
-        })
+        self.folders.get(folder).map(|s| needs(&self.store, &s.config, records)).unwrap_or_default()
     }
 
     /// Decides everything the folder needs again, from every peer's whole index: a page of paths
@@ -289,11 +273,7 @@ impl IndexActor {
     fn purge(&mut self) {
         let cutoff = replica::tombstone_cutoff(now_millis(), self.tombstone_ttl.as_millis() as u64);
         for folder in self.folders.keys() {
-            match self.store.purge_tombstones(folder, cutoff) {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(folder = %folder, purged = n, "forgot old deletes"),
-                Err(e) => tracing::warn!(folder = %folder, error = %e, "cannot purge tombstones"),
-            }
+            purge_tombstones(&self.store, folder, cutoff);
         }
     }
 }
@@ -310,11 +290,8 @@ impl Actor for IndexActor {
             let state = self.folders.get_mut(&id).expect("folder");
             // First start (or an index from before roots were recorded): this root is the one.
             if state.guard.expected().is_none() {
-                if let Observed::Directory(root) = observe(&state.config.path) {
-                    match self.store.put_root_id(&id, &root) {
-                        Ok(()) => state.guard.accept(root),
-                        Err(e) => tracing::error!(folder = %id, error = %e, "cannot write the index"),
-                    }
+                if let Err(e) = accept_root(&self.store, &id, &state.guard) {
+                    tracing::error!(folder = %id, error = %e, "cannot write the index");
                 }
             }
             let root = state.guard.check();
@@ -395,28 +372,7 @@ impl IndexActor {
     /// changed meanwhile is stale (the path is looked at again), a delete waits to be judged
     /// with the others (`core::folder`).
     fn take_scanned(&mut self, folder: &str, records: Vec<FileRecord>) {
-        let (mut fresh, mut stale, mut deletes) = (Vec::new(), Vec::new(), Vec::new());
-        for record in records {
-            // The scan compared against the record at `record.sequence`; if that changed since
-            // (a pull landed meanwhile), the result is stale: look at the path again.
-            let current = match self.store.get(folder, &record.path) {
-                Ok(current) => current,
-                Err(e) => {
-                    // Nothing is committed against a record we cannot read; the periodic rescan
-                    // looks at the path again.
-                    tracing::error!(folder, path = %record.path, error = %format!("{e:#}"), "cannot read the index");
-                    continue;
-                }
-            };
-            match replica::judge_scanned(&record, current.as_ref()) {
-                ScanVerdict::Stale => stale.push(record.path),
-                ScanVerdict::HoldDelete => deletes.push(record),
-                ScanVerdict::Commit => {
-                    tracing::debug!(folder, path = %record.path, size = record.size, "local change");
-                    fresh.push(record);
-                }
-            }
-        }
+        let Judged { fresh, stale, deletes } = judge_scanned(&self.store, folder, records);
         self.commit(folder, fresh);
         if let Some(state) = self.folders.get_mut(folder) {
             state.rules.scanned(stale, deletes, now_millis());
@@ -446,70 +402,16 @@ impl IndexActor {
         if !self.folders.contains_key(&msg.folder) {
             return;
         }
-        let store = self.store.clone();
-        let mut progress = match store.progress(&msg.device, &msg.folder) {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::error!(peer = %msg.device.prefix(), folder = %msg.folder, error = %format!("{e:#}"), "cannot read the index; disconnecting");
-                msg.reply.do_send(Disconnect { reason: "cannot read our index".into(), violation: None });
+        let (started, total) = (std::time::Instant::now(), msg.files.len());
+        let records = match store_remote(&self.store, &msg.device, &msg.folder, msg.index_id, msg.files) {
+            Ok(records) => records,
+            Err(refusal) => {
+                if let Some(Refusal { reason, violation }) = refusal {
+                    msg.reply.do_send(Disconnect { reason, violation });
+                }
                 return;
             }
         };
-        if progress.index_id != msg.index_id {
-            // The peer's index was recreated: forget what we had of it.
-            if progress.index_id != 0 {
-                tracing::info!(peer = %msg.device.prefix(), folder = %msg.folder, "peer index was reset; rereading it");
-            }
-            let _ = store.clear_remote(&msg.device, &msg.folder);
-            progress = Progress { index_id: msg.index_id, max_sequence: 0 };
-        }
-        let started = std::time::Instant::now();
-        let total = msg.files.len();
-        let mut records = Vec::with_capacity(total);
-        let mut batch: HashMap<String, FileRecord> = HashMap::new();
-        for info in msg.files {
-            let base = |path: &str, seq: u64| {
-                batch
-                    .get(path)
-                    .cloned()
-                    .or_else(|| match store.remote(&msg.device, &msg.folder, path) {
-                        Ok(r) => r,
-                        // Taken for a missing base: everything is asked for again.
-                        Err(e) => {
-                            tracing::error!(folder = %msg.folder, path, error = %format!("{e:#}"), "cannot read the index");
-                            None
-                        }
-                    })
-                    .filter(|r| r.sequence == seq)
-                    .map(|r| r.chunks)
-            };
-            match wire::from_wire(info, base) {
-                Ok(record) => {
-                    progress.max_sequence = progress.max_sequence.max(record.sequence);
-                    batch.insert(record.path.clone(), record.clone());
-                    records.push(record);
-                }
-                Err(e) => {
-                    // A missing base is a race (we lost what the peer assumes we hold), not abuse.
-                    let missing_base = matches!(e, wire::WireError::MissingBase { .. });
-                    if missing_base {
-                        // Ask for everything again on the next connection.
-                        let _ =
-                            store.put_remote(&msg.device, &msg.folder, Progress { index_id: 0, max_sequence: 0 }, &[]);
-                    }
-                    tracing::warn!(peer = %msg.device.prefix(), folder = %msg.folder, error = %e, refused_records = total, "peer sent an invalid record; disconnecting");
-                    msg.reply.do_send(Disconnect {
-                        reason: format!("invalid index update: {e}"),
-                        violation: (!missing_base).then_some(total),
-                    });
-                    return;
-                }
-            }
-        }
-        if let Err(e) = store.put_remote(&msg.device, &msg.folder, progress, &records) {
-            tracing::error!(error = %e, "cannot store a peer's index");
-            return;
-        }
         let items = self.needs(&msg.folder, &records);
         let needs = items.len();
         self.dispatch(&msg.folder, items, false, Vec::new());
@@ -543,15 +445,8 @@ impl Handler<RecomputeStep> for IndexActor {
             return;
         }
         let folder = msg.folder.as_str();
-        let read = || {
-            let records = FolderRecords { store: &self.store, folder };
-            replica::needs_page(&records, &self.sources(folder)?, msg.after.as_deref(), replica::NEEDS_PAGE)
-        };
-        let (items, next) = match read() {
-            Ok(page) => page,
-            Err(e) => {
-                return tracing::error!(folder, error = %format!("{e:#}"), "cannot read the index to decide what to pull")
-            }
+        let Some((items, next)) = needs_page(&self.store, &self.folders[folder].config, msg.after.as_deref()) else {
+            return;
         };
         msg.needs += items.len();
         self.dispatch(folder, items, msg.after.is_none(), Vec::new());
@@ -582,17 +477,7 @@ impl Handler<Pulling> for IndexActor {
 impl Handler<RecomputePaths> for IndexActor {
     type Result = ();
     fn handle(&mut self, msg: RecomputePaths, _: &mut Context<Self>) {
-        let read = || -> anyhow::Result<Vec<FileRecord>> {
-            let devices = self.store.remote_devices(&msg.folder)?;
-            let mut announced = Vec::new();
-            for path in &msg.paths {
-                for d in &devices {
-                    announced.extend(self.store.remote(d, &msg.folder, path)?);
-                }
-            }
-            Ok(announced)
-        };
-        let announced = match read() {
+        let announced = match announced(&self.store, &msg.folder, &msg.paths) {
             Ok(a) => a,
             Err(e) => {
                 return tracing::error!(folder = %msg.folder, error = %format!("{e:#}"), "cannot read the index to decide what to pull")
@@ -652,15 +537,15 @@ impl Handler<Confirm> for IndexActor {
                 format!("folder `{}`: the deletes of {files} files will be sent", msg.folder)
             }
             Some(Fault::Root(_)) => {
-                let Observed::Directory(root) = observe(&state.config.path) else {
+                let path = state.config.path.display();
+                if !accept_root(&self.store, &msg.folder, &state.guard)
+                    .map_err(|e| format!("cannot write the index: {e}"))?
+                {
+                    let folder = &msg.folder;
                     return Err(format!(
-                        "folder `{}`: {} does not exist or is not a directory; create it first",
-                        msg.folder,
-                        state.config.path.display()
+                        "folder `{folder}`: {path} does not exist or is not a directory; create it first"
                     ));
-                };
-                self.store.put_root_id(&msg.folder, &root).map_err(|e| format!("cannot write the index: {e}"))?;
-                state.guard.accept(root);
+                }
                 tracing::warn!(folder = %msg.folder, path = %state.config.path.display(), "the user confirmed a new folder root; files missing from it will be deleted on every peer");
                 format!("folder `{}`: the new root is accepted; files missing from it are now deletes", msg.folder)
             }

@@ -3,11 +3,12 @@
 use std::collections::HashSet;
 use std::path::Path;
 
+use crate::config::FolderConfig;
 use crate::core::folder::FolderIo;
-use crate::core::replica::{self, Records};
-use crate::core::root::RootProblem;
+use crate::core::replica::{self, Need, Records, NEEDS_PAGE};
+use crate::core::root::{Observed, RootProblem};
 use crate::core::{DeviceId, FileRecord};
-use crate::fs::root::RootGuard;
+use crate::fs::root::{observe, RootGuard};
 use crate::fs::scan::{DiskState, KnownRecords};
 use crate::store::Store;
 
@@ -85,4 +86,53 @@ impl FolderIo for FolderDisk<'_> {
     fn live_records(&self) -> u64 {
         self.store.local_counts(self.folder).records
     }
+}
+
+/// The devices whose records decide what the folder needs: records kept from a device the folder
+/// is no longer shared with are neither pulled nor asked for (the Peer actor refuses anything new
+/// from it).
+pub fn sources(store: &Store, config: &FolderConfig) -> anyhow::Result<Vec<DeviceId>> {
+    let mut devices = store.remote_devices(&config.id)?;
+    devices.retain(|d| config.devices.includes(d));
+    Ok(devices)
+}
+
+/// Needs for the given remote records. An index that cannot be read gives none, with an ERROR
+/// line: the work waits for the next recompute (a peer connecting) instead of being decided on
+/// records taken for absent.
+pub fn needs(store: &Store, config: &FolderConfig, records: &[FileRecord]) -> Vec<Need> {
+    let folder = config.id.as_str();
+    let read = || replica::needs(&FolderRecords { store, folder }, &sources(store, config)?, Some(records));
+    read().unwrap_or_else(|e| {
+        tracing::error!(folder, error = %format!("{e:#}"), "cannot read the index to decide what to pull");
+        Vec::new()
+    })
+}
+
+/// One page of a whole-folder recompute (`replica::needs_page`): the needs of the paths after
+/// `after`, and where the next page starts. `None` (logged) when the index cannot be read.
+pub fn needs_page(store: &Store, config: &FolderConfig, after: Option<&str>) -> Option<(Vec<Need>, Option<String>)> {
+    let folder = config.id.as_str();
+    let read = || replica::needs_page(&FolderRecords { store, folder }, &sources(store, config)?, after, NEEDS_PAGE);
+    read()
+        .map_err(|e| tracing::error!(folder, error = %format!("{e:#}"), "cannot read the index to decide what to pull"))
+        .ok()
+}
+
+/// Forgets the folder's deletes older than `cutoff`.
+pub fn purge_tombstones(store: &Store, folder: &str, cutoff: u64) {
+    match store.purge_tombstones(folder, cutoff) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(folder = %folder, purged = n, "forgot old deletes"),
+        Err(e) => tracing::warn!(folder = %folder, error = %e, "cannot purge tombstones"),
+    }
+}
+
+/// Makes the directory at the root path the folder's root, in the index and for `guard`.
+/// `Ok(false)`: there is no directory there.
+pub fn accept_root(store: &Store, folder: &str, guard: &RootGuard) -> anyhow::Result<bool> {
+    let Observed::Directory(root) = observe(&guard.path) else { return Ok(false) };
+    store.put_root_id(folder, &root)?;
+    guard.accept(root);
+    Ok(true)
 }
