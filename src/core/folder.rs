@@ -602,6 +602,11 @@ mod tests {
         /// The running scan ends, with deletes of these paths found.
         ScanEnds(Vec<usize>),
         Wait(u64),
+        /// `n` times: a change, its scan ending with a delete, `gap` ms (an `rm -rf` in batches).
+        Burst {
+            n: usize,
+            gap: u64,
+        },
         Root(bool),
         RootCheck,
         Confirm,
@@ -612,7 +617,9 @@ mod tests {
             4 => (0..5usize).prop_map(Op::Changed),
             3 => (0..5usize, any::<bool>()).prop_map(|(p, a)| Op::Pull(p, a)),
             4 => proptest::collection::vec(0..5usize, 0..3).prop_map(Op::ScanEnds),
-            3 => (0..3_000u64).prop_map(Op::Wait),
+            // Mostly less than DELETE_QUIET: deletes found without a pause, until DELETE_MAX_WAIT.
+            3 => prop_oneof![3 => 0..DELETE_QUIET + 20, 1 => 0..3_000u64].prop_map(Op::Wait),
+            1 => (1..40usize, 0..DELETE_QUIET + 20).prop_map(|(n, gap)| Op::Burst { n, gap }),
             1 => any::<bool>().prop_map(Op::Root),
             1 => Just(Op::RootCheck),
             1 => Just(Op::Confirm),
@@ -719,7 +726,7 @@ mod tests {
         /// pull ends it is scanned once more; a held delete is judged within `DELETE_MAX_WAIT` of
         /// being found; and once the root holds and pulls end, every scan asked for has run.
         #[test]
-        fn scans_and_deletes_follow_the_rules(ops in proptest::collection::vec(op(), 1..80), guard in 0u64..3) {
+        fn scans_and_deletes_follow_the_rules(ops in proptest::collection::vec(op(), 1..200), guard in 0u64..3) {
             let mut s = Sim {
                 f: Folder::new(guard),
                 io: Io::default(),
@@ -754,6 +761,17 @@ mod tests {
                     }
                     Op::ScanEnds(deletes) => s.end_scan(&deletes)?,
                     Op::Wait(ms) => s.wait(s.now + ms)?,
+                    Op::Burst { n, gap } => {
+                        for k in 0..n {
+                            let i = 1 + k % 3;
+                            s.asked.insert(PATHS[i].to_string());
+                            let effects = s.f.changed([PATHS[i].to_string()], &s.io);
+                            s.apply(effects)?;
+                            s.end_scan(&[i])?;
+                            s.check_deletes()?;
+                            s.wait(s.now + gap)?;
+                        }
+                    }
                     Op::Root(ok) => {
                         *s.io.root.borrow_mut() = if ok { Ok(()) } else { Err(RootProblem::Missing) };
                     }
