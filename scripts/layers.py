@@ -4,15 +4,16 @@
 A module is a file under src/ (src/actors/index.rs and src/actors/index/*.rs are `actors::index`).
 An arrow A -> B is a `crate::b::...` or `super::b` path in A. Layers, lowest first (a module may use
 its own layer and those below it):
-  core; config; fs, store, net; actors, pull; api; status, versions, oneway; node; cli; main
-(`pull`, the I/O of one pull, sends the actors' messages and is used by the Puller only.)
+  core; config; fs, store, net; actors, pull, index; api; status, versions, oneway; node; cli; main
+(`pull`, the I/O of one pull, sends the actors' messages and is used by the Puller only; `index`,
+the Index's store views and scan job, uses no actor and is used by the Index only.)
 Usage: scripts/layers.py [--graph]   (exit status 1 on a circle or an upward arrow)
 """
 import pathlib
 import re
 import sys
 
-LAYERS = [["core"], ["config"], ["fs", "store", "net"], ["actors", "pull"], ["api"],
+LAYERS = [["core"], ["config"], ["fs", "store", "net"], ["actors", "pull", "index"], ["api"],
           ["status", "versions", "oneway"], ["node"], ["cli"], ["main", "lib"]]
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}
 SRC = pathlib.Path(__file__).resolve().parent.parent / "src"

@@ -6,7 +6,7 @@
 //! - [`fs`]: scanning, chunking, watching support and safe application of remote versions;
 //! - [`net`]: the protocol, TLS identities, the gRPC service and dialer;
 //! - [`actors`]: the actix actors wiring it all together, and beside them [`pull`]: the I/O of one
-//!   pull (fetch, verify, apply) for the Puller;
+//!   pull (fetch, verify, apply) for the Puller, and [`index`]: the Index's store views and scans;
 //! - [`api`], [`status`], [`versions`]: the local HTTP API, `syncnode status` and `syncnode versions`;
 //! - [`config`], [`cli`], [`node`]: settings, the command line, and running a node.
 //!
@@ -23,6 +23,8 @@ pub mod cli;
 pub mod config;
 pub mod core;
 pub mod fs;
+#[cfg(feature = "node")]
+pub mod index;
 pub mod net;
 #[cfg(feature = "node")]
 pub mod node;

@@ -10,6 +10,7 @@ pub mod decide;
 pub mod device;
 pub mod dial;
 pub mod divergence;
+pub mod folder;
 pub mod need_budget;
 pub mod path;
 pub mod plan;

@@ -1,0 +1,94 @@
+//! One scan of a folder, on a blocking thread.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+
+use super::StoreView;
+use crate::core::root::RootProblem;
+use crate::core::{FileRecord, ShortId};
+use crate::fs::chunker::ChunkParams;
+use crate::fs::ignore::IgnoreRules;
+use crate::fs::root::RootGuard;
+use crate::fs::scan::Scanner;
+use crate::store::Store;
+
+/// A scan to run: `scope` of `folder` (`full` when it holds "", the whole folder).
+pub struct ScanJob {
+    pub store: Arc<Store>,
+    pub folder: String,
+    pub root: PathBuf,
+    pub guard: Arc<RootGuard>,
+    pub params: ChunkParams,
+    pub me: ShortId,
+    pub ignore: IgnoreRules,
+    /// Paths being pulled: left alone.
+    pub busy: HashSet<String>,
+    /// Symlinks are synced as links.
+    pub links: bool,
+    pub scope: Vec<String>,
+    pub full: bool,
+    /// Paths hashed again even if size and mtime match their record.
+    pub suspect: HashSet<String>,
+    /// The version counter new records get.
+    pub now: u64,
+}
+
+/// What a scan found, besides the batches handed over as it went.
+pub struct Scanned {
+    pub folder: String,
+    pub records: Vec<FileRecord>,
+    /// The root, checked again after the scan: if it went away meanwhile, the records are void.
+    pub root: Result<(), RootProblem>,
+    pub full: bool,
+    /// What it covered, and the files in it that could not be read.
+    pub scope: Vec<String>,
+    pub unreadable: Vec<(String, String)>,
+}
+
+impl ScanJob {
+    /// Runs the scan (blocking). A walk's records go to `batch` as it goes, while the root still
+    /// holds; the last part, and whether the root held to the end, are the result. Logs the
+    /// "scan done" line with the count of records changed.
+    pub fn run(self, batch: impl Fn(Vec<FileRecord>) + Send + Sync + 'static) -> Scanned {
+        let ScanJob { store, folder, root, guard, params, me, ignore, busy, links, scope, full, suspect, now } = self;
+        let handed = Arc::new(AtomicUsize::new(0));
+        let scanner = Scanner {
+            root,
+            params,
+            me,
+            ignore,
+            busy,
+            unreadable: Default::default(),
+            links,
+            progress: Some(Box::new({
+                let (guard, handed) = (guard.clone(), handed.clone());
+                move |records: Vec<FileRecord>| {
+                    if guard.check().is_ok() {
+                        handed.fetch_add(records.len(), Relaxed);
+                        batch(records);
+                    }
+                }
+            })),
+        };
+        let started = std::time::Instant::now();
+        let view = StoreView { store: &store, folder: &folder, suspect: &suspect };
+        let records = match scanner.scan(&scope, &view, now) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(folder = %folder, error = %e, "scan failed");
+                Vec::new()
+            }
+        };
+        let ms = started.elapsed().as_millis() as u64;
+        let changed = records.len() + handed.load(Relaxed);
+        if full {
+            tracing::debug!(folder = %folder, changed, ms, "full scan done");
+        } else {
+            tracing::debug!(folder = %folder, paths = scope.len(), changed, ms, "scan done");
+        }
+        let unreadable = std::mem::take(&mut *scanner.unreadable.lock().expect("scanner lock"));
+        Scanned { folder, records, root: guard.check(), full, scope, unreadable }
+    }
+}
