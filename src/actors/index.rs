@@ -330,9 +330,10 @@ impl Handler<Rehash> for IndexActor {
 impl Handler<ScanDone> for IndexActor {
     type Result = ();
     fn handle(&mut self, ScanDone(msg): ScanDone, ctx: &mut Context<Self>) {
-        self.state.gauges(&msg.folder).scanning.store(false, Relaxed);
         let Some(state) = self.folders.get_mut(&msg.folder) else { return };
         let finished = state.rules.scan_finished(msg.root, msg.full, &msg.scope, msg.unreadable);
+        // (A scan of paths may still run beside a full one, or the reverse.)
+        self.state.gauges(&msg.folder).scanning.store(state.rules.scanning(), Relaxed);
         // The root went away while the scan ran: what it saw means nothing.
         let void = finished.is_err();
         self.perform(&msg.folder, finished.unwrap_or_else(|e| e), ctx);

@@ -77,8 +77,11 @@ pub enum Effect {
 pub struct Folder {
     /// Deleting every file of a folder that held at least this many is held (0: never).
     empty_folder_guard: u64,
-    /// A scan is running; paths that change meanwhile wait in `pending`.
-    scanning: bool,
+    /// A scan of the whole folder runs. Paths that change meanwhile are scanned beside it (a full
+    /// scan of a million files takes tens of seconds, and a change must not wait for it).
+    full_running: bool,
+    /// A scan of some paths runs; paths that change meanwhile wait in `pending`.
+    paths_running: bool,
     pending: BTreeSet<String>,
     /// Paths to hash even if size and mtime match their record.
     suspect: HashSet<String>,
@@ -113,7 +116,7 @@ impl Folder {
     }
 
     pub fn scanning(&self) -> bool {
-        self.scanning
+        self.full_running || self.paths_running
     }
 
     /// Whether `generation` is the current whole-folder recompute.
@@ -187,7 +190,11 @@ impl Folder {
         scope: &[String],
         unreadable: Vec<(String, String)>,
     ) -> Result<Vec<Effect>, Vec<Effect>> {
-        self.scanning = false;
+        if full {
+            self.full_running = false;
+        } else {
+            self.paths_running = false;
+        }
         if let Err(problem) = root {
             return Err(self.enter_fault(Fault::Root(problem)));
         }
@@ -288,15 +295,23 @@ impl Folder {
             }
             _ => {}
         }
-        if self.scanning || self.pending.iter().all(|p| self.pulling.contains(p)) {
+        // The whole folder (asked for, or new ignore rules): only when no scan runs. Otherwise
+        // the changed paths, beside a running full scan but never beside another such scan; what
+        // asks for a full scan waits for the next one.
+        let wants_full = self.pending.iter().any(|p| p.is_empty() || p == IGNORE_FILE);
+        let full_now = wants_full && !self.full_running && !self.paths_running;
+        let pulling = &self.pulling;
+        let waits = |p: &String| pulling.contains(p) || (!full_now && (p.is_empty() || p == IGNORE_FILE));
+        if (!full_now && self.paths_running) || self.pending.iter().all(waits) {
             return Vec::new();
         }
         if let Err(problem) = io.check_root() {
             return self.enter_fault(Fault::Root(problem));
         }
-        self.scanning = true;
+        let pulling = &self.pulling;
+        let waits = |p: &String| pulling.contains(p) || (!full_now && (p.is_empty() || p == IGNORE_FILE));
         let (waiting, scope): (BTreeSet<String>, BTreeSet<String>) =
-            std::mem::take(&mut self.pending).into_iter().partition(|p| self.pulling.contains(p));
+            std::mem::take(&mut self.pending).into_iter().partition(|p| waits(p));
         self.pending = waiting;
         let mut scope: Vec<String> = scope.into_iter().collect();
         let reload_ignore = scope.iter().any(|p| p == IGNORE_FILE);
@@ -308,6 +323,11 @@ impl Folder {
             self.recompute_after_scan = true;
         }
         let full = scope.iter().any(|p| p.is_empty());
+        if full {
+            self.full_running = true;
+        } else {
+            self.paths_running = true;
+        }
         let suspect = std::mem::take(&mut self.suspect);
         vec![Effect::StartScan { scope, full, suspect, busy: self.pulling.clone(), reload_ignore }]
     }
@@ -532,9 +552,22 @@ mod tests {
     }
 
     #[test]
+    fn a_change_during_a_full_scan_is_scanned_beside_it() {
+        let (mut f, io) = (Folder::new(10), Io::default());
+        assert_eq!(scope_of(&f.changed(paths(&[""]), &io)), Some((paths(&[""]), true)));
+        assert_eq!(scope_of(&f.changed(paths(&["a"]), &io)), Some((paths(&["a"]), false)), "not held up");
+        assert_eq!(scope_of(&f.changed(paths(&["b"]), &io)), None, "one scan of paths at a time");
+        assert_eq!(scope_of(&f.changed(paths(&[""]), &io)), None, "the next full scan waits");
+        let effects = end_scan(&mut f, &io, false, vec![], 1);
+        assert_eq!(scope_of(&effects), Some((paths(&["b"]), false)), "beside the full scan still running");
+        assert_eq!(scope_of(&end_scan(&mut f, &io, true, vec![], 2)), None, "a full scan starts alone");
+        assert_eq!(scope_of(&end_scan(&mut f, &io, false, vec![], 3)), Some((paths(&[""]), true)));
+    }
+
+    #[test]
     fn a_delete_that_no_longer_holds_is_scanned_again() {
         let (mut f, io) = (Folder::new(10), Io::default());
-        scope_of(&f.changed(paths(&["a"]), &io)).expect("scan");
+        assert_eq!(scope_of(&f.changed(paths(&[""]), &io)), Some((paths(&[""]), true)));
         io.holds.set(false);
         let effects = end_scan(&mut f, &io, true, vec![deleted("a")], 1);
         assert_eq!(scope_of(&effects), Some((paths(&["a"]), false)));
@@ -633,7 +666,8 @@ mod tests {
         f: Folder,
         io: Io,
         now: u64,
-        running: Option<bool>,
+        /// The scans running (full or not), in the order they started.
+        running: Vec<bool>,
         timers: Vec<(u64, u64)>,
         pulling: BTreeSet<String>,
         /// Paths whose pull ended, not scanned since.
@@ -647,7 +681,12 @@ mod tests {
             for e in effects {
                 match e {
                     Effect::StartScan { scope, full, busy, .. } => {
-                        prop_assert!(self.running.is_none(), "a scan started while one runs");
+                        // A full scan starts alone; a scan of paths beside a full one at most.
+                        if full {
+                            prop_assert!(self.running.is_empty(), "a full scan started while a scan runs");
+                        } else {
+                            prop_assert!(!self.running.contains(&false), "two scans of paths at once");
+                        }
                         prop_assert!(self.io.check_root().is_ok(), "scanned without a root");
                         prop_assert!(!matches!(self.f.fault(), Some(Fault::Root(_))), "scanned while stopped");
                         prop_assert_eq!(busy, self.pulling.iter().cloned().collect::<HashSet<_>>());
@@ -660,7 +699,7 @@ mod tests {
                             self.owed.clear();
                             self.asked.retain(|p| scope.contains(p));
                         }
-                        self.running = Some(full);
+                        self.running.push(full);
                     }
                     // Pending paths are dropped: the full scan that resumes covers them.
                     Effect::EnterFault(_) => {
@@ -705,7 +744,11 @@ mod tests {
         }
 
         fn end_scan(&mut self, deletes: &[usize]) -> Result<(), TestCaseError> {
-            let Some(full) = self.running.take() else { return Ok(()) };
+            // Either running scan may end first.
+            if self.running.is_empty() {
+                return Ok(());
+            }
+            let full = if deletes.len() % 2 == 0 { self.running.remove(0) } else { self.running.pop().expect("one") };
             let root = self.io.check_root();
             match self.f.scan_finished(root, full, &[], Vec::new()) {
                 Err(effects) => self.apply(effects),
@@ -731,7 +774,7 @@ mod tests {
                 f: Folder::new(guard),
                 io: Io::default(),
                 now: 1_000,
-                running: None,
+                running: Vec::new(),
                 timers: Vec::new(),
                 pulling: BTreeSet::new(),
                 owed: BTreeSet::new(),
@@ -799,7 +842,7 @@ mod tests {
                 s.end_scan(&[])?;
                 s.wait(s.now + DELETE_MAX_WAIT)?;
             }
-            prop_assert!(s.running.is_none() && !s.f.scanning());
+            prop_assert!(s.running.is_empty() && !s.f.scanning());
             prop_assert!(s.owed.is_empty(), "never scanned after their pull: {:?}", s.owed);
             prop_assert!(s.f.pending.is_empty(), "left pending: {:?}", s.f.pending);
         }
