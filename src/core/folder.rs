@@ -748,7 +748,8 @@ mod tests {
             if self.running.is_empty() {
                 return Ok(());
             }
-            let full = if deletes.len() % 2 == 0 { self.running.remove(0) } else { self.running.pop().expect("one") };
+            let full =
+                if deletes.len().is_multiple_of(2) { self.running.remove(0) } else { self.running.pop().expect("one") };
             let root = self.io.check_root();
             match self.f.scan_finished(root, full, &[], Vec::new()) {
                 Err(effects) => self.apply(effects),
