@@ -110,8 +110,8 @@ pub fn read_target(full: &Path) -> io::Result<String> {
 
 /// The paths one scan has dealt with, each as a 64-bit hash under a key drawn for this scan:
 /// 8 bytes a path instead of the path, so that a full scan of a million files holds ~16 MiB here,
-/// not ~80. Two paths with one hash (about 1 in 10^7 for a million paths) make this scan miss
-/// the delete of one of them; the next scan draws another key and finds it.
+/// not ~80. Two paths with one hash (about 1 in 10^7 for a million paths) make this scan skip
+/// one of them (its change or its delete); the next scan draws another key and finds it.
 #[derive(Default)]
 struct Done {
     key: std::collections::hash_map::RandomState,
