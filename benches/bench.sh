@@ -5,6 +5,7 @@
 #   WORKLOADS="W3 W3b W6" RUNS=3 benches/bench.sh
 #   COMPARE=1 benches/bench.sh            # also Syncthing and rsync in the same run
 #   BENCH_SYNCNODE_BIN=/tmp/syncnode WORKLOADS="W6 W7 W8 W9" RUNS=1 benches/bench.sh   # a copied binary
+#   COMPARE=1 SYNCTHING_WORKLOADS=W7 RSYNC_WORKLOADS="W7 W8" WORKLOADS="W6 W7 W8 W9" RUNS=1 benches/bench.sh
 # Results (JSON per run, summary tables) go to $RESULTS (default /tmp/anchors/syncnode).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,8 +31,9 @@ export READY_CMD="$ready" COUNTERS_CMD="$counters" STATE_A='{HOME_A}/data' STATE
 command -v curl >/dev/null || apt-get install -y -qq curl >/dev/null
 if [ "${COMPARE:-0}" = 1 ]; then
   command -v syncthing >/dev/null && command -v rsync >/dev/null && [ -x /usr/bin/time ] || { apt-get update -qq && apt-get install -y -qq syncthing rsync unison time >/dev/null; }
-  bash "$anchors/syncthing_pair.sh"
-  TOOLS="rsyncd" bash "$anchors/oneway_baselines.sh"
+  # Each yardstick on its own set if asked (Syncthing on a million files takes hours).
+  WORKLOADS="${SYNCTHING_WORKLOADS:-${WORKLOADS:-default}}" bash "$anchors/syncthing_pair.sh"
+  WORKLOADS="${RSYNC_WORKLOADS:-${WORKLOADS:-default}}" TOOLS="rsyncd" bash "$anchors/oneway_baselines.sh"
 fi
 # The label only for our own runs: the Syncthing and rsync scripts keep their own.
 TAG="${TAG:-syncnode}" bash "$anchors/daemon_pair.sh"

@@ -6,11 +6,14 @@ all, the peak RSS of both nodes (VmHWM), and the index bytes per file after a cl
     benches/scale.py 10000 20000 40000 100000      # one line per N
     SYNCNODE=/path/to/syncnode benches/scale.py 1000000
     RESTART=1 benches/scale.py 100000              # also: restart A on its synced tree
+    INDEXING=1 DROP_CACHES=1 benches/scale.py 1000000   # also: B indexes its tree from nothing
 
 With RESTART=1, after the sync both nodes stop cleanly and A starts again on its tree with its
-index intact: "restart s" is the time until A's status answers with the folder idle (its first
-full scan done), "scan ms" and "changed" come from that scan's debug line (changed 0: no file
-was read again).
+index intact: "restart s" is the time until A's status says its first full scan is done and the
+folder idle, "scan ms" how long that scan took (what a periodic rescan of the unchanged tree
+costs), "hashed" the files it read again (0), "idle MiB" its RSS 5 s later.
+With INDEXING=1, B then starts on its tree with an empty index (DROP_CACHES=1, as root: with a
+cold page cache): seconds until indexed, files/s, MB/s hashed, and peak RSS.
 
 Stdlib only. Scratch data goes to $SCALE_WORK (default /tmp/syncnode-scale), removed per run.
 """
@@ -129,8 +132,10 @@ def run(n_files):
             p.wait(timeout=60)
     index = {n["name"]: du(os.path.join(n["home"], "node-data", "index")) for n in (a, b)}
     restart = measure_restart(a) if os.environ.get("RESTART") else {}
+    indexing = measure_indexing(b, n_files) if os.environ.get("INDEXING") else {}
     return {
         **restart,
+        **indexing,
         "files": n_files,
         "write_s": round(written - start, 2),
         "after_write_s": round(done - written, 2),
@@ -140,40 +145,76 @@ def run(n_files):
     }
 
 
-def measure_restart(a):
-    log_path = os.path.join(WORK, "a-restart.log")
-    env = dict(os.environ, RUST_LOG="info,syncnode=debug")
-    with open(log_path, "w") as log:
+def rss_now(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) // 1024
+    return 0
+
+
+def start_alone(n, log_name):
+    """Starts `n` on its tree and waits until its first full scan is done and the folder is idle;
+    returns the seconds that took, the folder's status then, and the peak and settled RSS."""
+    with open(os.path.join(WORK, log_name), "w") as log:
         start = time.time()
-        p = subprocess.Popen([BIN, "--config", a["cfg"]], stderr=log, env=env)
+        p = subprocess.Popen([BIN, "--config", n["cfg"]], stderr=log, env=dict(os.environ, RUST_LOG="info"))
         try:
-            ready = None
-            while time.time() - start < 600:
+            ready, f = None, {}
+            while time.time() - start < 3600:
                 try:
-                    if status(a)["folders"][0]["state"] == "idle" and "full scan done" in open(log_path).read():
+                    f = status(n)["folders"][0]
+                    if f.get("full_scans", 0) >= 1 and f["state"] == "idle":
                         ready = time.time() - start
                         break
                 except OSError:
                     pass
                 time.sleep(0.05)
-            rss = hwm(p.pid)
+            time.sleep(5)  # settled: what an idle node holds
+            return ready, f, hwm(p.pid), rss_now(p.pid)
         finally:
             p.send_signal(signal.SIGTERM)
             p.wait(timeout=60)
-    scan = next((l for l in open(log_path) if "full scan done" in l), "")
-    field = lambda k: (scan.split(f"{k}=")[1].split()[0] if f"{k}=" in scan else "?")
-    return {"restart_s": round(ready, 2) if ready else None, "restart_scan_ms": field("ms"),
-            "restart_changed": field("changed"), "restart_rss_mib": rss}
+
+
+def measure_restart(a):
+    """A restarts on its synced tree with its index intact: ready when its first full scan is
+    done (that scan is what a periodic rescan of the unchanged tree costs); nothing is read again."""
+    ready, f, peak, idle = start_alone(a, "a-restart.log")
+    return {"restart_s": round(ready, 2) if ready else None, "restart_scan_ms": f.get("last_full_scan_ms"),
+            "restart_hashed": f.get("hashed_files"), "restart_rss_mib": peak, "idle_rss_mib": idle}
+
+
+def measure_indexing(b, n_files):
+    """B starts on its synced tree with an empty index (and, as root with DROP_CACHES=1, a cold
+    page cache): how fast it indexes the tree."""
+    shutil.rmtree(os.path.join(b["home"], "node-data"), ignore_errors=True)
+    if os.environ.get("DROP_CACHES") == "1":
+        subprocess.run(["sync"], check=True)
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+    ready, f, peak, _ = start_alone(b, "b-index.log")
+    return {"index_s": round(ready, 2) if ready else None, "index_files_per_s": round(n_files / ready) if ready else None,
+            "index_mb_per_s": round(f.get("hashed_bytes", 0) / 1e6 / ready, 1) if ready else None,
+            "index_hashed": f.get("hashed_files"), "index_rss_mib": peak}
 
 
 def main():
     counts = [int(x) for x in sys.argv[1:]] or [10000, 20000, 40000]
-    print(f"{'files':>9} {'write s':>8} {'after write s':>14} {'s per 10k':>10} {'RSS A MiB':>10} {'RSS B MiB':>10} {'index B/file':>13}"
-          + (f" {'restart s':>10} {'scan ms':>8} {'changed':>8} {'RSS MiB':>8}" if os.environ.get("RESTART") else ""))
+    cols = [("files", "files", 9), ("write_s", "write s", 8), ("after_write_s", "after write s", 14),
+            ("per_10k", "s per 10k", 10), ("rss_a_mib", "RSS A MiB", 10), ("rss_b_mib", "RSS B MiB", 10),
+            ("index_bytes_per_file_b", "index B/file", 13)]
+    if os.environ.get("RESTART"):
+        cols += [("restart_s", "restart s", 10), ("restart_scan_ms", "scan ms", 8), ("restart_hashed", "hashed", 7),
+                 ("restart_rss_mib", "RSS MiB", 8), ("idle_rss_mib", "idle MiB", 9)]
+    if os.environ.get("INDEXING"):
+        cols += [("index_s", "index s", 8), ("index_files_per_s", "files/s", 8), ("index_mb_per_s", "MB/s", 6),
+                 ("index_hashed", "hashed", 8), ("index_rss_mib", "RSS MiB", 8)]
+    print(" ".join(f"{title:>{w}}" for _, title, w in cols))
     for n in counts:
         r = run(n)
-        print(f"{r['files']:>9} {r['write_s']:>8} {r['after_write_s']:>14} {r['after_write_s'] * 10000 / n:>10.2f} {r['rss_a_mib']:>10} {r['rss_b_mib']:>10} {r['index_bytes_per_file_b']:>13}"
-              + (f" {r['restart_s']:>10} {r['restart_scan_ms']:>8} {r['restart_changed']:>8} {r['restart_rss_mib']:>8}" if r.get("restart_rss_mib") is not None else ""), flush=True)
+        r["per_10k"] = round(r["after_write_s"] * 10000 / n, 2)
+        print(" ".join(f"{str(r.get(k)):>{w}}" for k, _, w in cols), flush=True)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ const WINDOW: u64 = 4096;
 
 #[test]
 fn twenty_thousand_files_pass_through_a_bounded_window() {
-    let nodes = Cluster::pair()
+    let mut nodes = Cluster::pair()
         .with(0, |a| {
             for i in 0..FILES {
                 a.write(&format!("d{:03}/f{i:05}", i / PER_DIR), format!("file number {i}").as_bytes());
@@ -46,6 +46,19 @@ fn twenty_thousand_files_pass_through_a_bounded_window() {
     );
     assert!(held_peak.get() > 0, "nothing was ever held: the need budget was not exercised");
     assert_eq!(f["need_window"], 0, "{f}");
+
+    // A read and hashed each of its files once, at its first scan; restarted on the unchanged tree
+    // with its index intact, it reads none of them again.
+    let f = a.folder_status("default").unwrap();
+    assert_eq!(f["hashed_files"], FILES as u64, "{f}");
+    let a = &mut nodes[0];
+    a.stop();
+    a.start();
+    let (done, f) = a.folder_until("default", Duration::from_secs(120), |f| {
+        f["full_scans"].as_u64() >= Some(1) && f["state"] == "idle"
+    });
+    assert!(done, "A did not finish its first scan after the restart: {f}");
+    assert_eq!((&f["hashed_files"], &f["local_files"]), (&0.into(), &(entries as u64).into()), "{f}");
 }
 
 /// Directories in the tree of the watch-limit test, and the inotify watches its node may have.

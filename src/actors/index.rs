@@ -17,7 +17,7 @@ use actix::prelude::*;
 
 use super::messages::*;
 use super::now_millis;
-use super::status::NodeState;
+use super::status::{FolderGauges, NodeState};
 use crate::config::{FolderConfig, FolderMode, SymlinkMode};
 use crate::core::folder::{Effect, Fault, Folder, ROOT_CHECK_EVERY};
 use crate::core::replica::{self, Clock};
@@ -141,11 +141,19 @@ impl IndexActor {
                         suspect,
                         now: self.tick(),
                     };
-                    let (addr, folder) = (ctx.address(), folder.to_string());
+                    let (addr, folder, gauges) = (ctx.address(), folder.to_string(), self.state.gauges(folder));
                     tokio::task::spawn_blocking(move || {
                         let batches = addr.clone();
-                        let scanned =
-                            job.run(move |records| batches.do_send(ScanBatch { folder: folder.clone(), records }));
+                        let (count, started) = (gauges.clone(), std::time::Instant::now());
+                        let scanned = job.run(move |records| {
+                            count_hashed(&count, &records);
+                            batches.do_send(ScanBatch { folder: folder.clone(), records })
+                        });
+                        count_hashed(&gauges, &scanned.records);
+                        if scanned.full {
+                            gauges.full_scans.fetch_add(1, Relaxed);
+                            gauges.last_full_scan_ms.store(started.elapsed().as_millis() as u64, Relaxed);
+                        }
                         addr.do_send(ScanDone(scanned));
                     });
                 }
@@ -313,6 +321,14 @@ impl Handler<LocalChanged> for IndexActor {
     type Result = ();
     fn handle(&mut self, msg: LocalChanged, ctx: &mut Context<Self>) {
         self.step(&msg.folder, ctx, |rules, io| rules.changed(msg.paths, io));
+    }
+}
+
+impl Handler<Rescan> for IndexActor {
+    type Result = ();
+    fn handle(&mut self, msg: Rescan, ctx: &mut Context<Self>) {
+        let took = self.state.gauges(&msg.folder).last_full_scan_ms.load(Relaxed);
+        self.step(&msg.folder, ctx, |rules, io| rules.periodic(now_millis(), took, io));
     }
 }
 
@@ -559,4 +575,13 @@ impl Handler<Confirm> for IndexActor {
 /// The data dir's index location.
 pub fn index_path(data_dir: &std::path::Path) -> PathBuf {
     data_dir.join("index")
+}
+
+/// Counts the files a scan read and hashed: every live file it has a record for (an unchanged one
+/// gets none).
+fn count_hashed(gauges: &FolderGauges, records: &[FileRecord]) {
+    for r in records.iter().filter(|r| r.is_file() && !r.deleted) {
+        gauges.hashed_files.fetch_add(1, Relaxed);
+        gauges.hashed_bytes.fetch_add(r.size, Relaxed);
+    }
 }

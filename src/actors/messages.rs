@@ -82,6 +82,13 @@ pub struct LocalChanged {
     pub paths: Vec<String>,
 }
 
+/// The periodic rescan of a folder is due (the Index may space it out: `core::folder`).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Rescan {
+    pub folder: String,
+}
+
 /// A file's content no longer matches its record although its size and mtime do (found when a
 /// peer asked for a chunk of it): hash it again.
 #[derive(Message)]

@@ -27,6 +27,14 @@ pub struct FolderGauges {
     pub conflicts: AtomicU64,
     pub errors: AtomicU64,
     pub bytes_reused: AtomicU64,
+    /// Files scans read and hashed (new or changed on disk), and their bytes: a restart on an
+    /// unchanged tree adds nothing here.
+    pub hashed_files: AtomicU64,
+    pub hashed_bytes: AtomicU64,
+    /// Full scans done since the start.
+    pub full_scans: AtomicU64,
+    /// How long the last full scan took (ms).
+    pub last_full_scan_ms: AtomicU64,
     /// Chunk bytes from peers minus the bytes that carried them: what rsync deltas and compression
     /// kept off the wire.
     pub bytes_saved_on_wire: AtomicU64,
@@ -142,6 +150,10 @@ impl NodeState {
                     conflicts: g.conflicts.load(Relaxed),
                     errors: g.errors.load(Relaxed),
                     bytes_reused: g.bytes_reused.load(Relaxed),
+                    hashed_files: g.hashed_files.load(Relaxed),
+                    hashed_bytes: g.hashed_bytes.load(Relaxed),
+                    full_scans: g.full_scans.load(Relaxed),
+                    last_full_scan_ms: g.last_full_scan_ms.load(Relaxed),
                     bytes_saved_on_wire: g.bytes_saved_on_wire.load(Relaxed),
                     versions_files,
                     versions_bytes,
@@ -223,6 +235,17 @@ pub struct FolderReport {
     pub conflicts: u64,
     pub errors: u64,
     pub bytes_reused: u64,
+    /// Files the folder's scans read and hashed, and their bytes.
+    #[serde(default)]
+    pub hashed_files: u64,
+    #[serde(default)]
+    pub hashed_bytes: u64,
+    /// Full scans of the folder done since the node started.
+    #[serde(default)]
+    pub full_scans: u64,
+    /// How long the last of them took, in milliseconds.
+    #[serde(default)]
+    pub last_full_scan_ms: u64,
     pub bytes_saved_on_wire: u64,
     /// Kept versions in the folder's version store, and their bytes.
     #[serde(default)]

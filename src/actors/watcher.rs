@@ -20,7 +20,7 @@ use notify::{RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
-use super::messages::LocalChanged;
+use super::messages::{LocalChanged, Rescan};
 use crate::config::FolderConfig;
 use crate::core::debounce::Debouncer;
 use crate::core::path::is_internal;
@@ -28,6 +28,7 @@ use crate::core::path::is_internal;
 pub struct Watcher {
     folders: Vec<FolderConfig>,
     index: Recipient<LocalChanged>,
+    rescan: Recipient<Rescan>,
     debounce: Duration,
     rescan_interval: Duration,
     /// Per folder, the live watch and the (device, inode) of the root it was set up on.
@@ -62,6 +63,7 @@ impl Watcher {
     pub fn new(
         folders: Vec<FolderConfig>,
         index: Recipient<LocalChanged>,
+        rescan: Recipient<Rescan>,
         debounce: Duration,
         rescan_interval: Duration,
     ) -> Self {
@@ -69,6 +71,7 @@ impl Watcher {
         Watcher {
             folders,
             index,
+            rescan,
             debounce,
             rescan_interval,
             watches: (0..n).map(|_| None).collect(),
@@ -193,7 +196,7 @@ impl Actor for Watcher {
         ctx.add_stream(UnboundedReceiverStream::new(rx));
         ctx.run_interval(self.rescan_interval, |this, _| {
             for f in &this.folders {
-                this.index.do_send(LocalChanged { folder: f.id.clone(), paths: vec![String::new()] });
+                this.rescan.do_send(Rescan { folder: f.id.clone() });
             }
         });
     }

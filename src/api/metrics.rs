@@ -24,7 +24,7 @@ pub fn render(r: &StatusReport) -> Result<String, std::fmt::Error> {
     let folder = |f: &FolderReport| vec![("folder", f.id.clone())];
     let peer = |p: &PeerReport| vec![("peer", p.device_id.clone())];
 
-    let folder_gauges: [Metric<FolderReport>; 13] = [
+    let folder_gauges: [Metric<FolderReport>; 14] = [
         ("folder_files", "Files and directories in the folder.", |f| f.local_files),
         ("folder_bytes", "Bytes of file data in the folder.", |f| f.local_bytes),
         ("folder_need_files", "Files still to pull.", |f| f.need_files),
@@ -40,6 +40,7 @@ pub fn render(r: &StatusReport) -> Result<String, std::fmt::Error> {
         ("folder_unreadable_paths", "Local files that could not be read (skipped, never taken for deleted).", |f| {
             f.unreadable_paths
         }),
+        ("last_full_scan_ms", "How long the last full scan took, in milliseconds.", |f| f.last_full_scan_ms),
         ("versions_files", "Versions kept in the folder's version store.", |f| f.versions_files),
         ("versions_bytes", "Bytes of the versions kept in the folder's version store.", |f| f.versions_bytes),
         ("local_changes", "Receive-only folders: paths changed here and not announced.", |f| f.local_changes),
@@ -48,10 +49,13 @@ pub fn render(r: &StatusReport) -> Result<String, std::fmt::Error> {
     for (name, help, value) in folder_gauges {
         registry.register(name, help, gauges(r.folders.iter().map(|f| (folder(f), value(f)))));
     }
-    let folder_counters: [Metric<FolderReport>; 5] = [
+    let folder_counters: [Metric<FolderReport>; 8] = [
         ("pulls", "Files and directories pulled from peers.", |f| f.pulls),
         ("conflicts", "Conflicts resolved (a copy kept).", |f| f.conflicts),
         ("errors", "Failed pulls (retried).", |f| f.errors),
+        ("scan_hashed_files", "Files scans read and hashed (new or changed on disk).", |f| f.hashed_files),
+        ("scan_hashed_bytes", "Bytes of the files scans read and hashed.", |f| f.hashed_bytes),
+        ("full_scans", "Full scans of the folder done.", |f| f.full_scans),
         ("reused_bytes", "File bytes taken from local files instead of the network.", |f| f.bytes_reused),
         ("wire_saved_bytes", "File bytes from peers that rsync deltas and compression kept off the wire.", |f| {
             f.bytes_saved_on_wire

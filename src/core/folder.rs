@@ -104,7 +104,14 @@ pub struct Folder {
     /// When the oldest held delete was found, and the generation of the flush scheduled for them.
     deletes_since: Option<u64>,
     delete_flush: u64,
+    /// When the last full scan ended.
+    last_full_end: Option<u64>,
 }
+
+/// A periodic rescan waits at least this many times as long as the last full scan took since it
+/// ended: on a tree whose full scan takes longer than the interval allows, rescans space out
+/// (taking at most a tenth of the time) instead of running back to back.
+pub const RESCAN_SPACING: u64 = 9;
 
 impl Folder {
     pub fn new(empty_folder_guard: u64) -> Self {
@@ -134,6 +141,15 @@ impl Folder {
     pub fn changed(&mut self, paths: impl IntoIterator<Item = String>, io: &impl FolderIo) -> Vec<Effect> {
         self.pending.extend(paths);
         self.start_scan(io)
+    }
+
+    /// The periodic rescan is due (`now`, and how long the last full scan took): a full scan,
+    /// unless the last one ended less than `RESCAN_SPACING` times its duration ago.
+    pub fn periodic(&mut self, now: u64, last_full_ms: u64, io: &impl FolderIo) -> Vec<Effect> {
+        if self.last_full_end.is_some_and(|end| now < end + RESCAN_SPACING * last_full_ms) {
+            return Vec::new();
+        }
+        self.changed([String::new()], io)
     }
 
     /// `path`'s content no longer matches its record: hash it again.
@@ -216,6 +232,9 @@ impl Folder {
     /// one has come for `DELETE_QUIET`. Then the recompute asked for, and the next scan.
     pub fn scan_done(&mut self, full: bool, now: u64, io: &impl FolderIo) -> Vec<Effect> {
         let mut effects = Vec::new();
+        if full {
+            self.last_full_end = Some(now);
+        }
         let overdue = self.deletes_since.is_some_and(|t| now.saturating_sub(t) >= DELETE_MAX_WAIT);
         if full || overdue {
             let held = self.flush(io, &mut effects);
@@ -562,6 +581,19 @@ mod tests {
         assert_eq!(scope_of(&effects), Some((paths(&["b"]), false)), "beside the full scan still running");
         assert_eq!(scope_of(&end_scan(&mut f, &io, true, vec![], 2)), None, "a full scan starts alone");
         assert_eq!(scope_of(&end_scan(&mut f, &io, false, vec![], 3)), Some((paths(&[""]), true)));
+    }
+
+    #[test]
+    fn periodic_rescans_space_out_on_a_tree_that_takes_long_to_scan() {
+        let (mut f, io) = (Folder::new(10), Io::default());
+        // The first is due at once; a full scan then took 20 s and ended at 100 s.
+        assert_eq!(scope_of(&f.periodic(80_000, 0, &io)), Some((paths(&[""]), true)));
+        assert_eq!(scope_of(&end_scan(&mut f, &io, true, vec![], 100_000)), None);
+        assert_eq!(scope_of(&f.periodic(160_000, 20_000, &io)), None, "within 9 x 20 s of its end");
+        assert_eq!(scope_of(&f.periodic(280_000, 20_000, &io)), Some((paths(&[""]), true)));
+        // A change, or a full scan asked for by anything but the timer, is never held back.
+        assert_eq!(scope_of(&end_scan(&mut f, &io, true, vec![], 300_000)), None);
+        assert_eq!(scope_of(&f.changed(paths(&[""]), &io)), Some((paths(&[""]), true)));
     }
 
     #[test]

@@ -219,6 +219,11 @@ pub struct PullState {
     budget: NeedBudget<DeviceId>,
     charged: BTreeMap<String, DeviceId>,
     running: BTreeMap<DeviceId, usize>,
+    /// The needs in the window charged to each peer, and those charged to none: the pump asks the
+    /// window for the next need only when one of them may start (else, with the only peer at its
+    /// share, every finished pull walked the whole window: 20% of W7's CPU).
+    window_charged: BTreeMap<DeviceId, usize>,
+    window_free: usize,
     /// Peers with needs over their budget held in the store.
     held: BTreeSet<DeviceId>,
     /// What was last published of each peer's part (admitted, held).
@@ -247,6 +252,8 @@ impl PullState {
             budget,
             charged: BTreeMap::new(),
             running: BTreeMap::new(),
+            window_charged: BTreeMap::new(),
+            window_free: 0,
             held: BTreeSet::new(),
             published: BTreeMap::new(),
             window_peak: 0,
@@ -298,7 +305,7 @@ impl PullState {
     ) -> Vec<Effect> {
         let mut fx = Vec::new();
         if complete {
-            self.queue.clear();
+            self.window_clear();
             store.clear_queue();
             // Failures of paths that are no longer needed are over.
             let wanted: HashSet<&str> = items.iter().map(|i| i.remote.path.as_str()).collect();
@@ -486,7 +493,7 @@ impl PullState {
         }
         match self.budget.admit_any(&item.sources, now) {
             Some(device) => {
-                self.charged.insert(path.clone(), device);
+                self.charge(path, Some(device));
                 true
             }
             None => false,
@@ -495,8 +502,42 @@ impl PullState {
 
     /// A need is over: its peer's budget has room for one more.
     fn release(&mut self, path: &str) {
-        if let Some(device) = self.charged.remove(path) {
+        if let Some(device) = self.charge(path, None) {
             self.budget.release(device);
+        }
+    }
+
+    /// Charges `path` to `to` (or to nobody), keeping the window's counts; returns the old charge.
+    fn charge(&mut self, path: &str, to: Option<DeviceId>) -> Option<DeviceId> {
+        let windowed = self.queue.contains(path);
+        if windowed {
+            self.count_window(path, false);
+        }
+        let old = match to {
+            Some(device) => self.charged.insert(path.to_string(), device),
+            None => self.charged.remove(path),
+        };
+        if windowed {
+            self.count_window(path, true);
+        }
+        old
+    }
+
+    /// Counts `path` (in the window) in or out of its peer's part of the window.
+    fn count_window(&mut self, path: &str, add: bool) {
+        let n = match self.charged.get(path) {
+            Some(device) => self.window_charged.entry(*device).or_default(),
+            None => &mut self.window_free,
+        };
+        if add {
+            *n += 1;
+        } else {
+            *n -= 1;
+        }
+        if let Some(device) = self.charged.get(path) {
+            if self.window_charged.get(device) == Some(&0) {
+                self.window_charged.remove(device);
+            }
         }
     }
 
@@ -548,7 +589,7 @@ impl PullState {
                     continue;
                 }
                 if self.budget.admit(device, now) {
-                    self.charged.insert(path.clone(), device);
+                    self.charge(&path, Some(device));
                     taken.push(path);
                 }
             }
@@ -562,7 +603,30 @@ impl PullState {
     fn window_insert(&mut self, item: Need) {
         let (phase, bytes) = (phase_of(&item), bytes_of(&item));
         let also_writes = targets(&item).nth(1).map(str::to_string);
-        self.queue.insert(item.remote.path.clone(), Entry { phase, bytes, also_writes, item });
+        let path = item.remote.path.clone();
+        self.window_remove(&path);
+        self.queue.insert(path.clone(), Entry { phase, bytes, also_writes, item });
+        self.count_window(&path, true);
+    }
+
+    /// Takes a need out of the window.
+    fn window_remove(&mut self, path: &str) -> Option<Need> {
+        let entry = self.queue.remove(path)?;
+        self.count_window(path, false);
+        Some(entry.item)
+    }
+
+    fn window_clear(&mut self) {
+        self.queue.clear();
+        self.window_charged.clear();
+        self.window_free = 0;
+    }
+
+    /// Whether any need in the window belongs to no peer or to a peer under its `share` of the
+    /// running pulls. O(peers).
+    fn window_may_start(&self, share: usize) -> bool {
+        self.window_free > 0
+            || self.window_charged.keys().any(|d| self.running.get(d).copied().unwrap_or(0) < share)
     }
 
     fn note_window(&mut self) {
@@ -583,7 +647,7 @@ impl PullState {
         }
         let mut whole = was_whole;
         for (key, item) in keyed {
-            self.queue.remove(&key.path);
+            self.window_remove(&key.path);
             let before_last = self.queue.last().is_none_or(|(o, p)| (key.order, key.path.as_str()) < (o, p));
             if whole || before_last {
                 self.window_insert(item);
@@ -591,7 +655,7 @@ impl PullState {
                     // The last one stays in the store only.
                     let (_, last) = self.queue.last().expect("not empty");
                     let last = last.to_string();
-                    self.queue.remove(&last);
+                    self.window_remove(&last);
                     whole = false;
                 }
             }
@@ -623,6 +687,28 @@ impl PullState {
         let item = self.parked.remove(path)?;
         self.parked_bytes -= item.remote.size;
         Some(item)
+    }
+
+    /// The window's counts as they should be, and whether the pump left a need it could start.
+    #[cfg(test)]
+    fn window_audit(&self) -> (BTreeMap<DeviceId, usize>, usize, bool) {
+        let (mut charged, mut free) = (BTreeMap::new(), 0);
+        for p in self.queue.paths() {
+            match self.charged.get(p) {
+                Some(d) => *charged.entry(*d).or_default() += 1,
+                None => free += 1,
+            }
+        }
+        let slots = if self.in_flight_bytes < self.limits.small_bytes {
+            self.limits.small_files
+        } else {
+            self.limits.files
+        };
+        let share = running_share(slots);
+        let allowed =
+            |p: &str| self.charged.get(p).is_none_or(|d| self.running.get(d).copied().unwrap_or(0) < share);
+        let left = self.room() && self.queue.next_where(&self.targets, self.creating > 0, allowed).is_some();
+        (charged, free, left)
     }
 
     /// Whether another pull may start: a few of any size, more while they are small.
@@ -690,13 +776,16 @@ impl PullState {
                 self.limits.files
             };
             let share = running_share(slots);
+            if !self.window_may_start(share) {
+                break;
+            }
             let (charged, running) = (&self.charged, &self.running);
             let allowed = |p: &str| charged.get(p).is_none_or(|d| running.get(d).copied().unwrap_or(0) < share);
             let Some(path) = self.queue.next_where(&self.targets, self.creating > 0, allowed).map(str::to_string)
             else {
                 break;
             };
-            let item = self.queue.remove(&path).expect("queued").item;
+            let item = self.window_remove(&path).expect("queued");
             if let Some(d) = self.charged.get(&path) {
                 *self.running.entry(*d).or_default() += 1;
             }
@@ -1231,6 +1320,11 @@ mod tests {
             for p in self.s.windowed() {
                 prop_assert!(self.store.queued.contains_key(p), "{p} in the window only");
             }
+            // The pump's counts of the window are exact, and it left nothing it could start.
+            let (charged, free, left) = self.s.window_audit();
+            prop_assert_eq!(&charged, &self.s.window_charged);
+            prop_assert_eq!(free, self.s.window_free);
+            prop_assert!(!left, "the pump stopped with a need it could start");
             let g = self.s.gauges(&self.store);
             let held: usize = self.store.held.values().map(BTreeMap::len).sum();
             let parked = self.s.parked().count();

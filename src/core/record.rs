@@ -179,3 +179,12 @@ mod tests {
         }
     }
 }
+
+/// One entry of a directory's slice of an index, listed in key order: a record directly inside
+/// the directory, or the name of a child the index holds records below (`dir/name/...`, listed
+/// after `name.txt` and `name-x`, since `/` sorts after `-` and `.`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Listed {
+    Record(FileRecord),
+    Below(String),
+}

@@ -7,6 +7,7 @@ use crate::config::FolderConfig;
 use crate::core::folder::FolderIo;
 use crate::core::replica::{self, Need, Records, NEEDS_PAGE};
 use crate::core::root::{Observed, RootProblem};
+use crate::core::record::Listed;
 use crate::core::{DeviceId, FileRecord};
 use crate::fs::root::{observe, RootGuard};
 use crate::fs::scan::{DiskState, KnownRecords};
@@ -35,6 +36,15 @@ impl KnownRecords for StoreView<'_> {
             record.mtime_ns = i64::MIN; // never matches the disk: the file is hashed again
         }
         Some(record)
+    }
+    fn children<'a>(&'a self, dir: &str) -> Box<dyn Iterator<Item = Listed> + 'a> {
+        Box::new(self.store.local_children(self.folder, dir).map(|listed| match listed {
+            Listed::Record(mut record) if self.suspect.contains(&record.path) => {
+                record.mtime_ns = i64::MIN; // as in `get`: hashed again
+                Listed::Record(record)
+            }
+            other => other,
+        }))
     }
     fn each_under(&self, dir: &str, f: &mut dyn FnMut(FileRecord)) {
         if dir.is_empty() {

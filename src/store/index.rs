@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, DB};
 use serde::{Deserialize, Serialize};
 
+use super::children::Children;
 use super::keys;
 use crate::core::chunks::{self, ChunkEdit};
 use crate::core::root::RootId;
@@ -209,6 +210,15 @@ impl Store {
     /// All our records of a folder, in path order.
     pub fn local_records(&self, folder: &str) -> impl Iterator<Item = FileRecord> + '_ {
         self.scan_prefix("files", keys::folder_prefix(folder)).filter_map(|(_, v)| decode_record(&v).ok())
+    }
+
+    /// Our records directly inside directory `dir` ("" for the root), in path order, with a mark
+    /// for each child that has records below it (`Listed::Below`).
+    pub fn local_children(&self, folder: &str, dir: &str) -> Children<'_> {
+        let prefix = if dir.is_empty() { keys::folder_prefix(folder) } else { keys::file(folder, &format!("{dir}/")) };
+        let mut iter = self.db.raw_iterator_cf(self.cf("files"));
+        iter.seek(&prefix);
+        Children { iter, prefix, decode: decode_record }
     }
 
     /// Our records strictly inside directory `dir`.

@@ -2,6 +2,7 @@
 //! where every chunk lives on disk, and how far each peer has read our index.
 
 pub mod changes;
+pub mod children;
 pub mod index;
 mod keys;
 
