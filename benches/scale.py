@@ -7,6 +7,7 @@ all, the peak RSS of both nodes (VmHWM), and the index bytes per file after a cl
     SYNCNODE=/path/to/syncnode benches/scale.py 1000000
     RESTART=1 benches/scale.py 100000              # also: restart A on its synced tree
     INDEXING=1 DROP_CACHES=1 benches/scale.py 1000000   # also: B indexes its tree from nothing
+    DROP_CACHES=1 benches/scale.py --alone 1000000      # one node: index a tree, then restart on it
 
 With RESTART=1, after the sync both nodes stop cleanly and A starts again on its tree with its
 index intact: "restart s" is the time until A's status says its first full scan is done and the
@@ -199,7 +200,39 @@ def measure_indexing(b, n_files):
             "index_hashed": f.get("hashed_files"), "index_rss_mib": peak}
 
 
+def alone(n_files):
+    """One node, no peer: N files written into its folder before it first starts (indexed from
+    an empty index), then a restart on the unchanged tree with the index intact."""
+    shutil.rmtree(WORK, ignore_errors=True)
+    a = init("a", 27411, 28411)
+    write_config(a, {"id": init("b", 27412, 28412)["id"], "port": 27412})
+    root = os.path.join(a["home"], "sync")
+    payload = os.urandom(1024)
+    for i in range(n_files):
+        d = os.path.join(root, f"d{i // FILES_PER_DIR:05}")
+        if i % FILES_PER_DIR == 0:
+            os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, f"f{i:07}"), "wb") as f:
+            f.write(payload[: 1024 - 8] + i.to_bytes(8, "little"))
+    if os.environ.get("DROP_CACHES") == "1":
+        subprocess.run(["sync"], check=True)
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+    ready, f, peak, idle = start_alone(a, "a-index.log")
+    index = du(os.path.join(a["home"], "node-data", "index"))
+    restart = measure_restart(a)
+    print(f"{n_files} files: indexed in {ready:.2f} s = {n_files / ready:.0f} files/s, "
+          f"{f.get('hashed_bytes', 0) / 1e6 / ready:.1f} MB/s hashed ({f.get('hashed_files')} files), "
+          f"peak RSS {peak} MiB, idle {idle} MiB, index {index / n_files:.0f} B/file; restart: ready in "
+          f"{restart['restart_s']} s, its full scan {restart['restart_scan_ms']} ms, {restart['restart_hashed']} files "
+          f"read again, peak RSS {restart['restart_rss_mib']} MiB, idle {restart['idle_rss_mib']} MiB", flush=True)
+
+
 def main():
+    if sys.argv[1:2] == ["--alone"]:
+        for n in [int(x) for x in sys.argv[2:]]:
+            alone(n)
+        return
     counts = [int(x) for x in sys.argv[1:]] or [10000, 20000, 40000]
     cols = [("files", "files", 9), ("write_s", "write s", 8), ("after_write_s", "after write s", 14),
             ("per_10k", "s per 10k", 10), ("rss_a_mib", "RSS A MiB", 10), ("rss_b_mib", "RSS B MiB", 10),

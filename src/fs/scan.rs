@@ -52,6 +52,9 @@ pub struct Scanner {
     pub progress: Option<Box<dyn Fn(Vec<FileRecord>) + Send + Sync>>,
 }
 
+/// Entries of one directory a full scan reads and hashes together, on every core.
+const HASH_BATCH: usize = 256;
+
 /// Records a walk gathers before handing them over (`Scanner::progress`).
 pub const SCAN_BATCH: usize = 2048;
 
@@ -223,6 +226,7 @@ impl Scanner {
         };
         let mut record = next_record(&mut below);
         let mut subdirs = Vec::new();
+        let mut todo = Vec::new();
         for (name, state) in disk {
             // Records before this name are of entries no longer on disk.
             while let Some(r) = record.take() {
@@ -260,13 +264,14 @@ impl Scanner {
                     if self.busy.contains(&rel) || previous.as_ref().is_some_and(|p| s.matches(p)) {
                         continue;
                     }
-                    if let Err(e) = self.judge(&rel, s, previous, now, out) {
-                        tracing::warn!(path = %rel, error = %e, "scan: cannot look at an entry");
+                    todo.push((rel, s, previous));
+                    if todo.len() == HASH_BATCH {
+                        self.judge_all(std::mem::take(&mut todo), now, out);
                     }
-                    self.hand_over(out);
                 }
             }
         }
+        self.judge_all(todo, now, out);
         while let Some(r) = record {
             self.gone(r, now, out);
             record = next_record(&mut below);
@@ -279,6 +284,40 @@ impl Scanner {
             }
         }
         subdirs
+    }
+
+    /// New records for entries whose disk state differs from their record: small files are read
+    /// and hashed on every core at once (a large one is cut in parts on every core by the chunker).
+    fn judge_all(&self, todo: Vec<(String, DiskState, Option<FileRecord>)>, now: u64, out: &mut Vec<FileRecord>) {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(todo.len());
+        let judge = |(rel, state, previous): (String, DiskState, Option<FileRecord>), out: &mut Vec<FileRecord>| {
+            if let Err(e) = self.judge(&rel, state, previous, now, out) {
+                tracing::warn!(path = %rel, error = %e, "scan: cannot look at an entry");
+            }
+        };
+        if threads < 2 || todo.iter().any(|(_, s, _)| s.size >= PART_MIN) {
+            todo.into_iter().for_each(|t| judge(t, out));
+        } else {
+            let mut parts: Vec<Vec<_>> = (0..threads).map(|_| Vec::new()).collect();
+            for (i, t) in todo.into_iter().enumerate() {
+                parts[i % threads].push(t);
+            }
+            let found: Vec<Vec<FileRecord>> = std::thread::scope(|scope| {
+                let workers: Vec<_> = parts
+                    .into_iter()
+                    .map(|part| {
+                        scope.spawn(|| {
+                            let mut found = Vec::new();
+                            part.into_iter().for_each(|t| judge(t, &mut found));
+                            found
+                        })
+                    })
+                    .collect();
+                workers.into_iter().map(|w| w.join().expect("scan thread panicked")).collect()
+            });
+            found.into_iter().for_each(|f| out.extend(f));
+        }
+        self.hand_over(out);
     }
 
     /// The entries of directory `dir` (never through a link), by name, with their state (`None`:
@@ -412,9 +451,10 @@ impl Scanner {
     /// Hands the records found so far to `progress` once there are `SCAN_BATCH` of them (a walk,
     /// or a scan of many watcher paths, then holds at most that many).
     fn hand_over(&self, out: &mut Vec<FileRecord>) {
-        if out.len() >= SCAN_BATCH {
-            if let Some(progress) = &self.progress {
-                progress(std::mem::take(out));
+        if let Some(progress) = &self.progress {
+            while out.len() >= SCAN_BATCH {
+                let rest = out.split_off(SCAN_BATCH);
+                progress(std::mem::replace(out, rest));
             }
         }
     }
