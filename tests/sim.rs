@@ -1581,6 +1581,8 @@ const REGRESSIONS: &[(u64, bool, &str)] = &[
     (458, false, "a pull that ended after a peer's tombstone was recorded undid the delete on this node"),
     (872, false, "an older announcement of a path dropped the parked pull of a newer version"),
     (274, true, "a re-issue renamed the content's author, so its loss made a second conflict copy"),
+    (6953, false, "a full scan's older sight of a path, committed after a scan beside it found nothing new, stood"),
+    (9585, false, "the same, after a restart: a file renamed away while the full scan ran was announced forever"),
 ];
 
 #[test]
