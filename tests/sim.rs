@@ -325,7 +325,8 @@ enum Msg {
 #[derive(Debug, Clone)]
 enum ToIndex {
     Pulling { path: String, active: bool },
-    Applied(Outcome),
+    /// (Boxed: a record is large, and events move in the queue.)
+    Applied(Box<Outcome>),
     RecomputePaths(Vec<String>),
     LocalChanged(Vec<String>),
     RecomputeNeeds,
@@ -836,7 +837,7 @@ impl Sim {
             ToIndex::RecomputeNeeds => self.recompute(i),
             ToIndex::RecomputeStep { generation, after } => self.recompute_step(i, generation, after),
             ToIndex::RecomputePaths(paths) => self.recompute_paths(i, paths),
-            ToIndex::Applied(outcome) => self.applied(i, outcome),
+            ToIndex::Applied(outcome) => self.applied(i, *outcome),
         }
     }
 
@@ -1074,7 +1075,7 @@ impl Sim {
                     disk.files.remove(&path);
                     disk.durable.remove(&path);
                 }
-                self.to_index(i, 0, ToIndex::Applied(Outcome::Took { record: remote.clone(), disk: None }));
+                self.to_index(i, 0, ToIndex::Applied(Box::new(Outcome::Took { record: remote.clone(), disk: None })));
                 return self.pull_ended(i, &path, Ok(()));
             }
             Action::Take => path.clone(),
@@ -1104,13 +1105,13 @@ impl Sim {
                     Ok(name) => name,
                     Err(existing) => {
                         self.log.losers.entry((path.clone(), c)).or_default().insert(existing);
-                        self.to_index(i, 0, ToIndex::Applied(reissue));
+                        self.to_index(i, 0, ToIndex::Applied(Box::new(reissue)));
                         return self.pull_ended(i, &path, Ok(()));
                     }
                 }
             }
             Action::KeepLocal => {
-                self.to_index(i, 0, ToIndex::Applied(reissue));
+                self.to_index(i, 0, ToIndex::Applied(Box::new(reissue)));
                 return self.pull_ended(i, &path, Ok(()));
             }
             Action::Skip | Action::Merge => return self.pull_ended(i, &path, Ok(())),
@@ -1174,7 +1175,7 @@ impl Sim {
             }
             _ => Outcome::Took { record: remote, disk: Some((file.mtime_ns, 0o644)) },
         };
-        self.to_index(i, 0, ToIndex::Applied(outcome));
+        self.to_index(i, 0, ToIndex::Applied(Box::new(outcome)));
         self.pull_ended(i, &path, Ok(()));
     }
 
