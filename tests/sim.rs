@@ -324,15 +324,27 @@ enum Msg {
 /// away or came back.
 #[derive(Debug, Clone)]
 enum ToIndex {
-    Pulling { path: String, active: bool },
+    Pulling {
+        path: String,
+        active: bool,
+    },
     /// (Boxed: a record is large, and events move in the queue.)
     Applied(Box<Outcome>),
     RecomputePaths(Vec<String>),
     LocalChanged(Vec<String>),
     RecomputeNeeds,
-    RecomputeStep { generation: u64, after: Option<String> },
-    FlushDue { generation: u64 },
-    ScanDone { records: Vec<FileRecord>, full: bool, scope: Vec<String> },
+    RecomputeStep {
+        generation: u64,
+        after: Option<String>,
+    },
+    FlushDue {
+        generation: u64,
+    },
+    ScanDone {
+        records: Vec<FileRecord>,
+        full: bool,
+        scope: Vec<String>,
+    },
     RootCheck,
 }
 
@@ -558,12 +570,12 @@ impl Sim {
     }
 
     /// A message to node `i`'s Index, after `delay` (0: its mailbox, behind what is there).
-    fn to_index(&mut self, i: usize, delay: u64, msg: ToIndex) {
+    fn tell_index(&mut self, i: usize, delay: u64, msg: ToIndex) {
         let life = self.nodes[i].life;
         self.at(delay, Ev::Index { node: i, life, msg });
     }
 
-    fn to_puller(&mut self, i: usize, msg: ToPuller) {
+    fn tell_puller(&mut self, i: usize, msg: ToPuller) {
         let life = self.nodes[i].life;
         self.at(0, Ev::Puller { node: i, life, msg });
     }
@@ -619,7 +631,7 @@ impl Sim {
         }
         // A peer came: every need is computed again.
         for x in [a, b] {
-            self.to_index(x, 0, ToIndex::RecomputeNeeds);
+            self.tell_index(x, 0, ToIndex::RecomputeNeeds);
         }
     }
 
@@ -772,14 +784,14 @@ impl Sim {
                 }
                 folder::Effect::EnterFault(fault) => {
                     self.trace(|| format!("node {i} folder stopped: {fault}"));
-                    self.to_puller(i, ToPuller::Needs { items: Vec::new(), complete: true, settled: Vec::new() });
+                    self.tell_puller(i, ToPuller::Needs { items: Vec::new(), complete: true, settled: Vec::new() });
                 }
                 folder::Effect::LeaveFault => self.trace(|| format!("node {i} folder resumed")),
                 folder::Effect::CommitDeletes(deletes) => self.commit(i, deletes),
                 folder::Effect::Recompute => self.recompute(i),
                 folder::Effect::ScheduleFlush { at, generation } => {
                     let delay = at.saturating_sub(self.now);
-                    self.to_index(i, delay, ToIndex::FlushDue { generation });
+                    self.tell_index(i, delay, ToIndex::FlushDue { generation });
                 }
                 folder::Effect::Unreadable { .. } => {}
             }
@@ -824,7 +836,7 @@ impl Sim {
             }
         }
         let delay = self.rng.range(1, 60);
-        self.to_index(i, delay, ToIndex::ScanDone { records, full, scope });
+        self.tell_index(i, delay, ToIndex::ScanDone { records, full, scope });
     }
 
     fn index_handle(&mut self, i: usize, msg: ToIndex) {
@@ -907,7 +919,7 @@ impl Sim {
     /// `IndexActor::recompute`: a new generation, a page at a time (`Handler<RecomputeStep>`).
     fn recompute(&mut self, i: usize) {
         let generation = self.nodes[i].v.folder.next_recompute();
-        self.to_index(i, 0, ToIndex::RecomputeStep { generation, after: None });
+        self.tell_index(i, 0, ToIndex::RecomputeStep { generation, after: None });
     }
 
     /// One page of a whole-folder recompute: the first replaces the Puller's list, the others add
@@ -920,7 +932,7 @@ impl Sim {
         let Ok((items, next)) = replica::needs_page(&self.nodes[i].store, &devices, after.as_deref(), SIM_NEEDS_PAGE);
         self.dispatch(i, items, after.is_none(), Vec::new());
         if let Some(next) = next {
-            self.to_index(i, 0, ToIndex::RecomputeStep { generation, after: Some(next) });
+            self.tell_index(i, 0, ToIndex::RecomputeStep { generation, after: Some(next) });
         }
     }
 
@@ -949,7 +961,7 @@ impl Sim {
         let Dispatched { commit, work, settled } = replica::dispatch(items, complete, settled, false, &|_| false);
         self.commit(i, commit);
         if !work.is_empty() || complete || !settled.is_empty() {
-            self.to_puller(i, ToPuller::Needs { items: work, complete, settled });
+            self.tell_puller(i, ToPuller::Needs { items: work, complete, settled });
         }
     }
 
@@ -971,7 +983,7 @@ impl Sim {
         let path = record.path.clone();
         self.commit(i, vec![record]);
         if again {
-            self.to_index(i, 0, ToIndex::RecomputePaths(vec![path.clone()]));
+            self.tell_index(i, 0, ToIndex::RecomputePaths(vec![path.clone()]));
         }
         self.step(i, |f, io| f.changed([path], io));
     }
@@ -1015,13 +1027,13 @@ impl Sim {
             match effect {
                 pull::Effect::Start { item, sources } => {
                     let path = item.remote.path.clone();
-                    self.to_index(i, 0, ToIndex::Pulling { path, active: true });
+                    self.tell_index(i, 0, ToIndex::Pulling { path, active: true });
                     self.execute(i, *item, &sources);
                 }
-                pull::Effect::Ended { path } => self.to_index(i, 0, ToIndex::Pulling { path, active: false }),
+                pull::Effect::Ended { path } => self.tell_index(i, 0, ToIndex::Pulling { path, active: false }),
                 pull::Effect::Recompute { paths, why } => {
                     self.trace(|| format!("node {i} puller asks again for {paths:?} ({why:?})"));
-                    self.to_index(i, 0, ToIndex::RecomputePaths(paths));
+                    self.tell_index(i, 0, ToIndex::RecomputePaths(paths));
                 }
                 pull::Effect::Holding { peer } => {
                     let p = self.nodes.iter().position(|n| n.id == peer);
@@ -1041,7 +1053,7 @@ impl Sim {
         if let Some(task) = self.nodes[i].v.tasks.remove(path) {
             self.nodes[i].disk.temps.remove(&task.target);
         }
-        self.to_puller(i, ToPuller::Finished { path: path.to_string(), result });
+        self.tell_puller(i, ToPuller::Finished { path: path.to_string(), result });
     }
 
     fn up(&self, a: usize, b: usize) -> bool {
@@ -1075,7 +1087,7 @@ impl Sim {
                     disk.files.remove(&path);
                     disk.durable.remove(&path);
                 }
-                self.to_index(i, 0, ToIndex::Applied(Box::new(Outcome::Took { record: remote.clone(), disk: None })));
+                self.tell_index(i, 0, ToIndex::Applied(Box::new(Outcome::Took { record: remote.clone(), disk: None })));
                 return self.pull_ended(i, &path, Ok(()));
             }
             Action::Take => path.clone(),
@@ -1093,7 +1105,7 @@ impl Sim {
                 if let Ok(name) = &name {
                     disk.files.insert(name.clone(), f);
                     disk.durable.insert(name.clone(), f);
-                    self.to_index(i, 0, ToIndex::LocalChanged(vec![name.clone()]));
+                    self.tell_index(i, 0, ToIndex::LocalChanged(vec![name.clone()]));
                 }
                 let name = name.unwrap_or_else(|existing| existing);
                 self.log.losers.entry((path.clone(), f.content)).or_default().insert(name);
@@ -1105,13 +1117,13 @@ impl Sim {
                     Ok(name) => name,
                     Err(existing) => {
                         self.log.losers.entry((path.clone(), c)).or_default().insert(existing);
-                        self.to_index(i, 0, ToIndex::Applied(Box::new(reissue)));
+                        self.tell_index(i, 0, ToIndex::Applied(Box::new(reissue)));
                         return self.pull_ended(i, &path, Ok(()));
                     }
                 }
             }
             Action::KeepLocal => {
-                self.to_index(i, 0, ToIndex::Applied(Box::new(reissue)));
+                self.tell_index(i, 0, ToIndex::Applied(Box::new(reissue)));
                 return self.pull_ended(i, &path, Ok(()));
             }
             Action::Skip | Action::Merge => return self.pull_ended(i, &path, Ok(())),
@@ -1170,12 +1182,12 @@ impl Sim {
         let outcome = match &task.need.action {
             Action::ConflictRemoteLoses { .. } => {
                 self.log.losers.entry((path.clone(), content)).or_default().insert(target.clone());
-                self.to_index(i, 0, ToIndex::LocalChanged(vec![target]));
+                self.tell_index(i, 0, ToIndex::LocalChanged(vec![target]));
                 Outcome::Reissue { path: path.clone(), other: remote.version }
             }
             _ => Outcome::Took { record: remote, disk: Some((file.mtime_ns, 0o644)) },
         };
-        self.to_index(i, 0, ToIndex::Applied(Box::new(outcome)));
+        self.tell_index(i, 0, ToIndex::Applied(Box::new(outcome)));
         self.pull_ended(i, &path, Ok(()));
     }
 
@@ -1214,7 +1226,7 @@ impl Sim {
     fn root_changed(&mut self, i: usize) {
         if self.nodes[i].up {
             let delay = self.rng.range(0, ROOT_CHECK_EVERY);
-            self.to_index(i, delay, ToIndex::RootCheck);
+            self.tell_index(i, delay, ToIndex::RootCheck);
         }
     }
 
@@ -1312,7 +1324,7 @@ impl Sim {
                 self.at(delay, Ev::RootBack { node: i });
             }
             // `syncnode retry`.
-            82 if self.nodes[i].up => self.to_puller(i, ToPuller::RetryNow),
+            82 if self.nodes[i].up => self.tell_puller(i, ToPuller::RetryNow),
             _ => {}
         }
         let wait = if self.rng.chance(15) { self.rng.range(500, 3000) } else { self.rng.range(0, 200) };
