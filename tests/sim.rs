@@ -1,12 +1,20 @@
 //! Deterministic simulation of 2 to 5 nodes in one process (docs/architecture.md, "Simulation").
 //!
-//! Real: the rules of `syncnode::core` the Index actor runs (`core::replica`: the version clock,
-//! what a scan makes of a path, judging a scan result, `needs`, `dispatch`, `took`, `reissued`,
-//! held deletes), `core::decide` and its conflict names, and the retry backoff of `core::retry`.
-//! Simulated, after the code it stands for: the store (an in-memory `Records`), the Puller's disk
-//! work (`pull::execute`, `fs::apply`), the peer sessions (`actors/peer.rs`: a Hello
-//! says how far each side holds the other's index, then index updates stream in sequence order on
-//! the connection; chunk requests travel beside them, unordered), the filesystem and the network.
+//! Real: the state machines and rules the Index and Puller actors run, fed as the actors feed
+//! them and their effects carried out as the actors carry them out. `core::folder::Folder`: when a
+//! scan starts and what it covers, paths held back while the Puller writes them, local deletes held
+//! and judged together, the fault of a root gone and the resumption, the generations of the
+//! whole-folder recompute. `core::pull::PullState`: needs admitted under each peer's budget or held
+//! in the store, the window over the stored queue, the pull order and overlap rule, the slots, a
+//! newer version arriving mid-pull, failed pulls parked and retried with `core::retry`'s backoff.
+//! `core::replica`: the version clock, what a scan makes of a path, judging a scan result,
+//! `needs`, `dispatch`, `took`, `overtaken`, `reissued`; `core::decide` and its conflict names.
+//! Simulated, after the code it stands for: the actors' mailboxes (every message between the
+//! Index and the Puller is an event, handled in the order sent), the store (an in-memory `Records`
+//! and `NeedStore`), the scanner and the watcher's debounce, the Puller's disk work
+//! (`pull::execute`, `fs::apply`), the peer sessions (`actors/peer.rs`: a Hello says how far each
+//! side holds the other's index, then index updates stream in sequence order on the connection;
+//! chunk requests travel beside them, unordered), the filesystem and the network.
 //! Everything runs on one thread, one seeded RNG and a virtual clock: a seed is a history.
 //!
 //! `SIM_SEED=<n>` replays one history (with a trace of its operations); `SIM_SOAK=<seconds>` runs
@@ -16,9 +24,14 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashSet};
 use std::time::{Duration, Instant};
 
+use syncnode::core::folder::{self, Folder, FolderIo, ROOT_CHECK_EVERY};
+use syncnode::core::need_budget::NeedBudget;
+use syncnode::core::plan::NeedKey;
+use syncnode::core::pull::{self, Counts, Limits, NeedStore, PullState, Sources};
 use syncnode::core::replica::{self, Clock, Dispatched, Need, Records, ScanVerdict, Seen};
-use syncnode::core::retry::{backoff_ms, FailureKind};
-use syncnode::core::{Action, Chunk, DeviceId, FileKind, FileRecord, ShortId};
+use syncnode::core::retry::FailureKind;
+use syncnode::core::root::RootProblem;
+use syncnode::core::{Action, Chunk, DeviceId, FileKind, FileRecord, ShortId, VersionVector};
 
 /// Histories of the default run, and operations per history.
 const HISTORIES: u64 = 10_000;
@@ -27,14 +40,23 @@ const OPS: usize = 200;
 const EPOCH_MS: u64 = 1_700_000_000_000;
 /// How long a quiet period may take before the nodes are declared stuck (virtual time).
 const QUIET_LIMIT_MS: u64 = 30 * 60 * 1000;
-/// The Index's delete hold (`DELETE_QUIET` in actors/index.rs) and the watcher's debounce.
-const DELETE_QUIET_MS: u64 = 100;
+/// The watcher's debounce.
 const DEBOUNCE_MS: u64 = 20;
+/// The Puller's look at its parked failures and held needs (`RETRY_TICK` in actors/puller.rs).
+const RETRY_TICK_MS: u64 = 1000;
 /// Records per peer in one step of a whole-folder recompute (`replica::NEEDS_PAGE` in the node):
 /// small, so that a recompute of the histories' few paths takes several steps.
 const SIM_NEEDS_PAGE: usize = 2;
 /// Paths users touch. Conflict copies appear beside them.
 const PATHS: [&str; 5] = ["a", "b.txt", "d/c", "d/e.txt", "d/f/g"];
+
+/// The Puller's bounds in half the histories (the others run the node's): tiny, so that needs
+/// are held over a peer's budget and taken back in batches, the window is refilled from the
+/// stored queue, and pulls wait for a slot or for a pull of an overlapping path.
+fn tiny_puller() -> PullState {
+    let limits = Limits { files: 2, small_files: 3, small_bytes: 120, window: 2, held_batch_min: 1, held_batch_max: 2 };
+    PullState::new(limits, NeedBudget::new(2, 3))
+}
 
 // ---------------------------------------------------------------------------------------------
 // One RNG
@@ -173,7 +195,107 @@ impl Store {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The network
+// The Puller's stored need queues
+
+/// `pull::queue::StoredNeeds` (the `needs` column family of the store), in memory: the folder's
+/// queue in pull order, and each peer's needs held over its budget. Like the node's, emptied at
+/// each start.
+#[derive(Default)]
+struct StoredNeeds {
+    queued: BTreeMap<NeedKey, (u64, Need)>,
+    /// Where each queued path sorts.
+    keys: BTreeMap<String, NeedKey>,
+    held: BTreeMap<DeviceId, BTreeMap<NeedKey, u64>>,
+}
+
+fn counts<'a>(sizes: impl Iterator<Item = &'a u64>) -> Counts {
+    sizes.fold(Counts::default(), |c, b| Counts { records: c.records + 1, bytes: c.bytes + b })
+}
+
+impl StoredNeeds {
+    fn holds_any(&self) -> bool {
+        self.held.values().any(|h| !h.is_empty())
+    }
+}
+
+impl NeedStore for StoredNeeds {
+    fn queued(&self) -> Counts {
+        counts(self.queued.values().map(|(b, _)| b))
+    }
+    fn queue(&mut self, needs: &[(NeedKey, u64, &Need)]) -> bool {
+        for (key, bytes, need) in needs {
+            if let Some(old) = self.keys.insert(key.path.clone(), key.clone()) {
+                self.queued.remove(&old);
+            }
+            self.queued.insert(key.clone(), (*bytes, (*need).clone()));
+        }
+        true
+    }
+    fn unqueue(&mut self, paths: &[&str]) {
+        for p in paths {
+            if let Some(key) = self.keys.remove(*p) {
+                self.queued.remove(&key);
+            }
+        }
+    }
+    fn clear_queue(&mut self) {
+        self.queued.clear();
+        self.keys.clear();
+    }
+    fn queued_after(&mut self, after: Option<&NeedKey>, limit: usize) -> Vec<Need> {
+        let rows = self.queued.iter().filter(|(k, _)| after.is_none_or(|a| *k > a));
+        rows.take(limit).map(|(_, (_, n))| n.clone()).collect()
+    }
+    fn held(&self, peer: DeviceId) -> Counts {
+        counts(self.held.get(&peer).into_iter().flat_map(|h| h.values()))
+    }
+    fn hold(&mut self, peer: DeviceId, needs: &[(NeedKey, u64)]) -> bool {
+        let held = self.held.entry(peer).or_default();
+        for (key, bytes) in needs {
+            held.retain(|k, _| k.path != key.path);
+            held.insert(key.clone(), *bytes);
+        }
+        true
+    }
+    fn unhold(&mut self, peer: DeviceId, paths: &[&str]) -> bool {
+        if let Some(held) = self.held.get_mut(&peer) {
+            held.retain(|k, _| !paths.contains(&k.path.as_str()));
+        }
+        true
+    }
+    fn clear_held(&mut self, peer: DeviceId) {
+        self.held.remove(&peer);
+    }
+    fn held_first(&mut self, peer: DeviceId, limit: usize) -> Option<Vec<String>> {
+        Some(self.held.get(&peer).map_or_else(Vec::new, |h| h.keys().take(limit).map(|k| k.path.clone()).collect()))
+    }
+}
+
+/// What `core::folder` looks at (`index::FolderDisk`): the root, the disk and the index.
+struct FolderView<'a> {
+    store: &'a Store,
+    disk: &'a Disk,
+}
+
+impl FolderIo for FolderView<'_> {
+    fn check_root(&self) -> Result<(), RootProblem> {
+        if self.disk.root_gone {
+            Err(RootProblem::Missing)
+        } else {
+            Ok(())
+        }
+    }
+    fn delete_holds(&self, delete: &FileRecord) -> bool {
+        let absent = !self.disk.files.contains_key(&delete.path);
+        replica::delete_still_holds(delete, self.store.local.get(&delete.path), absent)
+    }
+    fn live_records(&self) -> u64 {
+        self.store.local.values().filter(|r| !r.deleted).count() as u64
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The network, and the messages inside a node
 
 #[derive(Debug, Clone)]
 enum Msg {
@@ -197,14 +319,60 @@ enum Msg {
     },
 }
 
+/// What the Index of a node is sent (`actors/messages.rs`), by its Puller, by itself, or by the
+/// scan it started. `RootCheck`: the periodic look at the root (`check_roots`), after the root went
+/// away or came back.
+#[derive(Debug, Clone)]
+enum ToIndex {
+    Pulling {
+        path: String,
+        active: bool,
+    },
+    /// (Boxed: a record is large, and events move in the queue.)
+    Applied(Box<Outcome>),
+    RecomputePaths(Vec<String>),
+    LocalChanged(Vec<String>),
+    RecomputeNeeds,
+    RecomputeStep {
+        generation: u64,
+        after: Option<String>,
+    },
+    FlushDue {
+        generation: u64,
+    },
+    ScanDone {
+        records: Vec<FileRecord>,
+        full: bool,
+        scope: Vec<String>,
+    },
+    RootCheck,
+}
+
+/// What a pull did (`actors::messages::Outcome`).
+#[derive(Debug, Clone)]
+enum Outcome {
+    Took { record: FileRecord, disk: Option<(i64, u32)> },
+    Reissue { path: String, other: VersionVector },
+}
+
+/// What the Puller of a node is sent: needs by the Index, the end of a pull by its task, and its
+/// timer.
+#[derive(Debug, Clone)]
+enum ToPuller {
+    Needs { items: Vec<Need>, complete: bool, settled: Vec<String> },
+    Finished { path: String, result: Result<(), FailureKind> },
+    RetryNow,
+    Tick,
+}
+
+/// `Watcher`: the watcher's debounce is over, what changed goes to the Index.
 #[derive(Debug, Clone)]
 enum Ev {
     Deliver { from: usize, to: usize, conn: u64, msg: Msg },
     Connect { a: usize, b: usize },
-    ScanStart { node: usize, life: u64 },
-    ScanDone { node: usize, life: u64, records: Vec<FileRecord>, full: bool },
-    FlushDeletes { node: usize, life: u64, generation: u64 },
-    Retry { node: usize, life: u64, path: String },
+    Index { node: usize, life: u64, msg: ToIndex },
+    Puller { node: usize, life: u64, msg: ToPuller },
+    Watcher { node: usize, life: u64 },
     Restart { node: usize },
     Heal { a: usize, b: usize },
     DiskFreed { node: usize },
@@ -249,34 +417,52 @@ struct Link {
 // ---------------------------------------------------------------------------------------------
 // A node: what survives a restart (store, disk) and what does not
 
-/// A pull in progress (`core::pull` in-flight entry).
-#[derive(Clone)]
-struct Flight {
+/// One pull being carried out (`pull::execute`): where the fetched content goes, and the chunk
+/// request it waits for.
+struct Task {
     need: Need,
-    /// Where the fetched content goes (`None`: nothing to fetch).
-    target: Option<String>,
-    request: Option<(u64, usize)>,
-    superseded: bool,
+    target: String,
+    request: (u64, usize),
 }
 
-#[derive(Default)]
+/// The actors' state: lost at a restart.
 struct Volatile {
     clock: Clock,
-    /// Paths waiting for a scan; "" is the whole folder.
-    pending: BTreeSet<String>,
-    scanning: bool,
-    scan_due: bool,
-    pulling: BTreeSet<String>,
-    held_deletes: BTreeMap<String, FileRecord>,
-    delete_flush: u64,
-    recompute_after_scan: bool,
-    fault: bool,
+    /// The Index's rules for the folder.
+    folder: Folder,
+    /// The Puller's rules, and its stored queues.
+    pull: PullState,
+    needs: StoredNeeds,
+    /// Pulls waiting for a chunk.
+    tasks: BTreeMap<String, Task>,
+    /// When the actors started (the Puller's timer fires every whole second from then), and
+    /// whether its next tick is scheduled (only while something is parked or held).
+    started: u64,
+    ticking: bool,
+    /// The watcher: paths changed and not yet handed to the Index, and whether the hand-over is
+    /// scheduled.
+    watched: BTreeSet<String>,
+    watching: bool,
     /// Per peer: the session started (its Hello came), and how far our index went to it.
     sent: BTreeMap<usize, u64>,
-    queue: BTreeMap<String, Need>,
-    parked: BTreeMap<String, Need>,
-    failures: BTreeMap<String, (FailureKind, u32, u64)>,
-    flights: BTreeMap<String, Flight>,
+}
+
+impl Volatile {
+    fn new(tiny: bool, now: u64) -> Volatile {
+        Volatile {
+            clock: Clock::default(),
+            // The mass-delete guard is not simulated (0: off).
+            folder: Folder::new(0),
+            pull: if tiny { tiny_puller() } else { PullState::default() },
+            needs: StoredNeeds::default(),
+            tasks: BTreeMap::new(),
+            started: now,
+            ticking: false,
+            watched: BTreeSet::new(),
+            watching: false,
+            sent: BTreeMap::new(),
+        }
+    }
 }
 
 struct Node {
@@ -321,6 +507,8 @@ struct Sim {
     next_request: u64,
     log: Log,
     strict_copies: bool,
+    /// The Pullers run with tiny bounds (`tiny_puller`).
+    tiny: bool,
 }
 
 fn device(i: usize) -> DeviceId {
@@ -338,6 +526,7 @@ impl Sim {
     fn new(seed: u64, tracing: bool, strict_copies: bool) -> Sim {
         let mut rng = Rng(seed);
         let n = rng.range(2, 5) as usize;
+        let tiny = rng.chance(50);
         let nodes = (0..n)
             .map(|i| Node {
                 id: device(i),
@@ -346,7 +535,7 @@ impl Sim {
                 life: 0,
                 store: Store { index_id: rng.next() | 1, ..Store::default() },
                 disk: Disk::default(),
-                v: Volatile::default(),
+                v: Volatile::new(tiny, EPOCH_MS),
             })
             .collect();
         let mut sim = Sim {
@@ -360,6 +549,7 @@ impl Sim {
             next_request: 1,
             log: Log { tracing, ..Log::default() },
             strict_copies,
+            tiny,
         };
         for i in 0..n {
             sim.start(i);
@@ -377,6 +567,17 @@ impl Sim {
     fn at(&mut self, delay: u64, ev: Ev) {
         self.seq += 1;
         self.events.push(Reverse(Queued { at: self.now + delay, seq: self.seq, ev }));
+    }
+
+    /// A message to node `i`'s Index, after `delay` (0: its mailbox, behind what is there).
+    fn tell_index(&mut self, i: usize, delay: u64, msg: ToIndex) {
+        let life = self.nodes[i].life;
+        self.at(delay, Ev::Index { node: i, life, msg });
+    }
+
+    fn tell_puller(&mut self, i: usize, msg: ToPuller) {
+        let life = self.nodes[i].life;
+        self.at(0, Ev::Puller { node: i, life, msg });
     }
 
     fn link(&mut self, a: usize, b: usize) -> &mut Link {
@@ -428,9 +629,9 @@ impl Sim {
             let held = self.nodes[x].store.remote.get(&self.nodes[y].id).cloned().unwrap_or_default();
             self.send(x, y, Msg::Hello { your_index_id: held.index_id, your_max_sequence: held.max_sequence });
         }
-        // A peer came: every need is computed again (`RecomputeNeeds`).
+        // A peer came: every need is computed again.
         for x in [a, b] {
-            self.recompute_all(x);
+            self.tell_index(x, 0, ToIndex::RecomputeNeeds);
         }
     }
 
@@ -444,15 +645,10 @@ impl Sim {
         for (x, y) in [(a, b), (b, a)] {
             self.nodes[x].v.sent.remove(&y);
             // Chunk requests to the peer that went away fail (a source gone mid-file).
-            let waiting: Vec<String> = self.nodes[x]
-                .v
-                .flights
-                .iter()
-                .filter(|(_, f)| f.request.is_some_and(|(_, peer)| peer == y))
-                .map(|(p, _)| p.clone())
-                .collect();
+            let waiting: Vec<String> =
+                self.nodes[x].v.tasks.iter().filter(|(_, t)| t.request.1 == y).map(|(p, _)| p.clone()).collect();
             for path in waiting {
-                self.finish(x, &path, Err(FailureKind::Transient));
+                self.pull_ended(x, &path, Err(FailureKind::Transient));
             }
         }
         self.maybe_dial(a, b);
@@ -486,9 +682,6 @@ impl Sim {
     /// Our index since what `peer` has, in sequence order (the Peer's index sender).
     fn send_index(&mut self, node: usize, peer: usize) {
         let Some(&after) = self.nodes[node].v.sent.get(&peer) else { return };
-        if self.nodes[node].v.fault {
-            return;
-        }
         let records = self.nodes[node].store.since(after);
         if records.is_empty() {
             return;
@@ -499,19 +692,25 @@ impl Sim {
         self.send(node, peer, Msg::Index { index_id, records });
     }
 
-    // ----- the Index
+    // ----- a node's life
 
+    /// The actors start (`IndexActor::started`): stale temp files go if the root is there, and the
+    /// folder is scanned whole (or stopped, without its root).
     fn start(&mut self, i: usize) {
+        let now = self.now;
         let n = &mut self.nodes[i];
         n.up = true;
         n.life += 1;
-        n.v = Volatile::default();
-        // `remove_stale_temp_files`.
-        n.disk.temps.clear();
-        n.v.fault = n.disk.root_gone;
-        n.v.pending.insert(String::new());
+        n.v = Volatile::new(self.tiny, now);
+        let root_gone = n.disk.root_gone;
+        if !root_gone {
+            n.disk.temps.clear();
+        }
         self.trace(|| format!("start {i}"));
-        self.schedule_scan(i, 0);
+        self.step(
+            i,
+            |f, io| if root_gone { f.root_checked(io.check_root(), io) } else { f.changed([String::new()], io) },
+        );
         for j in 0..self.nodes.len() {
             if j != i {
                 self.maybe_dial(i, j);
@@ -531,7 +730,7 @@ impl Sim {
             }
         }
         let n = &mut self.nodes[i];
-        n.v = Volatile::default();
+        n.v = Volatile::new(self.tiny, self.now);
         if power_loss {
             let durable: HashSet<Content> = n.disk.durable.values().map(|f| f.content).collect();
             for f in n.disk.files.values() {
@@ -547,78 +746,76 @@ impl Sim {
         self.at(delay, Ev::Restart { node: i });
     }
 
+    /// A local change, seen by the watcher: handed to the Index after its debounce.
+    fn local_changed(&mut self, i: usize, path: &str) {
+        if !self.nodes[i].up {
+            return;
+        }
+        let v = &mut self.nodes[i].v;
+        v.watched.insert(path.to_string());
+        if !std::mem::replace(&mut v.watching, true) {
+            let life = self.nodes[i].life;
+            self.at(DEBOUNCE_MS, Ev::Watcher { node: i, life });
+        }
+    }
+
+    // ----- the Index (actors/index.rs)
+
     fn tick(&mut self, i: usize) -> u64 {
         let now = self.now;
         self.nodes[i].v.clock.tick(now)
     }
 
-    /// The Index's `commit`: into the store, then announced to every connected peer.
-    fn commit(&mut self, i: usize, records: Vec<FileRecord>) {
-        if records.is_empty() {
-            return;
-        }
-        let stored = self.nodes[i].store.commit(records);
-        for r in &stored {
-            self.trace(|| {
-                format!("node {i} commit {} {:?} v={:?} del={}", r.path, content_of(r), r.version, r.deleted)
-            });
-            self.log.committed.entry(r.path.clone()).or_default().push(r.clone());
-        }
-        let peers: Vec<usize> = self.nodes[i].v.sent.keys().copied().collect();
-        for p in peers {
-            self.send_index(i, p);
-        }
-    }
-
-    fn local_changed(&mut self, i: usize, path: &str) {
-        if !self.nodes[i].up {
-            return;
-        }
-        self.nodes[i].v.pending.insert(path.to_string());
-        self.schedule_scan(i, DEBOUNCE_MS);
-    }
-
-    fn schedule_scan(&mut self, i: usize, delay: u64) {
+    /// Runs one step of the folder's rules, with its root, disk and index to look at, and carries
+    /// out what it returns (`IndexActor::step`).
+    fn step(&mut self, i: usize, f: impl FnOnce(&mut Folder, &FolderView) -> Vec<folder::Effect>) {
         let n = &mut self.nodes[i];
-        if n.v.scan_due {
-            return;
-        }
-        n.v.scan_due = true;
-        let life = n.life;
-        self.at(delay, Ev::ScanStart { node: i, life });
+        let io = FolderView { store: &n.store, disk: &n.disk };
+        let effects = f(&mut n.v.folder, &io);
+        self.perform(i, effects);
     }
 
-    /// `start_scan` and the scanner: the records for what changed, computed now, handed in later.
-    fn scan_start(&mut self, i: usize) {
-        let n = &mut self.nodes[i];
-        n.v.scan_due = false;
-        if n.disk.root_gone {
-            n.v.pending.clear();
-            if !n.v.fault {
-                self.enter_fault(i);
+    /// `IndexActor::perform`.
+    fn perform(&mut self, i: usize, effects: Vec<folder::Effect>) {
+        for effect in effects {
+            match effect {
+                folder::Effect::StartScan { scope, full, suspect, busy, .. } => {
+                    self.scan(i, scope, full, &suspect, &busy)
+                }
+                folder::Effect::EnterFault(fault) => {
+                    self.trace(|| format!("node {i} folder stopped: {fault}"));
+                    self.tell_puller(i, ToPuller::Needs { items: Vec::new(), complete: true, settled: Vec::new() });
+                }
+                folder::Effect::LeaveFault => self.trace(|| format!("node {i} folder resumed")),
+                folder::Effect::CommitDeletes(deletes) => self.commit(i, deletes),
+                folder::Effect::Recompute => self.recompute(i),
+                folder::Effect::ScheduleFlush { at, generation } => {
+                    let delay = at.saturating_sub(self.now);
+                    self.tell_index(i, delay, ToIndex::FlushDue { generation });
+                }
+                folder::Effect::Unreadable { .. } => {}
             }
-            return;
         }
-        if n.v.scanning || n.v.pending.iter().all(|p| n.v.pulling.contains(p)) {
-            return;
-        }
-        let (waiting, scope): (BTreeSet<String>, BTreeSet<String>) =
-            std::mem::take(&mut n.v.pending).into_iter().partition(|p| n.v.pulling.contains(p));
-        n.v.pending = waiting;
-        n.v.scanning = true;
-        let full = scope.contains("");
-        let paths: BTreeSet<String> =
-            if full { n.disk.files.keys().chain(n.store.local.keys()).cloned().collect() } else { scope };
+    }
+
+    /// The scanner (`index::ScanJob`): the records for `scope`, computed now against the index
+    /// as it is, handed in later.
+    fn scan(&mut self, i: usize, scope: Vec<String>, full: bool, suspect: &HashSet<String>, busy: &HashSet<String>) {
         let now = self.tick(i);
         let n = &self.nodes[i];
+        let paths: BTreeSet<String> = if full {
+            n.disk.files.keys().chain(n.store.local.keys()).cloned().collect()
+        } else {
+            scope.iter().cloned().collect()
+        };
         let mut records = Vec::new();
         for path in paths {
-            if n.v.pulling.contains(&path) {
+            if busy.contains(&path) {
                 continue;
             }
             let previous = n.store.local.get(&path);
             match n.disk.files.get(&path) {
-                Some(f) if previous.is_some_and(|p| f.matches(p)) => {}
+                Some(f) if !suspect.contains(&path) && previous.is_some_and(|p| f.matches(p)) => {}
                 Some(f) => {
                     let c = f.content;
                     let seen = Seen {
@@ -638,91 +835,60 @@ impl Sim {
                 }
             }
         }
-        let life = n.life;
         let delay = self.rng.range(1, 60);
-        self.at(delay, Ev::ScanDone { node: i, life, records, full });
+        self.tell_index(i, delay, ToIndex::ScanDone { records, full, scope });
     }
 
-    /// `Handler<ScanDone>`.
-    fn scan_done(&mut self, i: usize, records: Vec<FileRecord>, full: bool) {
-        self.nodes[i].v.scanning = false;
-        if self.nodes[i].disk.root_gone {
-            self.enter_fault(i);
+    fn index_handle(&mut self, i: usize, msg: ToIndex) {
+        match msg {
+            ToIndex::ScanDone { records, full, scope } => self.scan_done(i, records, full, scope),
+            ToIndex::FlushDue { generation } => self.step(i, |f, io| f.flush_due(generation, io)),
+            ToIndex::LocalChanged(paths) => self.step(i, |f, io| f.changed(paths, io)),
+            ToIndex::Pulling { path, active } => self.step(i, |f, io| f.pulling(path, active, io)),
+            ToIndex::RootCheck => self.step(i, |f, io| f.root_checked(io.check_root(), io)),
+            ToIndex::RecomputeNeeds => self.recompute(i),
+            ToIndex::RecomputeStep { generation, after } => self.recompute_step(i, generation, after),
+            ToIndex::RecomputePaths(paths) => self.recompute_paths(i, paths),
+            ToIndex::Applied(outcome) => self.applied(i, *outcome),
+        }
+    }
+
+    /// `Handler<ScanDone>` and `take_scanned`.
+    fn scan_done(&mut self, i: usize, records: Vec<FileRecord>, full: bool, scope: Vec<String>) {
+        let root = if self.nodes[i].disk.root_gone { Err(RootProblem::Missing) } else { Ok(()) };
+        let finished = self.nodes[i].v.folder.scan_finished(root, full, &scope, Vec::new());
+        // The root went away while the scan ran: what it saw means nothing.
+        let void = finished.is_err();
+        self.perform(i, finished.unwrap_or_else(|e| e));
+        if void {
             return;
         }
-        let mut fresh = Vec::new();
+        let (mut fresh, mut stale, mut deletes) = (Vec::new(), Vec::new(), Vec::new());
         for record in records {
-            let current = self.nodes[i].store.local.get(&record.path);
-            match replica::judge_scanned(&record, current) {
-                ScanVerdict::Stale => {
-                    self.nodes[i].v.pending.insert(record.path);
-                }
-                ScanVerdict::HoldDelete => {
-                    self.nodes[i].v.held_deletes.insert(record.path.clone(), record);
-                }
+            match replica::judge_scanned(&record, self.nodes[i].store.local.get(&record.path)) {
+                ScanVerdict::Stale => stale.push(record.path),
+                ScanVerdict::HoldDelete => deletes.push(record),
                 ScanVerdict::Commit => fresh.push(record),
             }
         }
         self.commit(i, fresh);
-        if full {
-            self.flush_deletes(i);
-        } else if !self.nodes[i].v.held_deletes.is_empty() {
-            let n = &mut self.nodes[i];
-            n.v.delete_flush += 1;
-            let (life, generation) = (n.life, n.v.delete_flush);
-            self.at(DELETE_QUIET_MS, Ev::FlushDeletes { node: i, life, generation });
-        }
-        if std::mem::take(&mut self.nodes[i].v.recompute_after_scan) && !self.nodes[i].v.fault {
-            self.recompute_all(i);
-        }
-        if !self.nodes[i].v.pending.is_empty() {
-            self.schedule_scan(i, 0);
-        }
+        let now = self.now;
+        self.nodes[i].v.folder.scanned(stale, deletes, now);
+        self.step(i, |f, io| f.scan_done(full, now, io));
     }
 
-    fn flush_deletes(&mut self, i: usize) {
-        let n = &mut self.nodes[i];
-        let held = std::mem::take(&mut n.v.held_deletes);
-        if n.disk.root_gone {
-            self.enter_fault(i);
+    /// The Index's `commit`: into the store, then announced to every connected peer.
+    fn commit(&mut self, i: usize, records: Vec<FileRecord>) {
+        if records.is_empty() {
             return;
         }
-        let (deletes, again): (Vec<FileRecord>, Vec<FileRecord>) = held.into_values().partition(|r| {
-            let absent = !n.disk.files.contains_key(&r.path);
-            replica::delete_still_holds(r, n.store.local.get(&r.path), absent)
-        });
-        n.v.pending.extend(again.into_iter().map(|r| r.path));
-        self.commit(i, deletes);
-        if !self.nodes[i].v.pending.is_empty() {
-            self.schedule_scan(i, 0);
+        let stored = self.nodes[i].store.commit(records);
+        for r in &stored {
+            self.trace(|| {
+                format!("node {i} commit {} {:?} v={:?} del={}", r.path, content_of(r), r.version, r.deleted)
+            });
+            self.log.committed.entry(r.path.clone()).or_default().push(r.clone());
         }
-    }
-
-    fn enter_fault(&mut self, i: usize) {
-        let n = &mut self.nodes[i];
-        n.v.pending.clear();
-        n.v.held_deletes.clear();
-        if n.v.fault {
-            return;
-        }
-        self.trace(|| format!("node {i} folder stopped"));
-        let n = &mut self.nodes[i];
-        n.v.fault = true;
-        n.v.queue.clear();
-        n.v.parked.clear();
-        n.v.failures.clear();
-    }
-
-    fn leave_fault(&mut self, i: usize) {
-        let n = &mut self.nodes[i];
-        if !n.v.fault || !n.up {
-            return;
-        }
-        n.v.fault = false;
-        n.v.recompute_after_scan = true;
-        n.v.pending.insert(String::new());
-        self.trace(|| format!("node {i} folder resumed"));
-        self.schedule_scan(i, 0);
         let peers: Vec<usize> = self.nodes[i].v.sent.keys().copied().collect();
         for p in peers {
             self.send_index(i, p);
@@ -750,24 +916,23 @@ impl Sim {
         self.dispatch(i, items, false, Vec::new());
     }
 
-    fn recompute_all(&mut self, i: usize) {
-        if !self.nodes[i].up {
+    /// `IndexActor::recompute`: a new generation, a page at a time (`Handler<RecomputeStep>`).
+    fn recompute(&mut self, i: usize) {
+        let generation = self.nodes[i].v.folder.next_recompute();
+        self.tell_index(i, 0, ToIndex::RecomputeStep { generation, after: None });
+    }
+
+    /// One page of a whole-folder recompute: the first replaces the Puller's list, the others add
+    /// to it; a newer recompute stops this one.
+    fn recompute_step(&mut self, i: usize, generation: u64, after: Option<String>) {
+        if !self.nodes[i].v.folder.recompute_current(generation) {
             return;
         }
-        // A page at a time as the Index does (`Handler<RecomputeStep>`): the first page replaces
-        // the Puller's list, the others add to it. Small pages, so that histories cross them.
         let devices = self.devices(i);
-        let mut after = None;
-        let mut first = true;
-        loop {
-            let Ok((items, next)) =
-                replica::needs_page(&self.nodes[i].store, &devices, after.as_deref(), SIM_NEEDS_PAGE);
-            self.dispatch(i, items, first, Vec::new());
-            first = false;
-            match next {
-                Some(next) => after = Some(next),
-                None => break,
-            }
+        let Ok((items, next)) = replica::needs_page(&self.nodes[i].store, &devices, after.as_deref(), SIM_NEEDS_PAGE);
+        self.dispatch(i, items, after.is_none(), Vec::new());
+        if let Some(next) = next {
+            self.tell_index(i, 0, ToIndex::RecomputeStep { generation, after: Some(next) });
         }
     }
 
@@ -788,80 +953,115 @@ impl Sim {
         self.dispatch(i, items, false, paths);
     }
 
-    /// The Index's `dispatch`, then the Puller's `Handler<Needs>`.
+    /// `IndexActor::dispatch`: settles what needs no disk work, sends the rest to the Puller.
     fn dispatch(&mut self, i: usize, items: Vec<Need>, complete: bool, settled: Vec<String>) {
-        if self.nodes[i].v.fault {
+        if self.nodes[i].v.folder.fault().is_some() {
             return;
         }
         let Dispatched { commit, work, settled } = replica::dispatch(items, complete, settled, false, &|_| false);
-        let now = self.now;
         self.commit(i, commit);
-        let v = &mut self.nodes[i].v;
-        if complete {
-            v.queue.clear();
-            let wanted: HashSet<&str> = work.iter().map(|w| w.remote.path.as_str()).collect();
-            v.parked.retain(|p, _| wanted.contains(p.as_str()));
-            let flights = &v.flights;
-            v.failures.retain(|p, _| wanted.contains(p.as_str()) || flights.contains_key(p));
+        if !work.is_empty() || complete || !settled.is_empty() {
+            self.tell_puller(i, ToPuller::Needs { items: work, complete, settled });
         }
-        for p in &settled {
-            v.parked.remove(p);
-            v.failures.remove(p);
-        }
-        for item in work {
-            let path = item.remote.path.clone();
-            match v.flights.get_mut(&path) {
-                None => {
-                    // Parked until its retry is due, unless it is a different version now.
-                    let waiting = v.failures.get(&path).is_some_and(|f| now < f.2);
-                    let same = v.parked.get(&path).is_some_and(|p| p.remote.version == item.remote.version);
-                    if waiting && (same || !v.parked.contains_key(&path)) {
-                        v.parked.insert(path, item);
-                    } else {
-                        v.parked.remove(&path);
-                        v.queue.insert(path, item);
-                    }
-                }
-                Some(f) if f.need.remote.version == item.remote.version => {
-                    for d in item.sources {
-                        if !f.need.sources.contains(&d) {
-                            f.need.sources.push(d);
-                        }
-                    }
-                }
-                Some(f) => f.superseded = true,
-            }
-        }
-        self.pump(i);
     }
 
-    // ----- the Puller
-
-    fn pump(&mut self, i: usize) {
-        if self.nodes[i].v.fault || !self.nodes[i].up {
-            return;
-        }
-        while let Some((path, need)) = self.nodes[i].v.queue.pop_first() {
-            if self.nodes[i].v.flights.contains_key(&path) {
-                continue;
+    /// `Handler<Applied>`: what the pull did, recorded against our current record; then the path
+    /// is looked at again.
+    fn applied(&mut self, i: usize, outcome: Outcome) {
+        let (record, again) = match outcome {
+            Outcome::Took { record, disk } => {
+                let current = self.nodes[i].store.local.get(&record.path);
+                let again = replica::overtaken(&record, current);
+                (replica::took(record, current, disk), again)
             }
-            self.execute(i, need);
+            Outcome::Reissue { path, other } => {
+                let Some(local) = self.nodes[i].store.local.get(&path).cloned() else { return };
+                let now = self.tick(i);
+                (replica::reissued(local, &other, self.nodes[i].me, now), false)
+            }
+        };
+        let path = record.path.clone();
+        self.commit(i, vec![record]);
+        if again {
+            self.tell_index(i, 0, ToIndex::RecomputePaths(vec![path.clone()]));
         }
+        self.step(i, |f, io| f.changed([path], io));
+    }
+
+    // ----- the Puller (actors/puller.rs)
+
+    fn puller_handle(&mut self, i: usize, msg: ToPuller) {
+        let now = self.now;
+        let n = &mut self.nodes[i];
+        let faulted = n.v.folder.fault().is_some();
+        let free = (!faulted && n.v.pull.wants_free_space()).then_some(if n.disk.full { 0 } else { u64::MAX });
+        let v = &mut n.v;
+        let effects = match msg {
+            ToPuller::Needs { items, complete, settled } => {
+                v.pull.take_needs(now, items, complete, settled, faulted, &mut v.needs)
+            }
+            ToPuller::Finished { path, result } => {
+                let result = result.map_err(|kind| (kind, format!("{kind:?}")));
+                v.pull.finished(now, &path, result, faulted, &mut v.needs)
+            }
+            ToPuller::RetryNow => v.pull.retry_now(now, faulted, free).1,
+            ToPuller::Tick => {
+                v.ticking = false;
+                v.pull.tick(now, faulted, free, &mut v.needs)
+            }
+        };
+        self.perform_pull(i, effects);
+        // The timer runs while a retry or a held need waits for it.
+        let v = &mut self.nodes[i].v;
+        if !v.ticking && (v.pull.parked().next().is_some() || v.needs.holds_any()) {
+            v.ticking = true;
+            let delay = RETRY_TICK_MS - (now - v.started) % RETRY_TICK_MS;
+            let life = self.nodes[i].life;
+            self.at(delay, Ev::Puller { node: i, life, msg: ToPuller::Tick });
+        }
+    }
+
+    /// `Puller::perform`.
+    fn perform_pull(&mut self, i: usize, effects: Vec<pull::Effect>) {
+        for effect in effects {
+            match effect {
+                pull::Effect::Start { item, sources } => {
+                    let path = item.remote.path.clone();
+                    self.tell_index(i, 0, ToIndex::Pulling { path, active: true });
+                    self.execute(i, *item, &sources);
+                }
+                pull::Effect::Ended { path } => self.tell_index(i, 0, ToIndex::Pulling { path, active: false }),
+                pull::Effect::Recompute { paths, why } => {
+                    self.trace(|| format!("node {i} puller asks again for {paths:?} ({why:?})"));
+                    self.tell_index(i, 0, ToIndex::RecomputePaths(paths));
+                }
+                pull::Effect::Holding { peer } => {
+                    let p = self.nodes.iter().position(|n| n.id == peer);
+                    self.trace(|| format!("node {i} holds needs of node {p:?} over its budget"));
+                }
+                pull::Effect::Failed { path, failure, .. } => {
+                    let (kind, at) = (failure.kind, failure.next_retry_ms.saturating_sub(EPOCH_MS));
+                    self.trace(|| format!("node {i} pull of {path} failed ({kind:?}), retry at {at}"));
+                }
+                pull::Effect::Recovered { .. } | pull::Effect::Failures => {}
+            }
+        }
+    }
+
+    /// A pull's task is over: the Puller hears of it.
+    fn pull_ended(&mut self, i: usize, path: &str, result: Result<(), FailureKind>) {
+        if let Some(task) = self.nodes[i].v.tasks.remove(path) {
+            self.nodes[i].disk.temps.remove(&task.target);
+        }
+        self.tell_puller(i, ToPuller::Finished { path: path.to_string(), result });
     }
 
     fn up(&self, a: usize, b: usize) -> bool {
         self.links[a.min(b)][a.max(b)].up
     }
 
-    fn source(&mut self, i: usize, need: &Need) -> Option<usize> {
-        let connected: Vec<usize> = (0..self.nodes.len())
-            .filter(|&j| j != i && need.sources.contains(&self.nodes[j].id) && self.up(i, j))
-            .collect();
-        (!connected.is_empty()).then(|| *self.rng.pick(&connected))
-    }
-
-    /// `execute`: the disk work of one need, up to the chunk request it may wait for.
-    fn execute(&mut self, i: usize, need: Need) {
+    /// `pull::execute`: the disk work of one need, up to the chunk request it may wait for.
+    fn execute(&mut self, i: usize, need: Need, sources: &Sources) {
         let path = need.remote.path.clone();
         self.trace(|| {
             format!(
@@ -871,33 +1071,33 @@ impl Sim {
                 (content_of(&need.remote), &need.remote.version)
             )
         });
-        self.nodes[i].v.pulling.insert(path.clone());
-        let mut flight = Flight { need: need.clone(), target: None, request: None, superseded: false };
+        if self.nodes[i].disk.root_gone {
+            return self.pull_ended(i, &path, Err(FailureKind::Transient));
+        }
         let remote = &need.remote;
-        match &need.action {
+        let reissue = Outcome::Reissue { path: path.clone(), other: remote.version.clone() };
+        let target = match &need.action {
             Action::Take if remote.deleted => {
-                self.nodes[i].v.flights.insert(path.clone(), flight);
                 let disk = &mut self.nodes[i].disk;
                 if let Some(f) = disk.files.get(&path) {
                     // `remove_keeping`: only what the index recorded is removed.
                     if !need.local.as_ref().filter(|l| !l.deleted).is_some_and(|l| f.matches(l)) {
-                        return self.finish(i, &path, Err(FailureKind::Transient));
+                        return self.pull_ended(i, &path, Err(FailureKind::Transient));
                     }
                     disk.files.remove(&path);
                     disk.durable.remove(&path);
                 }
-                let record = remote.clone();
-                return self.applied_took(i, &path, record, None);
+                self.tell_index(i, 0, ToIndex::Applied(Box::new(Outcome::Took { record: remote.clone(), disk: None })));
+                return self.pull_ended(i, &path, Ok(()));
             }
-            Action::Take => flight.target = Some(path.clone()),
+            Action::Take => path.clone(),
             Action::ConflictLocalLoses { copy } => {
                 // `move_aside`: our file goes to the copy name first (or is dropped when that copy
-                // exists already).
-                // A file that is gone cannot be renamed: the pull fails, and the scan decides.
+                // exists already). A file that is gone cannot be renamed: the pull fails, and the
+                // scan decides.
                 let disk = &mut self.nodes[i].disk;
                 let Some(f) = disk.files.get(&path).copied() else {
-                    self.nodes[i].v.flights.insert(path.clone(), flight);
-                    return self.finish(i, &path, Err(FailureKind::Transient));
+                    return self.pull_ended(i, &path, Err(FailureKind::Transient));
                 };
                 let name = free_name(disk, copy, f.content);
                 disk.files.remove(&path);
@@ -905,150 +1105,90 @@ impl Sim {
                 if let Ok(name) = &name {
                     disk.files.insert(name.clone(), f);
                     disk.durable.insert(name.clone(), f);
-                    self.local_changed(i, name);
+                    self.tell_index(i, 0, ToIndex::LocalChanged(vec![name.clone()]));
                 }
                 let name = name.unwrap_or_else(|existing| existing);
                 self.log.losers.entry((path.clone(), f.content)).or_default().insert(name);
-                flight.target = Some(path.clone());
+                path.clone()
             }
             Action::ConflictRemoteLoses { copy } => {
                 let c = content_of(remote).expect("a conflict is between edits");
                 match free_name(&self.nodes[i].disk, copy, c) {
-                    Ok(name) => flight.target = Some(name),
+                    Ok(name) => name,
                     Err(existing) => {
                         self.log.losers.entry((path.clone(), c)).or_default().insert(existing);
-                        self.nodes[i].v.flights.insert(path.clone(), flight);
-                        return self.reissue(i, &path);
+                        self.tell_index(i, 0, ToIndex::Applied(Box::new(reissue)));
+                        return self.pull_ended(i, &path, Ok(()));
                     }
                 }
             }
             Action::KeepLocal => {
-                self.nodes[i].v.flights.insert(path.clone(), flight);
-                return self.reissue(i, &path);
+                self.tell_index(i, 0, ToIndex::Applied(Box::new(reissue)));
+                return self.pull_ended(i, &path, Ok(()));
             }
-            Action::Skip | Action::Merge => {
-                self.nodes[i].v.flights.insert(path.clone(), flight);
-                return self.finish(i, &path, Ok(()));
-            }
-        }
-        // Nothing is created before a connected source is known.
-        let Some(src) = self.source(i, &need) else {
-            self.nodes[i].v.flights.insert(path.clone(), flight);
-            return self.finish(i, &path, Err(FailureKind::Transient));
+            Action::Skip | Action::Merge => return self.pull_ended(i, &path, Ok(())),
         };
+        // Nothing is created before a connected source is known and the file fits.
+        let connected: Vec<usize> = {
+            let sources = sources.read().expect("sources lock");
+            (0..self.nodes.len()).filter(|&j| j != i && sources.contains(&self.nodes[j].id) && self.up(i, j)).collect()
+        };
+        if connected.is_empty() {
+            return self.pull_ended(i, &path, Err(FailureKind::Transient));
+        }
+        if self.nodes[i].disk.full {
+            return self.pull_ended(i, &path, Err(FailureKind::NeedsSpace));
+        }
+        let src = *self.rng.pick(&connected);
         let id = self.next_request;
         self.next_request += 1;
-        flight.request = Some((id, src));
-        let target = flight.target.clone().expect("a target");
-        self.nodes[i].disk.temps.insert(target);
-        self.nodes[i].v.flights.insert(path.clone(), flight);
-        self.send(i, src, Msg::Request { id, path: path.clone(), hash: need.remote.chunks[0].hash });
+        self.nodes[i].disk.temps.insert(target.clone());
+        let hash = need.remote.chunks[0].hash;
+        self.nodes[i].v.tasks.insert(path.clone(), Task { need, target, request: (id, src) });
+        self.send(i, src, Msg::Request { id, path, hash });
     }
 
+    /// The chunk came (or the peer could not serve it): the rest of `execute`.
     fn response(&mut self, i: usize, id: u64, content: Option<Content>) {
-        let Some(path) =
-            self.nodes[i].v.flights.iter().find(|(_, f)| f.request.is_some_and(|r| r.0 == id)).map(|(p, _)| p.clone())
-        else {
+        let Some(path) = self.nodes[i].v.tasks.iter().find(|(_, t)| t.request.0 == id).map(|(p, _)| p.clone()) else {
             return;
         };
-        let flight = self.nodes[i].v.flights[&path].clone();
-        let target = flight.target.clone().expect("a target");
+        let task = self.nodes[i].v.tasks.remove(&path).expect("found");
+        let target = task.target;
         self.nodes[i].disk.temps.remove(&target);
-        let Some(content) = content else { return self.finish(i, &path, Err(FailureKind::Transient)) };
+        let Some(content) = content else { return self.pull_ended(i, &path, Err(FailureKind::Transient)) };
         let disk = &mut self.nodes[i].disk;
         if disk.root_gone {
-            return self.finish(i, &path, Err(FailureKind::Transient));
+            return self.pull_ended(i, &path, Err(FailureKind::Transient));
         }
         if disk.full {
-            return self.finish(i, &path, Err(FailureKind::NeedsSpace));
+            return self.pull_ended(i, &path, Err(FailureKind::NeedsSpace));
         }
-        let remote = flight.need.remote.clone();
+        let remote = task.need.remote;
         assert_eq!(Some(content), content_of(&remote), "a pull wrote content that is not the version's");
         // The rename into place, if the target is still what the index recorded (`check_unchanged`).
-        let local = if target == path { flight.need.local.clone().filter(|l| !l.deleted) } else { None };
+        let local = if target == path { task.need.local.filter(|l| !l.deleted) } else { None };
         let ok = match (disk.files.get(&target), &local) {
             (None, _) => true,
             (Some(f), Some(l)) => f.matches(l),
             (Some(_), None) => false,
         };
         if !ok {
-            return self.finish(i, &path, Err(FailureKind::Transient));
+            return self.pull_ended(i, &path, Err(FailureKind::Transient));
         }
         let file = File { content, mtime_ns: remote.mtime_ns };
         disk.files.insert(target.clone(), file);
         disk.durable.insert(target.clone(), file);
-        match &flight.need.action {
+        let outcome = match &task.need.action {
             Action::ConflictRemoteLoses { .. } => {
                 self.log.losers.entry((path.clone(), content)).or_default().insert(target.clone());
-                self.local_changed(i, &target);
-                self.reissue(i, &path)
+                self.tell_index(i, 0, ToIndex::LocalChanged(vec![target]));
+                Outcome::Reissue { path: path.clone(), other: remote.version }
             }
-            _ => self.applied_took(i, &path, remote, Some((file.mtime_ns, 0o644))),
-        }
-    }
-
-    /// `Handler<Applied>` for `Outcome::Took`.
-    fn applied_took(&mut self, i: usize, path: &str, record: FileRecord, disk: Option<(i64, u32)>) {
-        let current = self.nodes[i].store.local.get(path);
-        let again = replica::overtaken(&record, current);
-        let record = replica::took(record, current, disk);
-        self.commit(i, vec![record]);
-        self.finish(i, path, Ok(()));
-        if again {
-            self.recompute_paths(i, vec![path.to_string()]);
-        }
-    }
-
-    /// `Handler<Applied>` for `Outcome::Reissue`.
-    fn reissue(&mut self, i: usize, path: &str) {
-        let other = self.nodes[i].v.flights[path].need.remote.version.clone();
-        if let Some(local) = self.nodes[i].store.local.get(path).cloned() {
-            let now = self.tick(i);
-            let me = self.nodes[i].me;
-            let record = replica::reissued(local, &other, me, now);
-            self.commit(i, vec![record]);
-        }
-        self.finish(i, path, Ok(()));
-    }
-
-    /// `Handler<Finished>`, and the Index's `Pulling { active: false }`.
-    fn finish(&mut self, i: usize, path: &str, result: Result<(), FailureKind>) {
-        let Some(flight) = self.nodes[i].v.flights.remove(path) else { return };
-        if let Some(t) = &flight.target {
-            self.nodes[i].disk.temps.remove(t);
-        }
-        let n = &mut self.nodes[i];
-        n.v.pulling.remove(path);
-        n.v.pending.insert(path.to_string());
-        self.schedule_scan(i, 0);
-        if flight.superseded {
-            self.recompute_paths(i, vec![path.to_string()]);
-        }
-        let v = &mut self.nodes[i].v;
-        match result {
-            Ok(()) => {
-                v.failures.remove(path);
-            }
-            Err(kind) => {
-                let attempts = v.failures.get(path).map_or(0, |f| f.1) + 1;
-                let delay = backoff_ms(kind, attempts);
-                v.failures.insert(path.to_string(), (kind, attempts, self.now + delay));
-                if !flight.superseded {
-                    v.parked.insert(path.to_string(), flight.need);
-                }
-                let life = self.nodes[i].life;
-                self.trace(|| format!("node {i} pull of {path} failed ({kind:?}), retry in {delay}"));
-                self.at(delay, Ev::Retry { node: i, life, path: path.to_string() });
-            }
-        }
-        self.pump(i);
-    }
-
-    fn retry(&mut self, i: usize, path: String) {
-        if self.nodes[i].v.fault || self.nodes[i].v.parked.remove(&path).is_none() {
-            return;
-        }
-        self.recompute_paths(i, vec![path]);
+            _ => Outcome::Took { record: remote, disk: Some((file.mtime_ns, 0o644)) },
+        };
+        self.tell_index(i, 0, ToIndex::Applied(Box::new(outcome)));
+        self.pull_ended(i, &path, Ok(()));
     }
 
     // ----- the loop
@@ -1058,39 +1198,35 @@ impl Sim {
         match ev {
             Ev::Deliver { from, to, conn, msg } => self.deliver(from, to, conn, msg),
             Ev::Connect { a, b } => self.connect(a, b),
-            Ev::ScanStart { node, life } if live(self, node, life) => self.scan_start(node),
-            Ev::ScanDone { node, life, records, full } if live(self, node, life) => self.scan_done(node, records, full),
-            Ev::FlushDeletes { node, life, generation }
-                if live(self, node, life) && self.nodes[node].v.delete_flush == generation =>
-            {
-                self.flush_deletes(node)
+            Ev::Index { node, life, msg } if live(self, node, life) => self.index_handle(node, msg),
+            Ev::Puller { node, life, msg } if live(self, node, life) => self.puller_handle(node, msg),
+            Ev::Watcher { node, life } if live(self, node, life) => {
+                let v = &mut self.nodes[node].v;
+                v.watching = false;
+                let paths: Vec<String> = std::mem::take(&mut v.watched).into_iter().collect();
+                self.step(node, |f, io| f.changed(paths, io));
             }
-            Ev::Retry { node, life, path } if live(self, node, life) => self.retry(node, path),
             Ev::Restart { node } if !self.nodes[node].up => self.start(node),
-            Ev::Restart { .. } => {}
             Ev::Heal { a, b } => {
                 self.link(a, b).partitioned = false;
                 self.maybe_dial(a, b);
             }
-            Ev::DiskFreed { node } => {
-                self.nodes[node].disk.full = false;
-                // The free space is looked at every second: parked pulls that need it go now.
-                let due: Vec<String> = self.nodes[node]
-                    .v
-                    .failures
-                    .iter()
-                    .filter(|(_, f)| f.0 == FailureKind::NeedsSpace)
-                    .map(|(p, _)| p.clone())
-                    .collect();
-                for p in due {
-                    self.retry(node, p);
-                }
-            }
+            // The Puller's timer sees the free space within a second.
+            Ev::DiskFreed { node } => self.nodes[node].disk.full = false,
             Ev::RootBack { node } => {
                 self.nodes[node].disk.root_gone = false;
-                self.leave_fault(node);
+                self.root_changed(node);
             }
             _ => {}
+        }
+    }
+
+    /// The root went away or came back: the Index's periodic look sees it within
+    /// `ROOT_CHECK_EVERY` (and a scan, or a pull, that starts meanwhile at once).
+    fn root_changed(&mut self, i: usize) {
+        if self.nodes[i].up {
+            let delay = self.rng.range(0, ROOT_CHECK_EVERY);
+            self.tell_index(i, delay, ToIndex::RootCheck);
         }
     }
 
@@ -1183,12 +1319,12 @@ impl Sim {
             80..=81 if usable => {
                 self.trace(|| format!("node {i} root gone"));
                 self.nodes[i].disk.root_gone = true;
-                if self.nodes[i].up {
-                    self.enter_fault(i);
-                }
+                self.root_changed(i);
                 let delay = self.rng.range(500, 10_000);
                 self.at(delay, Ev::RootBack { node: i });
             }
+            // `syncnode retry`.
+            82 if self.nodes[i].up => self.tell_puller(i, ToPuller::RetryNow),
             _ => {}
         }
         let wait = if self.rng.chance(15) { self.rng.range(500, 3000) } else { self.rng.range(0, 200) };
@@ -1201,11 +1337,11 @@ impl Sim {
         for i in 0..self.nodes.len() {
             if self.nodes[i].disk.root_gone {
                 self.nodes[i].disk.root_gone = false;
-                self.leave_fault(i);
+                if self.nodes[i].up {
+                    self.step(i, |f, io| f.root_checked(io.check_root(), io));
+                }
             }
-            if self.nodes[i].disk.full {
-                self.handle(Ev::DiskFreed { node: i });
-            }
+            self.nodes[i].disk.full = false;
             if !self.nodes[i].up {
                 self.start(i);
             }
@@ -1262,6 +1398,20 @@ impl Sim {
                 if !n.store.local.contains_key(p) {
                     return Err(format!("node {i}: {p} is on disk but not in the index"));
                 }
+            }
+            // Its Index and Puller are idle: nothing left to scan, pull, retry or hold.
+            if let Some(fault) = n.v.folder.fault() {
+                return Err(format!("node {i}: the folder is still stopped ({fault})"));
+            }
+            let pull = n.v.pull.gauges(&n.v.needs);
+            if pull.need_files != 0 || !n.v.pull.failures().is_empty() {
+                return Err(format!(
+                    "node {i}: the Puller still has {} needs (running {:?}, parked {:?}) and failures {:?}",
+                    pull.need_files,
+                    n.v.pull.running().collect::<Vec<_>>(),
+                    n.v.pull.parked().collect::<Vec<_>>(),
+                    n.v.pull.failures().keys().collect::<Vec<_>>()
+                ));
             }
             // Every node holds the same version of every path.
             for (p, r) in &n.store.local {
@@ -1444,6 +1594,8 @@ const REGRESSIONS: &[(u64, bool, &str)] = &[
     (458, false, "a pull that ended after a peer's tombstone was recorded undid the delete on this node"),
     (872, false, "an older announcement of a path dropped the parked pull of a newer version"),
     (274, true, "a re-issue renamed the content's author, so its loss made a second conflict copy"),
+    (6953, false, "a full scan's older sight of a path, committed after a scan beside it found nothing new, stood"),
+    (9585, false, "the same, after a restart: a file renamed away while the full scan ran was announced forever"),
 ];
 
 #[test]

@@ -83,6 +83,11 @@ pub struct Folder {
     /// A scan of some paths runs; paths that change meanwhile wait in `pending`.
     paths_running: bool,
     pending: BTreeSet<String>,
+    /// Paths scanned beside the running full scan: looked at again once it is done. Each scan
+    /// judges what it saw against the record it read, and a scan of a path that found it as
+    /// recorded commits nothing; the full scan's older sight of the path (taken before the change
+    /// that scan was for) could then be committed after it, and stand with nothing to look again.
+    beside: BTreeSet<String>,
     /// Paths to hash even if size and mtime match their record.
     suspect: HashSet<String>,
     /// Paths the Puller is writing now: not scanned until it is done with them.
@@ -208,6 +213,8 @@ impl Folder {
     ) -> Result<Vec<Effect>, Vec<Effect>> {
         if full {
             self.full_running = false;
+            // After its records are in (they come before this end).
+            self.pending.append(&mut self.beside);
         } else {
             self.paths_running = false;
         }
@@ -346,6 +353,9 @@ impl Folder {
             self.full_running = true;
         } else {
             self.paths_running = true;
+            if self.full_running {
+                self.beside.extend(scope.iter().cloned());
+            }
         }
         let suspect = std::mem::take(&mut self.suspect);
         vec![Effect::StartScan { scope, full, suspect, busy: self.pulling.clone(), reload_ignore }]
@@ -355,6 +365,7 @@ impl Folder {
     /// starts or its reason changes.
     fn enter_fault(&mut self, fault: Fault) -> Vec<Effect> {
         self.pending.clear();
+        self.beside.clear();
         self.deletes.clear();
         self.deletes_since = None;
         if self.fault.as_ref() == Some(&fault) {
@@ -580,7 +591,27 @@ mod tests {
         let effects = end_scan(&mut f, &io, false, vec![], 1);
         assert_eq!(scope_of(&effects), Some((paths(&["b"]), false)), "beside the full scan still running");
         assert_eq!(scope_of(&end_scan(&mut f, &io, true, vec![], 2)), None, "a full scan starts alone");
-        assert_eq!(scope_of(&end_scan(&mut f, &io, false, vec![], 3)), Some((paths(&[""]), true)));
+        // The paths scanned beside the full scan are looked at again after it: here by the next one.
+        assert_eq!(scope_of(&end_scan(&mut f, &io, false, vec![], 3)), Some((paths(&["", "a", "b"]), true)));
+    }
+
+    /// Found by tests/sim.rs (seeds 6953, 9585): a node starts, its full scan sees file `a`,
+    /// whose record is a tombstone (the file came back with a power loss); the user deletes it
+    /// meanwhile, and the watcher's scan of `a`, beside the full scan, finds it absent as recorded
+    /// and commits nothing. The full scan's sight of `a` was then committed, and the index said
+    /// `a` exists, with nothing to look at it again: peers pulled it forever. A path scanned beside
+    /// a full scan is now scanned again once the full scan is done.
+    #[test]
+    fn a_path_scanned_beside_a_full_scan_is_scanned_again_after_it() {
+        let (mut f, io) = (Folder::new(10), Io::default());
+        assert_eq!(scope_of(&f.changed(paths(&[""]), &io)), Some((paths(&[""]), true)));
+        assert_eq!(scope_of(&f.changed(paths(&["a"]), &io)), Some((paths(&["a"]), false)));
+        assert_eq!(scope_of(&end_scan(&mut f, &io, false, vec![], 1)), None, "nothing else to scan yet");
+        assert_eq!(scope_of(&end_scan(&mut f, &io, true, vec![], 2)), Some((paths(&["a"]), false)));
+        assert_eq!(scope_of(&end_scan(&mut f, &io, false, vec![], 3)), None, "once");
+        // A path scan that starts after the full one is not.
+        assert_eq!(scope_of(&f.changed(paths(&["b"]), &io)), Some((paths(&["b"]), false)));
+        assert_eq!(scope_of(&end_scan(&mut f, &io, false, vec![], 4)), None);
     }
 
     #[test]
@@ -706,6 +737,8 @@ mod tests {
         owed: BTreeSet<String>,
         /// Paths said to have changed, not scanned since.
         asked: BTreeSet<String>,
+        /// Paths scanned beside the running full scan: owed a scan once it ends.
+        beside: BTreeSet<String>,
     }
 
     impl Sim {
@@ -730,6 +763,8 @@ mod tests {
                         if full {
                             self.owed.clear();
                             self.asked.retain(|p| scope.contains(p));
+                        } else if self.running.contains(&true) {
+                            self.beside.extend(scope.iter().cloned());
                         }
                         self.running.push(full);
                     }
@@ -737,6 +772,7 @@ mod tests {
                     Effect::EnterFault(_) => {
                         self.owed.clear();
                         self.asked.clear();
+                        self.beside.clear();
                     }
                     Effect::ScheduleFlush { at, generation } => {
                         prop_assert!(at >= self.now);
@@ -782,6 +818,9 @@ mod tests {
             }
             let full =
                 if deletes.len().is_multiple_of(2) { self.running.remove(0) } else { self.running.pop().expect("one") };
+            if full {
+                self.owed.append(&mut self.beside);
+            }
             let root = self.io.check_root();
             match self.f.scan_finished(root, full, &[], Vec::new()) {
                 Err(effects) => self.apply(effects),
@@ -812,6 +851,7 @@ mod tests {
                 pulling: BTreeSet::new(),
                 owed: BTreeSet::new(),
                 asked: BTreeSet::new(),
+                beside: BTreeSet::new(),
             };
             s.io.live.set(3);
             for op in ops {
@@ -878,6 +918,7 @@ mod tests {
             prop_assert!(s.running.is_empty() && !s.f.scanning());
             prop_assert!(s.owed.is_empty(), "never scanned after their pull: {:?}", s.owed);
             prop_assert!(s.f.pending.is_empty(), "left pending: {:?}", s.f.pending);
+            prop_assert!(s.f.beside.is_empty(), "left to scan again: {:?}", s.f.beside);
         }
     }
 }
