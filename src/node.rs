@@ -141,15 +141,14 @@ async fn serve(config: Config, identity: Identity, store: Arc<Store>) -> Result<
         supervisor
     });
     let _versions = crate::actors::versions::VersionCleaner::new(versions.clone()).start();
-    let _watcher =
-        Watcher::new(
-            config.folders.clone(),
-            index.clone().recipient(),
-            index.clone().recipient(),
-            config.debounce,
-            config.rescan_interval,
-        )
-        .start();
+    let _watcher = Watcher::new(
+        config.folders.clone(),
+        index.clone().recipient(),
+        index.clone().recipient(),
+        config.debounce,
+        config.rescan_interval,
+    )
+    .start();
     let port = listener.local_addr()?.port();
     let discovery = Discovery::new(
         identity.device_id,

@@ -625,8 +625,7 @@ impl PullState {
     /// Whether any need in the window belongs to no peer or to a peer under its `share` of the
     /// running pulls. O(peers).
     fn window_may_start(&self, share: usize) -> bool {
-        self.window_free > 0
-            || self.window_charged.keys().any(|d| self.running.get(d).copied().unwrap_or(0) < share)
+        self.window_free > 0 || self.window_charged.keys().any(|d| self.running.get(d).copied().unwrap_or(0) < share)
     }
 
     fn note_window(&mut self) {
@@ -699,14 +698,10 @@ impl PullState {
                 None => free += 1,
             }
         }
-        let slots = if self.in_flight_bytes < self.limits.small_bytes {
-            self.limits.small_files
-        } else {
-            self.limits.files
-        };
+        let slots =
+            if self.in_flight_bytes < self.limits.small_bytes { self.limits.small_files } else { self.limits.files };
         let share = running_share(slots);
-        let allowed =
-            |p: &str| self.charged.get(p).is_none_or(|d| self.running.get(d).copied().unwrap_or(0) < share);
+        let allowed = |p: &str| self.charged.get(p).is_none_or(|d| self.running.get(d).copied().unwrap_or(0) < share);
         let left = self.room() && self.queue.next_where(&self.targets, self.creating > 0, allowed).is_some();
         (charged, free, left)
     }

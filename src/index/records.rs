@@ -5,9 +5,9 @@ use std::path::Path;
 
 use crate::config::FolderConfig;
 use crate::core::folder::FolderIo;
+use crate::core::record::Listed;
 use crate::core::replica::{self, Need, Records, NEEDS_PAGE};
 use crate::core::root::{Observed, RootProblem};
-use crate::core::record::Listed;
 use crate::core::{DeviceId, FileRecord};
 use crate::fs::root::{observe, RootGuard};
 use crate::fs::scan::{DiskState, KnownRecords};
