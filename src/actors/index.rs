@@ -145,10 +145,23 @@ impl IndexActor {
                     tokio::task::spawn_blocking(move || {
                         let batches = addr.clone();
                         let (count, started) = (gauges.clone(), std::time::Instant::now());
+                        // At most two batches on their way: a scan that finds records faster than
+                        // the Index commits them waits, instead of piling them up in its mailbox
+                        // (300,000 new files: 159 MiB of RSS, against 64 for 100,000).
+                        let pending = Arc::new(std::sync::Mutex::new(None));
+                        let last = pending.clone();
                         let scanned = job.run(move |records| {
                             count_hashed(&count, &records);
-                            batches.do_send(ScanBatch { folder: folder.clone(), records })
+                            let mut pending = pending.lock().expect("scan lock");
+                            if let Some(earlier) = pending.take() {
+                                let _ = futures::executor::block_on(earlier);
+                            }
+                            *pending = Some(batches.send(ScanBatch { folder: folder.clone(), records }));
                         });
+                        // The last batch is in before the scan's end is.
+                        if let Some(earlier) = last.lock().expect("scan lock").take() {
+                            let _ = futures::executor::block_on(earlier);
+                        }
                         count_hashed(&gauges, &scanned.records);
                         if scanned.full {
                             gauges.full_scans.fetch_add(1, Relaxed);

@@ -41,6 +41,9 @@ pub fn remote_prefix(device: &DeviceId, folder: &str) -> Vec<u8> {
     remote(device, folder, "")
 }
 
+/// Bytes of a chunk hash: the chunk index's keys start with one (its prefix extractor's length).
+pub const HASH_LEN: usize = 32;
+
 pub fn chunk(hash: &[u8; 32], folder: &str, path: &str, offset: u64) -> Vec<u8> {
     let mut k = hash.to_vec();
     k.extend_from_slice(&file(folder, path));
