@@ -69,12 +69,17 @@ def status(n):
         return json.load(r)
 
 
-def hwm(pid):
+def proc_mib(pid, field):
+    """A memory line of /proc/PID/status (VmHWM: peak RSS, VmRSS: RSS now), in MiB."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) // 1024
     return 0
+
+
+def hwm(pid):
+    return proc_mib(pid, "VmHWM")
 
 
 def du(path):
@@ -86,6 +91,17 @@ def du(path):
             except OSError:
                 pass
     return total
+
+
+def write_tree(root, n_files):
+    """N distinct files of 1 KiB in N/100 directories under `root`."""
+    payload = os.urandom(1024)
+    for i in range(n_files):
+        d = os.path.join(root, f"d{i // FILES_PER_DIR:05}")
+        if i % FILES_PER_DIR == 0:
+            os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, f"f{i:07}"), "wb") as f:
+            f.write(payload[: 1024 - 8] + i.to_bytes(8, "little"))
 
 
 def run(n_files):
@@ -105,15 +121,8 @@ def run(n_files):
             except OSError:
                 pass
             time.sleep(0.1)
-        payload = os.urandom(1024)
         start = time.time()
-        root = os.path.join(a["home"], "sync")
-        for i in range(n_files):
-            d = os.path.join(root, f"d{i // FILES_PER_DIR:05}")
-            if i % FILES_PER_DIR == 0:
-                os.mkdir(d)
-            with open(os.path.join(d, f"f{i:07}"), "wb") as f:
-                f.write(payload[: 1024 - 8] + i.to_bytes(8, "little"))
+        write_tree(os.path.join(a["home"], "sync"), n_files)
         written = time.time()
         timeout = 60 + n_files / 100
         while time.time() - written < timeout:
@@ -147,11 +156,7 @@ def run(n_files):
 
 
 def rss_now(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) // 1024
-    return 0
+    return proc_mib(pid, "VmRSS")
 
 
 def start_alone(n, log_name):
@@ -206,14 +211,7 @@ def alone(n_files):
     shutil.rmtree(WORK, ignore_errors=True)
     a = init("a", 27411, 28411)
     write_config(a, {"id": init("b", 27412, 28412)["id"], "port": 27412})
-    root = os.path.join(a["home"], "sync")
-    payload = os.urandom(1024)
-    for i in range(n_files):
-        d = os.path.join(root, f"d{i // FILES_PER_DIR:05}")
-        if i % FILES_PER_DIR == 0:
-            os.makedirs(d, exist_ok=True)
-        with open(os.path.join(d, f"f{i:07}"), "wb") as f:
-            f.write(payload[: 1024 - 8] + i.to_bytes(8, "little"))
+    write_tree(os.path.join(a["home"], "sync"), n_files)
     if os.environ.get("DROP_CACHES") == "1":
         subprocess.run(["sync"], check=True)
         with open("/proc/sys/vm/drop_caches", "w") as f:
