@@ -372,6 +372,9 @@ impl Handler<ScanDone> for IndexActor {
         self.take_scanned(&msg.folder, msg.records);
         let now = now_millis();
         self.step(&msg.folder, ctx, |rules, io| rules.scan_done(msg.full, now, io));
+        if msg.full {
+            super::release_free_memory();
+        }
     }
 }
 

@@ -25,7 +25,13 @@ const RETRY_TICK: Duration = Duration::from_secs(1);
 pub struct Puller {
     ctx: PullContext,
     state: PullState,
+    /// The most files queued since the allocator's free memory was last handed back.
+    most_needs: u64,
 }
+
+/// A drained queue that held at least this many files hands the allocator's free memory back
+/// (a single edit does not pay for it).
+const TRIM_AFTER_NEEDS: u64 = 1024;
 
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -41,7 +47,7 @@ fn stored(ctx: &PullContext) -> StoredNeeds<'_> {
 
 impl Puller {
     pub fn new(ctx: PullContext) -> Self {
-        Puller { ctx, state: PullState::default() }
+        Puller { ctx, state: PullState::default(), most_needs: 0 }
     }
 
     /// A stopped folder (root gone or replaced) gets nothing written under it.
@@ -110,9 +116,15 @@ impl Puller {
     }
 
     /// The folder's needs and window in the status. O(1): the counters are kept as needs come and go.
-    fn publish(&self) {
+    fn publish(&mut self) {
         let g = self.state.gauges(&stored(&self.ctx));
         let gauges = &self.ctx.gauges;
+        // The queue drained after a burst: what its pulls used can go back.
+        self.most_needs = self.most_needs.max(g.need_files);
+        if g.need_files == 0 && self.most_needs >= TRIM_AFTER_NEEDS {
+            self.most_needs = 0;
+            super::release_free_memory();
+        }
         gauges.window.store(g.window, Relaxed);
         gauges.window_peak.fetch_max(g.window_peak, Relaxed);
         gauges.need_files.store(g.need_files, Relaxed);

@@ -69,7 +69,7 @@ const WINDOW: usize = 4 << 20;
 /// Chunks and hashes the file at `path`: its chunks and the number of bytes they cover. A file that
 /// shrinks while it is read fails with `UnexpectedEof` (the scanner then waits for the next event).
 pub fn chunk_file(path: &Path, params: ChunkParams) -> io::Result<(Vec<Chunk>, u64)> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = crate::fs::cores();
     chunk_file_with(&File::open(path)?, params, threads, PART_MIN)
 }
 
@@ -126,7 +126,7 @@ pub fn chunk_file_with(
 /// runs from a chunk that changed until a cut chunk equals an old one again (one or two chunks after
 /// an edit, whatever the shift). Chunks still in place are checked by all threads at once.
 pub fn rechunk_file(path: &Path, params: ChunkParams, old: &[Chunk], old_size: u64) -> io::Result<(Vec<Chunk>, u64)> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = crate::fs::cores();
     rechunk_file_with(&File::open(path)?, params, old, old_size, threads)
 }
 

@@ -1,6 +1,7 @@
 //! Committing finished downloads in batches.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::PullError;
 use crate::core::FileRecord;
@@ -34,7 +35,7 @@ impl CommitQueue {
                 }
                 let (batch, replies): (Vec<_>, Vec<_>) =
                     jobs.into_iter().map(|(t, r, l, reply)| ((t, r, l), reply)).unzip();
-                let versions = versions.clone();
+                let (versions, files, started) = (versions.clone(), batch.len(), Instant::now());
                 let Ok(results) = tokio::task::spawn_blocking(move || {
                     apply::commit_all_keeping(batch, Some(&*versions as &dyn apply::Keeper))
                 })
@@ -42,6 +43,7 @@ impl CommitQueue {
                 else {
                     continue;
                 };
+                tracing::debug!(files, ms = started.elapsed().as_millis() as u64, "downloads committed");
                 for (reply, result) in replies.into_iter().zip(results) {
                     let _ = reply.send(result);
                 }

@@ -184,31 +184,42 @@ async fn materialize(
         .await??);
     }
     let started = Instant::now();
-    let plan = {
+    // Where the chunks can come from, whether they fit, and the temp file: one trip to a blocking
+    // thread. Nothing is created before it is known that the data can come from somewhere and fit.
+    let (plan, temp) = {
         let (store, roots, root, r, l) =
             (ctx.store.clone(), ctx.roots.clone(), ctx.root.clone(), record.clone(), local.clone());
-        Arc::new(blocking(move || locate(&store, &roots, &root, &r, l.as_ref())).await?)
+        let (directory, sources, t) = (ctx.directory.clone(), sources.clone(), target.to_string());
+        blocking(move || {
+            let plan = locate(&store, &roots, &root, &r, l.as_ref());
+            if let Some(&first) = plan.missing().first() {
+                let connected = sources.read().expect("sources lock").iter().any(|d| directory.connected(d).is_some());
+                if !connected {
+                    let chunk = r.chunks[first];
+                    return Err(PullError::NoSource { offset: chunk.offset, size: chunk.size });
+                }
+            }
+            let free = free_bytes(&root).unwrap_or(u64::MAX);
+            if free < r.size.saturating_add(FREE_SPACE_MARGIN) {
+                return Err(PullError::NoSpace { need: r.size, free });
+            }
+            let temp = TempFile::create_replacing(&root, &t, r.size, l.as_ref())?;
+            Ok((Arc::new(plan), Arc::new(temp)))
+        })
+        .await??
     };
-    // Nothing is created before it is known that the data can come from somewhere and fit.
-    if let Some(&first) = plan.missing().first() {
-        let connected = sources.read().expect("sources lock").iter().any(|d| ctx.directory.connected(d).is_some());
-        if !connected {
-            let chunk = record.chunks[first];
-            return Err(PullError::NoSource { offset: chunk.offset, size: chunk.size });
-        }
-    }
-    let free = free_bytes(&ctx.root).unwrap_or(u64::MAX);
-    if free < record.size.saturating_add(FREE_SPACE_MARGIN) {
-        return Err(PullError::NoSpace { need: record.size, free });
-    }
-    let (root, t, size, l) = (ctx.root.clone(), target.to_string(), record.size, local.clone());
-    let temp = Arc::new(blocking(move || TempFile::create_replacing(&root, &t, size, l.as_ref())).await??);
     let progress = Arc::new(DownloadProgress::new(ctx, target, record.size));
     // Local copies run beside the network fetches of the chunks nobody here has.
+    // (Nothing located, as for most new files: no trip to a blocking thread.)
     let copying = {
         let (plan, temp, progress, chunks) = (plan.clone(), temp.clone(), progress.clone(), record.chunks.clone());
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        tokio::task::spawn_blocking(move || plan.copy(&chunks, &temp, threads, &|n| progress.advance(n)))
+        async move {
+            if plan.located.iter().all(Option::is_none) {
+                return Ok(vec![false; chunks.len()]);
+            }
+            let threads = crate::fs::cores();
+            tokio::task::spawn_blocking(move || plan.copy(&chunks, &temp, threads, &|n| progress.advance(n))).await
+        }
     };
     let mut tally = Tally::default();
     let network = fetch_all(ctx, record, plan.missing(), sources, local.as_ref(), &temp, &progress, &mut tally, false);
