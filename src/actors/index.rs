@@ -43,6 +43,8 @@ struct FolderState {
     puller: PullerPort,
     /// The root this folder must keep (shared with its Puller).
     guard: Arc<RootGuard>,
+    /// A one-way folder's paths that differ from the cluster (`modes`).
+    diverged: modes::Diverged,
 }
 
 pub struct IndexActor {
@@ -91,6 +93,7 @@ impl IndexActor {
                     rules: Folder::new(empty_folder_guard),
                     puller: puller.clone(),
                     guard: guard.clone(),
+                    diverged: modes::Diverged::default(),
                 };
                 (f.id.clone(), state)
             })
@@ -232,8 +235,9 @@ impl IndexActor {
             return false;
         }
         match self.store.commit_local(folder, records) {
-            Ok(_) => {
+            Ok(stored) => {
                 self.notify(folder);
+                self.recheck_diverged(folder, stored.iter().map(|r| r.path.as_str()));
                 true
             }
             Err(e) => {
@@ -293,8 +297,10 @@ impl IndexActor {
     /// longest absence after which a delete is still honoured.
     fn purge(&mut self) {
         let cutoff = replica::tombstone_cutoff(now_millis(), self.tombstone_ttl.as_millis() as u64);
-        for folder in self.folders.keys() {
+        let ids: Vec<String> = self.folders.keys().cloned().collect();
+        for folder in &ids {
             purge_tombstones(&self.store, folder, cutoff);
+            self.recount_diverged(folder);
         }
     }
 }
@@ -436,6 +442,8 @@ impl IndexActor {
             return;
         }
         let (started, total) = (std::time::Instant::now(), msg.files.len());
+        // A peer whose index was recreated loses every record we had of it, named or not.
+        let reset = self.store.progress(&msg.device, &msg.folder).is_ok_and(|p| p.index_id != 0 && p.index_id != msg.index_id);
         let records = match store_remote(&self.store, &msg.device, &msg.folder, msg.index_id, msg.files) {
             Ok(records) => records,
             Err(refusal) => {
@@ -445,6 +453,11 @@ impl IndexActor {
                 return;
             }
         };
+        if reset {
+            self.recount_diverged(&msg.folder);
+        } else {
+            self.recheck_diverged(&msg.folder, records.iter().map(|r| r.path.as_str()));
+        }
         let items = self.needs(&msg.folder, &records);
         let needs = items.len();
         self.dispatch(&msg.folder, items, false, Vec::new());
@@ -534,9 +547,12 @@ impl Handler<Applied> for IndexActor {
                 Err(())
             }
         };
-        let mut again = false;
+        let (mut again, mut look_again) = (false, true);
         let record = match msg.outcome {
             Outcome::Took { record, disk } => {
+                // A file or link the pull just wrote is as its disk state says; a later local
+                // change reaches us through the watcher (or the periodic rescan) like any other.
+                look_again = disk.is_none() || record.kind == FileKind::Directory;
                 let Ok(now) = current(&record.path) else {
                     return ctx.address().do_send(RecomputePaths { folder: folder.clone(), paths: vec![record.path] });
                 };
@@ -555,7 +571,9 @@ impl Handler<Applied> for IndexActor {
             ctx.address().do_send(RecomputePaths { folder: folder.clone(), paths: vec![path.clone()] });
         }
         // The disk may differ from the record (a directory we could not delete): look again.
-        self.step(&folder, ctx, |rules, io| rules.changed([path], io));
+        if look_again {
+            self.step(&folder, ctx, |rules, io| rules.changed([path], io));
+        }
     }
 }
 

@@ -12,7 +12,6 @@ use crate::config::FolderConfig;
 use crate::core::retry::{FailureKind, PathFailure};
 use crate::core::DeviceId;
 use crate::fs::versions::VersionStore;
-use crate::store::changes::changes;
 use crate::store::Store;
 
 #[derive(Debug, Default)]
@@ -50,6 +49,9 @@ pub struct FolderGauges {
     pub window: AtomicU64,
     /// The most it ever held.
     pub window_peak: AtomicU64,
+    /// A one-way folder's paths that differ from the cluster (receive-only: local changes;
+    /// send-only: peer changes not taken), kept by the Index as paths change.
+    pub diverged: AtomicU64,
 }
 
 /// Most failed paths listed in a status report (the count is always complete).
@@ -90,7 +92,7 @@ impl NodeState {
                 let (files, bytes) = (counts.records, counts.bytes);
                 let need_files = g.need_files.load(Relaxed);
                 let (versions_files, versions_bytes) = self.versions.get(&f.id).map_or((0, 0), |v| v.usage());
-                let diverged = changes(&self.store, &f.id, f.mode, self.device_id.short())?.len() as u64;
+                let diverged = g.diverged.load(Relaxed);
                 let (local_changes, remote_changes) = match f.mode {
                     crate::config::FolderMode::ReceiveOnly => (diverged, 0),
                     crate::config::FolderMode::SendOnly => (0, diverged),

@@ -6,6 +6,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use super::path::{one_level_up, MAX_PENDING_PATHS};
+
 /// A path that keeps changing is still handed on this often.
 pub const MAX_DELAY: Duration = Duration::from_secs(1);
 
@@ -18,12 +20,11 @@ pub struct Debouncer {
 impl Debouncer {
     /// An event for `path` of `folder` at `now`.
     pub fn mark(&mut self, folder: &str, path: String, now: Instant) {
-        self.pending
-            .entry(folder.to_string())
-            .or_default()
-            .entry(path)
-            .and_modify(|(_, last)| *last = now)
-            .or_insert((now, now));
+        let paths = self.pending.entry(folder.to_string()).or_default();
+        paths.entry(path).and_modify(|(_, last)| *last = now).or_insert((now, now));
+        if paths.len() > MAX_PENDING_PATHS {
+            collapse(paths);
+        }
     }
 
     /// The paths due at `now`, per folder, and when the next of the others is due.
@@ -54,6 +55,28 @@ impl Debouncer {
 
     pub fn is_empty(&self) -> bool {
         self.pending.is_empty()
+    }
+}
+
+/// Replaces paths by their directories, one level at a time, until at most half of
+/// `MAX_PENDING_PATHS` remain (or only the whole folder): each directory keeps the earliest first
+/// event and the latest event of the paths it stands for.
+fn collapse(paths: &mut HashMap<String, (Instant, Instant)>) {
+    while paths.len() > MAX_PENDING_PATHS / 2 {
+        let before = paths.len();
+        let mut up: HashMap<String, (Instant, Instant)> = HashMap::with_capacity(before / 2);
+        for (path, (first, last)) in paths.drain() {
+            up.entry(one_level_up(&path).to_string())
+                .and_modify(|(f, l)| {
+                    *f = (*f).min(first);
+                    *l = (*l).max(last);
+                })
+                .or_insert((first, last));
+        }
+        *paths = up;
+        if paths.len() == before {
+            break;
+        }
     }
 }
 
@@ -100,5 +123,27 @@ mod tests {
         let (ready, next) = d.take_due(t0, QUIET);
         assert_eq!(ready, vec![("f".to_string(), vec![String::new()])]);
         assert_eq!(next, Some(t0 + QUIET));
+    }
+
+    #[test]
+    fn a_burst_of_paths_gives_way_to_their_directories() {
+        let t0 = Instant::now();
+        let mut d = Debouncer::default();
+        d.mark("f", crate::core::path::IGNORE_FILE.into(), t0);
+        let dirs = 40;
+        for i in 0..MAX_PENDING_PATHS {
+            d.mark("f", format!("d{}/f{i}", i % dirs), t0 + Duration::from_millis(i as u64 % 7));
+        }
+        let (ready, _) = d.take_due(t0 + MAX_DELAY, QUIET);
+        let mut want: Vec<String> = (0..dirs).map(|i| format!("d{i}")).collect();
+        want.push(crate::core::path::IGNORE_FILE.into());
+        want.sort();
+        assert_eq!(ready, vec![("f".to_string(), want)], "each directory once, the ignore file kept");
+        // Top-level paths give way to the whole folder.
+        for i in 0..=MAX_PENDING_PATHS {
+            d.mark("g", format!("f{i}"), t0);
+        }
+        let (ready, _) = d.take_due(t0, QUIET);
+        assert_eq!(ready, vec![("g".to_string(), vec![String::new()])]);
     }
 }

@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
-use super::path::{is_inside, IGNORE_FILE};
+use super::path::{is_inside, one_level_up, IGNORE_FILE, MAX_PENDING_PATHS};
 use super::root::{holds_mass_delete, RootProblem};
 use super::{FileKind, FileRecord};
 
@@ -145,6 +145,13 @@ impl Folder {
     /// `paths` may have changed ("" is the whole folder).
     pub fn changed(&mut self, paths: impl IntoIterator<Item = String>, io: &impl FolderIo) -> Vec<Effect> {
         self.pending.extend(paths);
+        while self.pending.len() > MAX_PENDING_PATHS {
+            let before = self.pending.len();
+            self.pending = self.pending.iter().map(|p| one_level_up(p).to_string()).collect();
+            if self.pending.len() == before {
+                break;
+            }
+        }
         self.start_scan(io)
     }
 
@@ -475,6 +482,17 @@ mod tests {
         assert_eq!(scope_of(&effects), Some((paths(&["b", "c"]), false)));
         assert_eq!(scope_of(&end_scan(&mut f, &io, false, Vec::new(), 20)), None, "nothing left");
         assert!(!f.scanning());
+    }
+
+    #[test]
+    fn a_burst_of_changes_waiting_for_a_scan_gives_way_to_their_directories() {
+        let (mut f, io) = (Folder::new(10), Io::default());
+        assert!(scope_of(&f.changed(paths(&["x"]), &io)).is_some(), "a scan runs");
+        let burst: Vec<String> = (0..=MAX_PENDING_PATHS).map(|i| format!("d{}/e/f{i}", i % 3)).collect();
+        assert_eq!(scope_of(&f.changed(burst, &io)), None);
+        assert_eq!(f.pending.len(), 3, "{:?}", f.pending);
+        let effects = end_scan(&mut f, &io, false, Vec::new(), 10);
+        assert_eq!(scope_of(&effects), Some((paths(&["d0/e", "d1/e", "d2/e"]), false)));
     }
 
     #[test]

@@ -80,6 +80,42 @@ pub fn changes(store: &Store, folder: &str, mode: FolderMode, me: ShortId) -> Re
     }
 }
 
+/// Whether `path` is one of [`changes`] now: what the Index asks of each path a commit or a peer's
+/// batch touched, so that the status keeps a count instead of walking the folder per request.
+/// `devices`: the folder's peers with an index here (`Store::remote_devices`).
+pub fn diverges(
+    store: &Store,
+    folder: &str,
+    mode: FolderMode,
+    me: ShortId,
+    devices: &[DeviceId],
+    path: &str,
+) -> Result<bool> {
+    match mode {
+        FolderMode::SendReceive => Ok(false),
+        FolderMode::ReceiveOnly => match store.get(folder, path)? {
+            Some(l) if l.modified_by == me => Ok(is_local_change(&l, me, cluster(store, devices, folder, path)?.as_ref())),
+            _ => Ok(false),
+        },
+        // As `changes` picks a path's remote change: the first peer record that is one, replaced by
+        // a later one only if that dominates it.
+        FolderMode::SendOnly => {
+            let local = store.get(folder, path)?;
+            let mut found: Option<FileRecord> = None;
+            for d in devices {
+                let Some(r) = store.remote(d, folder, path)? else { continue };
+                if found.as_ref().is_some_and(|cur| !r.version.dominates(&cur.version)) {
+                    continue;
+                }
+                if is_remote_change(local.as_ref(), &r) {
+                    found = Some(r);
+                }
+            }
+            Ok(found.is_some())
+        }
+    }
+}
+
 /// The same, as shown by the API.
 pub fn listed(store: &Store, folder: &str, mode: FolderMode, me: ShortId) -> Result<Vec<Divergent>> {
     Ok(changes(store, folder, mode, me)?.iter().map(divergent).collect())
