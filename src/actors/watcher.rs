@@ -17,8 +17,11 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use notify::{RecursiveMode, Watcher as _};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_stream::wrappers::ReceiverStream;
 
 use super::messages::{LocalChanged, Rescan};
 use crate::config::FolderConfig;
@@ -36,7 +39,12 @@ pub struct Watcher {
     /// Per folder, the root on which setting up a watch failed (warned once; tried again when the
     /// root changes, the periodic rescan covering it meanwhile).
     watch_failed: Vec<Option<(u64, u64)>>,
-    events: Option<mpsc::UnboundedSender<FsEvent>>,
+    events: Option<mpsc::Sender<FsEvent>>,
+    /// Per folder, whether events were dropped because `EVENT_QUEUE` was full (set on notify's
+    /// thread, turned into a full rescan here).
+    overflowed: Arc<Vec<AtomicBool>>,
+    /// Whether a dropped event was logged at info (once per run; later ones at debug).
+    overflow_said: bool,
     /// Per folder, whether the inotify watch limit was reported (once per run).
     limit_warned: Vec<bool>,
     /// Per folder, whether a watch was ever attempted (the first needs no rescan: the Index scans
@@ -49,6 +57,12 @@ pub struct Watcher {
 
 /// How often each root's identity is compared with the one being watched.
 const ROOT_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// File events waiting for the Watcher (a few MiB at most). A burst beyond it (a million files
+/// written faster than the actor thread takes their events) is not queued: it becomes a rescan of
+/// the folder, as a kernel queue overflow does. Unbounded, the queue grows with the burst: W8's
+/// write can queue up to a million events of a few hundred bytes while the actor thread is busy.
+const EVENT_QUEUE: usize = 16_384;
 
 struct FsEvent {
     folder: usize,
@@ -77,6 +91,8 @@ impl Watcher {
             watches: (0..n).map(|_| None).collect(),
             watch_failed: vec![None; n],
             events: None,
+            overflowed: Arc::new((0..n).map(|_| AtomicBool::new(false)).collect()),
+            overflow_said: false,
             attempted: vec![false; n],
             limit_warned: vec![false; n],
             pending: Debouncer::default(),
@@ -122,8 +138,11 @@ impl Watcher {
         }
         let Some(root) = now else { return };
         let Some(tx) = self.events.clone() else { return };
+        let overflowed = self.overflowed.clone();
         let handler = move |event: notify::Result<notify::Event>| {
-            let _ = tx.send(FsEvent { folder: i, event });
+            if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(FsEvent { folder: i, event }) {
+                overflowed[i].store(true, Relaxed);
+            }
         };
         // Never through a symlink: a link in the folder is data, not a directory to watch.
         let config = notify::Config::default().with_follow_symlinks(false);
@@ -173,6 +192,21 @@ impl Watcher {
         );
     }
 
+    /// Folders whose events were dropped since the last look get a full rescan.
+    fn check_overflow(&mut self, ctx: &mut Context<Self>) {
+        for i in 0..self.folders.len() {
+            if self.overflowed[i].swap(false, Relaxed) {
+                let folder = self.folders[i].id.clone();
+                if std::mem::replace(&mut self.overflow_said, true) {
+                    tracing::debug!(folder = %folder, "file events came faster than they were handled; rescanning the folder");
+                } else {
+                    tracing::info!(folder = %folder, "file events came faster than they were handled; rescanning the folder (said once)");
+                }
+                self.mark(&folder, String::new(), ctx);
+            }
+        }
+    }
+
     fn rel(root: &PathBuf, path: &std::path::Path) -> Option<String> {
         let rel = path.strip_prefix(root).ok()?.to_str()?;
         Some(rel.to_string())
@@ -183,7 +217,7 @@ impl Actor for Watcher {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(EVENT_QUEUE);
         self.events = Some(tx);
         for i in 0..self.folders.len() {
             self.check_watch(i, ctx);
@@ -192,8 +226,9 @@ impl Actor for Watcher {
             for i in 0..this.folders.len() {
                 this.check_watch(i, ctx);
             }
+            this.check_overflow(ctx);
         });
-        ctx.add_stream(UnboundedReceiverStream::new(rx));
+        ctx.add_stream(ReceiverStream::new(rx));
         ctx.run_interval(self.rescan_interval, |this, _| {
             for f in &this.folders {
                 this.rescan.do_send(Rescan { folder: f.id.clone() });
@@ -204,6 +239,7 @@ impl Actor for Watcher {
 
 impl StreamHandler<FsEvent> for Watcher {
     fn handle(&mut self, msg: FsEvent, ctx: &mut Context<Self>) {
+        self.check_overflow(ctx);
         let Some(folder) = self.folders.get(msg.folder).cloned() else { return };
         match msg.event {
             // A new directory past the watch limit: scan it now; later changes in it wait for
