@@ -443,7 +443,8 @@ impl IndexActor {
         }
         let (started, total) = (std::time::Instant::now(), msg.files.len());
         // A peer whose index was recreated loses every record we had of it, named or not.
-        let reset = self.store.progress(&msg.device, &msg.folder).is_ok_and(|p| p.index_id != 0 && p.index_id != msg.index_id);
+        let reset =
+            self.store.progress(&msg.device, &msg.folder).is_ok_and(|p| p.index_id != 0 && p.index_id != msg.index_id);
         let records = match store_remote(&self.store, &msg.device, &msg.folder, msg.index_id, msg.files) {
             Ok(records) => records,
             Err(refusal) => {

@@ -94,7 +94,9 @@ pub fn diverges(
     match mode {
         FolderMode::SendReceive => Ok(false),
         FolderMode::ReceiveOnly => match store.get(folder, path)? {
-            Some(l) if l.modified_by == me => Ok(is_local_change(&l, me, cluster(store, devices, folder, path)?.as_ref())),
+            Some(l) if l.modified_by == me => {
+                Ok(is_local_change(&l, me, cluster(store, devices, folder, path)?.as_ref()))
+            }
             _ => Ok(false),
         },
         // As `changes` picks a path's remote change: the first peer record that is one, replaced by

@@ -82,7 +82,9 @@ impl IndexActor {
         }
         let devices = match self.store.remote_devices(folder) {
             Ok(d) => d,
-            Err(e) => return tracing::error!(folder, error = %format!("{e:#}"), "cannot read the index to count changes"),
+            Err(e) => {
+                return tracing::error!(folder, error = %format!("{e:#}"), "cannot read the index to count changes")
+            }
         };
         let d = &mut state.diverged;
         for path in paths {
