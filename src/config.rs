@@ -2,15 +2,16 @@
 //! merged with the `config` crate and checked here, so that a bad file fails with the file and the
 //! key named (exit 2) instead of a node that runs on a guess.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
 
 use crate::core::versioning::{Kind as VersioningKind, Policy as VersioningPolicy};
 use crate::core::{DeviceId, SharedWith};
+
+mod raw;
+use raw::*;
 
 /// A config problem: the CLI reports it and exits with status 2.
 #[derive(Debug, thiserror::Error)]
@@ -135,117 +136,6 @@ pub struct Overrides {
     pub peers: Vec<String>,
     pub no_mdns: bool,
 }
-
-// ---- raw shape of the file, as serde sees it -------------------------------------------------
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Raw {
-    node: RawNode,
-    #[serde(default)]
-    folder: Vec<RawFolder>,
-    sync: RawSync,
-    discovery: RawDiscovery,
-    #[serde(default)]
-    peer: Vec<RawPeer>,
-    security: RawSecurity,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawNode {
-    name: String,
-    data_dir: String,
-    listen: String,
-    api_listen: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawFolder {
-    id: String,
-    path: String,
-    #[serde(default = "default_mode")]
-    mode: String,
-    #[serde(default)]
-    devices: Option<Vec<String>>,
-    #[serde(default)]
-    versioning: Option<RawVersioning>,
-    #[serde(default)]
-    symlinks: Option<String>,
-}
-
-/// `versioning = "trash"`, or a table with `type` and the limits.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum RawVersioning {
-    Kind(String),
-    Table(RawVersioningTable),
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawVersioningTable {
-    #[serde(rename = "type", default)]
-    kind: Option<String>,
-    #[serde(default)]
-    max_age: Option<String>,
-    #[serde(default)]
-    keep: Option<i64>,
-    #[serde(default)]
-    max_size: Option<String>,
-    #[serde(default)]
-    path: Option<String>,
-}
-
-const VERSIONING_KEYS: &[&str] = &["type", "max_age", "keep", "max_size", "path"];
-
-fn default_mode() -> String {
-    "send-receive".into()
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSync {
-    chunk_size: String,
-    rescan_interval: String,
-    debounce: String,
-    compression: String,
-    tombstone_ttl: String,
-    empty_folder_guard: i64,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawDiscovery {
-    mdns: bool,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPeer {
-    #[serde(default)]
-    device_id: Option<String>,
-    #[serde(default)]
-    address: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSecurity {
-    trust: String,
-    network_key: String,
-}
-
-/// Every key the file may hold, by section; arrays of tables are listed by their element keys.
-const KNOWN_KEYS: &[(&str, &[&str])] = &[
-    ("node", &["name", "data_dir", "listen", "api_listen"]),
-    ("folder", &["id", "path", "mode", "devices", "versioning", "symlinks"]),
-    ("sync", &["chunk_size", "rescan_interval", "debounce", "compression", "tombstone_ttl", "empty_folder_guard"]),
-    ("discovery", &["mdns"]),
-    ("peer", &["device_id", "address"]),
-    ("security", &["trust", "network_key"]),
-];
 
 pub const DEFAULT_PORT: u16 = 50051;
 
@@ -642,55 +532,6 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text.trim()).map_err(|e| format!("`{text}`: {e} (write e.g. \"500ms\", \"1m\")"))
 }
 
-fn check_file_keys(text: &str, file: &str) -> Result<(), ConfigError> {
-    let table: toml::Table =
-        text.parse().map_err(|e: toml::de::Error| ConfigError::new(file, format!("not valid TOML: {e}")))?;
-    let known: BTreeMap<&str, &[&str]> = KNOWN_KEYS.iter().copied().collect();
-    for (section, value) in &table {
-        let Some(keys) = known.get(section.as_str()) else {
-            return Err(ConfigError::new(file, format!("unknown key `{section}`")));
-        };
-        let is_array = section == "folder" || section == "peer";
-        let tables: Vec<&toml::Table> = match value {
-            toml::Value::Table(t) if !is_array => vec![t],
-            toml::Value::Array(items) if is_array => items.iter().filter_map(|v| v.as_table()).collect(),
-            _ => {
-                let shape = if is_array { "an array of tables [[...]]" } else { "a table [...]" };
-                return Err(ConfigError::new(file, format!("`{section}` must be {shape}")));
-            }
-        };
-        for t in tables {
-            if let Some(key) = t.keys().find(|k| !keys.contains(&k.as_str())) {
-                return Err(ConfigError::new(file, format!("unknown key `{section}.{key}`")));
-            }
-            if let Some(toml::Value::Table(v)) = t.get("versioning") {
-                if let Some(key) = v.keys().find(|k| !VERSIONING_KEYS.contains(&k.as_str())) {
-                    return Err(ConfigError::new(file, format!("unknown key `{section}.versioning.{key}`")));
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-fn check_env_keys() -> Result<(), ConfigError> {
-    for (name, _) in std::env::vars_os() {
-        let Some(name) = name.to_str() else { continue };
-        let Some(rest) = name.strip_prefix("SYNCNODE_") else { continue };
-        let lower = rest.to_lowercase();
-        let ok = lower.split_once("__").is_some_and(|(section, key)| {
-            KNOWN_KEYS.iter().any(|(s, keys)| *s == section && *s != "folder" && *s != "peer" && keys.contains(&key))
-        });
-        if !ok {
-            return Err(ConfigError::new(
-                "environment",
-                format!("unknown key `{name}` (expected SYNCNODE_<SECTION>__<KEY>, e.g. SYNCNODE_NODE__LISTEN)"),
-            ));
-        }
-    }
-    Ok(())
-}
-
 /// The commented starter config that `syncnode init` writes.
 pub fn starter_config(name: &str, data_dir: &Path, folder: &Path, port: u16) -> String {
     format!(
@@ -739,157 +580,4 @@ network_key = ""               # better given as SYNCNODE_SECURITY__NETWORK_KEY
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Loads `text` (with `FOLDER` replaced by an existing directory) as a config file.
-    fn load_text(text: &str) -> Result<Config, ConfigError> {
-        let dir = tempfile::tempdir().unwrap();
-        let folder = dir.path().join("sync");
-        std::fs::create_dir(&folder).unwrap();
-        let file = dir.path().join("n.toml");
-        std::fs::write(&file, text.replace("FOLDER", &folder.display().to_string())).unwrap();
-        Config::load(Some(&file), &Overrides::default())
-    }
-
-    fn id(n: u8) -> DeviceId {
-        DeviceId([n; 32])
-    }
-
-    #[test]
-    fn a_folder_lists_the_devices_it_is_shared_with() {
-        let text = format!("[[folder]]\nid = \"a\"\npath = \"FOLDER\"\ndevices = [\"{}\", \"{}\"]\n\n[[folder]]\nid = \"b\"\npath = \"FOLDER\"\n", id(1), id(2));
-        let config = load_text(&text).unwrap();
-        assert_eq!(config.folders[0].devices, SharedWith::Only([id(1), id(2)].into_iter().collect()));
-        assert_eq!(config.folders[1].devices, SharedWith::EveryTrustedPeer);
-    }
-
-    #[test]
-    fn symlinks_default_to_link_and_a_bad_value_names_the_file_and_key() {
-        let text = "[[folder]]\nid = \"a\"\npath = \"FOLDER\"\n\n[[folder]]\nid = \"b\"\npath = \"FOLDER\"\nsymlinks = \"ignore\"\n\n[[folder]]\nid = \"c\"\npath = \"FOLDER\"\nsymlinks = \"link\"\n";
-        let config = load_text(text).unwrap();
-        let modes: Vec<_> = config.folders.iter().map(|f| f.symlinks).collect();
-        assert_eq!(modes, vec![SymlinkMode::Link, SymlinkMode::Ignore, SymlinkMode::Link]);
-        let e =
-            load_text("[[folder]]\nid = \"a\"\npath = \"FOLDER\"\nsymlinks = \"follow\"\n").unwrap_err().to_string();
-        assert!(e.contains("n.toml: folder[0].symlinks: `follow`: expected link or ignore"), "{e}");
-        // The starter config `syncnode init` writes holds the key.
-        assert!(starter_config("n", Path::new("/d"), Path::new("/f"), 22000).contains("\nsymlinks = \"link\""));
-    }
-
-    #[test]
-    fn a_device_list_entry_that_is_not_an_id_names_the_file_and_key() {
-        let text = format!("[[folder]]\nid = \"a\"\npath = \"FOLDER\"\ndevices = [\"{}\", \"not-an-id\"]\n", id(1));
-        let e = load_text(&text).unwrap_err().to_string();
-        assert!(e.contains("n.toml: folder[0].devices[1]: `not-an-id` is not a device ID"), "{e}");
-    }
-
-    #[test]
-    fn network_key_trust_needs_a_key_and_accepts_address_only_peers() {
-        let base =
-            "[[folder]]\nid = \"a\"\npath = \"FOLDER\"\n\n[[peer]]\naddress = \"127.0.0.1:5000\"\n\n[security]\n";
-        let config = load_text(&format!("{base}trust = \"network-key\"\nnetwork_key = \" s3cret-key \"\n")).unwrap();
-        assert_eq!(config.trust, Trust::NetworkKey(NetworkSecret::new("s3cret-key")));
-        assert_eq!(config.peers[0].device_id, None);
-        assert!(!format!("{config:?}").contains("s3cret"), "the key must not appear in Debug output");
-        let e = load_text(&format!("{base}trust = \"network-key\"\nnetwork_key = \"\"\n")).unwrap_err().to_string();
-        assert!(e.contains("n.toml: security.network_key: required"), "{e}");
-        let e = load_text(&format!("{base}trust = \"listed\"\n")).unwrap_err().to_string();
-        assert!(e.contains("n.toml: peer[0].device_id: required"), "{e}");
-        let e = load_text("[[folder]]\nid = \"a\"\npath = \"FOLDER\"\n\n[[peer]]\n\n[security]\ntrust = \"network-key\"\nnetwork_key = \"k\"\n").unwrap_err().to_string();
-        assert!(e.contains("n.toml: peer[0]: give a device_id, an address, or both"), "{e}");
-    }
-
-    #[test]
-    fn unknown_keys_are_named() {
-        let e = check_file_keys("[sync]\nchunk_sise = \"1KiB\"\n", "n.toml").unwrap_err();
-        assert_eq!(e.to_string(), "n.toml: unknown key `sync.chunk_sise`");
-        let e = check_file_keys("[[folder]]\nid = \"a\"\npth = \"/x\"\n", "n.toml").unwrap_err();
-        assert!(e.to_string().contains("`folder.pth`"));
-        let e = check_file_keys("[colour]\n", "n.toml").unwrap_err();
-        assert!(e.to_string().contains("`colour`"));
-    }
-
-    #[test]
-    fn sizes_and_durations_parse() {
-        assert_eq!(bytesize_of("64KiB").unwrap(), 65536);
-        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
-        assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
-        assert!(parse_duration("soon").is_err());
-        assert!(check_chunk_size(10).is_err());
-    }
-
-    #[test]
-    fn versioning_defaults_to_trash_for_30_days_and_parses_both_forms() {
-        let base = Path::new("/cfg");
-        let (policy, path) = versioning_of(None, base).unwrap();
-        assert_eq!((policy, path), (VersioningPolicy::DEFAULT, None));
-        assert_eq!(policy.max_age, Some(30 * crate::core::versioning::DAY));
-        let (policy, _) = versioning_of(Some(RawVersioning::Kind("none".into())), base).unwrap();
-        assert_eq!(policy.kind, VersioningKind::None);
-        let table = RawVersioningTable {
-            kind: Some("simple".into()),
-            max_age: Some("forever".into()),
-            keep: Some(3),
-            max_size: Some("1GiB".into()),
-            path: Some("v".into()),
-        };
-        let (policy, path) = versioning_of(Some(RawVersioning::Table(table)), base).unwrap();
-        assert_eq!(
-            (policy.kind, policy.max_age, policy.keep, policy.max_size),
-            (VersioningKind::Simple, None, 3, Some(1 << 30))
-        );
-        assert_eq!(path, Some(PathBuf::from("/cfg/v")));
-        let bad =
-            RawVersioningTable { kind: Some("weekly".into()), max_age: None, keep: None, max_size: None, path: None };
-        assert_eq!(versioning_of(Some(RawVersioning::Table(bad)), base).unwrap_err().0, ".type");
-        let e = check_file_keys(
-            "[[folder]]\nid = \"a\"\npath = \"/x\"\nversioning = { type = \"trash\", max_ag = \"1d\" }\n",
-            "n.toml",
-        )
-        .unwrap_err();
-        assert!(e.to_string().contains("`folder.versioning.max_ag`"), "{e}");
-    }
-
-    #[test]
-    fn a_version_store_must_be_outside_the_folder_and_on_its_filesystem() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("sync");
-        std::fs::create_dir(&root).unwrap();
-        let root = normalize(&root);
-        assert!(check_versions_path(&root, &root.join("old")).is_err());
-        assert!(check_versions_path(&root, &root.join(".syncnode-versions")).is_ok());
-        assert!(check_versions_path(&root, &dir.path().join("versions/sync")).is_ok());
-        // /proc is another filesystem on any Linux.
-        assert!(check_versions_path(&root, Path::new("/proc/versions")).unwrap_err().contains("filesystem"));
-    }
-
-    #[test]
-    fn the_starter_config_parses_from_its_text() {
-        let text = starter_config("n1", Path::new("/var/lib/n1"), Path::new("/srv/sync"), 50051);
-        let config = Config::from_toml(&text, "n1.toml", Path::new("/etc")).unwrap();
-        assert_eq!((config.name.as_str(), config.chunk_size, config.compression), ("n1", 65536, Compression::Zstd));
-        assert_eq!(config.folders[0].path, Path::new("/srv/sync"));
-        let relative = text.replace("/srv/sync", "sync");
-        assert_eq!(
-            Config::from_toml(&relative, "n1.toml", Path::new("/etc")).unwrap().folders[0].path,
-            Path::new("/etc/sync")
-        );
-        assert!(Config::from_toml("[node]\nnmae = \"x\"\n", "n1.toml", Path::new("/etc")).is_err());
-    }
-
-    #[test]
-    fn peer_flags_need_a_device_id() {
-        let id = crate::core::DeviceId([7; 32]).to_string();
-        assert!(parse_peer_flag(&format!("{id}@127.0.0.1:5000"), false).is_ok());
-        assert!(parse_peer_flag("127.0.0.1:5000", false).is_err());
-        assert!(parse_peer_flag(&format!("{id}@nowhere"), false).is_err());
-    }
-
-    #[test]
-    fn a_bare_peer_address_is_accepted_only_under_network_key() {
-        let p = parse_peer_flag("127.0.0.1:5000", true).unwrap();
-        assert_eq!((p.device_id, p.address.as_deref()), (None, Some("127.0.0.1:5000")));
-        assert!(parse_peer_flag("nowhere", true).is_err());
-    }
-}
+mod tests;
