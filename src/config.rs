@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-
 use crate::core::versioning::{Kind as VersioningKind, Policy as VersioningPolicy};
 use crate::core::{DeviceId, SharedWith};
 

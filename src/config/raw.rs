@@ -7,7 +7,6 @@ use serde::Deserialize;
 
 use super::ConfigError;
 
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct Raw {

@@ -28,8 +28,7 @@ fn symlinks_default_to_link_and_a_bad_value_names_the_file_and_key() {
     let config = load_text(text).unwrap();
     let modes: Vec<_> = config.folders.iter().map(|f| f.symlinks).collect();
     assert_eq!(modes, vec![SymlinkMode::Link, SymlinkMode::Ignore, SymlinkMode::Link]);
-    let e =
-        load_text("[[folder]]\nid = \"a\"\npath = \"FOLDER\"\nsymlinks = \"follow\"\n").unwrap_err().to_string();
+    let e = load_text("[[folder]]\nid = \"a\"\npath = \"FOLDER\"\nsymlinks = \"follow\"\n").unwrap_err().to_string();
     assert!(e.contains("n.toml: folder[0].symlinks: `follow`: expected link or ignore"), "{e}");
     // The starter config `syncnode init` writes holds the key.
     assert!(starter_config("n", Path::new("/d"), Path::new("/f"), 22000).contains("\nsymlinks = \"link\""));
@@ -44,8 +43,7 @@ fn a_device_list_entry_that_is_not_an_id_names_the_file_and_key() {
 
 #[test]
 fn network_key_trust_needs_a_key_and_accepts_address_only_peers() {
-    let base =
-        "[[folder]]\nid = \"a\"\npath = \"FOLDER\"\n\n[[peer]]\naddress = \"127.0.0.1:5000\"\n\n[security]\n";
+    let base = "[[folder]]\nid = \"a\"\npath = \"FOLDER\"\n\n[[peer]]\naddress = \"127.0.0.1:5000\"\n\n[security]\n";
     let config = load_text(&format!("{base}trust = \"network-key\"\nnetwork_key = \" s3cret-key \"\n")).unwrap();
     assert_eq!(config.trust, Trust::NetworkKey(NetworkSecret::new("s3cret-key")));
     assert_eq!(config.peers[0].device_id, None);
@@ -98,8 +96,7 @@ fn versioning_defaults_to_trash_for_30_days_and_parses_both_forms() {
         (VersioningKind::Simple, None, 3, Some(1 << 30))
     );
     assert_eq!(path, Some(PathBuf::from("/cfg/v")));
-    let bad =
-        RawVersioningTable { kind: Some("weekly".into()), max_age: None, keep: None, max_size: None, path: None };
+    let bad = RawVersioningTable { kind: Some("weekly".into()), max_age: None, keep: None, max_size: None, path: None };
     assert_eq!(versioning_of(Some(RawVersioning::Table(bad)), base).unwrap_err().0, ".type");
     let e = check_file_keys(
         "[[folder]]\nid = \"a\"\npath = \"/x\"\nversioning = { type = \"trash\", max_ag = \"1d\" }\n",

@@ -13,8 +13,10 @@ use std::collections::BTreeMap;
 
 /// Most needs one peer may have outstanding in one folder's Puller.
 pub const MAX_OUTSTANDING: u32 = 1024;
-/// New needs one peer may have admitted per second, beyond the first `MAX_OUTSTANDING`.
-pub const ADMIT_PER_SECOND: u32 = 4096;
+/// New needs one peer may have admitted per second, beyond the first `MAX_OUTSTANDING`: well above
+/// what a node pulls in a second (rsync's ~15,000 small files), so that it bounds a flood without
+/// ever being what an honest peer's big folder waits for (at 4,096, a million files took 244 s).
+pub const ADMIT_PER_SECOND: u32 = 65_536;
 /// The share of the Puller's running pulls one peer may take (in quarters): the rest stays free
 /// for the others, so pulls that hang on one peer's silence never hold every slot.
 pub const RUNNING_SHARE_QUARTERS: usize = 3;

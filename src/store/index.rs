@@ -78,6 +78,9 @@ pub struct Store {
     counts: std::sync::Mutex<std::collections::HashMap<String, LocalCounts>>,
     /// Per folder, the queued needs and the bytes they bring (kept by every change to them).
     need_counts: std::sync::Mutex<std::collections::HashMap<String, LocalCounts>>,
+    /// Per need queue, a key at or below its first live need (`needs`): a queue is taken from
+    /// the front, and reading it from the start would step over every need deleted before.
+    need_floors: std::sync::Mutex<std::collections::HashMap<String, Vec<u8>>>,
 }
 
 /// Where a queued need sorts: its pull order (`core::plan::order`), then its path.
@@ -207,7 +210,8 @@ impl Store {
         let db = DB::open_cf_descriptors(&opts, path, cfs).with_context(|| {
             format!("cannot open the index at {} (is another node using this data_dir?)", path.display())
         })?;
-        let store = Store { db, counts: Default::default(), need_counts: Default::default() };
+        let store =
+            Store { db, counts: Default::default(), need_counts: Default::default(), need_floors: Default::default() };
         // Needs are the Puller's queue, recomputed from the index whenever a peer connects: what a
         // previous run left is stale.
         for folder in store.need_folders() {

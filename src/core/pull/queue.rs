@@ -251,7 +251,14 @@ impl PullState {
 
     /// Hands the parked paths whose retry is due (all with `force`) to the Index, to be decided
     /// again (the disk or the peers may have changed since). A stopped folder retries nothing.
-    pub(super) fn retry_due(&mut self, now: u64, force: bool, faulted: bool, free: Option<u64>, fx: &mut Vec<Effect>) -> usize {
+    pub(super) fn retry_due(
+        &mut self,
+        now: u64,
+        force: bool,
+        faulted: bool,
+        free: Option<u64>,
+        fx: &mut Vec<Effect>,
+    ) -> usize {
         if self.parked.is_empty() || faulted {
             return 0;
         }

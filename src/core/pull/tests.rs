@@ -64,13 +64,7 @@ impl NeedStore for Mem {
     }
     fn held_first(&mut self, peer: DeviceId, limit: usize) -> Option<Vec<String>> {
         let h = self.held.get(&peer)?;
-        Some(
-            in_order(h.values().map(|(k, _)| (k.clone(), ())))
-                .into_iter()
-                .take(limit)
-                .map(|(k, _)| k.path)
-                .collect(),
-        )
+        Some(in_order(h.values().map(|(k, _)| (k.clone(), ()))).into_iter().take(limit).map(|(k, _)| k.path).collect())
     }
 }
 
@@ -398,8 +392,7 @@ impl World {
             match e {
                 Effect::Start { item, sources } => {
                     let path = item.remote.path.clone();
-                    let (n, bytes) =
-                        (self.running.len(), self.running.values().map(|(i, _)| bytes_of(i)).sum::<u64>());
+                    let (n, bytes) = (self.running.len(), self.running.values().map(|(i, _)| bytes_of(i)).sum::<u64>());
                     let l = self.limits;
                     prop_assert!(
                         n < l.files || (n < l.small_files && bytes < l.small_bytes),

@@ -87,10 +87,7 @@ fn needs_pick_the_newest_version_and_every_source_of_it() {
     m.remote.entry(dev(3)).or_default().insert("a".into(), new.clone());
     let n = needs(&m, &[dev(1), dev(2), dev(3)], None).unwrap();
     assert_eq!(n.len(), 1);
-    assert_eq!(
-        (n[0].action.clone(), &n[0].remote, n[0].sources.clone()),
-        (Action::Take, &new, vec![dev(2), dev(3)])
-    );
+    assert_eq!((n[0].action.clone(), &n[0].remote, n[0].sources.clone()), (Action::Take, &new, vec![dev(2), dev(3)]));
     // A device the folder is no longer shared with is neither a source nor considered.
     assert_eq!(needs(&m, &[dev(1)], None).unwrap()[0].remote, old);
     // What we have already is no need.
@@ -105,12 +102,7 @@ fn merges_and_unknown_tombstones_settle_without_the_puller() {
     let tomb = file("b", 1, &[(2, 3)], 20, 2).tombstone(ShortId(2), 4);
     let edit = file("c", 3, &[(2, 1)], 20, 2);
     let items = vec![
-        Need {
-            action: decide(Some(&local), &same),
-            remote: same.clone(),
-            local: Some(local.clone()),
-            sources: vec![],
-        },
+        Need { action: decide(Some(&local), &same), remote: same.clone(), local: Some(local.clone()), sources: vec![] },
         Need { action: decide(None, &tomb), remote: tomb.clone(), local: None, sources: vec![] },
         Need { action: Action::Take, remote: edit.clone(), local: None, sources: vec![] },
     ];

@@ -129,8 +129,7 @@ fn a_link_is_made_as_the_same_link_whatever_it_points_to() {
     let (root, outside, store) = with_outside();
     let secret = outside.path().join("secret").display().to_string();
     let by = Some((&store as &dyn Keeper, ShortId(2)));
-    for (rel, target) in [("d/rel", "../x"), ("abs", secret.as_str()), ("dangling", "no/such"), ("up", "../../..")]
-    {
+    for (rel, target) in [("d/rel", "../x"), ("abs", secret.as_str()), ("dangling", "no/such"), ("up", "../../..")] {
         let record = link(rel, target, &[(2, 1)], 1_600_000_000, 2);
         let state = make_link_keeping(root.path(), &record, None, by).unwrap();
         assert_eq!(state.kind, FileKind::Symlink);

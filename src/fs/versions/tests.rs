@@ -43,13 +43,10 @@ fn a_file_replaced_by_a_directory_or_deleted_by_a_peer_is_kept() {
         ..file(p, 1, &[(1, 1)], 0, 1)
     };
     let (lx, ly) = (local("x"), local("y"));
-    let dir =
-        FileRecord { kind: FileKind::Directory, chunks: Vec::new(), size: 0, ..file("x", 1, &[(1, 2)], 0, 2) };
+    let dir = FileRecord { kind: FileKind::Directory, chunks: Vec::new(), size: 0, ..file("x", 1, &[(1, 2)], 0, 2) };
     apply::make_dir_keeping(root.path(), &dir, Some(&lx), Some((&s as &dyn apply::Keeper, ShortId(2)))).unwrap();
     assert!(root.path().join("x").is_dir());
-    assert!(
-        apply::remove_keeping(root.path(), "y", Some(&ly), Some((&s as &dyn apply::Keeper, ShortId(2)))).unwrap()
-    );
+    assert!(apply::remove_keeping(root.path(), "y", Some(&ly), Some((&s as &dyn apply::Keeper, ShortId(2)))).unwrap());
     let kept: Vec<(String, Reason)> = s.list(None).unwrap().into_iter().map(|v| (v.path, v.reason)).collect();
     assert!(
         kept.contains(&("x".into(), Reason::Replaced)) && kept.contains(&("y".into(), Reason::Deleted)),

@@ -111,9 +111,8 @@ fn an_amplifying_edit_script_is_refused_before_it_is_expanded() {
     assert_eq!(check_update(&many), Err(UpdateError::TooManyFiles(MAX_FILES_PER_UPDATE + 1)));
     // Version vectors that each fit, but not together.
     let mut wide = to_wire(&file("a", 3, &[(1, 2)], 12, 7), None);
-    wide.version = Some(proto::Vector {
-        counters: (1..=MAX_COUNTERS as u64).map(|id| proto::Counter { id, value: 1 }).collect(),
-    });
+    wide.version =
+        Some(proto::Vector { counters: (1..=MAX_COUNTERS as u64).map(|id| proto::Counter { id, value: 1 }).collect() });
     let update = proto::IndexUpdate { folder: "default".into(), index_id: 1, files: vec![wide; 300] };
     assert_eq!(check_update(&update), Err(UpdateError::TooManyCounters(300 * MAX_COUNTERS as u64)));
 }
@@ -220,8 +219,7 @@ fn send_all(mut records: Vec<proto::FileInfo>) -> Vec<String> {
     let mut sent = Vec::new();
     while !records.is_empty() {
         let n = fit_batch("default", &mut records);
-        let batch =
-            proto::IndexUpdate { folder: "default".into(), index_id: 1, files: records.drain(..n).collect() };
+        let batch = proto::IndexUpdate { folder: "default".into(), index_id: 1, files: records.drain(..n).collect() };
         assert!(n > 0 || batch.files.is_empty() && records.is_empty(), "an empty batch left records behind");
         assert_eq!(check_update(&batch), Ok(()));
         assert!(batch.encoded_len() <= MAX_INDEX_BYTES + 64, "{}", batch.encoded_len());

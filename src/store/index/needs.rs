@@ -25,11 +25,18 @@ impl Store {
         let mut batch = WriteBatch::default();
         let mut counts = self.need_counts.lock().expect("counts lock");
         let c = counts.entry(folder.to_string()).or_default();
+        // Held through the write: a reader of the queue's front sees the floor and the needs
+        // below it together.
+        let mut floors = self.need_floors.lock().expect("floors lock");
         for (key, size, value) in needs {
             self.forget_need(folder, &key.path, &mut batch, c)?;
             let mut v = size.to_be_bytes().to_vec();
             v.extend_from_slice(value);
-            batch.put_cf(self.cf("needs"), keys::need(folder, key.order, &key.path), v);
+            let need = keys::need(folder, key.order, &key.path);
+            if let Some(floor) = floors.get_mut(folder).filter(|f| need < **f) {
+                *floor = need.clone();
+            }
+            batch.put_cf(self.cf("needs"), need, v);
             batch.put_cf(self.cf("needpath"), keys::file(folder, &key.path), key.order);
             c.records += 1;
             c.bytes += size;
@@ -38,7 +45,7 @@ impl Store {
         Ok(())
     }
 
-    pub(super) fn forget_need(&self, folder: &str, path: &str, batch: &mut WriteBatch, c: &mut LocalCounts) -> Result<()> {
+    fn forget_need(&self, folder: &str, path: &str, batch: &mut WriteBatch, c: &mut LocalCounts) -> Result<()> {
         let Some(order) = self.db.get_cf(self.cf("needpath"), keys::file(folder, path))? else { return Ok(()) };
         let order: [u8; 3] = order.as_slice().try_into().context("corrupt need entry")?;
         let key = keys::need(folder, order, path);
@@ -72,6 +79,7 @@ impl Store {
         self.db.delete_range_cf(self.cf("needs"), &prefix, &end)?;
         self.db.delete_range_cf(self.cf("needpath"), &prefix, &end)?;
         self.need_counts.lock().expect("counts lock").insert(folder.to_string(), LocalCounts::default());
+        self.need_floors.lock().expect("floors lock").remove(folder);
         Ok(())
     }
 
@@ -81,17 +89,22 @@ impl Store {
     }
 
     /// Up to `limit` queued needs after `after` (from the first without it), in pull order.
+    /// Reads from the queue's floor at the earliest, and moves the floor up to the first need a
+    /// read from the front finds: the deleted needs before it are never stepped over again.
     pub fn needs_after(&self, folder: &str, after: Option<&NeedKey>, limit: usize) -> Result<Vec<(NeedKey, Vec<u8>)>> {
         let prefix = keys::folder_prefix(folder);
+        let mut floors = self.need_floors.lock().expect("floors lock");
+        let floor = floors.get(folder).cloned().unwrap_or_else(|| prefix.clone());
         let start = match after {
             Some(k) => {
                 let mut s = keys::need(folder, k.order, &k.path);
                 s.push(0);
-                s
+                s.max(floor)
             }
-            None => prefix.clone(),
+            None => floor,
         };
         let mut out = Vec::new();
+        let mut first = None;
         for item in self.db.iterator_cf(self.cf("needs"), IteratorMode::From(&start, Direction::Forward)) {
             let (k, v) = item?;
             if !k.starts_with(&prefix) || out.len() >= limit {
@@ -100,7 +113,17 @@ impl Store {
             let rest = &k[prefix.len()..];
             let order: [u8; 3] = rest.get(..3).context("corrupt need key")?.try_into()?;
             let path = std::str::from_utf8(&rest[3..]).context("corrupt need key")?.to_string();
+            first.get_or_insert_with(|| k.to_vec());
             out.push((NeedKey { order, path }, v.get(8..).context("corrupt need entry")?.to_vec()));
+        }
+        if after.is_none() {
+            // Nothing live: the floor goes past the queue's every key, and the next need lowers it.
+            let end = || {
+                let mut end = prefix.clone();
+                *end.last_mut().expect("a separator") = 1;
+                end
+            };
+            floors.insert(folder.to_string(), first.unwrap_or_else(end));
         }
         Ok(out)
     }

@@ -137,8 +137,7 @@ fn a_renamed_file_is_stored_as_a_reference_sent_only_while_the_peer_holds_its_ba
     assert!(store.diff_to_send("f", &moved, 1).unwrap().is_some());
     // A small file, or one with nothing in common, is sent whole; a path of the same batch is
     // never a base.
-    let small =
-        store.commit_local("f", vec![file("s", 9, &[(1, 1)], 1, 1), file("t", 9, &[(1, 1)], 1, 1)]).unwrap();
+    let small = store.commit_local("f", vec![file("s", 9, &[(1, 1)], 1, 1), file("t", 9, &[(1, 1)], 1, 1)]).unwrap();
     assert!(store.diff_for("f", &small[1]).unwrap().is_none());
     let same_batch = store.commit_local("f", vec![big("x", 2, 100), big("y", 2, 100)]).unwrap();
     assert!(store.diff_for("f", &same_batch[1]).unwrap().is_none());
@@ -167,13 +166,95 @@ fn remote_indexes_are_kept_per_device() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let dev = DeviceId([5; 32]);
-    store
-        .put_remote(&dev, "f", Progress { index_id: 9, max_sequence: 4 }, &[file("x", 1, &[(2, 1)], 1, 2)])
-        .unwrap();
+    store.put_remote(&dev, "f", Progress { index_id: 9, max_sequence: 4 }, &[file("x", 1, &[(2, 1)], 1, 2)]).unwrap();
     assert_eq!(store.progress(&dev, "f").unwrap().max_sequence, 4);
     assert_eq!(store.remote_devices("f").unwrap(), vec![dev]);
     assert_eq!(store.remote_records(&dev, "f").count(), 1);
     store.clear_remote(&dev, "f").unwrap();
     assert_eq!(store.remote_records(&dev, "f").count(), 0);
     assert_eq!(store.progress(&dev, "f").unwrap(), Progress::default());
+}
+
+/// A need queue read from its front after any mix of queueing, taking and clearing answers as a
+/// plain ordered map does: the floor that spares a reader the deleted front never hides a need.
+mod queue_floor {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Put(u8, u8),
+        Remove(u8),
+        TakeFront(usize),
+        ReadAfter(u8, u8, usize),
+        Clear,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0u8..4, 0u8..40).prop_map(|(o, p)| Op::Put(o, p)),
+            2 => (0u8..40).prop_map(Op::Remove),
+            3 => (1usize..6).prop_map(Op::TakeFront),
+            2 => (0u8..4, 0u8..40, 1usize..6).prop_map(|(o, p, n)| Op::ReadAfter(o, p, n)),
+            1 => Just(Op::Clear),
+        ]
+    }
+
+    fn key(order: u8, path: u8) -> NeedKey {
+        NeedKey { order: [order, 0, 0], path: format!("p{path:02}") }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        #[test]
+        fn reads_match_an_ordered_map(ops in proptest::collection::vec(op(), 1..60)) {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path()).unwrap();
+            // path -> order, and the queue in pull order.
+            let mut model: BTreeMap<NeedKey, ()> = BTreeMap::new();
+            let mut by_path: BTreeMap<String, NeedKey> = BTreeMap::new();
+            for op in ops {
+                match op {
+                    Op::Put(o, p) => {
+                        let k = key(o, p);
+                        if let Some(old) = by_path.insert(k.path.clone(), k.clone()) {
+                            model.remove(&old);
+                        }
+                        model.insert(k.clone(), ());
+                        store.put_needs("f", &[(k, 1, Vec::new())]).unwrap();
+                    }
+                    Op::Remove(p) => {
+                        let path = format!("p{p:02}");
+                        if let Some(old) = by_path.remove(&path) {
+                            model.remove(&old);
+                        }
+                        store.remove_needs("f", &[path.as_str()]).unwrap();
+                    }
+                    Op::TakeFront(n) => {
+                        let got: Vec<NeedKey> = store.needs_after("f", None, n).unwrap().into_iter().map(|(k, _)| k).collect();
+                        let want: Vec<NeedKey> = model.keys().take(n).cloned().collect();
+                        prop_assert_eq!(&got, &want);
+                        for k in got {
+                            by_path.remove(&k.path);
+                            model.remove(&k);
+                            store.remove_needs("f", &[k.path.as_str()]).unwrap();
+                        }
+                    }
+                    Op::ReadAfter(o, p, n) => {
+                        let after = key(o, p);
+                        let got: Vec<NeedKey> = store.needs_after("f", Some(&after), n).unwrap().into_iter().map(|(k, _)| k).collect();
+                        let want: Vec<NeedKey> = model.keys().filter(|k| **k > after).take(n).cloned().collect();
+                        prop_assert_eq!(got, want);
+                    }
+                    Op::Clear => {
+                        model.clear();
+                        by_path.clear();
+                        store.clear_needs("f").unwrap();
+                    }
+                }
+                prop_assert_eq!(store.need_counts("f").records, model.len() as u64);
+            }
+        }
+    }
 }
