@@ -82,10 +82,15 @@ async fn serve(config: Config, identity: Identity, store: Arc<Store>) -> Result<
     };
     let mut pullers = HashMap::new();
     let mut wired = Vec::new();
+    // The Pullers run on a thread of their own: their queue work (RocksDB reads and writes per
+    // need) beside the Index's on the system thread made that one thread the limit of a big sync.
+    // Their pulls still run on the multi-threaded runtime.
+    let puller_thread = actix_rt::Arbiter::new();
+    let runtime = tokio::runtime::Handle::current();
     for (folder, guard) in guarded {
-        let puller = Puller::new(PullContext {
+        let context = PullContext {
             folder: folder.id.clone(),
-            commits: CommitQueue::start(versions[&folder.id].clone()),
+            commits: CommitQueue::start(versions[&folder.id].clone(), folder.id.clone(), for_puller.applied.clone()),
             root: folder.path.clone(),
             roots: roots.clone(),
             store: store.clone(),
@@ -94,8 +99,9 @@ async fn serve(config: Config, identity: Identity, store: Arc<Store>) -> Result<
             gauges: state.gauges(&folder.id),
             guard: guard.clone(),
             versions: versions[&folder.id].clone(),
-        })
-        .start();
+            runtime: runtime.clone(),
+        };
+        let puller = Puller::start_in_arbiter(&puller_thread.handle(), move |_| Puller::new(context));
         pullers.insert(folder.id.clone(), puller.clone().recipient());
         wired.push((folder, guard, PullerPort { needs: puller.clone().recipient(), barrier: puller.recipient() }));
     }
@@ -202,6 +208,7 @@ async fn serve(config: Config, identity: Identity, store: Arc<Store>) -> Result<
     if let Some(api) = api {
         api.stop(true).await;
     }
+    puller_thread.stop();
     System::current().stop();
     Ok(())
 }

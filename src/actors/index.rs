@@ -539,41 +539,52 @@ impl Handler<Applied> for IndexActor {
     type Result = ();
     fn handle(&mut self, msg: Applied, ctx: &mut Context<Self>) {
         let folder = msg.folder;
-        // What the pull did is recorded against our current record; one that cannot be read gets
-        // the path decided again later, never a record written over it blind.
-        let current = |path: &str| match self.store.get(&folder, path) {
-            Ok(r) => Ok(r),
-            Err(e) => {
-                tracing::error!(folder = %folder, path, error = %format!("{e:#}"), "cannot read the index");
-                Err(())
-            }
-        };
-        let (mut again, mut look_again) = (false, true);
-        let record = match msg.outcome {
-            Outcome::Took { record, disk } => {
-                // A file or link the pull just wrote is as its disk state says; a later local
-                // change reaches us through the watcher (or the periodic rescan) like any other.
-                look_again = disk.is_none() || record.kind == FileKind::Directory;
-                let Ok(now) = current(&record.path) else {
-                    return ctx.address().do_send(RecomputePaths { folder: folder.clone(), paths: vec![record.path] });
-                };
-                again = replica::overtaken(&record, now.as_ref());
-                replica::took(record, now.as_ref(), disk.map(|d| (d.mtime_ns, d.permissions)))
-            }
-            Outcome::Reissue { path, other } => {
-                let Ok(Some(local)) = current(&path) else { return };
-                let now = self.tick();
-                replica::reissued(local, &other, self.me, now)
-            }
-        };
-        let path = record.path.clone();
-        self.commit(&folder, vec![record]);
-        if again {
-            ctx.address().do_send(RecomputePaths { folder: folder.clone(), paths: vec![path.clone()] });
+        let (mut records, mut again, mut look_again, mut unread) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for outcome in msg.outcomes {
+            // What the pull did is recorded against our current record; one that cannot be read
+            // gets the path decided again later, never a record written over it blind.
+            let path = match &outcome {
+                Outcome::Took { record, .. } => record.path.clone(),
+                Outcome::Reissue { path, .. } => path.clone(),
+            };
+            let now = match self.store.get(&folder, &path) {
+                Ok(now) => now,
+                Err(e) => {
+                    tracing::error!(folder = %folder, path, error = %format!("{e:#}"), "cannot read the index");
+                    unread.push(path);
+                    continue;
+                }
+            };
+            let record = match outcome {
+                Outcome::Took { record, disk } => {
+                    // A file or link the pull just wrote is as its disk state says; a later local
+                    // change reaches us through the watcher (or the periodic rescan) like any other.
+                    if disk.is_none() || record.kind == FileKind::Directory {
+                        look_again.push(path.clone());
+                    }
+                    if replica::overtaken(&record, now.as_ref()) {
+                        again.push(path);
+                    }
+                    replica::took(record, now.as_ref(), disk.map(|d| (d.mtime_ns, d.permissions)))
+                }
+                Outcome::Reissue { other, .. } => {
+                    let Some(local) = now else { continue };
+                    // The disk may differ from the record: look again.
+                    look_again.push(path);
+                    let now = self.tick();
+                    replica::reissued(local, &other, self.me, now)
+                }
+            };
+            records.push(record);
+        }
+        self.commit(&folder, records);
+        again.extend(unread);
+        if !again.is_empty() {
+            ctx.address().do_send(RecomputePaths { folder: folder.clone(), paths: again });
         }
         // The disk may differ from the record (a directory we could not delete): look again.
-        if look_again {
-            self.step(&folder, ctx, |rules, io| rules.changed([path], io));
+        if !look_again.is_empty() {
+            self.step(&folder, ctx, |rules, io| rules.changed(look_again, io));
         }
     }
 }

@@ -198,7 +198,8 @@ pub enum Outcome {
 #[rtype(result = "()")]
 pub struct Applied {
     pub folder: String,
-    pub outcome: Outcome,
+    /// One pull's, or a whole commit batch's (recorded in one write).
+    pub outcomes: Vec<Outcome>,
 }
 
 /// A connection ended.

@@ -73,7 +73,7 @@ impl Puller {
                         active: true,
                     });
                     let (pctx, me) = (self.ctx.clone(), ctx.address());
-                    tokio::spawn(async move {
+                    self.ctx.runtime.spawn(async move {
                         let result = execute(&pctx, *item, &sources).await.map_err(|e| (e.kind(), e.to_string()));
                         me.do_send(Finished { path, result });
                     });

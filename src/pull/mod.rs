@@ -55,6 +55,8 @@ pub struct PullContext {
     pub guard: Arc<RootGuard>,
     /// Where files that pulls replace or delete are kept first.
     pub versions: Arc<VersionStore>,
+    /// The multi-threaded runtime the pulls run on (the Puller's own thread only decides).
+    pub runtime: tokio::runtime::Handle,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -122,7 +124,12 @@ pub async fn execute(ctx: &PullContext, item: Need, sources: &Sources) -> Result
             Outcome::Took { record: remote, disk: None }
         }
         Action::Take => {
-            let disk = materialize(ctx, &remote, &path, item.local.clone(), sources).await?;
+            let disk = materialize(ctx, &remote, &path, item.local.clone(), sources, true).await?;
+            if remote.kind == FileKind::File {
+                // Its commit batch told the Index.
+                ctx.gauges.pulls.fetch_add(1, Relaxed);
+                return Ok(());
+            }
             Outcome::Took { record: remote, disk: Some(disk) }
         }
         Action::ConflictLocalLoses { copy } => {
@@ -131,7 +138,11 @@ pub async fn execute(ctx: &PullContext, item: Need, sources: &Sources) -> Result
             ctx.gauges.conflicts.fetch_add(1, Relaxed);
             tracing::warn!(folder = %ctx.folder, path = %path, copy = %copy, "conflict: our version kept as a copy");
             ctx.index.changed.do_send(LocalChanged { folder: ctx.folder.clone(), paths: vec![copy] });
-            let disk = materialize(ctx, &remote, &path, None, sources).await?;
+            let disk = materialize(ctx, &remote, &path, None, sources, true).await?;
+            if remote.kind == FileKind::File {
+                ctx.gauges.pulls.fetch_add(1, Relaxed);
+                return Ok(());
+            }
             Outcome::Took { record: remote, disk: Some(disk) }
         }
         Action::ConflictRemoteLoses { copy } => {
@@ -141,7 +152,7 @@ pub async fn execute(ctx: &PullContext, item: Need, sources: &Sources) -> Result
                 let has_remote = move |p: &std::path::Path| holds(p, &wanted);
                 // The winner's node may have made this copy already, and it may have synced here.
                 if let Some(copy) = blocking(move || apply::free_name(&root, &c, has_remote)).await? {
-                    materialize(ctx, &remote, &copy, None, sources).await?;
+                    materialize(ctx, &remote, &copy, None, sources, false).await?;
                     ctx.index.changed.do_send(LocalChanged { folder: ctx.folder.clone(), paths: vec![copy] });
                 }
             }
@@ -153,17 +164,19 @@ pub async fn execute(ctx: &PullContext, item: Need, sources: &Sources) -> Result
         Action::Skip | Action::Merge => return Ok(()),
     };
     ctx.gauges.pulls.fetch_add(1, Relaxed);
-    ctx.index.applied.do_send(Applied { folder: ctx.folder.clone(), outcome });
+    ctx.index.applied.do_send(Applied { folder: ctx.folder.clone(), outcomes: vec![outcome] });
     Ok(())
 }
 
-/// Puts `record`'s content (or directory, or link) at `target`.
+/// Puts `record`'s content (or directory, or link) at `target`. A file put in place with `report`
+/// is told to the Index by its commit batch (as `record` taken).
 async fn materialize(
     ctx: &PullContext,
     record: &FileRecord,
     target: &str,
     local: Option<FileRecord>,
     sources: &Sources,
+    report: bool,
 ) -> Result<DiskState, PullError> {
     if record.kind == FileKind::Symlink {
         let (root, r, versions) =
@@ -247,7 +260,7 @@ async fn materialize(
         temp.abandon();
         return Err(PullError::Root(problem));
     }
-    let disk = ctx.commits.commit(temp, record.clone(), local).await?;
+    let disk = ctx.commits.commit(temp, record.clone(), local, report).await?;
     ctx.gauges.bytes_reused.fetch_add(tally.reused, Relaxed);
     ctx.gauges.bytes_saved_on_wire.fetch_add(tally.received.saturating_sub(tally.wire), Relaxed);
     let from: Vec<String> = tally.by_peer.iter().map(|(d, n)| format!("{}:{n}", d.prefix())).collect();
