@@ -27,12 +27,13 @@ use crate::fs::ignore::IgnoreRules;
 use crate::fs::root::RootGuard;
 use crate::fs::scan::remove_stale_temp_files;
 use crate::index::{
-    accept_root, announced, judge_scanned, needs, needs_page, purge_tombstones, store_remote, FolderDisk, Judged,
-    Refusal, ScanJob, Scanned,
+    accept_root, judge_scanned, needs, purge_tombstones, store_remote, FolderDisk, Judged, Refusal, ScanJob, Scanned,
 };
 use crate::store::Store;
 
 pub mod modes;
+mod needs;
+use needs::RecomputeStep;
 
 /// Per-folder state the Index keeps: the rules' state, and what carrying them out needs.
 struct FolderState {
@@ -474,64 +475,10 @@ impl Handler<RecomputeNeeds> for IndexActor {
     }
 }
 
-/// One step of a whole-folder recompute (`IndexActor::recompute`): the paths after `after`.
-#[derive(Message)]
-#[rtype(result = "()")]
-struct RecomputeStep {
-    folder: String,
-    generation: u64,
-    after: Option<String>,
-    started: std::time::Instant,
-    needs: usize,
-}
-
-impl Handler<RecomputeStep> for IndexActor {
-    type Result = ();
-    fn handle(&mut self, mut msg: RecomputeStep, ctx: &mut Context<Self>) {
-        if self.folders.get(&msg.folder).is_none_or(|s| !s.rules.recompute_current(msg.generation)) {
-            return;
-        }
-        let folder = msg.folder.as_str();
-        let Some((items, next)) = needs_page(&self.store, &self.folders[folder].config, msg.after.as_deref()) else {
-            return;
-        };
-        msg.needs += items.len();
-        self.dispatch(folder, items, msg.after.is_none(), Vec::new());
-        match next {
-            Some(next) => {
-                msg.after = Some(next);
-                ctx.notify(msg);
-            }
-            None => {
-                tracing::debug!(
-                    folder,
-                    needs = msg.needs,
-                    ms = msg.started.elapsed().as_millis() as u64,
-                    "needs recomputed"
-                )
-            }
-        }
-    }
-}
-
 impl Handler<Pulling> for IndexActor {
     type Result = ();
     fn handle(&mut self, msg: Pulling, ctx: &mut Context<Self>) {
         self.step(&msg.folder, ctx, |rules, io| rules.pulling(msg.path, msg.active, io));
-    }
-}
-
-impl Handler<RecomputePaths> for IndexActor {
-    type Result = ();
-    fn handle(&mut self, msg: RecomputePaths, _: &mut Context<Self>) {
-        let announced = match announced(&self.store, &msg.folder, &msg.paths) {
-            Ok(a) => a,
-            Err(e) => {
-                return tracing::error!(folder = %msg.folder, error = %format!("{e:#}"), "cannot read the index to decide what to pull")
-            }
-        };
-        let items = self.needs(&msg.folder, &announced);
-        self.dispatch(&msg.folder, items, false, msg.paths);
     }
 }
 
