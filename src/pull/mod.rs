@@ -110,6 +110,7 @@ pub async fn execute(ctx: &PullContext, item: Need, sources: &Sources) -> Result
     ctx.guard.check().map_err(PullError::Root)?;
     let remote = item.remote.clone();
     let path = remote.path.clone();
+    // `None`: a file put in place, which its commit batch told the Index.
     let outcome = match &item.action {
         Action::Take if remote.deleted => {
             let (root, p, local, versions, by) =
@@ -121,16 +122,11 @@ pub async fn execute(ctx: &PullContext, item: Need, sources: &Sources) -> Result
             if removed {
                 tracing::info!(folder = %ctx.folder, path = %path, "deleted");
             }
-            Outcome::Took { record: remote, disk: None }
+            Some(Outcome::Took { record: remote, disk: None })
         }
         Action::Take => {
-            let disk = materialize(ctx, &remote, &path, item.local.clone(), sources, true).await?;
-            if remote.kind == FileKind::File {
-                // Its commit batch told the Index.
-                ctx.gauges.pulls.fetch_add(1, Relaxed);
-                return Ok(());
-            }
-            Outcome::Took { record: remote, disk: Some(disk) }
+            let disk = materialize(ctx, &remote, &path, item.local.clone(), sources).await?;
+            put_in_place(remote, disk)
         }
         Action::ConflictLocalLoses { copy } => {
             let (root, p, c) = (ctx.root.clone(), path.clone(), copy.clone());
@@ -138,12 +134,8 @@ pub async fn execute(ctx: &PullContext, item: Need, sources: &Sources) -> Result
             ctx.gauges.conflicts.fetch_add(1, Relaxed);
             tracing::warn!(folder = %ctx.folder, path = %path, copy = %copy, "conflict: our version kept as a copy");
             ctx.index.changed.do_send(LocalChanged { folder: ctx.folder.clone(), paths: vec![copy] });
-            let disk = materialize(ctx, &remote, &path, None, sources, true).await?;
-            if remote.kind == FileKind::File {
-                ctx.gauges.pulls.fetch_add(1, Relaxed);
-                return Ok(());
-            }
-            Outcome::Took { record: remote, disk: Some(disk) }
+            let disk = materialize(ctx, &remote, &path, None, sources).await?;
+            put_in_place(remote, disk)
         }
         Action::ConflictRemoteLoses { copy } => {
             // A losing link is kept as a link under the copy's name, like a losing file.
@@ -152,31 +144,38 @@ pub async fn execute(ctx: &PullContext, item: Need, sources: &Sources) -> Result
                 let has_remote = move |p: &std::path::Path| holds(p, &wanted);
                 // The winner's node may have made this copy already, and it may have synced here.
                 if let Some(copy) = blocking(move || apply::free_name(&root, &c, has_remote)).await? {
-                    materialize(ctx, &remote, &copy, None, sources, false).await?;
+                    materialize(ctx, &remote, &copy, None, sources).await?;
                     ctx.index.changed.do_send(LocalChanged { folder: ctx.folder.clone(), paths: vec![copy] });
                 }
             }
             ctx.gauges.conflicts.fetch_add(1, Relaxed);
             tracing::warn!(folder = %ctx.folder, path = %path, copy = %copy, "conflict: the peer's version kept as a copy");
-            Outcome::Reissue { path, other: remote.version }
+            Some(Outcome::Reissue { path, other: remote.version })
         }
-        Action::KeepLocal => Outcome::Reissue { path, other: remote.version },
+        Action::KeepLocal => Some(Outcome::Reissue { path, other: remote.version }),
         Action::Skip | Action::Merge => return Ok(()),
     };
     ctx.gauges.pulls.fetch_add(1, Relaxed);
-    ctx.index.applied.do_send(Applied { folder: ctx.folder.clone(), outcomes: vec![outcome] });
+    if let Some(outcome) = outcome {
+        ctx.index.applied.do_send(Applied { folder: ctx.folder.clone(), outcomes: vec![outcome] });
+    }
     Ok(())
 }
 
-/// Puts `record`'s content (or directory, or link) at `target`. A file put in place with `report`
-/// is told to the Index by its commit batch (as `record` taken).
+/// What putting `record` in place at its own path leaves to tell the Index: nothing for a file (its
+/// commit batch told it), the record and disk state for a directory or link.
+fn put_in_place(record: FileRecord, disk: DiskState) -> Option<Outcome> {
+    (record.kind != FileKind::File).then_some(Outcome::Took { record, disk: Some(disk) })
+}
+
+/// Puts `record`'s content (or directory, or link) at `target`. A file put at the record's own path
+/// (not a conflict copy under another name) is told to the Index by its commit batch, as taken.
 async fn materialize(
     ctx: &PullContext,
     record: &FileRecord,
     target: &str,
     local: Option<FileRecord>,
     sources: &Sources,
-    report: bool,
 ) -> Result<DiskState, PullError> {
     if record.kind == FileKind::Symlink {
         let (root, r, versions) =
@@ -260,7 +259,7 @@ async fn materialize(
         temp.abandon();
         return Err(PullError::Root(problem));
     }
-    let disk = ctx.commits.commit(temp, record.clone(), local, report).await?;
+    let disk = ctx.commits.commit(temp, record.clone(), local, target == record.path).await?;
     ctx.gauges.bytes_reused.fetch_add(tally.reused, Relaxed);
     ctx.gauges.bytes_saved_on_wire.fetch_add(tally.received.saturating_sub(tally.wire), Relaxed);
     let from: Vec<String> = tally.by_peer.iter().map(|(d, n)| format!("{}:{n}", d.prefix())).collect();

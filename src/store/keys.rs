@@ -25,6 +25,13 @@ pub fn folder_prefix(folder: &str) -> Vec<u8> {
     file(folder, "")
 }
 
+/// The first key after every key of `folder` (its prefix with the separator raised by one).
+pub fn folder_end(folder: &str) -> Vec<u8> {
+    let mut end = folder_prefix(folder);
+    *end.last_mut().expect("a separator") = 1;
+    end
+}
+
 pub fn seq(folder: &str, sequence: u64) -> Vec<u8> {
     let mut k = folder_prefix(folder);
     k.extend_from_slice(&sequence.to_be_bytes());

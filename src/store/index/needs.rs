@@ -73,9 +73,7 @@ impl Store {
 
     /// Drops every queued need of the folder.
     pub fn clear_needs(&self, folder: &str) -> Result<()> {
-        let prefix = keys::folder_prefix(folder);
-        let mut end = prefix.clone();
-        *end.last_mut().expect("a separator") = 1;
+        let (prefix, end) = (keys::folder_prefix(folder), keys::folder_end(folder));
         self.db.delete_range_cf(self.cf("needs"), &prefix, &end)?;
         self.db.delete_range_cf(self.cf("needpath"), &prefix, &end)?;
         self.need_counts.lock().expect("counts lock").insert(folder.to_string(), LocalCounts::default());
@@ -118,12 +116,7 @@ impl Store {
         }
         if after.is_none() {
             // Nothing live: the floor goes past the queue's every key, and the next need lowers it.
-            let end = || {
-                let mut end = prefix.clone();
-                *end.last_mut().expect("a separator") = 1;
-                end
-            };
-            floors.insert(folder.to_string(), first.unwrap_or_else(end));
+            floors.insert(folder.to_string(), first.unwrap_or_else(|| keys::folder_end(folder)));
         }
         Ok(out)
     }
