@@ -939,17 +939,7 @@ impl Sim {
     /// `Handler<RecomputePaths>`.
     fn recompute_paths(&mut self, i: usize, paths: Vec<String>) {
         let devices = self.devices(i);
-        let store = &self.nodes[i].store;
-        let announced: Vec<FileRecord> = paths
-            .iter()
-            .flat_map(|p| {
-                devices.iter().filter_map(move |d| {
-                    let Ok(r) = store.remote(d, p);
-                    r
-                })
-            })
-            .collect();
-        let Ok(items) = replica::needs(store, &devices, Some(&announced));
+        let Ok(items) = replica::needs_at(&self.nodes[i].store, &devices, &paths);
         self.dispatch(i, items, false, paths);
     }
 

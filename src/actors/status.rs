@@ -189,6 +189,7 @@ impl NodeState {
             folders,
             peers,
             actor_stall_max_ms: self.actor_stall_max_ms.load(Relaxed),
+            index_memory: self.store.memory(),
         })
     }
 }
@@ -202,6 +203,9 @@ pub struct StatusReport {
     /// The longest the actor thread was held past a timer since the node started (ms).
     #[serde(default)]
     pub actor_stall_max_ms: u64,
+    /// What the index holds in memory now (RocksDB's block cache, memtables, table readers).
+    #[serde(default)]
+    pub index_memory: crate::store::IndexMemory,
 }
 
 #[derive(Debug, Default, Serialize, serde::Deserialize)]

@@ -218,14 +218,7 @@ impl Handler<PeerDiscovered> for Supervisor {
             return;
         }
         let slot = self.peers.entry(msg.device).or_default();
-        let known = slot.addresses.len();
-        for a in msg.addresses {
-            if !slot.addresses.contains(&a) {
-                slot.addresses.push(a);
-            }
-        }
-        if slot.addresses.len() > known {
-            slot.dial.dial_now();
+        if dial::learn_addresses(&mut slot.addresses, &mut slot.dial, msg.addresses) {
             self.tick(ctx);
         }
     }

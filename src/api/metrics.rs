@@ -72,6 +72,18 @@ pub fn render(r: &StatusReport) -> Result<String, std::fmt::Error> {
         "The longest the actor thread (shared by every actor and the signal handler) was held past a timer, in ms.",
         gauges([(Vec::new(), r.actor_stall_max_ms)]),
     );
+    let m = &r.index_memory;
+    let parts = [
+        ("block_cache", m.block_cache),
+        ("block_cache_pinned", m.block_cache_pinned),
+        ("memtables", m.memtables),
+        ("table_readers", m.table_readers),
+    ];
+    registry.register(
+        "index_memory_bytes",
+        "What the index (RocksDB) holds in memory, by part; block_cache_pinned is within block_cache.",
+        gauges(parts.map(|(part, bytes)| (vec![("part", part.to_string())], bytes))),
+    );
     let peer_gauges: [Metric<PeerReport>; 2] = [
         (
             "peer_needs_admitted",
@@ -129,6 +141,7 @@ mod tests {
         let report = StatusReport {
             folders: vec![FolderReport { id: "default".into(), local_files: 3, pulls: 7, ..Default::default() }],
             peers: vec![PeerReport { device_id: "PEER".into(), connected: true, bytes_in: 42, ..Default::default() }],
+            index_memory: crate::store::IndexMemory { memtables: 5, ..Default::default() },
             ..Default::default()
         };
         let text = render(&report).unwrap();
@@ -139,6 +152,7 @@ mod tests {
             "syncnode_pulls_total{folder=\"default\"} 7",
             "syncnode_peer_bytes_in_total{peer=\"PEER\"} 42",
             "syncnode_peers_connected 1",
+            "syncnode_index_memory_bytes{part=\"memtables\"} 5",
             "# EOF",
         ] {
             assert!(text.lines().any(|l| l == line), "no line {line:?} in\n{text}");

@@ -128,6 +128,27 @@ pub fn start_due<'a, K>(slots: impl IntoIterator<Item = (K, &'a mut Schedule, bo
         .collect()
 }
 
+/// Addresses a discovery heard for a known peer: the new ones join its list (in the order heard,
+/// none twice) and, if there was any, the peer is due at once whatever its backoff (somewhere new
+/// may answer where the old addresses did not). Returns whether anything was new.
+pub fn learn_addresses(
+    known: &mut Vec<String>,
+    schedule: &mut Schedule,
+    heard: impl IntoIterator<Item = String>,
+) -> bool {
+    let before = known.len();
+    for address in heard {
+        if !known.contains(&address) {
+            known.push(address);
+        }
+    }
+    let new = known.len() > before;
+    if new {
+        schedule.dial_now();
+    }
+    new
+}
+
 /// A peer known by its device ID is not dialed while connected, nor without an address to dial.
 pub fn peer_blocked(connected: bool, addresses: usize) -> bool {
     connected || addresses == 0
@@ -173,6 +194,22 @@ mod tests {
         // A short-lived connection, or one ended by a protocol violation, keeps it growing.
         assert_eq!(b.ended(Duration::from_secs(1), false, 0), Duration::from_secs(1));
         assert_eq!(b.ended(Duration::from_secs(3600), true, 0), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn a_new_address_is_added_once_and_dialed_at_once() {
+        let t0 = Instant::now();
+        let mut schedule = Schedule::default();
+        schedule.failed(t0, 0);
+        schedule.failed(t0, 0);
+        let mut known = vec!["10.0.0.1:22000".to_string()];
+        // Nothing new: the backoff stands.
+        assert!(!learn_addresses(&mut known, &mut schedule, ["10.0.0.1:22000".to_string()]));
+        assert!(!schedule.due(t0));
+        let heard = ["10.0.0.2:22000", "10.0.0.1:22000", "10.0.0.2:22000"].map(String::from);
+        assert!(learn_addresses(&mut known, &mut schedule, heard));
+        assert_eq!(known, ["10.0.0.1:22000", "10.0.0.2:22000"]);
+        assert!(schedule.due(t0));
     }
 
     #[test]

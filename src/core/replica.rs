@@ -166,46 +166,70 @@ fn needs_of<R: Records + ?Sized>(
     devices: &[DeviceId],
     list: &[FileRecord],
 ) -> Result<Vec<Need>, R::Error> {
-    let mut best: BTreeMap<String, FileRecord> = BTreeMap::new();
-    let mut consider = |remote: FileRecord| match best.get(&remote.path) {
+    let mut by_path: BTreeMap<&str, Vec<&FileRecord>> = BTreeMap::new();
+    for r in list {
+        by_path.entry(r.path.as_str()).or_default().push(r);
+    }
+    let mut items = Vec::new();
+    for (path, listed) in by_path {
+        items.extend(need_at(records, devices, path, &listed)?);
+    }
+    Ok(items)
+}
+
+/// What the folder needs at each of `paths`, from every device's record of it, in path order:
+/// `needs` for paths whose records are all in the store (held needs taken back, retries due).
+pub fn needs_at<R: Records + ?Sized>(
+    records: &R,
+    devices: &[DeviceId],
+    paths: &[String],
+) -> Result<Vec<Need>, R::Error> {
+    let paths: std::collections::BTreeSet<&str> = paths.iter().map(String::as_str).collect();
+    let mut items = Vec::new();
+    for path in paths {
+        items.extend(need_at(records, devices, path, &[])?);
+    }
+    Ok(items)
+}
+
+/// The need at `path`, if any: the newest of `listed` (records just announced, in the order they
+/// came) and every device's stored record, decided against ours. Each device's record is read
+/// once (a path is a read of each device's index and one of ours).
+fn need_at<R: Records + ?Sized>(
+    records: &R,
+    devices: &[DeviceId],
+    path: &str,
+    listed: &[&FileRecord],
+) -> Result<Option<Need>, R::Error> {
+    let mut best: Option<FileRecord> = None;
+    let mut consider = |remote: &FileRecord| match &best {
         Some(cur) if cur.version.dominates(&remote.version) => {}
-        Some(cur) if remote.version.dominates(&cur.version) => {
-            best.insert(remote.path.clone(), remote);
-        }
+        Some(cur) if remote.version.dominates(&cur.version) => best = Some(remote.clone()),
         // Two peers disagree concurrently: decide against ours one at a time; the outcome of the
         // first changes ours, and the next round takes the other.
         Some(_) => {}
-        None => {
-            best.insert(remote.path.clone(), remote);
-        }
+        None => best = Some(remote.clone()),
     };
-    let mut seen = std::collections::HashSet::new();
-    for r in list {
-        consider(r.clone());
-        if seen.insert(r.path.as_str()) {
-            for d in devices {
-                if let Some(other) = records.remote(d, &r.path)? {
-                    consider(other);
-                }
-            }
+    // The first record announced, then every device's, then the rest announced.
+    if let Some(first) = listed.first() {
+        consider(first);
+    }
+    let mut stored = Vec::with_capacity(devices.len());
+    for d in devices {
+        if let Some(r) = records.remote(d, path)? {
+            consider(&r);
+            stored.push((*d, r.version));
         }
     }
-    let mut items = Vec::new();
-    for (path, remote) in best {
-        let local = records.local(&path)?;
-        let action = decide(local.as_ref(), &remote);
-        if action == Action::Skip {
-            continue;
-        }
-        let mut sources = Vec::new();
-        for d in devices {
-            if records.remote(d, &path)?.is_some_and(|r| r.version == remote.version) {
-                sources.push(*d);
-            }
-        }
-        items.push(Need { action, remote, local, sources });
+    listed.iter().skip(1).for_each(|r| consider(r));
+    let Some(remote) = best else { return Ok(None) };
+    let local = records.local(path)?;
+    let action = decide(local.as_ref(), &remote);
+    if action == Action::Skip {
+        return Ok(None);
     }
-    Ok(items)
+    let sources = stored.into_iter().filter(|(_, v)| *v == remote.version).map(|(d, _)| d).collect();
+    Ok(Some(Need { action, remote, local, sources }))
 }
 
 /// One step of deciding everything a folder needs, in bounded memory: reads a page of `limit`

@@ -10,6 +10,8 @@ mod records;
 mod remote;
 mod scan;
 
-pub use records::{accept_root, needs, needs_page, purge_tombstones, sources, FolderDisk, FolderRecords, StoreView};
-pub use remote::{announced, judge_scanned, store_remote, Judged, Refusal};
+pub use records::{
+    accept_root, needs, needs_at, needs_page, purge_tombstones, sources, FolderDisk, FolderRecords, StoreView,
+};
+pub use remote::{judge_scanned, store_remote, Judged, Refusal};
 pub use scan::{ScanJob, Scanned};

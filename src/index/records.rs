@@ -119,6 +119,17 @@ pub fn needs(store: &Store, config: &FolderConfig, records: &[FileRecord]) -> Ve
     })
 }
 
+/// What the folder needs at `paths` now (held needs taken back, retries due, pulls overtaken);
+/// none, logged, if the index cannot be read.
+pub fn needs_at(store: &Store, config: &FolderConfig, paths: &[String]) -> Vec<Need> {
+    let folder = config.id.as_str();
+    let read = || replica::needs_at(&FolderRecords { store, folder }, &sources(store, config)?, paths);
+    read().unwrap_or_else(|e| {
+        tracing::error!(folder, error = %format!("{e:#}"), "cannot read the index to decide what to pull");
+        Vec::new()
+    })
+}
+
 /// One page of a whole-folder recompute (`replica::needs_page`): the needs of the paths after
 /// `after`, and where the next page starts. `None` (logged) when the index cannot be read.
 pub fn needs_page(store: &Store, config: &FolderConfig, after: Option<&str>) -> Option<(Vec<Need>, Option<String>)> {

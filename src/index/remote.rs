@@ -88,18 +88,6 @@ pub fn store_remote(
     Ok(records)
 }
 
-/// What every peer announced of `paths`.
-pub fn announced(store: &Store, folder: &str, paths: &[String]) -> anyhow::Result<Vec<FileRecord>> {
-    let devices = store.remote_devices(folder)?;
-    let mut announced = Vec::new();
-    for path in paths {
-        for d in &devices {
-            announced.extend(store.remote(d, folder, path)?);
-        }
-    }
-    Ok(announced)
-}
-
 /// A scan's records, judged against our records now (`replica::judge_scanned`).
 #[derive(Default)]
 pub struct Judged {

@@ -86,6 +86,19 @@ pub struct Store {
 /// Where a queued need sorts: its pull order (`core::plan::order`), then its path.
 pub use crate::core::plan::NeedKey;
 
+/// What the index holds in memory now, in bytes (RocksDB's own accounting).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct IndexMemory {
+    /// The shared block cache: data blocks, and the index and filter blocks it holds.
+    pub block_cache: u64,
+    /// The part of the block cache that cannot be evicted now (pinned or in use).
+    pub block_cache_pinned: u64,
+    /// Every column family's memtables, mutable and immutable.
+    pub memtables: u64,
+    /// Table readers' memory outside the block cache.
+    pub table_readers: u64,
+}
+
 /// Live (not deleted) records of a folder, and the bytes of their content.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LocalCounts {
@@ -276,6 +289,23 @@ impl Store {
         self.scan_prefix("files", keys::file(folder, &format!("{dir}/"))).filter_map(|(_, v)| decode_record(&v).ok())
     }
 
+    /// What the index holds in memory now. A property RocksDB cannot report counts as 0.
+    pub fn memory(&self) -> IndexMemory {
+        // The block cache is shared: any family reports all of it (the database itself reports
+        // nothing when each family names its table options).
+        let db = |name: &str| self.db.property_int_value_cf(self.cf("files"), name).map_or(0, |v| v.unwrap_or(0));
+        let families = |name: &str| -> u64 {
+            let family = |f: &&str| self.db.property_int_value_cf(self.cf(f), name).map_or(0, |v| v.unwrap_or(0));
+            FAMILIES.iter().map(family).sum()
+        };
+        IndexMemory {
+            block_cache: db("rocksdb.block-cache-usage"),
+            block_cache_pinned: db("rocksdb.block-cache-pinned-usage"),
+            memtables: families("rocksdb.cur-size-all-mem-tables"),
+            table_readers: families("rocksdb.estimate-table-readers-mem"),
+        }
+    }
+
     /// The folder's live records and bytes (counted on first use, then kept by each commit).
     pub fn local_counts(&self, folder: &str) -> LocalCounts {
         let mut counts = self.counts.lock().expect("counts lock");
@@ -341,7 +371,10 @@ impl Store {
                         };
                         batch.put_cf(self.cf("diffs"), keys::file(folder, &record.path), encode(&diff));
                     }
-                    None => batch.delete_cf(self.cf("diffs"), keys::file(folder, &record.path)),
+                    // A path never seen has no difference stored (one is only ever stored beside
+                    // its record, and purged with it): nothing to delete, no tombstone to write.
+                    None if previous.is_some() => batch.delete_cf(self.cf("diffs"), keys::file(folder, &record.path)),
+                    None => {}
                 },
             }
             batch.put_cf(self.cf("seq"), keys::seq(folder, record.sequence), record.path.as_bytes());

@@ -6,4 +6,4 @@ pub mod children;
 pub mod index;
 mod keys;
 
-pub use index::{ChunkLocation, FolderMeta, NeedKey, Progress, Store};
+pub use index::{ChunkLocation, FolderMeta, IndexMemory, NeedKey, Progress, Store};

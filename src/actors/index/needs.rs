@@ -5,7 +5,7 @@ use actix::prelude::*;
 
 use super::IndexActor;
 use crate::actors::messages::RecomputePaths;
-use crate::index::{announced, needs_page};
+use crate::index::{needs_at, needs_page};
 
 /// One step of a whole-folder recompute (`IndexActor::recompute`): the paths after `after`.
 #[derive(Message)]
@@ -50,13 +50,8 @@ impl Handler<RecomputeStep> for IndexActor {
 impl Handler<RecomputePaths> for IndexActor {
     type Result = ();
     fn handle(&mut self, msg: RecomputePaths, _: &mut Context<Self>) {
-        let announced = match announced(&self.store, &msg.folder, &msg.paths) {
-            Ok(a) => a,
-            Err(e) => {
-                return tracing::error!(folder = %msg.folder, error = %format!("{e:#}"), "cannot read the index to decide what to pull")
-            }
-        };
-        let items = self.needs(&msg.folder, &announced);
+        let Some(state) = self.folders.get(&msg.folder) else { return };
+        let items = needs_at(&self.store, &state.config, &msg.paths);
         self.dispatch(&msg.folder, items, false, msg.paths);
     }
 }

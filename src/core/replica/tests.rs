@@ -203,4 +203,28 @@ proptest! {
         prop_assert_eq!(&paged, &at_once);
         prop_assert_eq!(needs(&m, &devices, None).unwrap(), at_once);
     }
+
+    /// The needs at some paths (held needs taken back, retries due), given in any order and
+    /// with repeats, are exactly the whole-folder recompute's needs at those paths.
+    #[test]
+    fn needs_at_some_paths_equal_the_whole_recompute_there(
+        held in proptest::collection::vec((0u8..12, 0u8..4, 0u8..3, 1u64..4), 0..40),
+        asked in proptest::collection::vec(0u8..14, 0..10),
+    ) {
+        let mut m = Mem::default();
+        for (p, holder, content, counter) in held {
+            let path = format!("f{p}");
+            let record = file(&path, content, &[(u64::from(holder) + 1, counter)], 1, 1);
+            if holder == 3 {
+                m.local.insert(path, record);
+            } else {
+                m.remote.entry(dev(holder)).or_default().insert(path, record);
+            }
+        }
+        let devices = [dev(0), dev(1), dev(2)];
+        let paths: Vec<String> = asked.iter().map(|p| format!("f{p}")).collect();
+        let everything = needs(&m, &devices, None).unwrap();
+        let expected: Vec<Need> = everything.into_iter().filter(|n| paths.contains(&n.remote.path)).collect();
+        prop_assert_eq!(needs_at(&m, &devices, &paths).unwrap(), expected);
+    }
 }
