@@ -27,6 +27,15 @@ mod full;
 mod tests;
 
 /// What the scanner needs to know of our current records.
+/// What `examine` found recorded at a path before it looked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Was {
+    /// A live file or link: nothing can be recorded below it.
+    Leaf,
+    /// A directory, a delete, nothing, or not looked up: records below it are possible.
+    Unknown,
+}
+
 pub trait KnownRecords {
     fn get(&self, path: &str) -> Option<FileRecord>;
     /// Each record strictly inside `dir` ("" for the whole folder), one at a time: a folder's
@@ -185,9 +194,12 @@ impl Scanner {
                     self.tombstones_under(rel, known, now, &mut done, &mut out);
                 }
                 Some(state) => {
-                    self.examine(rel, state, known, now, &mut done, &mut out)?;
-                    // A directory replaced by a file: its children are gone.
-                    self.tombstones_under(rel, known, now, &mut done, &mut out);
+                    // A directory replaced by a file: its children are gone. Where our record was
+                    // a file or a link already, nothing is recorded below it: no listing (a
+                    // pulled file is looked at once when its pull ends, and again for its event).
+                    if self.examine(rel, state, known, now, &mut done, &mut out)? != Was::Leaf {
+                        self.tombstones_under(rel, known, now, &mut done, &mut out);
+                    }
                 }
                 None => {
                     self.tombstone(rel, known, now, &mut done, &mut out);
@@ -217,7 +229,9 @@ impl Scanner {
         }
         for p in parents.into_iter().rev() {
             match self.state_of(p)? {
-                Some(state) if state.kind == FileKind::Directory => self.examine(p, state, known, now, done, out)?,
+                Some(state) if state.kind == FileKind::Directory => {
+                    self.examine(p, state, known, now, done, out)?;
+                }
                 _ => {
                     if let Ok(Some(meta)) = lstat_inside(&self.root, p) {
                         if meta.file_type().is_symlink() {
@@ -325,15 +339,20 @@ impl Scanner {
         now: u64,
         done: &mut Done,
         out: &mut Vec<FileRecord>,
-    ) -> io::Result<()> {
+    ) -> io::Result<Was> {
         if self.busy.contains(rel) || !done.insert(rel) {
-            return Ok(());
+            return Ok(Was::Unknown);
         }
         let previous = known.get(rel);
+        let was = match &previous {
+            Some(p) if !p.deleted && p.kind != FileKind::Directory => Was::Leaf,
+            _ => Was::Unknown,
+        };
         if previous.as_ref().is_some_and(|p| state.matches(p)) {
-            return Ok(());
+            return Ok(was);
         }
-        self.judge(rel, state, previous, now, out)
+        self.judge(rel, state, previous, now, out)?;
+        Ok(was)
     }
 
     /// A new record for the entry at `rel` whose disk state differs from `previous`: its content

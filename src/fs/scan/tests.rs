@@ -293,3 +293,44 @@ fn a_link_is_recorded_by_its_target_and_every_change_of_kind_or_target_is_seen()
     // Ignored links are no record and no tombstone.
     assert!(ignoring_links(dir.path()).scan(&["".into(), "f".into()], &known, 104).unwrap().is_empty());
 }
+
+/// Counts the listings a scan asks for (each is an iterator over the store).
+struct Listings<'a>(&'a Known, std::cell::Cell<usize>);
+
+impl KnownRecords for Listings<'_> {
+    fn get(&self, path: &str) -> Option<FileRecord> {
+        self.0.get(path)
+    }
+    fn each_under(&self, dir: &str, f: &mut dyn FnMut(FileRecord)) {
+        self.1.set(self.1.get() + 1);
+        self.0.each_under(dir, f)
+    }
+    fn children<'a>(&'a self, dir: &str) -> Box<dyn Iterator<Item = Listed> + 'a> {
+        self.0.children(dir)
+    }
+}
+
+#[test]
+fn a_directory_replaced_by_a_file_loses_its_children_and_a_file_needs_no_listing() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("x")).unwrap();
+    std::fs::write(dir.path().join("x/y"), b"inside").unwrap();
+    std::fs::write(dir.path().join("f"), b"file").unwrap();
+    let s = scanner(dir.path());
+    let first = s.scan(&["".into()], &Known(BTreeMap::new()), 100).unwrap();
+    let known = Known(first.into_iter().map(|r| (r.path.clone(), r)).collect());
+    // The directory becomes a file: a path scan of it tombstones what was below it.
+    std::fs::remove_dir_all(dir.path().join("x")).unwrap();
+    std::fs::write(dir.path().join("x"), b"now a file").unwrap();
+    let listings = Listings(&known, std::cell::Cell::new(0));
+    let changed = s.scan(&["x".into()], &listings, 101).unwrap();
+    let by: BTreeMap<_, _> = changed.iter().map(|r| (r.path.as_str(), r)).collect();
+    assert!(by["x"].is_file() && by["x/y"].deleted, "{changed:?}");
+    assert_eq!(listings.1.get(), 1);
+    // A file whose record is a file (changed or not): nothing can be below it, nothing is listed.
+    std::fs::write(dir.path().join("f"), b"edited").unwrap();
+    let listings = Listings(&known, std::cell::Cell::new(0));
+    let changed = s.scan(&["f".into()], &listings, 102).unwrap();
+    assert!(changed.len() == 1 && changed[0].size == 6, "{changed:?}");
+    assert_eq!(listings.1.get(), 0);
+}
