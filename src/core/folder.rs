@@ -243,21 +243,31 @@ impl Folder {
 
     /// After `scan_finished` and the scan's records: a full scan sees the whole folder and its
     /// deletes are judged now, as are deletes held for `DELETE_MAX_WAIT`; others wait until no new
-    /// one has come for `DELETE_QUIET`. Then the recompute asked for, and the next scan.
+    /// one has come for `DELETE_QUIET`. While a mass delete is held, only a full scan judges them
+    /// (a scan of some paths that was running when the folder stopped found a part of them: judged
+    /// alone, that part would be sent). Then the recompute asked for, and the next scan.
     pub fn scan_done(&mut self, full: bool, now: u64, io: &impl FolderIo) -> Vec<Effect> {
         let mut effects = Vec::new();
         if full {
             self.last_full_end = Some(now);
         }
+        let emptied = matches!(self.fault, Some(Fault::Emptied { .. }));
         let overdue = self.deletes_since.is_some_and(|t| now.saturating_sub(t) >= DELETE_MAX_WAIT);
-        if full || overdue {
+        if full || (overdue && !emptied) {
             let held = self.flush(io, &mut effects);
-            if full && !held && matches!(self.fault, Some(Fault::Emptied { .. })) {
+            if full && !held {
+                // A confirmation is spent by the full scan it asked for, even one that found
+                // nothing to delete (the files came back): a later mass delete is held again.
+                self.confirmed = false;
+            }
+            if full && !held && emptied {
                 // The files are back, or the user confirmed: resume.
                 self.fault = None;
                 effects.push(Effect::LeaveFault);
                 self.recompute_after_scan = true;
             }
+        } else if emptied {
+            // Held with the rest until the next full scan.
         } else if let Some(since) = self.deletes_since.filter(|_| !self.deletes.is_empty()) {
             self.delete_flush += 1;
             let at = (now + DELETE_QUIET).min(since + DELETE_MAX_WAIT);
@@ -273,7 +283,7 @@ impl Folder {
     /// A flush scheduled by `ScheduleFlush` is due: unless a later one replaced it, the held
     /// deletes are judged, and what no longer holds is scanned.
     pub fn flush_due(&mut self, generation: u64, io: &impl FolderIo) -> Vec<Effect> {
-        if self.delete_flush != generation {
+        if self.delete_flush != generation || matches!(self.fault, Some(Fault::Emptied { .. })) {
             return Vec::new();
         }
         let mut effects = Vec::new();
