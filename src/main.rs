@@ -7,11 +7,15 @@ use syncnode::cli::{execute, Cli, Failure};
 /// arena of its own and memory freed there is kept there: with the pulls' and scans' blocking
 /// threads, the spare memory of a dozen arenas added up (100,000 files: peak RSS 67 / 74 MiB with
 /// the default, 61 / 69 with two).
+#[cfg(target_env = "gnu")]
 const MALLOC_ARENAS: libc::c_int = 2;
 
 fn main() {
     // SAFETY: called before any other thread exists; mallopt only tunes the allocator.
-    unsafe { libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS) };
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS)
+    };
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -147,6 +147,22 @@ fn tombstones_expire_by_the_deleting_devices_counter() {
     assert!(!expired(&file("a", 1, &[(1, 1)], 0, 1), u64::MAX), "a live record never expires");
 }
 
+/// Records as the proptests generate them: (path number, holder, content, counter), holder 3
+/// being us and 0–2 the devices.
+fn holding(held: Vec<(u8, u8, u8, u64)>, path_of: impl Fn(u8) -> String) -> Mem {
+    let mut m = Mem::default();
+    for (p, holder, content, counter) in held {
+        let path = path_of(p);
+        let record = file(&path, content, &[(u64::from(holder) + 1, counter)], 1, 1);
+        if holder == 3 {
+            m.local.insert(path, record);
+        } else {
+            m.remote.entry(dev(holder)).or_default().insert(path, record);
+        }
+    }
+    m
+}
+
 proptest! {
     /// Whatever two replicas hold, the first device's `needs` and the second's agree on the
     /// winner, and a re-issue always dominates both sides.
@@ -171,16 +187,7 @@ proptest! {
         held in proptest::collection::vec((0u8..12, 0u8..4, 0u8..3, 1u64..4), 0..40),
         limit in 1usize..6,
     ) {
-        let mut m = Mem::default();
-        for (p, holder, content, counter) in held {
-            let path = format!("d{}/f{}", p % 3, p);
-            let record = file(&path, content, &[(u64::from(holder) + 1, counter)], 1, 1);
-            if holder == 3 {
-                m.local.insert(path, record);
-            } else {
-                m.remote.entry(dev(holder)).or_default().insert(path, record);
-            }
-        }
+        let m = holding(held, |p| format!("d{}/f{}", p % 3, p));
         let devices = [dev(0), dev(1), dev(2)];
         let everything: Vec<Vec<FileRecord>> =
             devices.iter().map(|d| page_of(m.remote.get(d), None, usize::MAX)).collect();
@@ -211,16 +218,7 @@ proptest! {
         held in proptest::collection::vec((0u8..12, 0u8..4, 0u8..3, 1u64..4), 0..40),
         asked in proptest::collection::vec(0u8..14, 0..10),
     ) {
-        let mut m = Mem::default();
-        for (p, holder, content, counter) in held {
-            let path = format!("f{p}");
-            let record = file(&path, content, &[(u64::from(holder) + 1, counter)], 1, 1);
-            if holder == 3 {
-                m.local.insert(path, record);
-            } else {
-                m.remote.entry(dev(holder)).or_default().insert(path, record);
-            }
-        }
+        let m = holding(held, |p| format!("f{p}"));
         let devices = [dev(0), dev(1), dev(2)];
         let paths: Vec<String> = asked.iter().map(|p| format!("f{p}")).collect();
         let everything = needs(&m, &devices, None).unwrap();
