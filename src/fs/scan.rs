@@ -26,7 +26,6 @@ mod full;
 #[cfg(test)]
 mod tests;
 
-/// What the scanner needs to know of our current records.
 /// What `examine` found recorded at a path before it looked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Was {
@@ -36,6 +35,7 @@ enum Was {
     Unknown,
 }
 
+/// What the scanner needs to know of our current records.
 pub trait KnownRecords {
     fn get(&self, path: &str) -> Option<FileRecord>;
     /// Each record strictly inside `dir` ("" for the whole folder), one at a time: a folder's
