@@ -353,11 +353,23 @@ impl Store {
             }
             match previous.as_ref().filter(|p| !p.deleted && p.is_file() && !record.deleted && record.is_file()) {
                 Some(prev) => {
-                    let diff = StoredDiff {
-                        base: prev.sequence,
-                        sequence: record.sequence,
-                        edits: chunks::diff(&prev.chunks, &record.chunks),
-                        base_path: None,
+                    let edits = chunks::diff(&prev.chunks, &record.chunks);
+                    // A file that grew after a scan caught it part-written (a `cp` of a big file
+                    // under load): its new chunks may all be in another file, the copy's source,
+                    // and a reference to that costs less than their hashes.
+                    let inserted = |e: &[chunks::ChunkEdit]| e.iter().map(|e| e.insert.len()).sum::<usize>();
+                    let donated = match inserted(&edits) {
+                        0 => None,
+                        n => self.donor(folder, &record, &in_batch)?.filter(|(_, d)| inserted(d) < n),
+                    };
+                    let diff = match donated {
+                        Some((donor, edits)) => StoredDiff {
+                            base: donor.sequence,
+                            sequence: record.sequence,
+                            edits,
+                            base_path: Some(donor.path),
+                        },
+                        None => StoredDiff { base: prev.sequence, sequence: record.sequence, edits, base_path: None },
                     };
                     batch.put_cf(self.cf("diffs"), keys::file(folder, &record.path), encode(&diff));
                 }

@@ -144,6 +144,26 @@ fn a_renamed_file_is_stored_as_a_reference_sent_only_while_the_peer_holds_its_ba
 }
 
 #[test]
+fn a_copy_seen_part_written_then_whole_refers_to_its_source_not_to_its_own_first_part() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store.commit_local("f", vec![big("source", 1, 500)]).unwrap(); // 1
+    let mut partial = big("copy", 1, 500);
+    partial.chunks.truncate(20);
+    store.commit_local("f", vec![partial]).unwrap(); // 2
+    let whole = store.commit_local("f", vec![big("copy", 1, 500)]).unwrap().remove(0); // 3
+    let diff = store.diff_for("f", &whole).unwrap().unwrap();
+    assert_eq!((diff.base, diff.base_path.as_deref()), (1, Some("source")));
+    assert!(diff.edits.iter().all(|e| e.insert.is_empty()), "{:?}", diff.edits.len());
+    // An edit that inserts chunks no other file has stays a difference from its own last version.
+    let mut edited = big("copy", 1, 500);
+    edited.chunks[499].hash = [7; 32];
+    let edited = store.commit_local("f", vec![edited]).unwrap().remove(0); // 4
+    let diff = store.diff_for("f", &edited).unwrap().unwrap();
+    assert_eq!((diff.base, diff.base_path.as_deref()), (3, None));
+}
+
+#[test]
 fn a_reference_is_not_sent_when_its_base_changed_before_the_record() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
