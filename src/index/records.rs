@@ -113,10 +113,7 @@ pub fn sources(store: &Store, config: &FolderConfig) -> anyhow::Result<Vec<Devic
 pub fn needs(store: &Store, config: &FolderConfig, records: &[FileRecord]) -> Vec<Need> {
     let folder = config.id.as_str();
     let read = || replica::needs(&FolderRecords { store, folder }, &sources(store, config)?, Some(records));
-    read().unwrap_or_else(|e| {
-        tracing::error!(folder, error = %format!("{e:#}"), "cannot read the index to decide what to pull");
-        Vec::new()
-    })
+    logged(folder, read()).unwrap_or_default()
 }
 
 /// What the folder needs at `paths` now (held needs taken back, retries due, pulls overtaken);
@@ -124,10 +121,7 @@ pub fn needs(store: &Store, config: &FolderConfig, records: &[FileRecord]) -> Ve
 pub fn needs_at(store: &Store, config: &FolderConfig, paths: &[String]) -> Vec<Need> {
     let folder = config.id.as_str();
     let read = || replica::needs_at(&FolderRecords { store, folder }, &sources(store, config)?, paths);
-    read().unwrap_or_else(|e| {
-        tracing::error!(folder, error = %format!("{e:#}"), "cannot read the index to decide what to pull");
-        Vec::new()
-    })
+    logged(folder, read()).unwrap_or_default()
 }
 
 /// One page of a whole-folder recompute (`replica::needs_page`): the needs of the paths after
@@ -135,8 +129,13 @@ pub fn needs_at(store: &Store, config: &FolderConfig, paths: &[String]) -> Vec<N
 pub fn needs_page(store: &Store, config: &FolderConfig, after: Option<&str>) -> Option<(Vec<Need>, Option<String>)> {
     let folder = config.id.as_str();
     let read = || replica::needs_page(&FolderRecords { store, folder }, &sources(store, config)?, after, NEEDS_PAGE);
-    read()
-        .map_err(|e| tracing::error!(folder, error = %format!("{e:#}"), "cannot read the index to decide what to pull"))
+    logged(folder, read())
+}
+
+/// A decision's reads, or `None` with the error logged: nothing is pulled on an index that
+/// cannot be read.
+fn logged<T>(folder: &str, read: anyhow::Result<T>) -> Option<T> {
+    read.map_err(|e| tracing::error!(folder, error = %format!("{e:#}"), "cannot read the index to decide what to pull"))
         .ok()
 }
 

@@ -351,43 +351,12 @@ impl Store {
                     c.size.to_be_bytes(),
                 );
             }
-            match previous.as_ref().filter(|p| !p.deleted && p.is_file() && !record.deleted && record.is_file()) {
-                Some(prev) => {
-                    let edits = chunks::diff(&prev.chunks, &record.chunks);
-                    // A file that grew after a scan caught it part-written (a `cp` of a big file
-                    // under load): its new chunks may all be in another file, the copy's source,
-                    // and a reference to that costs less than their hashes.
-                    let inserted = |e: &[chunks::ChunkEdit]| e.iter().map(|e| e.insert.len()).sum::<usize>();
-                    let donated = match inserted(&edits) {
-                        0 => None,
-                        n => self.donor(folder, &record, &in_batch)?.filter(|(_, d)| inserted(d) < n),
-                    };
-                    let diff = match donated {
-                        Some((donor, edits)) => StoredDiff {
-                            base: donor.sequence,
-                            sequence: record.sequence,
-                            edits,
-                            base_path: Some(donor.path),
-                        },
-                        None => StoredDiff { base: prev.sequence, sequence: record.sequence, edits, base_path: None },
-                    };
-                    batch.put_cf(self.cf("diffs"), keys::file(folder, &record.path), encode(&diff));
-                }
-                None => match self.donor(folder, &record, &in_batch)? {
-                    Some((donor, edits)) => {
-                        let diff = StoredDiff {
-                            base: donor.sequence,
-                            sequence: record.sequence,
-                            edits,
-                            base_path: Some(donor.path),
-                        };
-                        batch.put_cf(self.cf("diffs"), keys::file(folder, &record.path), encode(&diff));
-                    }
-                    // A path never seen has no difference stored (one is only ever stored beside
-                    // its record, and purged with it): nothing to delete, no tombstone to write.
-                    None if previous.is_some() => batch.delete_cf(self.cf("diffs"), keys::file(folder, &record.path)),
-                    None => {}
-                },
+            match self.stored_diff(folder, previous.as_ref(), &record, &in_batch)? {
+                Some(diff) => batch.put_cf(self.cf("diffs"), keys::file(folder, &record.path), encode(&diff)),
+                // A path never seen has no difference stored (one is only ever stored beside
+                // its record, and purged with it): nothing to delete, no tombstone to write.
+                None if previous.is_some() => batch.delete_cf(self.cf("diffs"), keys::file(folder, &record.path)),
+                None => {}
             }
             batch.put_cf(self.cf("seq"), keys::seq(folder, record.sequence), record.path.as_bytes());
             batch.put_cf(self.cf("files"), keys::file(folder, &record.path), encode(&record));
@@ -449,6 +418,39 @@ impl Store {
     /// A live file of the folder, outside this batch, whose content `record` starts with (a
     /// rename, move or copy), and the edits from it, when a reference to it is cheaper on the wire
     /// than the chunk list (`core::chunks::reference_pays`).
+    /// The difference stored beside `record`: from its own last version (`previous`), or from
+    /// another file that starts the same (a rename, a copy: `donor`) when that inserts fewer
+    /// chunks. A file that grew after a scan caught it part-written (a `cp` of a big file under
+    /// load) then refers to the copy's source instead of listing every chunk copied since.
+    fn stored_diff(
+        &self,
+        folder: &str,
+        previous: Option<&FileRecord>,
+        record: &FileRecord,
+        in_batch: &std::collections::HashSet<String>,
+    ) -> Result<Option<StoredDiff>> {
+        let own = previous
+            .filter(|p| !p.deleted && p.is_file() && !record.deleted && record.is_file())
+            .map(|prev| (prev.sequence, chunks::diff(&prev.chunks, &record.chunks)));
+        let inserted = |e: &[chunks::ChunkEdit]| e.iter().map(|e| e.insert.len()).sum::<usize>();
+        let donated = match &own {
+            Some((_, edits)) if inserted(edits) == 0 => None,
+            _ => self.donor(folder, record, in_batch)?,
+        };
+        let sequence = record.sequence;
+        let from_donor = |(donor, edits): (FileRecord, Vec<chunks::ChunkEdit>)| StoredDiff {
+            base: donor.sequence,
+            sequence,
+            edits,
+            base_path: Some(donor.path),
+        };
+        Ok(match (own, donated) {
+            (Some((_, own)), Some(d)) if inserted(&d.1) < inserted(&own) => Some(from_donor(d)),
+            (Some((base, edits)), _) => Some(StoredDiff { base, sequence, edits, base_path: None }),
+            (None, donated) => donated.map(from_donor),
+        })
+    }
+
     fn donor(
         &self,
         folder: &str,
