@@ -2,7 +2,8 @@
 //! and the Puller never holds more than its bounded window of them in memory (4096), whatever the
 //! size of the tree. One peer has at most its need budget (1024, `core::need_budget`) in the pull
 //! queue at once; the rest of its files are held in the index and all of them still arrive. A tree
-//! with more directories than the kernel lets a user watch still syncs. Not timed: speed at scale
+//! with more directories than the kernel lets a user watch still syncs. A pulled file is not
+//! looked at again for its own rename into place. Not timed: speed at scale
 //! is measured by `benches/scale.py`.
 
 mod common;
@@ -46,6 +47,11 @@ fn twenty_thousand_files_pass_through_a_bounded_window() {
     );
     assert!(held_peak.get() > 0, "nothing was ever held: the need budget was not exercised");
     assert_eq!(f["need_window"], 0, "{f}");
+    // A pulled file is neither read back nor looked at again for the watcher's event of its own
+    // rename into place: B's scans looked at the directories it made, not at the files.
+    let f = b.folder_status("default").unwrap();
+    assert_eq!(f["hashed_files"], 0, "{f}");
+    assert!(f["looked_paths"].as_u64().is_some_and(|n| n < (FILES / 10) as u64), "{f}");
 
     // A read and hashed each of its files once, at its first scan; restarted on the unchanged tree
     // with its index intact, it reads none of them again.

@@ -39,7 +39,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashSet};
 use std::time::{Duration, Instant};
 
-use syncnode::core::folder::{self, Fault, Folder, FolderIo, ROOT_CHECK_EVERY};
+use syncnode::core::folder::{self, Fault, Folder, FolderIo, PullPhase, ROOT_CHECK_EVERY};
 use syncnode::core::need_budget::NeedBudget;
 use syncnode::core::plan::NeedKey;
 use syncnode::core::pull::{self, Counts, Limits, NeedStore, PullState, Sources};
@@ -417,7 +417,7 @@ enum Msg {
 enum ToIndex {
     Pulling {
         path: String,
-        active: bool,
+        phase: PullPhase,
     },
     /// (Boxed: a record is large, and events move in the queue.)
     Applied(Box<Outcome>),
@@ -1120,7 +1120,7 @@ impl Sim {
             }
             ToIndex::FlushDue { generation } => self.step(i, |f, io| f.flush_due(generation, io)),
             ToIndex::LocalChanged(paths) => self.step(i, |f, io| f.changed(paths, io)),
-            ToIndex::Pulling { path, active } => self.step(i, |f, io| f.pulling(path, active, io)),
+            ToIndex::Pulling { path, phase } => self.step(i, |f, io| f.pulling(path, phase, io)),
             ToIndex::RootCheck => self.step(i, |f, io| f.root_checked(io.check_root(), io)),
             ToIndex::RecomputeNeeds => self.recompute(i),
             ToIndex::RecomputeStep { generation, after } => self.recompute_step(i, generation, after),
@@ -1302,10 +1302,12 @@ impl Sim {
             match effect {
                 pull::Effect::Start { item, sources } => {
                     let path = item.remote.path.clone();
-                    self.tell_index(i, 0, ToIndex::Pulling { path, active: true });
+                    self.tell_index(i, 0, ToIndex::Pulling { path, phase: PullPhase::Started });
                     self.execute(i, *item, &sources);
                 }
-                pull::Effect::Ended { path } => self.tell_index(i, 0, ToIndex::Pulling { path, active: false }),
+                pull::Effect::Ended { path, failed } => {
+                    self.tell_index(i, 0, ToIndex::Pulling { path, phase: PullPhase::Ended { failed } })
+                }
                 pull::Effect::Recompute { paths, why } => {
                     self.trace(|| format!("node {i} puller asks again for {paths:?} ({why:?})"));
                     self.tell_index(i, 0, ToIndex::RecomputePaths(paths));

@@ -129,7 +129,11 @@ impl IndexActor {
                     if reload_ignore {
                         state.ignore = IgnoreRules::load(&state.config.path);
                     }
-                    self.state.gauges(folder).scanning.store(true, Relaxed);
+                    let gauges = self.state.gauges(folder);
+                    gauges.scanning.store(true, Relaxed);
+                    if !full {
+                        gauges.looked_paths.fetch_add(scope.len() as u64, Relaxed);
+                    }
                     let job = ScanJob {
                         store: self.store.clone(),
                         folder: folder.to_string(),
@@ -478,7 +482,7 @@ impl Handler<RecomputeNeeds> for IndexActor {
 impl Handler<Pulling> for IndexActor {
     type Result = ();
     fn handle(&mut self, msg: Pulling, ctx: &mut Context<Self>) {
-        self.step(&msg.folder, ctx, |rules, io| rules.pulling(msg.path, msg.active, io));
+        self.step(&msg.folder, ctx, |rules, io| rules.pulling(msg.path, msg.phase, io));
     }
 }
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 
+use crate::core::folder::PullPhase;
 use crate::core::{Chunk, DeviceId, FileRecord, VersionVector};
 use crate::fs::scan::DiskState;
 pub use crate::net::fetch::Fetched;
@@ -152,15 +153,15 @@ pub struct RecomputeNeeds {
     pub folder: String,
 }
 
-/// The Puller starts (`active`) or ends work on a path. While a path is being written, local
-/// events on it are held back: its rename into place is the pull itself, not a local change, and
-/// hashing it again would only race the Puller's `Applied`.
+/// The Puller starts or ends work on a path (`core::folder::Folder::pulling`). While a path is
+/// being written, local events on it are held back: hashing it then would only race the Puller's
+/// `Applied`.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Pulling {
     pub folder: String,
     pub path: String,
-    pub active: bool,
+    pub phase: PullPhase,
 }
 
 /// Recompute what these paths of a folder need: a newer version arrived while one was being pulled.

@@ -14,6 +14,7 @@ use actix::prelude::*;
 
 use super::messages::*;
 use super::now_millis;
+use crate::core::folder::PullPhase;
 use crate::core::pull::{Effect, PeerGauges, PullState, Why};
 use crate::core::retry::FailureKind;
 use crate::fs::root::free_bytes;
@@ -67,19 +68,17 @@ impl Puller {
             match effect {
                 Effect::Start { item, sources } => {
                     let path = item.remote.path.clone();
-                    self.ctx.index.pulling.do_send(Pulling {
-                        folder: folder.clone(),
-                        path: path.clone(),
-                        active: true,
-                    });
+                    let started = Pulling { folder: folder.clone(), path: path.clone(), phase: PullPhase::Started };
+                    self.ctx.index.pulling.do_send(started);
                     let (pctx, me) = (self.ctx.clone(), ctx.address());
                     self.ctx.runtime.spawn(async move {
                         let result = execute(&pctx, *item, &sources).await.map_err(|e| (e.kind(), e.to_string()));
                         me.do_send(Finished { path, result });
                     });
                 }
-                Effect::Ended { path } => {
-                    self.ctx.index.pulling.do_send(Pulling { folder: folder.clone(), path, active: false });
+                Effect::Ended { path, failed } => {
+                    let phase = PullPhase::Ended { failed };
+                    self.ctx.index.pulling.do_send(Pulling { folder: folder.clone(), path, phase });
                 }
                 Effect::Recompute { paths, why } => {
                     match why {

@@ -30,6 +30,9 @@ pub struct FolderGauges {
     /// unchanged tree adds nothing here.
     pub hashed_files: AtomicU64,
     pub hashed_bytes: AtomicU64,
+    /// Paths that scans of changed paths looked at (full scans not counted): the watcher's events,
+    /// rehashes, directories and links a pull made.
+    pub looked_paths: AtomicU64,
     /// Full scans done since the start.
     pub full_scans: AtomicU64,
     /// How long the last full scan took (ms).
@@ -154,6 +157,7 @@ impl NodeState {
                     bytes_reused: g.bytes_reused.load(Relaxed),
                     hashed_files: g.hashed_files.load(Relaxed),
                     hashed_bytes: g.hashed_bytes.load(Relaxed),
+                    looked_paths: g.looked_paths.load(Relaxed),
                     full_scans: g.full_scans.load(Relaxed),
                     last_full_scan_ms: g.last_full_scan_ms.load(Relaxed),
                     bytes_saved_on_wire: g.bytes_saved_on_wire.load(Relaxed),
@@ -246,6 +250,9 @@ pub struct FolderReport {
     pub hashed_files: u64,
     #[serde(default)]
     pub hashed_bytes: u64,
+    /// Paths scans of changed paths looked at (full scans not counted).
+    #[serde(default)]
+    pub looked_paths: u64,
     /// Full scans of the folder done since the node started.
     #[serde(default)]
     pub full_scans: u64,

@@ -26,7 +26,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::messages::{LocalChanged, Rescan};
 use crate::config::FolderConfig;
 use crate::core::debounce::Debouncer;
-use crate::core::path::is_internal;
+use crate::core::path::{is_internal, is_temp_of, TEMP_PREFIX};
+use std::collections::HashMap;
 
 pub struct Watcher {
     folders: Vec<FolderConfig>,
@@ -53,7 +54,13 @@ pub struct Watcher {
     /// Changed paths waiting to go quiet (`core::debounce`).
     pending: Debouncer,
     flush_scheduled: bool,
+    /// Renames away from one of our temp files not yet matched with their other half, by folder and
+    /// inotify cookie (`own_commit`).
+    temp_renames: HashMap<(usize, usize), String>,
 }
+
+/// Unmatched halves of our own renames kept at most (a dropped event leaves one behind).
+const TEMP_RENAMES_KEPT: usize = 4096;
 
 /// How often each root's identity is compared with the one being watched.
 const ROOT_CHECK_EVERY: Duration = Duration::from_secs(1);
@@ -97,6 +104,7 @@ impl Watcher {
             limit_warned: vec![false; n],
             pending: Debouncer::default(),
             flush_scheduled: false,
+            temp_renames: HashMap::new(),
         }
     }
 
@@ -207,6 +215,38 @@ impl Watcher {
         }
     }
 
+    /// Whether `event` is a download of ours put in place: the rename of one of our temp files onto
+    /// the path it was made for (`core::path::is_temp_of`). Its commit told the Index what is at the
+    /// path now, so looking at it again would find nothing (it was a look per pulled file: ~10% of
+    /// a receiver's CPU in a million-file sync). Anything done to the path afterwards has events of
+    /// its own. inotify reports such a rename as a "from" (the temp file), then a "to" and a "both"
+    /// sharing its cookie.
+    fn own_commit(&mut self, i: usize, root: &PathBuf, event: &notify::Event) -> bool {
+        use notify::event::{EventKind, ModifyKind, RenameMode};
+        let EventKind::Modify(ModifyKind::Name(mode)) = event.kind else { return false };
+        let rels: Vec<String> = event.paths.iter().filter_map(|p| Self::rel(root, p)).collect();
+        let key = event.attrs.tracker().map(|cookie| (i, cookie));
+        match (mode, &rels[..], key) {
+            (RenameMode::From, [from], Some(key))
+                if from.rsplit('/').next().is_some_and(|n| n.starts_with(TEMP_PREFIX)) =>
+            {
+                if self.temp_renames.len() >= TEMP_RENAMES_KEPT {
+                    self.temp_renames.clear();
+                }
+                self.temp_renames.insert(key, from.clone());
+                false
+            }
+            (RenameMode::To, [to], Some(key)) => self.temp_renames.get(&key).is_some_and(|from| is_temp_of(from, to)),
+            (RenameMode::Both, [from, to], _) => {
+                if let Some(key) = key {
+                    self.temp_renames.remove(&key);
+                }
+                is_temp_of(from, to)
+            }
+            _ => false,
+        }
+    }
+
     fn rel(root: &PathBuf, path: &std::path::Path) -> Option<String> {
         let rel = path.strip_prefix(root).ok()?.to_str()?;
         Some(rel.to_string())
@@ -263,7 +303,9 @@ impl StreamHandler<FsEvent> for Watcher {
                     tracing::warn!(folder = %folder.id, "file event queue overflowed; rescanning the folder");
                     self.mark(&folder.id, String::new(), ctx);
                 }
-                if matches!(event.kind, notify::EventKind::Access(_)) {
+                if matches!(event.kind, notify::EventKind::Access(_))
+                    || self.own_commit(msg.folder, &folder.path, &event)
+                {
                     return;
                 }
                 for path in &event.paths {

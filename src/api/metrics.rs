@@ -49,12 +49,13 @@ pub fn render(r: &StatusReport) -> Result<String, std::fmt::Error> {
     for (name, help, value) in folder_gauges {
         registry.register(name, help, gauges(r.folders.iter().map(|f| (folder(f), value(f)))));
     }
-    let folder_counters: [Metric<FolderReport>; 8] = [
+    let folder_counters: [Metric<FolderReport>; 9] = [
         ("pulls", "Files and directories pulled from peers.", |f| f.pulls),
         ("conflicts", "Conflicts resolved (a copy kept).", |f| f.conflicts),
         ("errors", "Failed pulls (retried).", |f| f.errors),
         ("scan_hashed_files", "Files scans read and hashed (new or changed on disk).", |f| f.hashed_files),
         ("scan_hashed_bytes", "Bytes of the files scans read and hashed.", |f| f.hashed_bytes),
+        ("scan_looked_paths", "Paths scans of changed paths looked at (full scans not counted).", |f| f.looked_paths),
         ("full_scans", "Full scans of the folder done.", |f| f.full_scans),
         ("reused_bytes", "File bytes taken from local files instead of the network.", |f| f.bytes_reused),
         ("wire_saved_bytes", "File bytes from peers that rsync deltas and compression kept off the wire.", |f| {

@@ -113,6 +113,16 @@ pub struct Folder {
     last_full_end: Option<u64>,
 }
 
+/// Where the Puller is with a path (`Folder::pulling`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PullPhase {
+    Started,
+    /// Done; `failed`: the pull failed, and what it left may differ from our record.
+    Ended {
+        failed: bool,
+    },
+}
+
 /// A periodic rescan waits at least this many times as long as the last full scan took since it
 /// ended: on a tree whose full scan takes longer than the interval allows, rescans space out
 /// (taking at most a tenth of the time) instead of running back to back.
@@ -170,15 +180,25 @@ impl Folder {
         self.changed([path], io)
     }
 
-    /// The Puller started (`active`) or ended writing `path`. Its end has the path looked at once
-    /// (what the pull left, or a local edit held back meanwhile).
-    pub fn pulling(&mut self, path: String, active: bool, io: &impl FolderIo) -> Vec<Effect> {
-        if active {
-            self.pulling.insert(path);
-            Vec::new()
-        } else {
-            self.pulling.remove(&path);
-            self.changed([path], io)
+    /// The Puller starts or ends writing `path`; while it writes, a change of the path waits.
+    /// At its end the path is looked at if a change of it waited, or if the pull failed (what it
+    /// left may differ from our record: our file moved aside as a conflict copy, a replaced file
+    /// kept). A pull that succeeded told the Index what it put there (`Applied`), and its own
+    /// rename into place is no change (the Watcher drops that event): looking again would find
+    /// the record, at the cost of a scan per pulled file.
+    pub fn pulling(&mut self, path: String, phase: PullPhase, io: &impl FolderIo) -> Vec<Effect> {
+        match phase {
+            PullPhase::Started => {
+                self.pulling.insert(path);
+                Vec::new()
+            }
+            PullPhase::Ended { failed } => {
+                self.pulling.remove(&path);
+                if failed {
+                    self.pending.insert(path);
+                }
+                self.start_scan(io)
+            }
         }
     }
 

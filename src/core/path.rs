@@ -66,12 +66,28 @@ pub fn is_internal(path: &str) -> bool {
 
 /// A temp file name for one download of `path` (same directory, so the rename is atomic). `token`
 /// tells apart downloads of the same path: two writers must never share a temp file, or one's
-/// truncation wipes what the other verified and wrote.
+/// truncation wipes what the other verified and wrote. A token holds no `-` (`is_temp_of` relies
+/// on it).
 pub fn temp_name(path: &str, token: &str) -> String {
+    debug_assert!(!token.contains('-'), "a temp token with a dash: {token}");
     match path.rsplit_once('/') {
         Some((dir, name)) => format!("{dir}/{TEMP_PREFIX}{token}-{name}"),
         None => format!("{TEMP_PREFIX}{token}-{path}"),
     }
+}
+
+/// Whether `temp` is a name `temp_name` gives a download of `path`: a rename of the one onto the
+/// other is a download put in place.
+pub fn is_temp_of(temp: &str, path: &str) -> bool {
+    fn split(p: &str) -> (&str, &str) {
+        p.rsplit_once('/').unwrap_or(("", p))
+    }
+    let ((temp_dir, temp_file), (dir, name)) = (split(temp), split(path));
+    temp_dir == dir
+        && temp_file
+            .strip_prefix(TEMP_PREFIX)
+            .and_then(|rest| rest.split_once('-'))
+            .is_some_and(|(token, after)| !token.is_empty() && after == name)
 }
 
 /// The parent directory of a relative path, if it has one.
@@ -110,6 +126,30 @@ pub fn depth(path: &str) -> usize {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_temp_name_is_known_as_the_download_of_its_path_only() {
+        assert!(is_temp_of(&temp_name("a/b-c.txt", "1f.2"), "a/b-c.txt"));
+        assert!(is_temp_of(&temp_name("top", "9"), "top"));
+        assert!(!is_temp_of(&temp_name("a/b.txt", "1f.2"), "b.txt"), "another directory");
+        assert!(!is_temp_of(&temp_name("a/b.txt", "1f.2"), "a/c.txt"));
+        assert!(!is_temp_of(&temp_name("b.txt", "1"), "a/b.txt"));
+        assert!(!is_temp_of("a/b.txt", "a/b.txt"), "not a temp name");
+        assert!(!is_temp_of(".syncnode-tmp--b.txt", "b.txt"), "no token");
+    }
+
+    proptest! {
+        #[test]
+        fn a_download_is_told_apart_from_any_other_path(
+            path in "[a-z.-]{1,6}(/[a-z.-]{1,6}){0,2}",
+            other in "[a-z.-]{1,6}(/[a-z.-]{1,6}){0,2}",
+            token in "[0-9a-f.]{1,8}",
+        ) {
+            let temp = temp_name(&path, &token);
+            prop_assert!(is_temp_of(&temp, &path));
+            prop_assert_eq!(is_temp_of(&temp, &other), other == path);
+        }
+    }
 
     #[test]
     fn paths_that_leave_the_folder_are_refused() {

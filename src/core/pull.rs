@@ -98,8 +98,9 @@ pub enum Effect {
     /// Carry out `item` (its sources are read from `sources`, which peers may join meanwhile),
     /// and tell the Index the path is being pulled.
     Start { item: Box<Need>, sources: Sources },
-    /// The pull of `path` is over: tell the Index.
-    Ended { path: String },
+    /// The pull of `path` is over: tell the Index (`failed`: it failed, and what it left may differ
+    /// from our record).
+    Ended { path: String, failed: bool },
     /// Have the Index decide these paths again.
     Recompute { paths: Vec<String>, why: Why },
     /// Needs of `peer` are held over its budget for the first time.
@@ -402,7 +403,7 @@ impl PullState {
             self.in_flight_bytes -= f.bytes;
         }
         let superseded = flight.as_ref().is_some_and(|f| f.superseded);
-        fx.push(Effect::Ended { path: path.to_string() });
+        fx.push(Effect::Ended { path: path.to_string(), failed: result.is_err() });
         if superseded {
             fx.push(Effect::Recompute { paths: vec![path.to_string()], why: Why::Superseded });
         }

@@ -83,14 +83,24 @@ fn a_burst_of_changes_waiting_for_a_scan_gives_way_to_their_directories() {
 #[test]
 fn a_path_being_pulled_waits_for_its_pull_then_is_scanned_once() {
     let (mut f, io) = (Folder::new(10), Io::default());
-    assert!(f.pulling("a".into(), true, &io).is_empty());
+    assert!(f.pulling("a".into(), PullPhase::Started, &io).is_empty());
     assert_eq!(scope_of(&f.changed(paths(&["a"]), &io)), None, "only a pulled path is pending");
     let effects = f.changed(paths(&["b"]), &io);
     let Some(Effect::StartScan { scope, busy, .. }) = effects.first() else { panic!("{effects:?}") };
     assert_eq!((scope.clone(), busy.clone()), (paths(&["b"]), HashSet::from(["a".to_string()])));
     assert_eq!(scope_of(&end_scan(&mut f, &io, false, Vec::new(), 1)), None, "a is still pulled");
-    assert_eq!(scope_of(&f.pulling("a".into(), false, &io)), Some((paths(&["a"]), false)));
+    let ended = PullPhase::Ended { failed: false };
+    assert_eq!(scope_of(&f.pulling("a".into(), ended, &io)), Some((paths(&["a"]), false)));
     assert_eq!(scope_of(&end_scan(&mut f, &io, false, Vec::new(), 2)), None, "once");
+}
+
+#[test]
+fn a_pull_is_looked_at_after_it_only_when_it_failed() {
+    let (mut f, io) = (Folder::new(10), Io::default());
+    assert!(f.pulling("a".into(), PullPhase::Started, &io).is_empty());
+    assert!(f.pulling("a".into(), PullPhase::Ended { failed: false }, &io).is_empty(), "its Applied said it all");
+    assert!(f.pulling("b".into(), PullPhase::Started, &io).is_empty());
+    assert_eq!(scope_of(&f.pulling("b".into(), PullPhase::Ended { failed: true }, &io)), Some((paths(&["b"]), false)));
 }
 
 #[test]
@@ -335,7 +345,8 @@ fn unreadable_files_are_said_once_and_forgotten_when_a_scan_of_them_reads_them()
 #[derive(Debug, Clone)]
 enum Op {
     Changed(usize),
-    Pull(usize, bool),
+    /// The Puller starts (`true`) or ends a pull of a path; the pull fails (the second `bool`).
+    Pull(usize, bool, bool),
     /// The running scan ends, with deletes of these paths found.
     ScanEnds(Vec<usize>),
     Wait(u64),
@@ -352,7 +363,7 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => (0..5usize).prop_map(Op::Changed),
-        3 => (0..5usize, any::<bool>()).prop_map(|(p, a)| Op::Pull(p, a)),
+        3 => (0..5usize, any::<bool>(), any::<bool>()).prop_map(|(p, a, failed)| Op::Pull(p, a, failed)),
         4 => proptest::collection::vec(0..5usize, 0..3).prop_map(Op::ScanEnds),
         // Mostly less than DELETE_QUIET: deletes found without a pause, until DELETE_MAX_WAIT.
         3 => prop_oneof![3 => 0..DELETE_QUIET + 20, 1 => 0..3_000u64].prop_map(Op::Wait),
@@ -374,7 +385,7 @@ struct Sim {
     running: Vec<bool>,
     timers: Vec<(u64, u64)>,
     pulling: BTreeSet<String>,
-    /// Paths whose pull ended, not scanned since.
+    /// Paths whose pull failed, not scanned since.
     owed: BTreeSet<String>,
     /// Paths said to have changed, not scanned since.
     asked: BTreeSet<String>,
@@ -402,8 +413,10 @@ impl Sim {
                         prop_assert!(self.asked.remove(p) || owed, "{} scanned again without a cause", p);
                     }
                     if full {
-                        self.owed.clear();
-                        self.asked.retain(|p| scope.contains(p));
+                        // A full scan skips the paths being pulled: what one is owed still waits.
+                        let pulling = &self.pulling;
+                        self.owed.retain(|p| pulling.contains(p));
+                        self.asked.retain(|p| scope.contains(p) || pulling.contains(p));
                     } else if self.running.contains(&true) {
                         self.beside.extend(scope.iter().cloned());
                     }
@@ -504,18 +517,22 @@ proptest! {
                     let effects = s.f.changed([PATHS[i].to_string()], &s.io);
                     s.apply(effects)?;
                 }
-                Op::Pull(i, active) => {
+                Op::Pull(i, active, failed) => {
                     let path = PATHS[i].to_string();
                     if path.is_empty() || active == s.pulling.contains(&path) {
                         continue;
                     }
-                    if active {
+                    let phase = if active {
                         s.pulling.insert(path.clone());
+                        PullPhase::Started
                     } else {
                         s.pulling.remove(&path);
-                        s.owed.insert(path.clone());
-                    }
-                    let effects = s.f.pulling(path, active, &s.io);
+                        if failed {
+                            s.owed.insert(path.clone());
+                        }
+                        PullPhase::Ended { failed }
+                    };
+                    let effects = s.f.pulling(path, phase, &s.io);
                     s.apply(effects)?;
                 }
                 Op::ScanEnds(deletes) => s.end_scan(&deletes)?,
@@ -551,7 +568,7 @@ proptest! {
         s.apply(effects)?;
         while let Some(path) = s.pulling.pop_first() {
             s.owed.insert(path.clone());
-            let effects = s.f.pulling(path, false, &s.io);
+            let effects = s.f.pulling(path, PullPhase::Ended { failed: true }, &s.io);
             s.apply(effects)?;
         }
         for _ in 0..10 {

@@ -135,7 +135,7 @@ fn a_path_waits_while_a_path_it_overlaps_is_written() {
     let fx = s.take_needs(0, items, false, vec![], false, &mut store);
     assert_eq!(started(&fx), vec!["a"]);
     let fx = s.finished(1, "a", Ok(()), false, &mut store);
-    assert!(matches!(&fx[0], Effect::Ended { path } if path == "a"));
+    assert!(matches!(&fx[0], Effect::Ended { path, failed: false } if path == "a"));
     assert_eq!(started(&fx), vec!["a/f"]);
     assert!(store.queued.is_empty(), "running needs leave the store");
 }
@@ -411,7 +411,7 @@ impl World {
                     prop_assert_eq!(&*sources.read().unwrap(), &item.sources);
                     self.running.insert(path, (*item, writes));
                 }
-                Effect::Ended { path } => prop_assert!(self.running.remove(&path).is_some()),
+                Effect::Ended { path, .. } => prop_assert!(self.running.remove(&path).is_some()),
                 Effect::Recompute { paths, .. } => self.asked.extend(paths),
                 _ => {}
             }
