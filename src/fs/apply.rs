@@ -110,6 +110,9 @@ pub struct TempFile {
     unflushed: AtomicU64,
 }
 
+/// A temp file at least this big gets its length before its chunks are written.
+const PRESIZE_FROM: u64 = 1 << 20;
+
 /// Every this many bytes written, writeback of the temp file is started in the background, so the
 /// fsync before the rename finds little left to do.
 const WRITEBACK_EVERY: u64 = 8 << 20;
@@ -128,11 +131,13 @@ impl TempFile {
         local: Option<&FileRecord>,
     ) -> Result<TempFile, ApplyError> {
         let target = entry_path(root, rel, local)?;
-        ensure_parent(root, rel)?;
         // The target's parents were checked by safe_path; the temp file sits beside it, under a
         // name no other download uses (never opened twice: a second open would truncate the first
-        // writer's verified data under it).
+        // writer's verified data under it). A missing parent is made (and checked) only when the
+        // create says it is missing: the parent of most pulls exists, and looking first cost
+        // a `statx`, a `mkdir` and another `statx` per pulled file.
         static NEXT: AtomicU64 = AtomicU64::new(0);
+        let mut parent_made = false;
         let (temp, file) = loop {
             let token = format!("{:x}.{:x}", std::process::id(), NEXT.fetch_add(1, Relaxed));
             let temp = root.join(temp_name(rel, &token));
@@ -140,10 +145,18 @@ impl TempFile {
                 Ok(file) => break (temp, file),
                 // A leftover of an earlier process with the same pid: take the next number.
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) if e.kind() == io::ErrorKind::NotFound && !parent_made => {
+                    ensure_parent(root, rel)?;
+                    parent_made = true;
+                }
                 Err(e) => return Err(io_err(rel)(e)),
             }
         };
-        file.set_len(size).map_err(io_err(rel))?;
+        // The length up front for a large file (its chunks arrive in any order); a small one's
+        // writes give it its length.
+        if size >= PRESIZE_FROM {
+            file.set_len(size).map_err(io_err(rel))?;
+        }
         Ok(TempFile { file, temp, target, rel: rel.to_string(), unflushed: AtomicU64::new(0) })
     }
 
@@ -180,6 +193,19 @@ impl TempFile {
     /// The rename into place, if the target is still as `local` describes. The file it replaces
     /// is kept in the version store first (a hard link; skipped when only metadata changed).
     fn replace(&self, local: Option<&FileRecord>, record: &FileRecord, keep: Keep) -> Result<DiskState, ApplyError> {
+        // A path we hold nothing at: the rename itself refuses a target that appeared meanwhile,
+        // so there is nothing to look at first, and nothing to keep.
+        if local.is_none_or(|l| l.deleted) {
+            match rename_noreplace(&self.temp, &self.target) {
+                Ok(()) => return self.state(),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    return Err(ApplyError::LocalChange(self.rel.clone()))
+                }
+                // A filesystem without RENAME_NOREPLACE: look, then rename.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) => {}
+                Err(e) => return Err(io_err(&self.rel)(e)),
+            }
+        }
         check_unchanged(&self.target, &self.rel, local)?;
         let kept = match keep {
             Some((store, by)) if !local.is_some_and(|l| l.same_content(record)) => {
@@ -193,9 +219,14 @@ impl TempFile {
             }
             return Err(io_err(&self.rel)(e));
         }
-        DiskState::read(&self.target)
-            .map_err(io_err(&self.rel))?
-            .ok_or_else(|| ApplyError::LocalChange(self.rel.clone()))
+        self.state()
+    }
+
+    /// What the file put in place is on disk (the renamed temp file's own metadata: its mode and
+    /// mtime were set before the rename, which changes neither).
+    fn state(&self) -> Result<DiskState, ApplyError> {
+        let meta = self.file.metadata().map_err(io_err(&self.rel))?;
+        DiskState::of(&meta).ok_or_else(|| ApplyError::LocalChange(self.rel.clone()))
     }
 
     /// Removes the temp file (a writer still holding it only keeps its space until it is done).
@@ -499,6 +530,22 @@ pub fn move_aside(root: &Path, rel: &str, copy: &str) -> Result<String, ApplyErr
             std::fs::remove_file(&from).map_err(io_err(rel))?;
             Ok(copy.to_string())
         }
+    }
+}
+
+/// `rename(from, to)` that fails with `AlreadyExists` instead of replacing an entry at `to`.
+fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let (from, to) =
+        (std::ffi::CString::new(from.as_os_str().as_bytes())?, std::ffi::CString::new(to.as_os_str().as_bytes())?);
+    // SAFETY: two NUL-terminated paths; AT_FDCWD makes them relative to the working directory as
+    // rename(2) does (ours are absolute).
+    let rc =
+        unsafe { libc::renameat2(libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::RENAME_NOREPLACE) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 

@@ -41,7 +41,7 @@ impl Store {
             c.records += 1;
             c.bytes += size;
         }
-        self.db.write(batch)?;
+        self.write_unlogged(batch)?;
         Ok(())
     }
 
@@ -59,6 +59,17 @@ impl Store {
         Ok(())
     }
 
+    /// Writes a change of the need queues without the write-ahead log: the queues are dropped when
+    /// the index opens (`Store::open`: they are recomputed from the records), so a crash can lose
+    /// nothing of them that matters, and a pulled file costs no log append for them (two writes
+    /// of the queue per file: queued, then dropped).
+    fn write_unlogged(&self, batch: WriteBatch) -> Result<()> {
+        let mut options = rocksdb::WriteOptions::default();
+        options.disable_wal(true);
+        self.db.write_opt(batch, &options)?;
+        Ok(())
+    }
+
     /// Drops the queued needs of these paths.
     pub fn remove_needs(&self, folder: &str, paths: &[&str]) -> Result<()> {
         let mut batch = WriteBatch::default();
@@ -67,7 +78,7 @@ impl Store {
         for path in paths {
             self.forget_need(folder, path, &mut batch, c)?;
         }
-        self.db.write(batch)?;
+        self.write_unlogged(batch)?;
         Ok(())
     }
 
