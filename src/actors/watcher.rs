@@ -54,13 +54,71 @@ pub struct Watcher {
     /// Changed paths waiting to go quiet (`core::debounce`).
     pending: Debouncer,
     flush_scheduled: bool,
-    /// Renames away from one of our temp files not yet matched with their other half, by folder and
-    /// inotify cookie (`own_commit`).
-    temp_renames: HashMap<(usize, usize), String>,
 }
 
 /// Unmatched halves of our own renames kept at most (a dropped event leaves one behind).
 const TEMP_RENAMES_KEPT: usize = 4096;
+
+/// What of a folder's file events goes to the Watcher actor, decided on notify's thread: no reads,
+/// nothing that only touches our own files (a download's temp file: its create, writes, mode and
+/// mtime; the version store), and not a download's rename into place (`own_commit`). A pulled file
+/// then costs the actor thread no event at all (it was about six).
+struct EventFilter {
+    root: PathBuf,
+    /// Renames away from one of our temp files not yet matched with their other half, by inotify
+    /// cookie.
+    temp_renames: HashMap<usize, String>,
+}
+
+impl EventFilter {
+    fn new(root: PathBuf) -> Self {
+        EventFilter { root, temp_renames: HashMap::new() }
+    }
+
+    fn passes(&mut self, event: &notify::Event) -> bool {
+        if matches!(event.kind, notify::EventKind::Access(_)) || self.own_commit(event) {
+            return false;
+        }
+        // An event with no path (a queue overflow) or a path outside the root goes on.
+        let ours = |p: &PathBuf| {
+            Watcher::rel(&self.root, p).is_some_and(|rel| is_internal(&rel) && rel != crate::core::path::IGNORE_FILE)
+        };
+        event.paths.is_empty() || !event.paths.iter().all(ours)
+    }
+
+    /// Whether `event` is a download of ours put in place: the rename of one of our temp files onto
+    /// the path it was made for (`core::path::is_temp_of`). Its commit told the Index what is at
+    /// the path now, so looking at it again would find nothing (it was a look per pulled file: ~10%
+    /// of a receiver's CPU in a million-file sync). Anything done to the path afterwards has events
+    /// of its own. inotify reports such a rename as a "from" (the temp file), then a "to" and a
+    /// "both" sharing its cookie.
+    fn own_commit(&mut self, event: &notify::Event) -> bool {
+        use notify::event::{EventKind, ModifyKind, RenameMode};
+        let EventKind::Modify(ModifyKind::Name(mode)) = event.kind else { return false };
+        let rels: Vec<String> = event.paths.iter().filter_map(|p| Watcher::rel(&self.root, p)).collect();
+        match (mode, &rels[..], event.attrs.tracker()) {
+            (RenameMode::From, [from], Some(cookie))
+                if from.rsplit('/').next().is_some_and(|n| n.starts_with(TEMP_PREFIX)) =>
+            {
+                if self.temp_renames.len() >= TEMP_RENAMES_KEPT {
+                    self.temp_renames.clear();
+                }
+                self.temp_renames.insert(cookie, from.clone());
+                true
+            }
+            (RenameMode::To, [to], Some(cookie)) => {
+                self.temp_renames.get(&cookie).is_some_and(|from| is_temp_of(from, to))
+            }
+            (RenameMode::Both, [from, to], cookie) => {
+                if let Some(cookie) = cookie {
+                    self.temp_renames.remove(&cookie);
+                }
+                is_temp_of(from, to)
+            }
+            _ => false,
+        }
+    }
+}
 
 /// How often each root's identity is compared with the one being watched.
 const ROOT_CHECK_EVERY: Duration = Duration::from_secs(1);
@@ -104,7 +162,6 @@ impl Watcher {
             limit_warned: vec![false; n],
             pending: Debouncer::default(),
             flush_scheduled: false,
-            temp_renames: HashMap::new(),
         }
     }
 
@@ -147,7 +204,11 @@ impl Watcher {
         let Some(root) = now else { return };
         let Some(tx) = self.events.clone() else { return };
         let overflowed = self.overflowed.clone();
+        let mut filter = EventFilter::new(folder.path.clone());
         let handler = move |event: notify::Result<notify::Event>| {
+            if event.as_ref().is_ok_and(|e| !filter.passes(e)) {
+                return;
+            }
             if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(FsEvent { folder: i, event }) {
                 overflowed[i].store(true, Relaxed);
             }
@@ -215,38 +276,6 @@ impl Watcher {
         }
     }
 
-    /// Whether `event` is a download of ours put in place: the rename of one of our temp files onto
-    /// the path it was made for (`core::path::is_temp_of`). Its commit told the Index what is at the
-    /// path now, so looking at it again would find nothing (it was a look per pulled file: ~10% of
-    /// a receiver's CPU in a million-file sync). Anything done to the path afterwards has events of
-    /// its own. inotify reports such a rename as a "from" (the temp file), then a "to" and a "both"
-    /// sharing its cookie.
-    fn own_commit(&mut self, i: usize, root: &PathBuf, event: &notify::Event) -> bool {
-        use notify::event::{EventKind, ModifyKind, RenameMode};
-        let EventKind::Modify(ModifyKind::Name(mode)) = event.kind else { return false };
-        let rels: Vec<String> = event.paths.iter().filter_map(|p| Self::rel(root, p)).collect();
-        let key = event.attrs.tracker().map(|cookie| (i, cookie));
-        match (mode, &rels[..], key) {
-            (RenameMode::From, [from], Some(key))
-                if from.rsplit('/').next().is_some_and(|n| n.starts_with(TEMP_PREFIX)) =>
-            {
-                if self.temp_renames.len() >= TEMP_RENAMES_KEPT {
-                    self.temp_renames.clear();
-                }
-                self.temp_renames.insert(key, from.clone());
-                false
-            }
-            (RenameMode::To, [to], Some(key)) => self.temp_renames.get(&key).is_some_and(|from| is_temp_of(from, to)),
-            (RenameMode::Both, [from, to], _) => {
-                if let Some(key) = key {
-                    self.temp_renames.remove(&key);
-                }
-                is_temp_of(from, to)
-            }
-            _ => false,
-        }
-    }
-
     fn rel(root: &PathBuf, path: &std::path::Path) -> Option<String> {
         let rel = path.strip_prefix(root).ok()?.to_str()?;
         Some(rel.to_string())
@@ -303,11 +332,6 @@ impl StreamHandler<FsEvent> for Watcher {
                     tracing::warn!(folder = %folder.id, "file event queue overflowed; rescanning the folder");
                     self.mark(&folder.id, String::new(), ctx);
                 }
-                if matches!(event.kind, notify::EventKind::Access(_))
-                    || self.own_commit(msg.folder, &folder.path, &event)
-                {
-                    return;
-                }
                 for path in &event.paths {
                     let Some(rel) = Self::rel(&folder.path, path) else { continue };
                     if rel.is_empty() || (is_internal(&rel) && rel != crate::core::path::IGNORE_FILE) {
@@ -320,4 +344,48 @@ impl StreamHandler<FsEvent> for Watcher {
     }
 
     fn finished(&mut self, _: &mut Context<Self>) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::path::temp_name;
+    use notify::event::{AccessKind, CreateKind, EventKind, ModifyKind, RenameMode};
+
+    fn event(kind: EventKind, paths: &[&str], cookie: Option<usize>) -> notify::Event {
+        let mut e = notify::Event::new(kind);
+        for p in paths {
+            e = e.add_path(PathBuf::from("/root").join(p));
+        }
+        match cookie {
+            Some(c) => e.set_tracker(c),
+            None => e,
+        }
+    }
+
+    #[test]
+    fn a_downloads_own_events_stop_on_notifys_thread_and_a_users_go_on() {
+        let mut f = EventFilter::new(PathBuf::from("/root"));
+        let temp = temp_name("d/file.txt", "1f.2");
+        let rename = |mode| EventKind::Modify(ModifyKind::Name(mode));
+        // A download: its temp file's events, then its rename into place.
+        assert!(!f.passes(&event(EventKind::Create(CreateKind::File), &[&temp], None)));
+        assert!(!f.passes(&event(EventKind::Modify(ModifyKind::Any), &[&temp], None)));
+        assert!(!f.passes(&event(EventKind::Access(AccessKind::Any), &[&temp], None)));
+        assert!(!f.passes(&event(rename(RenameMode::From), &[&temp], Some(7))));
+        assert!(!f.passes(&event(rename(RenameMode::To), &["d/file.txt"], Some(7))));
+        assert!(!f.passes(&event(rename(RenameMode::Both), &[&temp, "d/file.txt"], Some(7))));
+        assert!(f.temp_renames.is_empty(), "the rename's halves are matched and forgotten");
+        // The user's own changes, renames onto the same path included, go on.
+        assert!(f.passes(&event(rename(RenameMode::From), &["d/other.txt"], Some(8))));
+        assert!(f.passes(&event(rename(RenameMode::To), &["d/file.txt"], Some(8))));
+        assert!(f.passes(&event(rename(RenameMode::Both), &["d/other.txt", "d/file.txt"], Some(8))));
+        assert!(f.passes(&event(EventKind::Modify(ModifyKind::Any), &["d/file.txt"], None)));
+        assert!(f.passes(&event(EventKind::Create(CreateKind::File), &[".syncignore"], None)));
+        // Our temp file renamed onto another path is not a download put in place.
+        assert!(!f.passes(&event(rename(RenameMode::From), &[&temp], Some(9))));
+        assert!(f.passes(&event(rename(RenameMode::To), &["d/elsewhere.txt"], Some(9))));
+        // An overflow (no path) always goes on.
+        assert!(f.passes(&event(EventKind::Other, &[], None)));
+    }
 }
