@@ -124,6 +124,29 @@ fn openat(dir: &OwnedFd, name: &str, flags: libc::c_int) -> io::Result<OwnedFd> 
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// `rel` opened for reading below `dir` by openat2 with no symlink allowed anywhere on the way
+/// and nothing above `dir`; `None` when that fails, for whatever reason.
+fn open_beneath(dir: &OwnedFd, rel: &str) -> Option<File> {
+    let name = CString::new(rel).ok()?;
+    // SAFETY: open_how is plain integers; all zero is a valid value (libc marks it non-exhaustive).
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: an open descriptor, a NUL-terminated path, and an open_how of the size passed; on
+    // success the returned descriptor is ours alone.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    // SAFETY: a fresh descriptor from openat2.
+    (fd >= 0).then(|| File::from(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) }))
+}
+
 /// Opens the directory at `rel` ("" for the root itself) the way `open_inside` opens a file's
 /// parents: one component at a time with `O_NOFOLLOW`, so the descriptor is of a real directory
 /// inside the folder even if a link was swapped in after a check. Calls relative to it
@@ -161,6 +184,16 @@ pub fn open_inside(root: &Path, rel: &str) -> Result<File, UnsafePath> {
     let io_err = |source: io::Error| UnsafePath::Io { path: rel.into(), source };
     // The root itself is the user's choice (it may be a link to where the data lives).
     let mut dir: OwnedFd = File::open(root).map_err(io_err)?.into();
+    // The kernel walks the path in one call, refusing any link on the way and at the end; what it
+    // refuses (or a kernel without openat2) is walked a component at a time below, which names
+    // the component at fault. A served chunk cost an open per component before (the sender's
+    // reads were 12% of its CPU in a million-file sync).
+    if let Some(file) = open_beneath(&dir, rel) {
+        if file.metadata().map_err(io_err)?.file_type().is_file() {
+            return Ok(file);
+        }
+        return Err(UnsafePath::NotAFile { path: rel.into() });
+    }
     let components: Vec<&str> = rel.split('/').collect();
     let (name, parents) = components.split_last().expect("validated paths are not empty");
     for (i, component) in parents.iter().enumerate() {
