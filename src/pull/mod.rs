@@ -36,6 +36,10 @@ use fetch::{fetch_all, DownloadProgress, Tally};
 pub use local::find_local;
 use local::{holds, locate};
 
+/// A file at most this big is prepared (located, checked for space, its temp file created) on the
+/// pull's own thread.
+const INLINE_PREPARE: u64 = 64 << 10;
+
 /// Space left free on the disk beyond a download's own size (for the index, logs, other writers).
 const FREE_SPACE_MARGIN: u64 = 1 << 20;
 
@@ -197,12 +201,14 @@ async fn materialize(
     }
     let started = Instant::now();
     // Where the chunks can come from, whether they fit, and the temp file: one trip to a blocking
-    // thread. Nothing is created before it is known that the data can come from somewhere and fit.
+    // thread, or none for a small file (index lookups and a create: cheaper than the two thread
+    // switches of the trip, which were most of a small file's pull). Nothing is created before it
+    // is known that the data can come from somewhere and fit.
     let (plan, temp) = {
         let (store, roots, root, r, l) =
             (ctx.store.clone(), ctx.roots.clone(), ctx.root.clone(), record.clone(), local.clone());
         let (directory, sources, t) = (ctx.directory.clone(), sources.clone(), target.to_string());
-        blocking(move || {
+        let prepare = move || {
             let plan = locate(&store, &roots, &root, &r, l.as_ref());
             if let Some(&first) = plan.missing().first() {
                 let connected = sources.read().expect("sources lock").iter().any(|d| directory.connected(d).is_some());
@@ -216,9 +222,13 @@ async fn materialize(
                 return Err(PullError::NoSpace { need: r.size, free });
             }
             let temp = TempFile::create_replacing(&root, &t, r.size, l.as_ref())?;
-            Ok((Arc::new(plan), Arc::new(temp)))
-        })
-        .await??
+            Ok::<_, PullError>((Arc::new(plan), Arc::new(temp)))
+        };
+        if record.size <= INLINE_PREPARE {
+            prepare()?
+        } else {
+            blocking(prepare).await??
+        }
     };
     let progress = Arc::new(DownloadProgress::new(ctx, target, record.size));
     // Local copies run beside the network fetches of the chunks nobody here has.
