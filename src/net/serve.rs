@@ -111,12 +111,17 @@ impl Server {
             this.waiting.lock().expect("waiting lock").started(cost);
             let (id, folder, path) = (request.id, request.folder.clone(), request.path.clone());
             let (store, read_root, compression) = (w.store.clone(), root.clone(), w.compression);
-            let result = tokio::task::spawn_blocking(move || {
+            let read = move || {
                 read_chunk(&store, &read_root, &request, &hash)
                     .map(|data| encode(data, &request.signature, compression))
-            })
-            .await
-            .unwrap_or_else(|e| Err(ServeError::Io(e.to_string())));
+            };
+            // A small chunk is read right here: the trip to a blocking thread and back cost more
+            // than the read (most of what serving a small file cost).
+            let result = if size <= INLINE_READ {
+                read()
+            } else {
+                tokio::task::spawn_blocking(read).await.unwrap_or_else(|e| Err(ServeError::Io(e.to_string())))
+            };
             drop(reader);
             match &result {
                 Err(ServeError::Changed) => (w.rehash)(folder, path),
@@ -147,6 +152,9 @@ impl Server {
         });
     }
 }
+
+/// A chunk at most this big is read on the task serving it, not on a blocking thread.
+const INLINE_READ: u32 = 64 << 10;
 
 /// Why a chunk was not served (the text goes back to the requester).
 #[derive(Debug, thiserror::Error)]
