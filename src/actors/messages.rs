@@ -8,11 +8,10 @@ use std::sync::Arc;
 use actix::prelude::*;
 
 use crate::core::folder::PullPhase;
-use crate::core::{Chunk, DeviceId, FileRecord, VersionVector};
+use crate::core::{DeviceId, FileRecord, VersionVector};
 use crate::fs::scan::DiskState;
-pub use crate::net::fetch::Fetched;
+pub use crate::net::fetch::{FetchPort, Fetched};
 use crate::net::proto::FileInfo;
-use crate::net::wire::FetchError;
 
 /// What a Peer actor asks of the Index.
 #[derive(Clone)]
@@ -66,12 +65,12 @@ pub struct DiscoveryReports {
 /// A live connection, as the Pullers see it: where to ask for chunks.
 #[derive(Clone)]
 pub struct PeerHandle {
-    pub fetch: Recipient<FetchChunk>,
+    pub fetch: Arc<FetchPort>,
 }
 
 impl PeerHandle {
     pub fn connected(&self) -> bool {
-        self.fetch.connected()
+        self.fetch.is_open()
     }
 }
 
@@ -211,18 +210,6 @@ pub struct PeerDown {
     pub conn: u64,
     /// The peer broke the protocol: redial (and accept it) only after a growing backoff.
     pub violation: bool,
-}
-
-/// Ask the peer for one chunk of a file (the caller verifies the hash). With `base` (our old data
-/// for that region) and its rsync `signature`, the peer may answer with a delta against it.
-#[derive(Message)]
-#[rtype(result = "Result<Fetched, FetchError>")]
-pub struct FetchChunk {
-    pub folder: String,
-    pub path: String,
-    pub chunk: Chunk,
-    pub signature: Vec<u8>,
-    pub base: Option<Arc<Vec<u8>>>,
 }
 
 /// Try every parked path now (the user asked: space was freed, permissions fixed).

@@ -24,11 +24,11 @@ use super::messages::*;
 use crate::config::{Compression, FolderConfig, FolderMode};
 use crate::core::session::{self, End, Liveness, Offer, Session, Shared, Verdict};
 use crate::core::DeviceId;
-use crate::net::fetch::{fetch, Fetches};
+use crate::net::fetch::FetchPort;
 use crate::net::proto::{self, control_message, data_message, ControlMessage, DataMessage};
 use crate::net::serve::{self, send_index, Server, Serving};
 use crate::net::service::{is_garbage, Duplex};
-use crate::net::wire::{self, FetchError};
+use crate::net::wire;
 use crate::net::PROTOCOL_VERSION;
 use crate::store::Store;
 
@@ -53,13 +53,19 @@ pub struct PeerActor {
     setup: PeerSetup,
     session: Session,
     server: Arc<Server>,
-    fetches: Fetches,
+    /// Our chunk requests on this connection (the pulls send them; answers are matched here).
+    fetches: Arc<FetchPort>,
     reason: Option<String>,
     /// The connection ends because the peer broke the protocol.
     violation: bool,
 }
 
 impl PeerActor {
+    /// Where the pulls ask this connection for chunks.
+    pub fn fetch_port(&self) -> Arc<FetchPort> {
+        self.fetches.clone()
+    }
+
     pub fn new(setup: PeerSetup) -> Self {
         // From here on only the folders shared with this device exist for this connection.
         let shared: Vec<&FolderConfig> = setup.folders.iter().filter(|f| f.devices.includes(&setup.device)).collect();
@@ -79,11 +85,13 @@ impl PeerActor {
             counters: setup.counters.clone(),
             rehash: Box::new(move |folder, path| rehash.do_send(Rehash { folder, path })),
         });
+        let shared_ids = shared.iter().map(|f| f.id.clone()).collect();
+        let fetches = Arc::new(FetchPort::new(setup.data.tx.clone(), setup.counters.clone(), shared_ids));
         PeerActor {
             session: Session::new(PROTOCOL_VERSION, folders, Instant::now()),
             server: Arc::new(server),
             setup,
-            fetches: Fetches::default(),
+            fetches,
             reason: None,
             violation: false,
         }
@@ -255,6 +263,8 @@ impl Actor for PeerActor {
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
+        // Our requests still waiting for an answer fail now (their pulls try another source).
+        self.fetches.close();
         // Requests of this connection still waiting to be served give up (nobody would read them).
         self.server.close();
         // The peer's protocol bytes since this node started, over all its connections.
@@ -306,22 +316,6 @@ impl StreamHandler<Result<DataMessage, Status>> for PeerActor {
 
     fn finished(&mut self, ctx: &mut Context<Self>) {
         ctx.stop();
-    }
-}
-
-impl Handler<FetchChunk> for PeerActor {
-    type Result = ResponseFuture<Result<Fetched, FetchError>>;
-
-    fn handle(&mut self, msg: FetchChunk, _: &mut Context<Self>) -> Self::Result {
-        if !self.session.shares(&msg.folder) {
-            // Never reveal another folder's names or hashes to this peer (say, from records it
-            // sent before the folder stopped being shared with it).
-            let detail = "folder not shared with this peer".into();
-            return Box::pin(async { Err(FetchError::Refused { code: proto::ChunkError::NotShared, detail }) });
-        }
-        let (request, answer) = self.fetches.request(msg.folder, msg.path, &msg.chunk, msg.signature, msg.base);
-        self.setup.counters.add_out(request.encoded_len());
-        Box::pin(fetch(self.setup.data.tx.clone(), request, answer))
     }
 }
 

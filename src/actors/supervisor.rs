@@ -194,10 +194,12 @@ impl Supervisor {
             control: c.control,
             data: c.data,
         };
-        let addr = PeerActor::new(setup).start();
+        let actor = PeerActor::new(setup);
+        let fetch = actor.fetch_port();
+        let addr = actor.start();
         slot.active = Some(Active { conn, dialer, addr: addr.clone(), since: Instant::now() });
         self.setup.directory.update(device, |e| {
-            e.connected = Some(PeerHandle { fetch: addr.clone().recipient() });
+            e.connected = Some(PeerHandle { fetch: fetch.clone() });
             e.address = address;
         });
     }

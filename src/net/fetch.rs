@@ -1,11 +1,15 @@
 //! Our chunk requests to one peer: each gets an id, and its answer (matched by that id) is decoded
 //! against the base it was asked with; one that gets no answer gives up after `FETCH_TIMEOUT`.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
 
+use prost::Message as _;
+
+use super::counters::PeerCounters;
 use super::encoding::decode;
 use super::proto::{self, data_message, DataMessage};
 use super::wire::{self, FetchError};
@@ -87,5 +91,63 @@ pub async fn fetch(
         Ok(Ok(result)) => result,
         Ok(Err(_)) => Err(FetchError::Closed),
         Err(_) => Err(FetchError::TimedOut),
+    }
+}
+
+/// Our chunk requests on one connection, shared by the pulls and the Peer actor: a pull registers
+/// its request and puts it on the data stream itself, then waits for the answer, which the actor
+/// (reading the stream) hands over by id. A request no longer travels through the actor's mailbox
+/// and back: on a 2-core machine each such trip was a thread switch or two per small file.
+pub struct FetchPort {
+    pending: Mutex<Fetches>,
+    tx: mpsc::Sender<DataMessage>,
+    counters: Arc<PeerCounters>,
+    /// The folders shared with this peer: it is never asked for another folder's chunks.
+    shared: HashSet<String>,
+    open: AtomicBool,
+}
+
+impl FetchPort {
+    pub fn new(tx: mpsc::Sender<DataMessage>, counters: Arc<PeerCounters>, shared: HashSet<String>) -> FetchPort {
+        FetchPort { pending: Mutex::new(Fetches::default()), tx, counters, shared, open: AtomicBool::new(true) }
+    }
+
+    /// Whether the connection is still up.
+    pub fn is_open(&self) -> bool {
+        self.open.load(Relaxed) && !self.tx.is_closed()
+    }
+
+    /// Asks for `chunk` of `path` and waits for the answer (see `Fetches::request`).
+    pub async fn fetch(
+        &self,
+        folder: String,
+        path: String,
+        chunk: &Chunk,
+        signature: Vec<u8>,
+        base: Option<Arc<Vec<u8>>>,
+    ) -> Result<Fetched, FetchError> {
+        if !self.shared.contains(&folder) {
+            // Never reveal another folder's names or hashes to this peer (say, from records it
+            // sent before the folder stopped being shared with it).
+            let detail = "folder not shared with this peer".into();
+            return Err(FetchError::Refused { code: proto::ChunkError::NotShared, detail });
+        }
+        if !self.is_open() {
+            return Err(FetchError::Closed);
+        }
+        let (request, answer) = self.pending.lock().expect("fetch lock").request(folder, path, chunk, signature, base);
+        self.counters.add_out(request.encoded_len());
+        fetch(self.tx.clone(), request, answer).await
+    }
+
+    /// The peer's answer to one of our requests.
+    pub fn answered(&self, r: proto::ChunkResponse) {
+        self.pending.lock().expect("fetch lock").answered(r);
+    }
+
+    /// The connection ended: every request still waiting fails now.
+    pub fn close(&self) {
+        self.open.store(false, Relaxed);
+        self.pending.lock().expect("fetch lock").pending.clear();
     }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 
 use super::{blocking, find_local, PullContext, PullError};
-use crate::actors::messages::{FetchChunk, Fetched};
+use crate::actors::messages::Fetched;
 use crate::actors::status::FolderGauges;
 use crate::core::pull::Sources;
 use crate::core::{Chunk, DeviceId, FileRecord};
@@ -138,22 +138,15 @@ async fn fetch_chunk(
     for k in 0..sources.len() {
         let device = sources[(index + k) % n];
         let Some(peer) = ctx.directory.connected(&device) else { continue };
-        let request = FetchChunk {
-            folder: ctx.folder.clone(),
-            path: record.path.clone(),
-            chunk,
-            signature: signature.clone(),
-            base: base.clone(),
-        };
-        match peer.fetch.send(request).await {
-            Ok(Ok(Fetched { data, wire })) if data.len() == chunk.size as usize && hash(&data) == chunk.hash => {
+        let asked = peer.fetch.fetch(ctx.folder.clone(), record.path.clone(), &chunk, signature.clone(), base.clone());
+        match asked.await {
+            Ok(Fetched { data, wire }) if data.len() == chunk.size as usize && hash(&data) == chunk.hash => {
                 return Ok((chunk, data, Some((device, wire))))
             }
-            Ok(Ok(_)) => {
+            Ok(_) => {
                 tracing::warn!(peer = %device.prefix(), path = %record.path, "chunk failed verification; trying another source")
             }
-            Ok(Err(e)) => fetch_failed(ctx, &device, &record.path, &e),
-            Err(_) => {}
+            Err(e) => fetch_failed(ctx, &device, &record.path, &e),
         }
     }
     Err(PullError::NoSource { offset: chunk.offset, size: chunk.size })
