@@ -1,7 +1,9 @@
 //! The Watcher actor: one recursive notify watcher per folder. A path is handed to the Index once it
 //! has been quiet for `sync.debounce` (tens of milliseconds), so a file being written is hashed once,
-//! when its writer is done, not again and again as it grows (a file that never goes quiet is looked
-//! at every `core::debounce::MAX_DELAY`). An overflowed event queue, a watch that could not be set up, and the
+//! when its writer is done, not again and again as it grows. A file written to and not closed yet
+//! waits for its close (or a second without an event: `core::debounce`), so a copy that stalls is not
+//! hashed half-written; a file that never goes quiet is looked at every `core::debounce::MAX_DELAY`
+//! (`MAX_DELAY_OPEN` while open for writing). An overflowed event queue, a watch that could not be set up, and the
 //! periodic `sync.rescan_interval` all turn into a full rescan, so nothing the kernel dropped is
 //! missed for long. Links inside the folder are never followed (a change to a link is an event on
 //! its directory; what it points to is not watched).
@@ -25,7 +27,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::messages::{LocalChanged, Rescan};
 use crate::config::FolderConfig;
-use crate::core::debounce::Debouncer;
+use crate::core::debounce::{Debouncer, Seen};
 use crate::core::path::{is_internal, is_temp_of, TEMP_PREFIX};
 use std::collections::HashMap;
 
@@ -59,7 +61,24 @@ pub struct Watcher {
 /// Unmatched halves of our own renames kept at most (a dropped event leaves one behind).
 const TEMP_RENAMES_KEPT: usize = 4096;
 
-/// What of a folder's file events goes to the Watcher actor, decided on notify's thread: no reads,
+/// What an event says of its path, for the debounce.
+fn seen(kind: &notify::EventKind) -> Seen {
+    use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, ModifyKind};
+    match kind {
+        EventKind::Create(CreateKind::File) | EventKind::Modify(ModifyKind::Data(_)) => Seen::Write,
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => Seen::Closed,
+        _ => Seen::Change,
+    }
+}
+
+/// An access that changes nothing (anything but a writer's close).
+fn is_read(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind};
+    matches!(kind, EventKind::Access(_)) && !matches!(kind, EventKind::Access(AccessKind::Close(AccessMode::Write)))
+}
+
+/// What of a folder's file events goes to the Watcher actor, decided on notify's thread: no reads
+/// (a writer's close goes on: it ends the wait of a file open for writing),
 /// nothing that only touches our own files (a download's temp file: its create, writes, mode and
 /// mtime; the version store), and not a download's rename into place (`own_commit`). A pulled file
 /// then costs the actor thread no event at all (it was about six).
@@ -76,7 +95,7 @@ impl EventFilter {
     }
 
     fn passes(&mut self, event: &notify::Event) -> bool {
-        if matches!(event.kind, notify::EventKind::Access(_)) || self.own_commit(event) {
+        if is_read(&event.kind) || self.own_commit(event) {
             return false;
         }
         // An event with no path (a queue overflow) or a path outside the root goes on.
@@ -166,7 +185,11 @@ impl Watcher {
     }
 
     fn mark(&mut self, folder: &str, rel: String, ctx: &mut Context<Self>) {
-        self.pending.mark(folder, rel, Instant::now());
+        self.mark_seen(folder, rel, Seen::Change, ctx);
+    }
+
+    fn mark_seen(&mut self, folder: &str, rel: String, seen: Seen, ctx: &mut Context<Self>) {
+        self.pending.mark(folder, rel, Instant::now(), seen);
         if !self.flush_scheduled {
             self.flush_scheduled = true;
             ctx.run_later(self.debounce, |this, ctx| this.flush(ctx));
@@ -337,7 +360,7 @@ impl StreamHandler<FsEvent> for Watcher {
                     if rel.is_empty() || (is_internal(&rel) && rel != crate::core::path::IGNORE_FILE) {
                         continue;
                     }
-                    self.mark(&folder.id, rel, ctx);
+                    self.mark_seen(&folder.id, rel, seen(&event.kind), ctx);
                 }
             }
         }
@@ -385,7 +408,13 @@ mod tests {
         // Our temp file renamed onto another path is not a download put in place.
         assert!(!f.passes(&event(rename(RenameMode::From), &[&temp], Some(9))));
         assert!(f.passes(&event(rename(RenameMode::To), &["d/elsewhere.txt"], Some(9))));
-        // An overflow (no path) always goes on.
+        // An overflow (no path) always goes on; so does a writer's close of the user's file.
         assert!(f.passes(&event(EventKind::Other, &[], None)));
+        let closed = EventKind::Access(AccessKind::Close(notify::event::AccessMode::Write));
+        assert!(f.passes(&event(closed, &["d/file.txt"], None)));
+        assert!(!f.passes(&event(closed, &[&temp], None)));
+        assert_eq!(seen(&closed), Seen::Closed);
+        assert_eq!(seen(&EventKind::Modify(ModifyKind::Data(notify::event::DataChange::Any))), Seen::Write);
+        assert_eq!(seen(&rename(RenameMode::To)), Seen::Change);
     }
 }

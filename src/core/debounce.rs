@@ -1,7 +1,9 @@
 //! Debounce of file events: a changed path is handed on once it has been quiet for `quiet`, or
-//! once it has waited `max_delay` since its first event if it never goes quiet (a long copy, a
-//! log). A change of "" (the whole folder) is handed on at once and covers every other path.
-//! Time comes in as an argument.
+//! once it has waited `MAX_DELAY` since its first event if it never goes quiet. A file written to
+//! and not closed since (a copy under way, a log) waits longer: `OPEN_QUIET` without an event, or
+//! `MAX_DELAY_OPEN` in all, so that a copy that stalls for a moment is not hashed half-written (its
+//! half would be announced, and pulled, as a version). A change of "" (the whole folder) is handed
+//! on at once and covers every other path. Time comes in as an argument.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -10,18 +12,57 @@ use super::path::{one_level_up, MAX_PENDING_PATHS};
 
 /// A path that keeps changing is still handed on this often.
 pub const MAX_DELAY: Duration = Duration::from_secs(1);
+/// A file open for writing is handed on after this long without an event...
+pub const OPEN_QUIET: Duration = Duration::from_secs(1);
+/// ...or this long after its first event, if it keeps changing (a log written to all day).
+pub const MAX_DELAY_OPEN: Duration = Duration::from_secs(10);
+
+/// What an event says of a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// It changed (created, renamed, its mode...).
+    Change,
+    /// Data was written to it: it is open for writing until `Closed`.
+    Write,
+    /// A writer closed it.
+    Closed,
+}
+
+/// A pending path: its first and latest event, and whether a write was seen without its close.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    first: Instant,
+    last: Instant,
+    open: bool,
+}
+
+impl Pending {
+    fn due(&self, quiet: Duration) -> Instant {
+        if self.open {
+            (self.last + OPEN_QUIET).min(self.first + MAX_DELAY_OPEN)
+        } else {
+            (self.last + quiet).min(self.first + MAX_DELAY)
+        }
+    }
+}
 
 #[derive(Debug, Default)]
 pub struct Debouncer {
-    /// Per folder, each changed path's first and latest event.
-    pending: HashMap<String, HashMap<String, (Instant, Instant)>>,
+    /// Per folder, each changed path.
+    pending: HashMap<String, HashMap<String, Pending>>,
 }
 
 impl Debouncer {
     /// An event for `path` of `folder` at `now`.
-    pub fn mark(&mut self, folder: &str, path: String, now: Instant) {
+    pub fn mark(&mut self, folder: &str, path: String, now: Instant, seen: Seen) {
         let paths = self.pending.entry(folder.to_string()).or_default();
-        paths.entry(path).and_modify(|(_, last)| *last = now).or_insert((now, now));
+        let p = paths.entry(path).or_insert(Pending { first: now, last: now, open: false });
+        p.last = now;
+        match seen {
+            Seen::Change => {}
+            Seen::Write => p.open = true,
+            Seen::Closed => p.open = false,
+        }
         if paths.len() > MAX_PENDING_PATHS {
             collapse(paths);
         }
@@ -29,7 +70,7 @@ impl Debouncer {
 
     /// The paths due at `now`, per folder, and when the next of the others is due.
     pub fn take_due(&mut self, now: Instant, quiet: Duration) -> (Vec<(String, Vec<String>)>, Option<Instant>) {
-        let due = |&(first, last): &(Instant, Instant)| (last + quiet).min(first + MAX_DELAY);
+        let due = |p: &Pending| p.due(quiet);
         let mut next: Option<Instant> = None;
         let mut ready_all = Vec::new();
         for (folder, paths) in self.pending.iter_mut() {
@@ -60,18 +101,19 @@ impl Debouncer {
 
 /// Replaces paths by their directories, one level at a time, until at most half of
 /// `MAX_PENDING_PATHS` remain (or only the whole folder): each directory keeps the earliest first
-/// event and the latest event of the paths it stands for.
-fn collapse(paths: &mut HashMap<String, (Instant, Instant)>) {
+/// event and the latest event of the paths it stands for, and is open if any of them is.
+fn collapse(paths: &mut HashMap<String, Pending>) {
     while paths.len() > MAX_PENDING_PATHS / 2 {
         let before = paths.len();
-        let mut up: HashMap<String, (Instant, Instant)> = HashMap::with_capacity(before / 2);
-        for (path, (first, last)) in paths.drain() {
+        let mut up: HashMap<String, Pending> = HashMap::with_capacity(before / 2);
+        for (path, p) in paths.drain() {
             up.entry(one_level_up(&path).to_string())
-                .and_modify(|(f, l)| {
-                    *f = (*f).min(first);
-                    *l = (*l).max(last);
+                .and_modify(|u| {
+                    u.first = u.first.min(p.first);
+                    u.last = u.last.max(p.last);
+                    u.open |= p.open;
                 })
-                .or_insert((first, last));
+                .or_insert(p);
         }
         *paths = up;
         if paths.len() == before {
@@ -91,20 +133,20 @@ mod tests {
         let t0 = Instant::now();
         let ms = |n: u64| t0 + Duration::from_millis(n);
         let mut d = Debouncer::default();
-        d.mark("f", "a".into(), t0);
-        d.mark("f", "busy".into(), t0);
+        d.mark("f", "a".into(), t0, Seen::Change);
+        d.mark("f", "busy".into(), t0, Seen::Change);
         // Not quiet yet.
         let (ready, next) = d.take_due(ms(10), QUIET);
         assert!(ready.is_empty());
         assert_eq!(next, Some(ms(20)));
         // `busy` keeps changing every 10 ms; `a` went quiet.
-        d.mark("f", "busy".into(), ms(15));
+        d.mark("f", "busy".into(), ms(15), Seen::Change);
         let (ready, _) = d.take_due(ms(20), QUIET);
         assert_eq!(ready, vec![("f".to_string(), vec!["a".to_string()])]);
         let mut t = 15;
         while t + 10 < 1000 {
             t += 10;
-            d.mark("f", "busy".into(), ms(t));
+            d.mark("f", "busy".into(), ms(t), Seen::Change);
             let (ready, _) = d.take_due(ms(t), QUIET);
             assert!(ready.is_empty(), "handed on at {t} ms although it never went quiet");
         }
@@ -114,12 +156,41 @@ mod tests {
     }
 
     #[test]
+    fn a_file_open_for_writing_waits_for_its_close_or_a_long_quiet() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut d = Debouncer::default();
+        // A copy that stalls for 500 ms half-way is not handed on; its close makes it due after
+        // the usual quiet.
+        d.mark("f", "copy".into(), t0, Seen::Write);
+        d.mark("f", "copy".into(), ms(10), Seen::Write);
+        let (ready, next) = d.take_due(ms(510), QUIET);
+        assert!(ready.is_empty());
+        assert_eq!(next, Some(ms(10) + OPEN_QUIET));
+        d.mark("f", "copy".into(), ms(520), Seen::Closed);
+        assert!(d.take_due(ms(530), QUIET).0.is_empty());
+        assert_eq!(d.take_due(ms(540), QUIET).0, vec![("f".to_string(), vec!["copy".to_string()])]);
+        // A writer that goes silent without closing: handed on after OPEN_QUIET.
+        d.mark("f", "idle".into(), t0, Seen::Write);
+        assert_eq!(d.take_due(t0 + OPEN_QUIET, QUIET).0, vec![("f".to_string(), vec!["idle".to_string()])]);
+        // One that writes all the time: every MAX_DELAY_OPEN.
+        let mut t = 0;
+        while t < MAX_DELAY_OPEN.as_millis() as u64 - 100 {
+            d.mark("f", "log".into(), ms(t), Seen::Write);
+            assert!(d.take_due(ms(t), QUIET).0.is_empty(), "handed on at {t} ms");
+            t += 100;
+        }
+        d.mark("f", "log".into(), ms(t), Seen::Write);
+        assert_eq!(d.take_due(t0 + MAX_DELAY_OPEN, QUIET).0, vec![("f".to_string(), vec!["log".to_string()])]);
+    }
+
+    #[test]
     fn the_whole_folder_goes_at_once_and_covers_every_path() {
         let t0 = Instant::now();
         let mut d = Debouncer::default();
-        d.mark("f", "a".into(), t0);
-        d.mark("f", String::new(), t0);
-        d.mark("g", "b".into(), t0);
+        d.mark("f", "a".into(), t0, Seen::Change);
+        d.mark("f", String::new(), t0, Seen::Change);
+        d.mark("g", "b".into(), t0, Seen::Change);
         let (ready, next) = d.take_due(t0, QUIET);
         assert_eq!(ready, vec![("f".to_string(), vec![String::new()])]);
         assert_eq!(next, Some(t0 + QUIET));
@@ -129,10 +200,10 @@ mod tests {
     fn a_burst_of_paths_gives_way_to_their_directories() {
         let t0 = Instant::now();
         let mut d = Debouncer::default();
-        d.mark("f", crate::core::path::IGNORE_FILE.into(), t0);
+        d.mark("f", crate::core::path::IGNORE_FILE.into(), t0, Seen::Change);
         let dirs = 40;
         for i in 0..MAX_PENDING_PATHS {
-            d.mark("f", format!("d{}/f{i}", i % dirs), t0 + Duration::from_millis(i as u64 % 7));
+            d.mark("f", format!("d{}/f{i}", i % dirs), t0 + Duration::from_millis(i as u64 % 7), Seen::Change);
         }
         let (ready, _) = d.take_due(t0 + MAX_DELAY, QUIET);
         let mut want: Vec<String> = (0..dirs).map(|i| format!("d{i}")).collect();
@@ -141,7 +212,7 @@ mod tests {
         assert_eq!(ready, vec![("f".to_string(), want)], "each directory once, the ignore file kept");
         // Top-level paths give way to the whole folder.
         for i in 0..=MAX_PENDING_PATHS {
-            d.mark("g", format!("f{i}"), t0);
+            d.mark("g", format!("f{i}"), t0, Seen::Change);
         }
         let (ready, _) = d.take_due(t0, QUIET);
         assert_eq!(ready, vec![("g".to_string(), vec![String::new()])]);
