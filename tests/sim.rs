@@ -113,8 +113,8 @@ impl Extra {
 
 /// Per cent of the operations that also break a file (an I/O error) or mend one, and of roots
 /// back from away that are another directory (level 2 of `Extra`).
-const IO_ERROR_PERCENT: u64 = 2;
-const NEW_ROOT_PERCENT: u64 = 25;
+const IO_ERROR_PERCENT: u64 = 1;
+const NEW_ROOT_PERCENT: u64 = 8;
 
 /// How often a history met what `Extra` simulates: the default run fails if one of them never
 /// happens (its checks would pass vacuously).
