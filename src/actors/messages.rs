@@ -194,6 +194,18 @@ pub enum Outcome {
     Reissue { path: String, other: VersionVector },
 }
 
+impl From<Outcome> for crate::core::replica::Applied {
+    /// What the Index's rules read of it (`replica::applied`): of the disk state, the mtime and
+    /// permissions the disk took.
+    fn from(outcome: Outcome) -> Self {
+        use crate::core::replica::Applied;
+        match outcome {
+            Outcome::Took { record, disk } => Applied::Took { record, disk: disk.map(|d| (d.mtime_ns, d.permissions)) },
+            Outcome::Reissue { path, other } => Applied::Reissue { path, other },
+        }
+    }
+}
+
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Applied {

@@ -65,6 +65,15 @@ impl FolderGauges {
         self.faulted.store(reason.is_some(), Relaxed);
         *self.fault.lock().expect("gauges lock") = reason;
     }
+
+    /// Counts the files a scan read and hashed: every live file it has a record for (an unchanged
+    /// one gets none).
+    pub fn count_hashed(&self, records: &[crate::core::FileRecord]) {
+        for r in records.iter().filter(|r| r.is_file() && !r.deleted) {
+            self.hashed_files.fetch_add(1, Relaxed);
+            self.hashed_bytes.fetch_add(r.size, Relaxed);
+        }
+    }
 }
 
 pub struct NodeState {

@@ -7,7 +7,8 @@
 //! - concurrent versions with the same content are merged, nothing changes on disk;
 //! - concurrent edit against delete: the edit wins, always;
 //! - concurrent edits: the newer mtime wins, then the larger device id; the loser is kept as a
-//!   conflict copy whose name depends only on the loser, so every node makes the same copy.
+//!   conflict copy whose name depends only on the loser (its time, author and content), so every
+//!   node makes the same copy and two losers never share a name.
 
 use super::conflict::conflict_name;
 use super::record::FileRecord;
@@ -97,6 +98,24 @@ mod tests {
         let copy_of_a = conflict_name(&a);
         assert_eq!(on_a, Action::ConflictLocalLoses { copy: copy_of_a.clone() });
         assert_eq!(on_b, Action::ConflictRemoteLoses { copy: copy_of_a });
+    }
+
+    #[test]
+    fn two_losers_of_one_device_in_one_second_are_kept_under_two_names() {
+        // Device 1 wrote x twice within a second (two versions a peer never saw in between, such as
+        // an edit then a restore); both lose to device 2's newer edit, on every node alike.
+        let first = file("x.txt", 1, &[(1, 1)], 100, 1);
+        let mut second = file("x.txt", 2, &[(1, 2)], 100, 1);
+        second.mtime_ns += 500_000_000;
+        let winner = file("x.txt", 3, &[(2, 1)], 200, 2);
+        let copy = |local: &FileRecord| match decide(Some(local), &winner) {
+            Action::ConflictLocalLoses { copy } => copy,
+            other => panic!("{other:?}"),
+        };
+        assert_ne!(copy(&first), copy(&second));
+        // The node holding the winner names each loser as the loser's node does.
+        assert_eq!(decide(Some(&winner), &first), Action::ConflictRemoteLoses { copy: copy(&first) });
+        assert_eq!(decide(Some(&winner), &second), Action::ConflictRemoteLoses { copy: copy(&second) });
     }
 
     #[test]

@@ -42,6 +42,20 @@ impl std::fmt::Display for Fault {
     }
 }
 
+/// What a user's `syncnode confirm` means for a folder, by why it is stopped; the Index turns it
+/// into its answer and carries it out before calling [`Folder::confirm`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Confirming {
+    /// The folder is not stopped: nothing to confirm.
+    NotStopped,
+    /// A mass delete is held: the deletes of `files` files will be sent.
+    Deletes { files: u64 },
+    /// The root is gone or not the one indexed: the directory now at the root's path is accepted
+    /// as the folder's root (the caller's I/O, which fails if there is none), and the files missing
+    /// from it become deletes on every peer.
+    NewRoot,
+}
+
 /// What a step may look at.
 pub trait FolderIo {
     /// Whether the root is still the directory indexed.
@@ -208,6 +222,15 @@ impl Folder {
             (Err(problem), _) => self.enter_fault(Fault::Root(problem)),
             (Ok(()), Some(Fault::Root(_))) => self.leave_fault(io),
             (Ok(()), _) => Vec::new(),
+        }
+    }
+
+    /// What a confirm now would mean ([`Confirming`]).
+    pub fn confirming(&self) -> Confirming {
+        match self.fault {
+            None => Confirming::NotStopped,
+            Some(Fault::Emptied { files }) => Confirming::Deletes { files },
+            Some(Fault::Root(_)) => Confirming::NewRoot,
         }
     }
 

@@ -1,7 +1,7 @@
 //! The rules of one folder's index, without the index: what a local scan result becomes, what
 //! every announced version means for us (`needs`), what of it settles without disk work
-//! (`dispatch`), what a finished pull is recorded as (`took`, `reissued`), the version clock and
-//! the age of tombstones. The Index actor calls these with the RocksDB store behind [`Records`];
+//! (`dispatch`), what a finished pull is recorded as (`took`, `reissued`, and for a batch of
+//! outcomes `applied`), the version clock and the age of tombstones. The Index actor calls these with the RocksDB store behind [`Records`];
 //! the simulator (tests/sim.rs) calls the same functions with an in-memory store, so what it
 //! checks is the code that runs. Nothing here reads a clock: `now` comes in as an argument.
 
@@ -13,6 +13,9 @@ use super::decide::{decide, Action};
 use super::device::{DeviceId, ShortId};
 use super::record::{Chunk, FileKind, FileRecord};
 use super::version::VersionVector;
+
+mod applied;
+pub use applied::{applied, Applied, AppliedPlan, Current};
 
 /// What the rules read of a folder's index: our records, and the ones peers announced.
 pub trait Records {

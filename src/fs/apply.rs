@@ -450,11 +450,28 @@ pub fn make_link_keeping(
 }
 
 /// Where a conflict copy goes: `copy` if nothing has that name yet; `None` if a file there (or at a
-/// numbered variant) already holds the same content (another node made this copy first and it
-/// synced here); else `copy` with `-2`, `-3`, ... before the extension. Two losing versions by one
-/// device within one second share a conflict name, and the second must not replace the first.
+/// numbered variant), or a copy of the same path named for the same content id under another
+/// author or second (`core::conflict::same_loser`), already holds the same content (another node
+/// made this copy first and it synced here, or the content lost before as another record); else
+/// `copy` with `-2`, `-3`, ... before the extension (the name is taken by other bytes: a copy the
+/// user edited, or one that cannot be read to compare).
 pub fn free_name(root: &Path, copy: &str, same: impl Fn(&Path) -> bool) -> Option<String> {
     let (dir, file) = copy.rsplit_once('/').map_or(("", copy), |(d, f)| (d, f));
+    let parent = if dir.is_empty() { Ok(root.to_path_buf()) } else { safe_path(root, dir) };
+    for entry in parent.ok().and_then(|p| std::fs::read_dir(p).ok()).into_iter().flatten().flatten() {
+        let Some(name) =
+            entry.file_name().to_str().map(|n| if dir.is_empty() { n.to_string() } else { format!("{dir}/{n}") })
+        else {
+            continue;
+        };
+        if name != copy && crate::core::conflict::same_loser(copy, &name) {
+            let Ok(path) = safe_entry_path(root, &name) else { continue };
+            if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file() || m.file_type().is_symlink()) && same(&path)
+            {
+                return None;
+            }
+        }
+    }
     let (stem, ext) = match file.rfind('.') {
         Some(i) if i > 0 && file[..i].contains(".sync-conflict-") => (&file[..i], &file[i..]),
         _ => (file, ""),
@@ -513,6 +530,24 @@ pub fn same_bytes(a: &Path, b: &Path) -> bool {
             return false;
         }
     }
+}
+
+/// `move_aside` for a loser the index recorded (`local`): only while the file is still what the
+/// record says, since the copy's name is the record's (`core::conflict`). A local edit the scan
+/// has not seen yet, or a file made unreadable, is left alone (`LocalChange`): the scan looks at
+/// it, and the path is decided again.
+pub fn move_aside_recorded(
+    root: &Path,
+    rel: &str,
+    local: Option<&FileRecord>,
+    copy: &str,
+) -> Result<String, ApplyError> {
+    let from = entry_path(root, rel, local)?;
+    if local.is_none_or(|l| l.deleted) {
+        return Err(ApplyError::LocalChange(rel.to_string()));
+    }
+    check_unchanged(&from, rel, local)?;
+    move_aside(root, rel, copy)
 }
 
 /// Moves our losing version aside to its conflict name, never over another file; returns the

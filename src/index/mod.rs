@@ -11,7 +11,8 @@ mod remote;
 mod scan;
 
 pub use records::{
-    accept_root, needs, needs_at, needs_page, purge_tombstones, sources, FolderDisk, FolderRecords, StoreView,
+    accept_root, needs, needs_at, needs_page, open_folder, purge_tombstones, sources, FolderDisk, FolderRecords,
+    StoreView,
 };
-pub use remote::{judge_scanned, store_remote, Judged, Refusal};
+pub use remote::{judge_scanned, store_remote, Judged, Refusal, Stored};
 pub use scan::{ScanJob, Scanned};

@@ -10,7 +10,7 @@ use crate::core::replica::{self, Need, Records, NEEDS_PAGE};
 use crate::core::root::{Observed, RootProblem};
 use crate::core::{DeviceId, FileRecord};
 use crate::fs::root::{observe, RootGuard};
-use crate::fs::scan::{DiskState, KnownRecords};
+use crate::fs::scan::{remove_stale_temp_files, DiskState, KnownRecords};
 use crate::store::Store;
 
 /// The scanner's view of our records, straight from the store.
@@ -155,4 +155,23 @@ pub fn accept_root(store: &Store, folder: &str, guard: &RootGuard) -> anyhow::Re
     store.put_root_id(folder, &root)?;
     guard.accept(root);
     Ok(true)
+}
+
+/// Opens a folder at start: its root recorded if none is yet (a first start, or an index from
+/// before roots were recorded: this root is the one), the temp files an interrupted run left
+/// removed if the root holds. Returns what the look at the root found.
+pub fn open_folder(store: &Store, folder: &str, guard: &RootGuard) -> Result<(), RootProblem> {
+    if guard.expected().is_none() {
+        if let Err(e) = accept_root(store, folder, guard) {
+            tracing::error!(folder, error = %e, "cannot write the index");
+        }
+    }
+    let root = guard.check();
+    if root.is_ok() {
+        let removed = remove_stale_temp_files(&guard.path);
+        if removed > 0 {
+            tracing::info!(folder, removed, "removed temp files left by an interrupted run");
+        }
+    }
+    root
 }

@@ -15,6 +15,13 @@ pub struct Refusal {
     pub violation: Option<usize>,
 }
 
+/// A peer's batch as stored.
+pub struct Stored {
+    pub records: Vec<FileRecord>,
+    /// The peer's index was recreated: every record we had of it is gone, named in the batch or not.
+    pub reset: bool,
+}
+
 /// Decodes `files` (a chunk list may be an edit of the version of the path we hold of the peer)
 /// and stores them as `device`'s records of `folder` with its read position (an index of another
 /// `index_id` replaces what we had of it). `Err(None)`: the store failed, logged, and the batch is
@@ -25,7 +32,7 @@ pub fn store_remote(
     folder: &str,
     index_id: u64,
     files: Vec<FileInfo>,
-) -> Result<Vec<FileRecord>, Option<Refusal>> {
+) -> Result<Stored, Option<Refusal>> {
     let mut progress = match store.progress(device, folder) {
         Ok(p) => p,
         Err(e) => {
@@ -33,9 +40,10 @@ pub fn store_remote(
             return Err(Some(Refusal { reason: "cannot read our index".into(), violation: None }));
         }
     };
+    let reset = progress.index_id != 0 && progress.index_id != index_id;
     if progress.index_id != index_id {
         // The peer's index was recreated: forget what we had of it.
-        if progress.index_id != 0 {
+        if reset {
             tracing::info!(peer = %device.prefix(), folder = %folder, "peer index was reset; rereading it");
         }
         let _ = store.clear_remote(device, folder);
@@ -85,7 +93,7 @@ pub fn store_remote(
         tracing::error!(error = %e, "cannot store a peer's index");
         return Err(None);
     }
-    Ok(records)
+    Ok(Stored { records, reset })
 }
 
 /// A scan's records, judged against our records now (`replica::judge_scanned`).

@@ -133,8 +133,8 @@ pub async fn execute(ctx: &PullContext, item: Need, sources: &Sources) -> Result
             put_in_place(remote, disk)
         }
         Action::ConflictLocalLoses { copy } => {
-            let (root, p, c) = (ctx.root.clone(), path.clone(), copy.clone());
-            let copy = blocking(move || apply::move_aside(&root, &p, &c)).await??;
+            let (root, p, c, local) = (ctx.root.clone(), path.clone(), copy.clone(), item.local.clone());
+            let copy = blocking(move || apply::move_aside_recorded(&root, &p, local.as_ref(), &c)).await??;
             ctx.gauges.conflicts.fetch_add(1, Relaxed);
             tracing::warn!(folder = %ctx.folder, path = %path, copy = %copy, "conflict: our version kept as a copy");
             ctx.index.changed.do_send(LocalChanged { folder: ctx.folder.clone(), paths: vec![copy] });

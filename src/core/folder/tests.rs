@@ -261,8 +261,10 @@ fn a_folder_emptied_is_held_until_confirmed_or_back() {
     assert_eq!(scope_of(&f.changed(paths(&["x"]), &io)), Some((paths(&[""]), true)));
     assert!(end_scan(&mut f, &io, true, all(), 2).is_empty(), "held, said once");
     // The user confirms: the next full scan sends them, and the folder resumes.
+    assert_eq!(f.confirming(), Confirming::Deletes { files: 3 });
     assert_eq!(scope_of(&f.confirm(&io)), Some((paths(&[""]), true)));
     let effects = end_scan(&mut f, &io, true, all(), 3);
+    assert_eq!(f.confirming(), Confirming::NotStopped, "resumed");
     assert_eq!(effects, vec![Effect::CommitDeletes(all()), Effect::LeaveFault, Effect::Recompute]);
     // The confirmation is spent.
     scope_of(&f.changed(paths(&[""]), &io)).expect("scan");
@@ -315,7 +317,9 @@ fn deletes_a_scan_of_some_paths_finds_while_a_mass_delete_is_held_wait_for_a_ful
 fn a_new_root_confirmed_resumes_with_a_full_scan_whose_deletes_go() {
     let (mut f, io) = (Folder::new(2), Io::default());
     io.live.set(2);
+    assert_eq!(f.confirming(), Confirming::NotStopped);
     f.root_checked(Err(RootProblem::OtherDirectory), &io);
+    assert_eq!(f.confirming(), Confirming::NewRoot);
     let effects = f.confirm(&io);
     assert_eq!(effects[0], Effect::LeaveFault);
     assert_eq!(scope_of(&effects), Some((paths(&[""]), true)));

@@ -218,3 +218,47 @@ fn a_local_edit_is_not_overwritten() {
     assert_eq!(std::fs::read(root.path().join("x")).unwrap(), b"mine");
     assert!(temp_files(root.path()).is_empty());
 }
+
+#[test]
+fn a_loser_already_kept_under_another_seconds_name_is_not_kept_again() {
+    use crate::core::conflict::conflict_name;
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir(root.path().join("d")).unwrap();
+    // The same content lost at two mtimes: one copy, whichever name it got first.
+    let (first, later) = (file("d/x.txt", 1, &[(1, 1)], 100, 1), file("d/x.txt", 1, &[(2, 1)], 200, 2));
+    std::fs::write(root.path().join(conflict_name(&first)), b"loser").unwrap();
+    std::fs::write(root.path().join("d/x.txt"), b"loser").unwrap();
+    let kept = move_aside(root.path(), "d/x.txt", &conflict_name(&later)).unwrap();
+    assert_eq!(kept, conflict_name(&later), "ours dropped: the same bytes are kept");
+    assert!(!root.path().join("d/x.txt").exists() && !root.path().join(conflict_name(&later)).exists());
+    // Other bytes under the same content id (a copy the user edited) are no reason to drop ours.
+    std::fs::write(root.path().join(conflict_name(&first)), b"edited").unwrap();
+    std::fs::write(root.path().join("d/x.txt"), b"loser").unwrap();
+    assert_eq!(move_aside(root.path(), "d/x.txt", &conflict_name(&later)).unwrap(), conflict_name(&later));
+    assert_eq!(std::fs::read(root.path().join(conflict_name(&later))).unwrap(), b"loser");
+}
+
+#[test]
+fn a_loser_is_moved_aside_only_while_it_is_what_the_index_recorded() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::write(root.path().join("x"), b"v1").unwrap();
+    let disk = DiskState::read(&root.path().join("x")).unwrap().unwrap();
+    let recorded = FileRecord {
+        size: disk.size,
+        mtime_ns: disk.mtime_ns,
+        permissions: disk.permissions,
+        ..file("x", 1, &[(1, 1)], 1, 1)
+    };
+    // A local edit the scan has not seen: not put under the recorded loser's name.
+    std::fs::write(root.path().join("x"), b"v2, longer").unwrap();
+    assert!(matches!(
+        move_aside_recorded(root.path(), "x", Some(&recorded), "x.copy"),
+        Err(ApplyError::LocalChange(_))
+    ));
+    assert!(matches!(move_aside_recorded(root.path(), "x", None, "x.copy"), Err(ApplyError::LocalChange(_))));
+    assert!(root.path().join("x").exists() && !root.path().join("x.copy").exists());
+    let now = DiskState::read(&root.path().join("x")).unwrap().unwrap();
+    let recorded = FileRecord { size: now.size, mtime_ns: now.mtime_ns, ..recorded };
+    assert_eq!(move_aside_recorded(root.path(), "x", Some(&recorded), "x.copy").unwrap(), "x.copy");
+    assert_eq!(std::fs::read(root.path().join("x.copy")).unwrap(), b"v2, longer");
+}
