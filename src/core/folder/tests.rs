@@ -531,8 +531,13 @@ proptest! {
                         PullPhase::Started
                     } else {
                         s.pulling.remove(&path);
+                        // A pull that failed owes the path a look; one that succeeded recorded
+                        // what it left (`Applied`), which settles a look owed before and dropped
+                        // meanwhile (the root went away); a look still waiting is taken.
                         if failed {
                             s.owed.insert(path.clone());
+                        } else if !s.f.pending.contains(&path) {
+                            s.owed.remove(&path);
                         }
                         PullPhase::Ended { failed }
                     };
