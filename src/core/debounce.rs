@@ -53,8 +53,13 @@ pub struct Debouncer {
 }
 
 impl Debouncer {
-    /// An event for `path` of `folder` at `now`.
+    /// An event for `path` of `folder` at `now`. A close of a path with no event pending is none:
+    /// nothing was seen written (the Puller's own download is closed after its rename, under its
+    /// final name).
     pub fn mark(&mut self, folder: &str, path: String, now: Instant, seen: Seen) {
+        if seen == Seen::Closed && !self.pending.get(folder).is_some_and(|paths| paths.contains_key(&path)) {
+            return;
+        }
         let paths = self.pending.entry(folder.to_string()).or_default();
         let p = paths.entry(path).or_insert(Pending { first: now, last: now, open: false });
         p.last = now;
@@ -170,6 +175,9 @@ mod tests {
         d.mark("f", "copy".into(), ms(520), Seen::Closed);
         assert!(d.take_due(ms(530), QUIET).0.is_empty());
         assert_eq!(d.take_due(ms(540), QUIET).0, vec![("f".to_string(), vec!["copy".to_string()])]);
+        // A close alone is no change.
+        d.mark("f", "closed".into(), t0, Seen::Closed);
+        assert!(d.is_empty());
         // A writer that goes silent without closing: handed on after OPEN_QUIET.
         d.mark("f", "idle".into(), t0, Seen::Write);
         assert_eq!(d.take_due(t0 + OPEN_QUIET, QUIET).0, vec![("f".to_string(), vec!["idle".to_string()])]);
