@@ -88,8 +88,16 @@ fn a_thousand_files_rewritten_on_a_leave_every_old_version_on_b_without_a_copy()
     let (a, b) = (&nodes[0], &nodes[1]);
     let name = |i: usize| format!("d{}/file-{i:04}.txt", i % 10);
     let old = |i: usize| format!("original content of file {i}\n").into_bytes();
+    // Each file appears whole (written beside the folder, renamed in): a scan that met a file
+    // half-written (the node's first full scan runs while the files are written) would announce an
+    // empty first version, and B would rightly keep that too when the whole file replaced it.
+    let scratch = a.dir.join("scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
     for i in 0..N {
-        a.write(&name(i), &old(i));
+        let tmp = scratch.join(format!("{i}"));
+        std::fs::write(&tmp, old(i)).unwrap();
+        std::fs::create_dir_all(a.path(&name(i)).parent().unwrap()).unwrap();
+        std::fs::rename(&tmp, a.path(&name(i))).unwrap();
     }
     assert!(converged(&[a, b], Duration::from_secs(120), |t| t.len() == N + 10), "{}", describe(&[a, b]));
     let inodes: HashMap<String, u64> =
@@ -97,8 +105,6 @@ fn a_thousand_files_rewritten_on_a_leave_every_old_version_on_b_without_a_copy()
 
     // Each file is replaced whole (written beside the folder, renamed over the original), the way
     // an encrypting program leaves it, so A announces exactly one new version of each.
-    let scratch = a.dir.join("scratch");
-    std::fs::create_dir_all(&scratch).unwrap();
     let started = std::time::Instant::now();
     for i in 0..N {
         let tmp = scratch.join(format!("{i}"));
