@@ -11,6 +11,12 @@ pub mod safe_path;
 pub mod scan;
 pub mod versions;
 
+/// Disk work on at most this many bytes (a small file's temp file and lookups, a chunk's write or
+/// read) is done on the async task that needs it: the trip to a blocking thread and back costs two
+/// thread switches, more than the work itself, and was most of what a small file cost on 2 cores.
+/// Anything larger goes to a blocking thread, where a slow disk cannot hold up the runtime.
+pub const INLINE_IO: u64 = 64 << 10;
+
 /// The cores this process may use, asked once: `available_parallelism` reads the cgroup files on
 /// every call (an open and a read each), which cost a tenth of a sender's CPU when every scan
 /// batch and every pull asked it (perf, 100,000 new files).

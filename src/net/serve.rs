@@ -26,6 +26,7 @@ use crate::core::session::{Waiting, READERS_PER_PEER};
 use crate::core::DeviceId;
 use crate::fs::chunker::{hash, read_range};
 use crate::fs::safe_path::{open_inside, refuse_once, UnsafePath};
+use crate::fs::INLINE_IO;
 use crate::store::Store;
 
 /// Records read from the store for one index message, before it is cut to fit.
@@ -117,7 +118,7 @@ impl Server {
             };
             // A small chunk is read right here: the trip to a blocking thread and back cost more
             // than the read (most of what serving a small file cost).
-            let result = if size <= INLINE_READ {
+            let result = if u64::from(size) <= INLINE_IO {
                 read()
             } else {
                 tokio::task::spawn_blocking(read).await.unwrap_or_else(|e| Err(ServeError::Io(e.to_string())))
@@ -152,9 +153,6 @@ impl Server {
         });
     }
 }
-
-/// A chunk at most this big is read on the task serving it, not on a blocking thread.
-const INLINE_READ: u32 = 64 << 10;
 
 /// Why a chunk was not served (the text goes back to the requester).
 #[derive(Debug, thiserror::Error)]

@@ -19,15 +19,13 @@ use crate::core::{Chunk, DeviceId, FileRecord};
 use crate::fs::apply::TempFile;
 use crate::fs::chunker::{hash, read_range};
 use crate::fs::safe_path::open_inside;
+use crate::fs::INLINE_IO;
 use crate::net::wire::FetchError;
 
 const CHUNKS_IN_FLIGHT: usize = 16;
 /// Bytes of one file requested and not yet received: enough to keep a fast link busy while each
 /// chunk pays its round trip, and bounded so memory stays flat (8 files × 4 MiB at most).
 const BYTES_IN_FLIGHT: u64 = 4 << 20;
-/// A chunk at most this big is written into the page cache right where it arrived: a hop to a
-/// blocking thread would cost more than the copy (most of a small file's pull was such hops).
-const INLINE_WRITE: u64 = 64 << 10;
 /// Chunks smaller than this are fetched whole: a signature would cost more than it saves.
 const DELTA_MIN_CHUNK: u32 = 4096;
 
@@ -70,7 +68,7 @@ pub(super) async fn fetch_all(
             let (chunk, data, from) =
                 fetch_chunk(ctx, record, record.chunks[i], sources, i, previous, try_local).await?;
             let len = data.len() as u64;
-            if len <= INLINE_WRITE {
+            if len <= INLINE_IO {
                 temp.write_at(chunk.offset, &data)?;
             } else {
                 let temp = temp.clone();

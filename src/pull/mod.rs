@@ -30,15 +30,12 @@ use crate::fs::apply::{self, ApplyError, TempFile};
 use crate::fs::root::{free_bytes, RootGuard};
 use crate::fs::scan::DiskState;
 use crate::fs::versions::VersionStore;
+use crate::fs::INLINE_IO;
 use crate::store::Store;
 pub use commit::CommitQueue;
 use fetch::{fetch_all, DownloadProgress, Tally};
 pub use local::find_local;
 use local::{holds, locate};
-
-/// A file at most this big is prepared (located, checked for space, its temp file created) on the
-/// pull's own thread.
-const INLINE_PREPARE: u64 = 64 << 10;
 
 /// Space left free on the disk beyond a download's own size (for the index, logs, other writers).
 const FREE_SPACE_MARGIN: u64 = 1 << 20;
@@ -224,7 +221,7 @@ async fn materialize(
             let temp = TempFile::create_replacing(&root, &t, r.size, l.as_ref())?;
             Ok::<_, PullError>((Arc::new(plan), Arc::new(temp)))
         };
-        if record.size <= INLINE_PREPARE {
+        if record.size <= INLINE_IO {
             prepare()?
         } else {
             blocking(prepare).await??
