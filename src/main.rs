@@ -17,6 +17,10 @@ fn main() {
         libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS)
     };
     let cli = Cli::parse();
+    // Hundreds of small files are pulled at once, each with its temp file open, beside RocksDB's
+    // tables and the peers' sockets: the soft limit of open files goes up to the hard one (as Go's
+    // runtime does at start), so a shell's 1,024 is not what a big sync runs into.
+    let nofile = rlimit::increase_nofile_limit(u64::MAX);
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -26,6 +30,10 @@ fn main() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
+    match nofile {
+        Ok(limit) => tracing::debug!(limit, "open files"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the limit of open files"),
+    }
     let code = match execute(cli) {
         Ok(()) => 0,
         Err(Failure::Usage(message)) => {

@@ -228,7 +228,9 @@ impl Actor for IndexActor {
 impl Handler<Pulling> for IndexActor {
     type Result = ();
     fn handle(&mut self, msg: Pulling, ctx: &mut Context<Self>) {
-        self.step(&msg.folder, ctx, |rules, io| rules.pulling(msg.path, msg.phase, io));
+        self.step(&msg.folder, ctx, |rules, io| {
+            msg.phases.into_iter().flat_map(|(path, phase)| rules.pulling(path, phase, io)).collect()
+        });
     }
 }
 

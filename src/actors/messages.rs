@@ -159,8 +159,8 @@ pub struct RecomputeNeeds {
 #[rtype(result = "()")]
 pub struct Pulling {
     pub folder: String,
-    pub path: String,
-    pub phase: PullPhase,
+    /// In the order the Puller saw them: the pulls its last step started and ended.
+    pub phases: Vec<(String, PullPhase)>,
 }
 
 /// Recompute what these paths of a folder need: a newer version arrived while one was being pulled.

@@ -3,16 +3,17 @@
 //!
 //! Control: our Hello first; then, per shared folder the peer opens, an index sender
 //! (`net::serve::send_index`) streams our index from where the peer left off, and pings keep the
-//! link honest. Data: the peer's chunk requests go to the connection's chunk server
-//! (`net::serve::Server`, bounded per peer); ours (from the Puller) are matched to their responses
-//! by id.
+//! link honest. Data: a task of its own reads that stream (`net::data`, off this actor's thread):
+//! the peer's chunk requests go to the connection's chunk server (`net::serve::Server`, bounded
+//! per peer), the answers to ours (put on the stream by the pulls) to the pulls by id; the actor
+//! hears only how the stream ended.
 //!
 //! The actor only ever sees the folders shared with its device (`core::SharedWith`): it offers,
 //! sends and serves those, refuses index records and chunk requests for any other folder (logged
 //! once per folder with the peer, and counted), and never asks the peer for another folder's chunks.
 //! A peer that breaks the protocol is counted, cut off, and redialed only with backoff.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use actix::prelude::*;
@@ -24,9 +25,10 @@ use super::messages::*;
 use crate::config::{Compression, FolderConfig, FolderMode};
 use crate::core::session::{self, End, Liveness, Offer, Session, Shared, Verdict};
 use crate::core::DeviceId;
+use crate::net::data::{refuse_unshared, DataEnd, DataSide};
 use crate::net::fetch::FetchPort;
-use crate::net::proto::{self, control_message, data_message, ControlMessage, DataMessage};
-use crate::net::serve::{self, send_index, Server, Serving};
+use crate::net::proto::{self, control_message, ControlMessage, DataMessage};
+use crate::net::serve::{send_index, Server, Serving};
 use crate::net::service::{is_garbage, Duplex};
 use crate::net::wire;
 use crate::net::PROTOCOL_VERSION;
@@ -51,10 +53,13 @@ pub struct PeerSetup {
 
 pub struct PeerActor {
     setup: PeerSetup,
-    session: Session,
+    /// Shared with the task reading the data stream (`net::data`).
+    session: Arc<Mutex<Session>>,
     server: Arc<Server>,
     /// Our chunk requests on this connection (the pulls send them; answers are matched here).
     fetches: Arc<FetchPort>,
+    /// Ends the data stream's task when this actor goes.
+    stop_data: Option<tokio::sync::oneshot::Sender<()>>,
     reason: Option<String>,
     /// The connection ends because the peer broke the protocol.
     violation: bool,
@@ -88,10 +93,11 @@ impl PeerActor {
         let shared_ids = shared.iter().map(|f| f.id.clone()).collect();
         let fetches = Arc::new(FetchPort::new(setup.data.tx.clone(), setup.counters.clone(), shared_ids));
         PeerActor {
-            session: Session::new(PROTOCOL_VERSION, folders, Instant::now()),
+            session: Arc::new(Mutex::new(Session::new(PROTOCOL_VERSION, folders, Instant::now()))),
             server: Arc::new(server),
             setup,
             fetches,
+            stop_data: None,
             reason: None,
             violation: false,
         }
@@ -101,13 +107,8 @@ impl PeerActor {
         self.setup.device
     }
 
-    /// Something the peer sent for `folder`, which is not shared with it: refused, logged once.
-    fn refuse_unshared(&self, folder: &str, what: &str, warn: bool) {
-        if warn {
-            tracing::warn!(peer = %self.setup.device.prefix(), folder = %folder, what, "refused: folder not shared with this peer");
-        } else {
-            tracing::debug!(peer = %self.setup.device.prefix(), folder = %folder, what, "refused: folder not shared with this peer");
-        }
+    fn session(&self) -> MutexGuard<'_, Session> {
+        self.session.lock().expect("session lock")
     }
 
     fn send_control(&self, kind: control_message::Kind) {
@@ -144,7 +145,7 @@ impl PeerActor {
                 receive_only: f.receive_only,
             })
         };
-        let folders = self.session.folders().iter().map(offer).collect::<anyhow::Result<_>>()?;
+        let folders = self.session().folders().iter().map(offer).collect::<anyhow::Result<_>>()?;
         Ok(proto::Hello { protocol_version: PROTOCOL_VERSION, device_name: self.setup.my_name.clone(), folders })
     }
 
@@ -152,7 +153,8 @@ impl PeerActor {
         let offers: Vec<Offer<'_>> = (hello.folders.iter())
             .map(|o| Offer { folder: &o.id, your_index_id: o.your_index_id, your_max_sequence: o.your_max_sequence })
             .collect();
-        let accepted = match self.session.hello(hello.protocol_version, &hello.device_name, &offers) {
+        let verdict = self.session().hello(hello.protocol_version, &hello.device_name, &offers);
+        let accepted = match verdict {
             Ok(accepted) => accepted,
             Err(End::Close(reason)) => return self.close(reason, ctx),
             Err(End::Violation(reason)) => return self.violation(reason, 0, ctx),
@@ -178,11 +180,12 @@ impl PeerActor {
     fn on_index(&mut self, update: proto::IndexUpdate, ctx: &mut Context<Self>) {
         let records = update.files.len();
         // The limits are judged by arithmetic before any record is decoded or edit script expanded.
-        match self.session.index(&update.folder, || wire::check_update(&update).map_err(|e| e.to_string())) {
+        let verdict = self.session().index(&update.folder, || wire::check_update(&update).map_err(|e| e.to_string()));
+        match verdict {
             Verdict::Take(()) => {}
             Verdict::Unshared { warn } => {
                 self.setup.counters.refused_records(records);
-                return self.refuse_unshared(&update.folder, "index records", warn);
+                return refuse_unshared(&self.setup.device, &update.folder, "index records", warn);
             }
             Verdict::Violation(reason) => return self.violation(reason, records, ctx),
         }
@@ -200,23 +203,6 @@ impl PeerActor {
         ctx.wait(actix::fut::wrap_future::<_, Self>(taken_in).map(|_, _, _| ()));
     }
 
-    fn on_request(&mut self, r: proto::ChunkRequest, ctx: &mut Context<Self>) {
-        match self.session.request(&r.folder, &r.path, || serve::check(&r)) {
-            Verdict::Take(Ok(hash)) => self.server.serve(r, hash),
-            Verdict::Take(Err(e)) => {
-                self.server.refuse(r.id, e.code(), e.kind(), format!("chunk request refused: {e}"))
-            }
-            Verdict::Unshared { warn } => {
-                self.refuse_unshared(&r.folder, "chunk request", warn);
-                self.setup.counters.refused_request();
-                // An answer, so an honest requester moves on at once instead of timing out.
-                let detail = "folder not shared with this peer".into();
-                self.server.answer_refusal(r.id, proto::ChunkError::NotShared, detail);
-            }
-            Verdict::Violation(reason) => self.violation(reason, 0, ctx),
-        }
-    }
-
     /// A message arrived on one of the streams: the peer is alive; a stream error that means
     /// garbage from the peer is a violation, any other closes the connection.
     fn received<M: prost::Message>(
@@ -225,7 +211,7 @@ impl PeerActor {
         stream: &str,
         ctx: &mut Context<Self>,
     ) -> Option<M> {
-        self.session.seen(Instant::now());
+        self.session().seen(Instant::now());
         match item {
             Ok(m) => {
                 self.setup.counters.add_in(m.encoded_len());
@@ -250,15 +236,35 @@ impl Actor for PeerActor {
         let control = std::mem::replace(&mut self.setup.control.rx, Box::pin(futures::stream::empty()));
         let data = std::mem::replace(&mut self.setup.data.rx, Box::pin(futures::stream::empty()));
         ctx.add_stream(control);
-        ctx.add_stream(data);
+        // The data stream is read off this thread; its task ends with the connection or with
+        // this actor (the sender of `stop` goes with it).
+        let side = DataSide {
+            device: self.setup.device,
+            session: self.session.clone(),
+            server: self.server.clone(),
+            fetches: self.fetches.clone(),
+            counters: self.setup.counters.clone(),
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        self.stop_data = Some(stop);
+        let me = ctx.address();
+        tokio::spawn(async move {
+            tokio::select! {
+                end = side.run(data) => me.do_send(DataEnded(end)),
+                _ = stopped => {}
+            }
+        });
         match self.hello() {
             Ok(hello) => self.send_control(control_message::Kind::Hello(hello)),
             Err(e) => return self.close(format!("cannot read the index: {e:#}"), ctx),
         }
-        ctx.run_interval(session::LIVENESS_CHECK, |this, ctx| match this.session.liveness(Instant::now()) {
-            Liveness::Fine => {}
-            Liveness::Ping => this.send_control(control_message::Kind::Ping(proto::Ping { nonce: 0 })),
-            Liveness::TimedOut(reason) => this.close(reason, ctx),
+        ctx.run_interval(session::LIVENESS_CHECK, |this, ctx| {
+            let liveness = this.session().liveness(Instant::now());
+            match liveness {
+                Liveness::Fine => {}
+                Liveness::Ping => this.send_control(control_message::Kind::Ping(proto::Ping { nonce: 0 })),
+                Liveness::TimedOut(reason) => this.close(reason, ctx),
+            }
         });
     }
 
@@ -304,18 +310,19 @@ impl StreamHandler<Result<ControlMessage, Status>> for PeerActor {
     }
 }
 
-impl StreamHandler<Result<DataMessage, Status>> for PeerActor {
-    fn handle(&mut self, item: Result<DataMessage, Status>, ctx: &mut Context<Self>) {
-        let Some(msg) = self.received(item, "data", ctx) else { return };
-        match msg.kind {
-            Some(data_message::Kind::Request(r)) => self.on_request(r, ctx),
-            Some(data_message::Kind::Response(r)) => self.fetches.answered(r),
-            None => self.violation("empty data message".into(), 0, ctx),
-        }
-    }
+/// How the data stream's task (`net::data`) saw the stream end.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct DataEnded(DataEnd);
 
-    fn finished(&mut self, ctx: &mut Context<Self>) {
-        ctx.stop();
+impl Handler<DataEnded> for PeerActor {
+    type Result = ();
+    fn handle(&mut self, DataEnded(end): DataEnded, ctx: &mut Context<Self>) {
+        match end {
+            DataEnd::Finished => ctx.stop(),
+            DataEnd::Closed(reason) => self.close(reason, ctx),
+            DataEnd::Violation(reason) => self.violation(reason, 0, ctx),
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 //! runtime, messages to the Index, gauges and log lines.
 
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -24,7 +25,8 @@ use crate::pull::{execute, queue::StoredNeeds, PullContext};
 const RETRY_TICK: Duration = Duration::from_secs(1);
 
 pub struct Puller {
-    ctx: PullContext,
+    /// Shared with every pull it starts.
+    ctx: Arc<PullContext>,
     state: PullState,
     /// The most files queued since the allocator's free memory was last handed back.
     most_needs: u64,
@@ -48,7 +50,7 @@ fn stored(ctx: &PullContext) -> StoredNeeds<'_> {
 
 impl Puller {
     pub fn new(ctx: PullContext) -> Self {
-        Puller { ctx, state: PullState::default(), most_needs: 0 }
+        Puller { ctx: Arc::new(ctx), state: PullState::default(), most_needs: 0 }
     }
 
     /// A stopped folder (root gone or replaced) gets nothing written under it.
@@ -64,22 +66,23 @@ impl Puller {
     /// Carries out what the state machine decided, in order.
     fn perform(&self, effects: Vec<Effect>, now: u64, ctx: &mut Context<Self>) {
         let folder = &self.ctx.folder;
+        // The Index hears of the pulls this step starts and ends in as few messages as keep the
+        // order of everything it is told (one each was two thread switches per small file); the
+        // pulls start once it has heard of them.
+        let mut phases: Vec<(String, PullPhase)> = Vec::new();
+        let mut starts = Vec::new();
+        let tell = |phases: &mut Vec<(String, PullPhase)>| {
+            if !phases.is_empty() {
+                self.ctx.index.pulling.do_send(Pulling { folder: folder.clone(), phases: std::mem::take(phases) });
+            }
+        };
         for effect in effects {
             match effect {
                 Effect::Start { item, sources } => {
-                    let path = item.remote.path.clone();
-                    let started = Pulling { folder: folder.clone(), path: path.clone(), phase: PullPhase::Started };
-                    self.ctx.index.pulling.do_send(started);
-                    let (pctx, me) = (self.ctx.clone(), ctx.address());
-                    self.ctx.runtime.spawn(async move {
-                        let result = execute(&pctx, *item, &sources).await.map_err(|e| (e.kind(), e.to_string()));
-                        me.do_send(Finished { path, result });
-                    });
+                    phases.push((item.remote.path.clone(), PullPhase::Started));
+                    starts.push((item, sources));
                 }
-                Effect::Ended { path, failed } => {
-                    let phase = PullPhase::Ended { failed };
-                    self.ctx.index.pulling.do_send(Pulling { folder: folder.clone(), path, phase });
-                }
+                Effect::Ended { path, failed } => phases.push((path, PullPhase::Ended { failed })),
                 Effect::Recompute { paths, why } => {
                     match why {
                         Why::Superseded => {}
@@ -88,6 +91,7 @@ impl Puller {
                             tracing::debug!(folder = %folder, peer = %peer.prefix(), paths = paths.len(), left, "taking held needs")
                         }
                     }
+                    tell(&mut phases);
                     self.ctx.index.recompute_paths.do_send(RecomputePaths { folder: folder.clone(), paths });
                 }
                 Effect::Holding { peer } => {
@@ -111,6 +115,15 @@ impl Puller {
                     *self.ctx.gauges.failures.lock().expect("gauges lock") = self.state.failures().clone()
                 }
             }
+        }
+        tell(&mut phases);
+        for (item, sources) in starts {
+            let path = item.remote.path.clone();
+            let (pctx, me) = (self.ctx.clone(), ctx.address());
+            self.ctx.runtime.spawn(async move {
+                let result = execute(&pctx, *item, &sources).await.map_err(|e| (e.kind(), e.to_string()));
+                me.do_send(Finished { path, result });
+            });
         }
     }
 

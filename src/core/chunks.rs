@@ -29,6 +29,14 @@ pub fn reference_pays(edits: &[ChunkEdit], chunks: usize, base_path_len: usize) 
     reference * 2 <= chunks * WIRE_CHUNK
 }
 
+/// Whether a file of `chunks` chunks is worth looking for a record to refer to at all. One chunk
+/// costs `WIRE_CHUNK` bytes; a reference to it would save a few bytes at most (only for a base
+/// path of four bytes or less, by `reference_pays`), and looking for a base costs a seek in
+/// the chunk index: for a tree of small files, a seek per file on both nodes for nothing.
+pub fn worth_a_reference(chunks: usize) -> bool {
+    chunks >= 2
+}
+
 /// An edit script turning `old` into `new`. Greedy: every new chunk whose hash the old list has
 /// starts or extends a copy run; everything else is inserted.
 pub fn diff(old: &[Chunk], new: &[Chunk]) -> Vec<ChunkEdit> {
@@ -219,5 +227,18 @@ mod tests {
         // Nothing in common: every chunk inserted.
         let other = with_offsets((5000..9096u32).map(chunk).collect());
         assert!(!reference_pays(&diff(&big, &other), other.len(), 40));
+    }
+
+    #[test]
+    fn a_one_chunk_file_is_not_worth_a_search_for_a_base_it_could_only_save_bytes_on() {
+        let chunk = |i: u32| Chunk { offset: 0, size: 1024, hash: blake3::hash(&i.to_le_bytes()).into() };
+        let one = vec![chunk(1)];
+        assert!(!worth_a_reference(1));
+        // Its best case, an identical base: pays for no base path longer than four bytes.
+        assert!((5..=4096).all(|len| !reference_pays(&diff(&one, &one), 1, len)));
+        assert!(reference_pays(&diff(&one, &one), 1, 4));
+        // Two chunks may already pay with an ordinary path.
+        let two = with_offsets(vec![chunk(1), chunk(2)]);
+        assert!(worth_a_reference(2) && reference_pays(&diff(&two, &two), 2, 20));
     }
 }

@@ -3,6 +3,8 @@
 
 pub mod codec;
 pub mod counters;
+#[cfg(feature = "node")]
+pub mod data;
 pub mod dial;
 pub mod encoding;
 pub mod fetch;

@@ -27,6 +27,7 @@ use crate::core::retry::FailureKind;
 use crate::core::root::RootProblem;
 use crate::core::{Action, FileKind, FileRecord};
 use crate::fs::apply::{self, ApplyError, TempFile};
+use crate::fs::reuse::Plan;
 use crate::fs::root::{free_bytes, RootGuard};
 use crate::fs::scan::DiskState;
 use crate::fs::versions::VersionStore;
@@ -107,7 +108,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 }
 
 /// Carries out one need; tells the Index what it did.
-pub async fn execute(ctx: &PullContext, item: Need, sources: &Sources) -> Result<(), PullError> {
+pub async fn execute(ctx: &Arc<PullContext>, item: Need, sources: &Sources) -> Result<(), PullError> {
     ctx.guard.check().map_err(PullError::Root)?;
     let remote = item.remote.clone();
     let path = remote.path.clone();
@@ -169,10 +170,34 @@ fn put_in_place(record: FileRecord, disk: DiskState) -> Option<Outcome> {
     (record.kind != FileKind::File).then_some(Outcome::Took { record, disk: Some(disk) })
 }
 
+/// Where the chunks of `r` can come from, and its temp file at `target`: nothing is created
+/// before it is known that the data can come from somewhere and fit.
+fn prepare(
+    ctx: &PullContext,
+    r: &FileRecord,
+    local: Option<&FileRecord>,
+    sources: &Sources,
+    target: &str,
+) -> Result<(Plan, TempFile), PullError> {
+    let plan = locate(&ctx.store, &ctx.roots, &ctx.root, r, local);
+    if let Some(&first) = plan.missing().first() {
+        let connected = sources.read().expect("sources lock").iter().any(|d| ctx.directory.connected(d).is_some());
+        if !connected {
+            let chunk = r.chunks[first];
+            return Err(PullError::NoSource { offset: chunk.offset, size: chunk.size });
+        }
+    }
+    let free = free_bytes(&ctx.root).unwrap_or(u64::MAX);
+    if free < r.size.saturating_add(FREE_SPACE_MARGIN) {
+        return Err(PullError::NoSpace { need: r.size, free });
+    }
+    Ok((plan, TempFile::create_replacing(&ctx.root, target, r.size, local)?))
+}
+
 /// Puts `record`'s content (or directory, or link) at `target`. A file put at the record's own path
 /// (not a conflict copy under another name) is told to the Index by its commit batch, as taken.
 async fn materialize(
-    ctx: &PullContext,
+    ctx: &Arc<PullContext>,
     record: &FileRecord,
     target: &str,
     local: Option<FileRecord>,
@@ -201,32 +226,13 @@ async fn materialize(
     // thread, or none for a small file (index lookups and a create: cheaper than the two thread
     // switches of the trip, which were most of a small file's pull). Nothing is created before it
     // is known that the data can come from somewhere and fit.
-    let (plan, temp) = {
-        let (store, roots, root, r, l) =
-            (ctx.store.clone(), ctx.roots.clone(), ctx.root.clone(), record.clone(), local.clone());
-        let (directory, sources, t) = (ctx.directory.clone(), sources.clone(), target.to_string());
-        let prepare = move || {
-            let plan = locate(&store, &roots, &root, &r, l.as_ref());
-            if let Some(&first) = plan.missing().first() {
-                let connected = sources.read().expect("sources lock").iter().any(|d| directory.connected(d).is_some());
-                if !connected {
-                    let chunk = r.chunks[first];
-                    return Err(PullError::NoSource { offset: chunk.offset, size: chunk.size });
-                }
-            }
-            let free = free_bytes(&root).unwrap_or(u64::MAX);
-            if free < r.size.saturating_add(FREE_SPACE_MARGIN) {
-                return Err(PullError::NoSpace { need: r.size, free });
-            }
-            let temp = TempFile::create_replacing(&root, &t, r.size, l.as_ref())?;
-            Ok::<_, PullError>((Arc::new(plan), Arc::new(temp)))
-        };
-        if record.size <= INLINE_IO {
-            prepare()?
-        } else {
-            blocking(prepare).await??
-        }
+    let (plan, temp) = if record.size <= INLINE_IO {
+        prepare(ctx, record, local.as_ref(), sources, target)?
+    } else {
+        let (c, r, l, s, t) = (ctx.clone(), record.clone(), local.clone(), sources.clone(), target.to_string());
+        blocking(move || prepare(&c, &r, l.as_ref(), &s, &t)).await??
     };
+    let (plan, temp) = (Arc::new(plan), Arc::new(temp));
     let progress = Arc::new(DownloadProgress::new(ctx, target, record.size));
     // Local copies run beside the network fetches of the chunks nobody here has.
     // (Nothing located, as for most new files: no trip to a blocking thread.)

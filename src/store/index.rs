@@ -457,7 +457,8 @@ impl Store {
         record: &FileRecord,
         in_batch: &std::collections::HashSet<String>,
     ) -> Result<Option<(FileRecord, Vec<ChunkEdit>)>> {
-        let Some(first) = record.chunks.first().filter(|_| record.is_file() && !record.deleted) else {
+        let wanted = record.is_file() && !record.deleted && chunks::worth_a_reference(record.chunks.len());
+        let Some(first) = record.chunks.first().filter(|_| wanted) else {
             return Ok(None);
         };
         for loc in self.chunk_locations(&first.hash, DONOR_CANDIDATES) {
