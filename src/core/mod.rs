@@ -23,6 +23,7 @@ pub mod session;
 pub mod sharing;
 pub mod version;
 pub mod versioning;
+pub mod watch;
 
 pub use decide::{decide, Action};
 pub use device::{DeviceId, ShortId};
