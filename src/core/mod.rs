@@ -21,6 +21,7 @@ pub mod retry;
 pub mod root;
 pub mod session;
 pub mod sharing;
+pub mod status;
 pub mod version;
 pub mod versioning;
 pub mod watch;
