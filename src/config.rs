@@ -34,6 +34,18 @@ pub enum FolderMode {
     ReceiveOnly,
 }
 
+impl FolderMode {
+    /// What a one-way folder's `diverged` paths are to the user: (local changes, remote changes).
+    /// Receive-only: changes made here and not announced; send-only: peers' changes not taken.
+    pub fn changes(self, diverged: u64) -> (u64, u64) {
+        match self {
+            FolderMode::ReceiveOnly => (diverged, 0),
+            FolderMode::SendOnly => (0, diverged),
+            FolderMode::SendReceive => (0, 0),
+        }
+    }
+}
+
 /// What a folder does with the symbolic links in it (`symlinks`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SymlinkMode {

@@ -10,6 +10,7 @@ use serde::Serialize;
 use super::directory::PeerDirectory;
 use crate::config::FolderConfig;
 use crate::core::retry::{FailureKind, PathFailure};
+use crate::core::status::{folder_state, Failed};
 use crate::core::DeviceId;
 use crate::fs::versions::VersionStore;
 use crate::store::Store;
@@ -104,12 +105,7 @@ impl NodeState {
                 let (files, bytes) = (counts.records, counts.bytes);
                 let need_files = g.need_files.load(Relaxed);
                 let (versions_files, versions_bytes) = self.versions.get(&f.id).map_or((0, 0), |v| v.usage());
-                let diverged = g.diverged.load(Relaxed);
-                let (local_changes, remote_changes) = match f.mode {
-                    crate::config::FolderMode::ReceiveOnly => (diverged, 0),
-                    crate::config::FolderMode::SendOnly => (0, diverged),
-                    crate::config::FolderMode::SendReceive => (0, 0),
-                };
+                let (local_changes, remote_changes) = f.mode.changes(g.diverged.load(Relaxed));
                 let fault = g.fault.lock().expect("gauges lock").clone();
                 let (failed_paths, pull_errors) = {
                     let failures = g.failures.lock().expect("gauges lock");
@@ -129,24 +125,12 @@ impl NodeState {
                     .map(|(path, reason)| ReadErrorReport { path: path.clone(), reason: reason.clone() })
                     .collect();
                 let unreadable_paths = g.unreadable.lock().expect("gauges lock").len() as u64;
-                let stuck = pull_errors.iter().filter(|e| e.kind.is_error()).count();
-                let error = fault.or_else(|| {
-                    let first = pull_errors.iter().find(|e| e.kind.is_error())?;
-                    Some(format!("{stuck} path(s) cannot be pulled; {}: {}", first.path, first.reason))
-                });
-                let state = if error.is_some() {
-                    "error"
-                } else if g.scanning.load(Relaxed) {
-                    "scanning"
-                } else if need_files > 0 {
-                    "syncing"
-                } else {
-                    "idle"
-                };
+                let failed = pull_errors.iter().map(|e| Failed { path: &e.path, kind: e.kind, reason: &e.reason });
+                let (state, error) = folder_state(fault, failed, g.scanning.load(Relaxed), need_files);
                 Ok(FolderReport {
                     id: f.id.clone(),
                     path: f.path.display().to_string(),
-                    state: state.into(),
+                    state: state.as_str().into(),
                     error,
                     failed_paths,
                     pull_errors,

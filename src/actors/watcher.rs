@@ -9,27 +9,26 @@
 //! its directory; what it points to is not watched).
 //!
 //! A watch dies with its directory: an unmounted disk, a root renamed away or replaced. Every
-//! `ROOT_CHECK_EVERY` the Watcher looks at each root's device and inode; when they are not what it
-//! watches, it drops the dead watch (logged once), and sets up a new one as soon as a directory is
-//! there again, followed by a full rescan (the Index decides whether that root is the folder's).
+//! `ROOT_CHECK_EVERY` the Watcher looks at each root's device and inode, drops a dead watch and sets
+//! up a new one, then a full rescan (`core::watch::RootWatch`; the Index decides whether that root
+//! is the folder's). What an event means and which events are dropped on notify's thread are the
+//! rules of `core::watch` too: this actor maps notify's events to them and carries them out.
 
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use notify::{RecursiveMode, Watcher as _};
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::Arc;
-
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::messages::{LocalChanged, Rescan};
 use crate::config::FolderConfig;
 use crate::core::debounce::{Debouncer, Seen};
-use crate::core::path::{is_internal, is_temp_of, TEMP_PREFIX};
-use std::collections::HashMap;
+use crate::core::watch::{past_limit, DirId, Event, EventFilter, Kind, Rename, RootWatch};
 
 pub struct Watcher {
     folders: Vec<FolderConfig>,
@@ -37,106 +36,42 @@ pub struct Watcher {
     rescan: Recipient<Rescan>,
     debounce: Duration,
     rescan_interval: Duration,
-    /// Per folder, the live watch and the (device, inode) of the root it was set up on.
-    watches: Vec<Option<(notify::RecommendedWatcher, (u64, u64))>>,
-    /// Per folder, the root on which setting up a watch failed (warned once; tried again when the
-    /// root changes, the periodic rescan covering it meanwhile).
-    watch_failed: Vec<Option<(u64, u64)>>,
+    /// Per folder, the live watch, and what it watches (`core::watch::RootWatch`).
+    watches: Vec<Option<notify::RecommendedWatcher>>,
+    roots: Vec<RootWatch>,
     events: Option<mpsc::Sender<FsEvent>>,
     /// Per folder, whether events were dropped because `EVENT_QUEUE` was full (set on notify's
     /// thread, turned into a full rescan here).
     overflowed: Arc<Vec<AtomicBool>>,
     /// Whether a dropped event was logged at info (once per run; later ones at debug).
     overflow_said: bool,
-    /// Per folder, whether the inotify watch limit was reported (once per run).
-    limit_warned: Vec<bool>,
-    /// Per folder, whether a watch was ever attempted (the first needs no rescan: the Index scans
-    /// at start anyway).
-    attempted: Vec<bool>,
     /// Changed paths waiting to go quiet (`core::debounce`).
     pending: Debouncer,
     flush_scheduled: bool,
 }
 
-/// Unmatched halves of our own renames kept at most (a dropped event leaves one behind).
-const TEMP_RENAMES_KEPT: usize = 4096;
-
-/// What an event says of its path, for the debounce.
-fn seen(kind: &notify::EventKind) -> Seen {
-    use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, ModifyKind};
-    match kind {
-        EventKind::Create(CreateKind::File) | EventKind::Modify(ModifyKind::Data(_)) => Seen::Write,
-        EventKind::Access(AccessKind::Close(AccessMode::Write)) => Seen::Closed,
-        _ => Seen::Change,
-    }
+/// A notify event as the rules of `core::watch` take it (on notify's thread): its kind narrowed to
+/// what they tell apart, its paths relative to `root`.
+fn plain(root: &Path, event: &notify::Event) -> Event {
+    use notify::event::{AccessKind, AccessMode, CreateKind, EventKind as K, ModifyKind, RenameMode};
+    let kind = match event.kind {
+        K::Create(CreateKind::File) | K::Modify(ModifyKind::Data(_)) => Kind::Written,
+        K::Access(AccessKind::Close(AccessMode::Write)) => Kind::WriterClosed,
+        K::Access(_) => Kind::Read,
+        K::Modify(ModifyKind::Name(RenameMode::From)) => Kind::Renamed(Rename::From),
+        K::Modify(ModifyKind::Name(RenameMode::To)) => Kind::Renamed(Rename::To),
+        K::Modify(ModifyKind::Name(RenameMode::Both)) => Kind::Renamed(Rename::Both),
+        _ => Kind::Changed,
+    };
+    // A read is dropped whatever its paths (`EventFilter`), and a scan's reads are many: its paths
+    // are not worked out.
+    let paths = if kind == Kind::Read { Vec::new() } else { event.paths.iter().map(|p| rel(root, p)).collect() };
+    Event { kind, paths, cookie: event.attrs.tracker(), rescan: event.need_rescan() }
 }
 
-/// An access that changes nothing (anything but a writer's close).
-fn is_read(kind: &notify::EventKind) -> bool {
-    use notify::event::{AccessKind, AccessMode, EventKind};
-    matches!(kind, EventKind::Access(_)) && !matches!(kind, EventKind::Access(AccessKind::Close(AccessMode::Write)))
-}
-
-/// What of a folder's file events goes to the Watcher actor, decided on notify's thread: no reads
-/// (a writer's close goes on: it ends the wait of a file open for writing),
-/// nothing that only touches our own files (a download's temp file: its create, writes, mode and
-/// mtime; the version store), and not a download's rename into place (`own_commit`). A pulled file
-/// then costs the actor thread no event at all (it was about six).
-struct EventFilter {
-    root: PathBuf,
-    /// Renames away from one of our temp files not yet matched with their other half, by inotify
-    /// cookie.
-    temp_renames: HashMap<usize, String>,
-}
-
-impl EventFilter {
-    fn new(root: PathBuf) -> Self {
-        EventFilter { root, temp_renames: HashMap::new() }
-    }
-
-    fn passes(&mut self, event: &notify::Event) -> bool {
-        if is_read(&event.kind) || self.own_commit(event) {
-            return false;
-        }
-        // An event with no path (a queue overflow) or a path outside the root goes on.
-        let ours = |p: &PathBuf| {
-            Watcher::rel(&self.root, p).is_some_and(|rel| is_internal(&rel) && rel != crate::core::path::IGNORE_FILE)
-        };
-        event.paths.is_empty() || !event.paths.iter().all(ours)
-    }
-
-    /// Whether `event` is a download of ours put in place: the rename of one of our temp files onto
-    /// the path it was made for (`core::path::is_temp_of`). Its commit told the Index what is at
-    /// the path now, so looking at it again would find nothing (it was a look per pulled file: ~10%
-    /// of a receiver's CPU in a million-file sync). Anything done to the path afterwards has events
-    /// of its own. inotify reports such a rename as a "from" (the temp file), then a "to" and a
-    /// "both" sharing its cookie.
-    fn own_commit(&mut self, event: &notify::Event) -> bool {
-        use notify::event::{EventKind, ModifyKind, RenameMode};
-        let EventKind::Modify(ModifyKind::Name(mode)) = event.kind else { return false };
-        let rels: Vec<String> = event.paths.iter().filter_map(|p| Watcher::rel(&self.root, p)).collect();
-        match (mode, &rels[..], event.attrs.tracker()) {
-            (RenameMode::From, [from], Some(cookie))
-                if from.rsplit('/').next().is_some_and(|n| n.starts_with(TEMP_PREFIX)) =>
-            {
-                if self.temp_renames.len() >= TEMP_RENAMES_KEPT {
-                    self.temp_renames.clear();
-                }
-                self.temp_renames.insert(cookie, from.clone());
-                true
-            }
-            (RenameMode::To, [to], Some(cookie)) => {
-                self.temp_renames.get(&cookie).is_some_and(|from| is_temp_of(from, to))
-            }
-            (RenameMode::Both, [from, to], cookie) => {
-                if let Some(cookie) = cookie {
-                    self.temp_renames.remove(&cookie);
-                }
-                is_temp_of(from, to)
-            }
-            _ => false,
-        }
-    }
+fn rel(root: &Path, path: &Path) -> Option<String> {
+    let rel = path.strip_prefix(root).ok()?.to_str()?;
+    Some(rel.to_string())
 }
 
 /// How often each root's identity is compared with the one being watched.
@@ -150,7 +85,7 @@ const EVENT_QUEUE: usize = 16_384;
 
 struct FsEvent {
     folder: usize,
-    event: notify::Result<notify::Event>,
+    event: notify::Result<Event>,
 }
 
 impl Message for FsEvent {
@@ -173,12 +108,10 @@ impl Watcher {
             debounce,
             rescan_interval,
             watches: (0..n).map(|_| None).collect(),
-            watch_failed: vec![None; n],
+            roots: (0..n).map(|_| RootWatch::default()).collect(),
             events: None,
             overflowed: Arc::new((0..n).map(|_| AtomicBool::new(false)).collect()),
             overflow_said: false,
-            attempted: vec![false; n],
-            limit_warned: vec![false; n],
             pending: Debouncer::default(),
             flush_scheduled: false,
         }
@@ -214,21 +147,17 @@ impl Watcher {
     /// Keeps folder `i`'s watch on the directory now at its root: drops a watch whose root went
     /// away or was replaced, and sets up a new one (then rescans) when a directory is there.
     fn check_watch(&mut self, i: usize, ctx: &mut Context<Self>) {
-        let folder = self.folders[i].clone();
-        let now = std::fs::symlink_metadata(&folder.path).ok().filter(|m| m.is_dir()).map(|m| (m.dev(), m.ino()));
-        let watched = self.watches[i].as_ref().map(|(_, id)| *id);
-        if now == watched || (now.is_some() && now == self.watch_failed[i]) {
-            return;
-        }
-        if watched.is_some() {
-            tracing::warn!(folder = %folder.id, path = %folder.path.display(), "lost the watch on the folder root (unmounted, moved or replaced)");
+        let (id, path) = (self.folders[i].id.clone(), self.folders[i].path.clone());
+        let now = std::fs::symlink_metadata(&path).ok().filter(|m| m.is_dir()).map(|m| (m.dev(), m.ino()));
+        let look = self.roots[i].look(now);
+        if look.lost {
+            tracing::warn!(folder = %id, path = %path.display(), "lost the watch on the folder root (unmounted, moved or replaced)");
             self.watches[i] = None;
         }
-        let Some(root) = now else { return };
-        let Some(tx) = self.events.clone() else { return };
-        let overflowed = self.overflowed.clone();
-        let mut filter = EventFilter::new(folder.path.clone());
+        let (Some(root), Some(tx)) = (look.set_up, self.events.clone()) else { return };
+        let (overflowed, mut filter, root_path) = (self.overflowed.clone(), EventFilter::default(), path.clone());
         let handler = move |event: notify::Result<notify::Event>| {
+            let event = event.map(|e| plain(&root_path, &e));
             if event.as_ref().is_ok_and(|e| !filter.passes(e)) {
                 return;
             }
@@ -242,24 +171,22 @@ impl Watcher {
             Ok(w) => w,
             Err(e) => return self.watch_failed(i, root, &e),
         };
-        match watcher.watch(&folder.path, RecursiveMode::Recursive) {
+        match watcher.watch(&path, RecursiveMode::Recursive) {
             Ok(()) => {}
             // The directories watched so far stay watched; the rest wait for the periodic rescan.
             Err(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) => self.watch_limit(i),
             Err(e) => return self.watch_failed(i, root, &e),
         }
-        if std::mem::replace(&mut self.attempted[i], true) {
-            tracing::info!(folder = %folder.id, path = %folder.path.display(), "watching the folder again; rescanning it");
+        self.watches[i] = Some(watcher);
+        if self.roots[i].watching(root) {
+            tracing::info!(folder = %id, path = %path.display(), "watching the folder again; rescanning it");
             // Whatever changed while nothing was watching.
-            self.mark(&folder.id, String::new(), ctx);
+            self.mark(&id, String::new(), ctx);
         }
-        self.watches[i] = Some((watcher, root));
-        self.watch_failed[i] = None;
     }
 
-    fn watch_failed(&mut self, i: usize, root: (u64, u64), e: &notify::Error) {
-        self.attempted[i] = true;
-        if self.watch_failed[i].is_none() {
+    fn watch_failed(&mut self, i: usize, root: DirId, e: &notify::Error) {
+        if self.roots[i].failed(root) {
             tracing::warn!(
                 folder = %self.folders[i].id,
                 error = %e,
@@ -267,12 +194,11 @@ impl Watcher {
                 "cannot watch the folder; relying on periodic rescans"
             );
         }
-        self.watch_failed[i] = Some(root);
     }
 
     /// The kernel's inotify watch limit was reached for folder `i`: said once, naming the sysctl.
     fn watch_limit(&mut self, i: usize) {
-        if std::mem::replace(&mut self.limit_warned[i], true) {
+        if !self.roots[i].limit_met() {
             return;
         }
         tracing::warn!(
@@ -297,11 +223,6 @@ impl Watcher {
                 self.mark(&folder, String::new(), ctx);
             }
         }
-    }
-
-    fn rel(root: &PathBuf, path: &std::path::Path) -> Option<String> {
-        let rel = path.strip_prefix(root).ok()?.to_str()?;
-        Some(rel.to_string())
     }
 }
 
@@ -334,15 +255,9 @@ impl StreamHandler<FsEvent> for Watcher {
         self.check_overflow(ctx);
         let Some(folder) = self.folders.get(msg.folder).cloned() else { return };
         match msg.event {
-            // A new directory past the watch limit: scan it now; later changes in it wait for
-            // the periodic rescan.
             Err(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) => {
                 self.watch_limit(msg.folder);
-                let rels: Vec<String> = e.paths.iter().filter_map(|p| Self::rel(&folder.path, p)).collect();
-                if rels.is_empty() {
-                    self.mark(&folder.id, String::new(), ctx);
-                }
-                for rel in rels {
+                for rel in past_limit(e.paths.iter().map(|p| rel(&folder.path, p))) {
                     self.mark(&folder.id, rel, ctx);
                 }
             }
@@ -351,16 +266,11 @@ impl StreamHandler<FsEvent> for Watcher {
                 self.mark(&folder.id, String::new(), ctx);
             }
             Ok(event) => {
-                if event.need_rescan() {
+                if event.rescan {
                     tracing::warn!(folder = %folder.id, "file event queue overflowed; rescanning the folder");
-                    self.mark(&folder.id, String::new(), ctx);
                 }
-                for path in &event.paths {
-                    let Some(rel) = Self::rel(&folder.path, path) else { continue };
-                    if rel.is_empty() || (is_internal(&rel) && rel != crate::core::path::IGNORE_FILE) {
-                        continue;
-                    }
-                    self.mark_seen(&folder.id, rel, seen(&event.kind), ctx);
+                for (rel, seen) in event.changes() {
+                    self.mark_seen(&folder.id, rel.to_string(), seen, ctx);
                 }
             }
         }
@@ -372,49 +282,25 @@ impl StreamHandler<FsEvent> for Watcher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::path::temp_name;
-    use notify::event::{AccessKind, CreateKind, EventKind, ModifyKind, RenameMode};
-
-    fn event(kind: EventKind, paths: &[&str], cookie: Option<usize>) -> notify::Event {
-        let mut e = notify::Event::new(kind);
-        for p in paths {
-            e = e.add_path(PathBuf::from("/root").join(p));
-        }
-        match cookie {
-            Some(c) => e.set_tracker(c),
-            None => e,
-        }
-    }
+    use notify::event::{AccessKind, AccessMode, CreateKind, DataChange, EventKind, ModifyKind, RenameMode};
 
     #[test]
-    fn a_downloads_own_events_stop_on_notifys_thread_and_a_users_go_on() {
-        let mut f = EventFilter::new(PathBuf::from("/root"));
-        let temp = temp_name("d/file.txt", "1f.2");
-        let rename = |mode| EventKind::Modify(ModifyKind::Name(mode));
-        // A download: its temp file's events, then its rename into place.
-        assert!(!f.passes(&event(EventKind::Create(CreateKind::File), &[&temp], None)));
-        assert!(!f.passes(&event(EventKind::Modify(ModifyKind::Any), &[&temp], None)));
-        assert!(!f.passes(&event(EventKind::Access(AccessKind::Any), &[&temp], None)));
-        assert!(!f.passes(&event(rename(RenameMode::From), &[&temp], Some(7))));
-        assert!(!f.passes(&event(rename(RenameMode::To), &["d/file.txt"], Some(7))));
-        assert!(!f.passes(&event(rename(RenameMode::Both), &[&temp, "d/file.txt"], Some(7))));
-        assert!(f.temp_renames.is_empty(), "the rename's halves are matched and forgotten");
-        // The user's own changes, renames onto the same path included, go on.
-        assert!(f.passes(&event(rename(RenameMode::From), &["d/other.txt"], Some(8))));
-        assert!(f.passes(&event(rename(RenameMode::To), &["d/file.txt"], Some(8))));
-        assert!(f.passes(&event(rename(RenameMode::Both), &["d/other.txt", "d/file.txt"], Some(8))));
-        assert!(f.passes(&event(EventKind::Modify(ModifyKind::Any), &["d/file.txt"], None)));
-        assert!(f.passes(&event(EventKind::Create(CreateKind::File), &[".syncignore"], None)));
-        // Our temp file renamed onto another path is not a download put in place.
-        assert!(!f.passes(&event(rename(RenameMode::From), &[&temp], Some(9))));
-        assert!(f.passes(&event(rename(RenameMode::To), &["d/elsewhere.txt"], Some(9))));
-        // An overflow (no path) always goes on; so does a writer's close of the user's file.
-        assert!(f.passes(&event(EventKind::Other, &[], None)));
-        let closed = EventKind::Access(AccessKind::Close(notify::event::AccessMode::Write));
-        assert!(f.passes(&event(closed, &["d/file.txt"], None)));
-        assert!(!f.passes(&event(closed, &[&temp], None)));
-        assert_eq!(seen(&closed), Seen::Closed);
-        assert_eq!(seen(&EventKind::Modify(ModifyKind::Data(notify::event::DataChange::Any))), Seen::Write);
-        assert_eq!(seen(&rename(RenameMode::To)), Seen::Change);
+    fn notify_events_map_to_what_core_tells_apart() {
+        let root = Path::new("/root");
+        let name = |mode| EventKind::Modify(ModifyKind::Name(mode));
+        for (kind, want) in [
+            (EventKind::Create(CreateKind::File), Kind::Written),
+            (EventKind::Modify(ModifyKind::Data(DataChange::Any)), Kind::Written),
+            (EventKind::Access(AccessKind::Close(AccessMode::Write)), Kind::WriterClosed),
+            (EventKind::Access(AccessKind::Close(AccessMode::Read)), Kind::Read),
+            (name(RenameMode::Both), Kind::Renamed(Rename::Both)),
+            (name(RenameMode::Any), Kind::Changed),
+            (EventKind::Create(CreateKind::Folder), Kind::Changed),
+        ] {
+            assert_eq!(plain(root, &notify::Event::new(kind)).kind, want, "{kind:?}");
+        }
+        let e = notify::Event::new(name(RenameMode::From)).add_path("/root/d/a".into()).add_path("/b".into());
+        let e = plain(root, &e.set_tracker(7));
+        assert_eq!((e.paths, e.cookie, e.rescan), (vec![Some("d/a".to_string()), None], Some(7), false));
     }
 }

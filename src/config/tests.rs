@@ -147,3 +147,10 @@ fn a_bare_peer_address_is_accepted_only_under_network_key() {
     assert_eq!((p.device_id, p.address.as_deref()), (None, Some("127.0.0.1:5000")));
     assert!(parse_peer_flag("nowhere", true).is_err());
 }
+
+#[test]
+fn a_one_way_folders_diverged_paths_are_local_or_remote_changes_by_its_mode() {
+    assert_eq!(FolderMode::ReceiveOnly.changes(3), (3, 0));
+    assert_eq!(FolderMode::SendOnly.changes(3), (0, 3));
+    assert_eq!(FolderMode::SendReceive.changes(3), (0, 0));
+}

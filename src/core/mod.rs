@@ -21,8 +21,10 @@ pub mod retry;
 pub mod root;
 pub mod session;
 pub mod sharing;
+pub mod status;
 pub mod version;
 pub mod versioning;
+pub mod watch;
 
 pub use decide::{decide, Action};
 pub use device::{DeviceId, ShortId};
