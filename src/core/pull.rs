@@ -25,8 +25,8 @@ pub const FILES_IN_FLIGHT: usize = 8;
 /// their chunk requests then fill the pipe, and their commits share a flush. On a disk that flush
 /// (`syncfs`: a journal commit) is what a small file waits for: at 64, a batch held at most the
 /// 48 files of one peer's share, and 200,000 files of 1 KiB on ext4 took 28–44 s after the write
-/// where 256 take 13–17 s.
-pub const SMALL_FILES_IN_FLIGHT: usize = 256;
+/// where 256 take 13–17 s and 512 take 7–10 s (docs/benchmarks.md, thirteenth session).
+pub const SMALL_FILES_IN_FLIGHT: usize = 512;
 pub const SMALL_BYTES_IN_FLIGHT: u64 = 16 << 20;
 /// Most needs held in memory: the rest wait in the store, in pull order. Enough to keep
 /// `SMALL_FILES_IN_FLIGHT` busy and to look past needs blocked by the overlap rule; small enough

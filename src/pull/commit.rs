@@ -22,8 +22,8 @@ pub struct CommitQueue(tokio::sync::mpsc::UnboundedSender<CommitJob>);
 type CommitJob =
     (TempFile, FileRecord, Option<FileRecord>, bool, tokio::sync::oneshot::Sender<Result<DiskState, ApplyError>>);
 
-/// Most downloads committed with one flush.
-const COMMIT_BATCH: usize = 256;
+/// Most downloads committed with one flush: every small file in flight (`SMALL_FILES_IN_FLIGHT`).
+const COMMIT_BATCH: usize = crate::core::pull::SMALL_FILES_IN_FLIGHT;
 
 impl CommitQueue {
     /// Starts the committer task (on the current runtime); replaced files are kept in `versions`.
