@@ -72,7 +72,10 @@ fn changes_flow_both_ways_and_keep_mtimes() {
         "{}",
         describe(&[a, b])
     );
-    // No echo: once converged, neither side keeps producing versions.
+    // No echo: once converged, neither side keeps producing versions. A pull is counted just
+    // after its file is in place, so the counters are read once both folders are idle.
+    let idle = |n: &Node| n.folder_status("default").is_some_and(|f| f["state"] == "idle");
+    assert!(wait_until(T, || idle(a) && idle(b)), "{:?} {:?}", a.folder_status("default"), b.folder_status("default"));
     let pulls = |n: &Node| n.folder_status("default").and_then(|f| f["pulls"].as_u64());
     let (pa, pb) = (pulls(a).unwrap(), pulls(b).unwrap());
     b.write("sub/from-b.txt", b"b2");
