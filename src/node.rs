@@ -70,10 +70,13 @@ async fn serve(config: Config, identity: Identity, store: Arc<Store>) -> Result<
         let expected = store.root_id(&folder.id).context("reading the index")?;
         guarded.push((folder.clone(), Arc::new(RootGuard::new(folder.path.clone(), expected))));
     }
-    // The one place where actors learn each other: the Index's address exists before it runs,
-    // so its Pullers get their port to it first and the Index gets theirs when it is made.
+    // The one place where actors learn each other: the Index's and the Watcher's addresses exist
+    // before they run, so the Pullers get their port to the Index first, the Index gets theirs
+    // and the Watcher's when it is made, and the Watcher the Index's.
     let index_context = Context::<IndexActor>::new();
     let index = index_context.address();
+    let watcher_context = Context::<Watcher>::new();
+    let watcher = watcher_context.address();
     let for_puller = IndexForPuller {
         applied: index.clone().recipient(),
         changed: index.clone().recipient(),
@@ -119,6 +122,7 @@ async fn serve(config: Config, identity: Identity, store: Arc<Store>) -> Result<
         &wired,
         state.clone(),
         sequences.clone(),
+        watcher.recipient(),
     ));
     let for_peers = IndexForPeers {
         remote_index: index.clone().recipient(),
@@ -147,14 +151,13 @@ async fn serve(config: Config, identity: Identity, store: Arc<Store>) -> Result<
         supervisor
     });
     let _versions = crate::actors::versions::VersionCleaner::new(versions.clone()).start();
-    let _watcher = Watcher::new(
+    let _watcher = watcher_context.run(Watcher::new(
         config.folders.clone(),
         index.clone().recipient(),
         index.clone().recipient(),
         config.debounce,
         config.rescan_interval,
-    )
-    .start();
+    ));
     let port = listener.local_addr()?.port();
     let discovery = Discovery::new(
         identity.device_id,

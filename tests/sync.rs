@@ -139,3 +139,43 @@ fn a_file_being_written_is_announced_once_when_its_writer_is_done() {
         a.log_text().lines().filter(|l| l.contains("local change") && l.contains("path=growing.bin")).count();
     assert!((1..=3).contains(&versions), "{versions} versions of a file written once:\n{}", a.log_text());
 }
+
+/// A node started while a file is being written: its first full scan meets the file half-written
+/// and leaves it until it settles (the Watcher hands it back when the writer closes it), so the
+/// peer only ever sees the whole file, and keeps no half of it as a replaced version.
+#[test]
+fn a_file_being_written_while_the_node_starts_arrives_whole_never_in_part() {
+    use std::io::Write;
+    let [mut a, mut b] = each(Cluster::pair().configured());
+    let piece = random_bytes(64 << 10, 7);
+    let pieces = 12;
+    let whole: Vec<u8> = piece.iter().copied().cycle().take(piece.len() * pieces).collect();
+    let mut file = std::fs::File::create(a.path("growing.bin")).unwrap();
+    file.write_all(&piece).unwrap();
+    let writer = std::thread::spawn(move || {
+        // A slow writer (a download, a copy from a slow disk): a piece every 150 ms, then the close.
+        for _ in 1..pieces {
+            std::thread::sleep(Duration::from_millis(150));
+            file.write_all(&piece).unwrap();
+        }
+    });
+    b.start();
+    a.start();
+    let mut sizes_seen = std::collections::BTreeSet::new();
+    let arrived = wait_until(T, || match std::fs::read(b.path("growing.bin")) {
+        Ok(data) => {
+            sizes_seen.insert(data.len());
+            data == whole
+        }
+        Err(_) => false,
+    });
+    writer.join().unwrap();
+    assert!(arrived, "the file never arrived whole on B:\n{}\n{}", a.log_text(), b.log_text());
+    assert_eq!(sizes_seen.into_iter().collect::<Vec<_>>(), vec![whole.len()], "B saw the file in part");
+    let kept = walkdir::WalkDir::new(b.path(".syncnode-versions"))
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_type().is_file())
+        .count();
+    assert_eq!(kept, 0, "B kept a replaced part of the file as a version");
+}

@@ -57,6 +57,8 @@ pub struct IndexActor {
     folders: HashMap<String, FolderState>,
     /// Where our commits are announced to the Peers' index senders.
     sequences: Sequences,
+    /// Where the files a full scan left while they settled go (the Watcher).
+    settling: Recipient<Settling>,
     state: Arc<NodeState>,
     /// This node's version clock (`core::replica::Clock`).
     clock: Clock,
@@ -74,6 +76,7 @@ impl IndexActor {
         folders: &[(FolderConfig, Arc<RootGuard>, PullerPort)],
         state: Arc<NodeState>,
         sequences: Sequences,
+        settling: Recipient<Settling>,
     ) -> Self {
         let folders = folders
             .iter()
@@ -95,6 +98,7 @@ impl IndexActor {
             params: ChunkParams::new(chunk_size),
             folders,
             sequences,
+            settling,
             state,
             clock: Clock::default(),
             tombstone_ttl,

@@ -82,6 +82,16 @@ pub struct LocalChanged {
     pub paths: Vec<String>,
 }
 
+/// Files a full scan left because they were modified under a second ago
+/// (`core::debounce::settling`): the Watcher takes them as written to, so each comes back as a
+/// `LocalChanged` once its writer closes it or it has been quiet for `core::debounce::OPEN_QUIET`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Settling {
+    pub folder: String,
+    pub paths: Vec<String>,
+}
+
 /// The periodic rescan of a folder is due (the Index may space it out: `core::folder`).
 #[derive(Message)]
 #[rtype(result = "()")]

@@ -25,7 +25,7 @@ use notify::{RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::messages::{LocalChanged, Rescan};
+use super::messages::{LocalChanged, Rescan, Settling};
 use crate::config::FolderConfig;
 use crate::core::debounce::{Debouncer, Seen};
 use crate::core::watch::{past_limit, DirId, Event, EventFilter, Kind, Rename, RootWatch};
@@ -277,6 +277,17 @@ impl StreamHandler<FsEvent> for Watcher {
     }
 
     fn finished(&mut self, _: &mut Context<Self>) {}
+}
+
+impl Handler<Settling> for Watcher {
+    type Result = ();
+    /// Taken as written to (`Seen::Write`): each is handed back once its writer closes it or it has
+    /// been quiet for `OPEN_QUIET`, as a file seen being written would be.
+    fn handle(&mut self, msg: Settling, ctx: &mut Context<Self>) {
+        for rel in msg.paths {
+            self.mark_seen(&msg.folder, rel, Seen::Write, ctx);
+        }
+    }
 }
 
 #[cfg(test)]

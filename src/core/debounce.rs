@@ -17,6 +17,24 @@ pub const OPEN_QUIET: Duration = Duration::from_secs(1);
 /// ...or this long after its first event, if it keeps changing (a log written to all day).
 pub const MAX_DELAY_OPEN: Duration = Duration::from_secs(10);
 
+/// A full scan leaves a file modified less than this long ago for a look of its own once it has
+/// settled (`settling`): the watcher's debounce knows when a writer closes a file, a walk of the
+/// whole folder does not, and a copy it met in the middle would otherwise be announced, and
+/// pulled by every peer, half-written.
+pub const SETTLE: Duration = Duration::from_secs(1);
+/// At most this many settling files are left by one full scan; past it they are judged at once
+/// (as before this rule), so that memory stays bounded whatever is being written.
+pub const SETTLING_MAX: usize = 4096;
+
+/// Whether a file last modified at `mtime_ns` is still settling at `now_ns` (both nanoseconds
+/// since the epoch): modified less than `SETTLE` ago. A time further in the future than that
+/// (a clock set ahead, an mtime set by a program) never settles by waiting: it is judged at once.
+pub fn settling(mtime_ns: i64, now_ns: i64) -> bool {
+    let settle = SETTLE.as_nanos() as i64;
+    let age = now_ns.saturating_sub(mtime_ns);
+    -settle < age && age < settle
+}
+
 /// What an event says of a path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Seen {
@@ -224,5 +242,31 @@ mod tests {
         }
         let (ready, _) = d.take_due(t0, QUIET);
         assert_eq!(ready, vec![("g".to_string(), vec![String::new()])]);
+    }
+
+    #[test]
+    fn a_file_settles_a_second_after_its_last_write_and_a_future_time_never_waits() {
+        let s = SETTLE.as_nanos() as i64;
+        let now = 1_700_000_000 * 1_000_000_000i64;
+        assert!(settling(now, now));
+        assert!(settling(now - s + 1, now));
+        assert!(!settling(now - s, now));
+        assert!(!settling(now - 3600 * 1_000_000_000, now));
+        // Written "just after" the clock read (another core's clock, a coarse timestamp): settling.
+        assert!(settling(now + s / 2, now));
+        // Far in the future: waiting would never help.
+        assert!(!settling(now + s, now));
+        assert!(!settling(i64::MAX, now));
+        assert!(!settling(i64::MIN, now));
+    }
+
+    proptest::proptest! {
+        /// Settling is a window of `SETTLE` on either side of now, and nothing outside it waits.
+        #[test]
+        fn settling_is_exactly_the_window_around_now(mtime in proptest::num::i64::ANY, now in proptest::num::i64::ANY) {
+            let s = SETTLE.as_nanos() as i128;
+            let age = now as i128 - mtime as i128;
+            proptest::prop_assert_eq!(settling(mtime, now), -s < age && age < s);
+        }
     }
 }

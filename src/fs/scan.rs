@@ -63,6 +63,13 @@ pub struct Scanner {
     /// watcher paths neither holds every record until the end nor announces nothing until then.
     /// The remainder is the scan's result. `None`: all at the end.
     pub progress: Option<Box<dyn Fn(Vec<FileRecord>) + Send + Sync>>,
+    /// The wall clock (nanoseconds since the epoch) a full scan compares mtimes with: a file
+    /// modified under `core::debounce::SETTLE` ago is left for a look of its own (`settling`).
+    /// `None`: every file is judged as found.
+    pub clock: Option<Box<dyn Fn() -> i64 + Send + Sync>>,
+    /// Files a full scan left because they were still settling: the Index looks at them again
+    /// once they have had the time to (at most `core::debounce::SETTLING_MAX`).
+    pub settling: std::sync::Mutex<Vec<String>>,
 }
 
 /// Records a walk gathers before handing them over (`Scanner::progress`).

@@ -47,6 +47,9 @@ pub struct Scanned {
     /// What it covered, and the files in it that could not be read.
     pub scope: Vec<String>,
     pub unreadable: Vec<(String, String)>,
+    /// Files a full scan left because they were modified under `core::debounce::SETTLE` ago:
+    /// to be looked at once they have settled.
+    pub settling: Vec<String>,
 }
 
 impl ScanJob {
@@ -105,6 +108,8 @@ impl ScanJob {
                     }
                 }
             })),
+            clock: full.then(|| Box::new(wall_clock_ns) as Box<dyn Fn() -> i64 + Send + Sync>),
+            settling: Default::default(),
         };
         let started = std::time::Instant::now();
         let view = StoreView { store: &store, folder: &folder, suspect: &suspect };
@@ -123,6 +128,16 @@ impl ScanJob {
             tracing::debug!(folder = %folder, paths = scope.len(), changed, ms, "scan done");
         }
         let unreadable = std::mem::take(&mut *scanner.unreadable.lock().expect("scanner lock"));
-        Scanned { folder, records, root: guard.check(), full, scope, unreadable }
+        let settling = std::mem::take(&mut *scanner.settling.lock().expect("scanner lock"));
+        if !settling.is_empty() {
+            tracing::debug!(folder = %folder, files = settling.len(), "full scan: files modified under a second ago are looked at once they settle");
+        }
+        Scanned { folder, records, root: guard.check(), full, scope, unreadable, settling }
     }
+}
+
+/// Now, in nanoseconds since the epoch (file mtimes' unit).
+fn wall_clock_ns() -> i64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(now.as_nanos()).unwrap_or(i64::MAX)
 }

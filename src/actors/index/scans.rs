@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use actix::prelude::*;
 
 use super::IndexActor;
-use crate::actors::messages::{LocalChanged, Rehash, Rescan};
+use crate::actors::messages::{LocalChanged, Rehash, Rescan, Settling};
 use crate::actors::now_millis;
 use crate::core::FileRecord;
 use crate::index::{judge_scanned, Judged, ScanJob, Scanned};
@@ -121,6 +121,10 @@ impl Handler<ScanDone> for IndexActor {
         self.take_scanned(&msg.folder, msg.records);
         let now = now_millis();
         self.step(&msg.folder, ctx, |rules, io| rules.scan_done(msg.full, now, io));
+        // What the scan left while it settled comes back through the Watcher, once quiet or closed.
+        if !msg.settling.is_empty() {
+            self.settling.do_send(Settling { folder: msg.folder, paths: msg.settling });
+        }
         if msg.full {
             crate::actors::release_free_memory();
         }

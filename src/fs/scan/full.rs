@@ -5,6 +5,7 @@
 use std::io;
 
 use super::{name_in, DiskState, KnownRecords, Scanner};
+use crate::core::debounce::{settling, SETTLING_MAX};
 use crate::core::path as paths;
 use crate::core::record::Listed;
 use crate::core::{FileKind, FileRecord};
@@ -39,6 +40,7 @@ impl Scanner {
     ) -> Vec<String> {
         let rel_of = |name: &str| if dir.is_empty() { name.to_string() } else { format!("{dir}/{name}") };
         let Some(disk) = self.list(dir) else { return Vec::new() };
+        let now_ns = self.clock.as_ref().map(|clock| clock());
         let mut listed = known.children(dir);
         let mut below = Vec::new();
         let mut next_record = |below: &mut Vec<String>| loop {
@@ -88,6 +90,13 @@ impl Scanner {
                     if self.busy.contains(&rel) || previous.as_ref().is_some_and(|p| s.matches(p)) {
                         continue;
                     }
+                    // Being written, perhaps: looked at on its own once it has settled.
+                    if s.kind == FileKind::File
+                        && now_ns.is_some_and(|now| settling(s.mtime_ns, now))
+                        && self.leave_settling(&rel)
+                    {
+                        continue;
+                    }
                     todo.push((rel, s, previous));
                     if todo.len() == HASH_BATCH {
                         self.judge_all(std::mem::take(&mut todo), now, out);
@@ -108,6 +117,16 @@ impl Scanner {
             }
         }
         subdirs
+    }
+
+    /// Leaves a settling file for later (true), unless `SETTLING_MAX` are left already.
+    fn leave_settling(&self, rel: &str) -> bool {
+        let mut settling = self.settling.lock().expect("scanner lock");
+        if settling.len() >= SETTLING_MAX {
+            return false;
+        }
+        settling.push(rel.to_string());
+        true
     }
 
     /// New records for entries whose disk state differs from their record: small files are read

@@ -44,6 +44,8 @@ fn scanner(root: &Path) -> Scanner {
         unreadable: Default::default(),
         links: true,
         progress: None,
+        clock: None,
+        settling: Default::default(),
     }
 }
 
@@ -333,4 +335,38 @@ fn a_directory_replaced_by_a_file_loses_its_children_and_a_file_needs_no_listing
     let changed = s.scan(&["f".into()], &listings, 102).unwrap();
     assert!(changed.len() == 1 && changed[0].size == 6, "{changed:?}");
     assert_eq!(listings.1.get(), 0);
+}
+
+#[test]
+fn a_full_scan_leaves_a_file_modified_under_a_second_ago_until_it_has_settled() {
+    let dir = tempfile::tempdir().unwrap();
+    let at = |secs: i64| filetime::FileTime::from_unix_time(secs, 0);
+    let now = 1_800_000_000i64;
+    for (name, mtime) in [("fresh", now), ("old", now - 3600), ("future", now + 3600)] {
+        std::fs::write(dir.path().join(name), name).unwrap();
+        filetime::set_file_mtime(dir.path().join(name), at(mtime)).unwrap();
+    }
+    let clocked = |secs: i64| Scanner { clock: Some(Box::new(move || secs * 1_000_000_000)), ..scanner(dir.path()) };
+    let s = clocked(now);
+    let found = s.scan(&["".into()], &Known(BTreeMap::new()), 100).unwrap();
+    let mut names: Vec<_> = found.iter().map(|r| r.path.as_str()).collect();
+    names.sort();
+    assert_eq!(names, vec!["future", "old"]);
+    assert_eq!(*s.settling.lock().unwrap(), vec!["fresh".to_string()]);
+    // Left is not gone: its record stays while it settles.
+    let mut known = Known(found.into_iter().map(|r| (r.path.clone(), r)).collect());
+    let mut earlier = scanner(dir.path()).scan(&["fresh".into()], &known, 101).unwrap();
+    let fresh = earlier.pop().unwrap();
+    known.0.insert("fresh".into(), fresh.clone());
+    std::fs::write(dir.path().join("fresh"), "fresh, now whole").unwrap();
+    filetime::set_file_mtime(dir.path().join("fresh"), at(now)).unwrap();
+    let s = clocked(now);
+    assert!(s.scan(&["".into()], &known, 102).unwrap().is_empty());
+    assert_eq!(*s.settling.lock().unwrap(), vec!["fresh".to_string()]);
+    // A second later it has settled, and a full scan takes it in.
+    let s = clocked(now + 1);
+    let found = s.scan(&["".into()], &known, 103).unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!((found[0].path.as_str(), found[0].size), ("fresh", 16));
+    assert!(s.settling.lock().unwrap().is_empty());
 }
