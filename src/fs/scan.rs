@@ -67,8 +67,9 @@ pub struct Scanner {
     /// modified under `core::debounce::SETTLE` ago is left for a look of its own (`settling`).
     /// `None`: every file is judged as found.
     pub clock: Option<Box<dyn Fn() -> i64 + Send + Sync>>,
-    /// Files a full scan left because they were still settling: the Index looks at them again
-    /// once they have had the time to (at most `core::debounce::SETTLING_MAX`).
+    /// Files a full scan left because they were still settling (at most
+    /// `core::debounce::SETTLING_MAX`): the Index hands them to the Watcher, which hands them
+    /// back once closed or quiet.
     pub settling: std::sync::Mutex<Vec<String>>,
 }
 
