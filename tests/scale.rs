@@ -1,10 +1,10 @@
 //! A tree larger than the Puller's window: 20,000 files wait in the index, ordered for the pull,
 //! and the Puller never holds more than its bounded window of them in memory (4096), whatever the
 //! size of the tree. One peer has at most its need budget (1024, `core::need_budget`) in the pull
-//! queue at once; the rest of its files are held in the index and all of them still arrive. A tree
-//! with more directories than the kernel lets a user watch still syncs. A pulled file is not
-//! looked at again for its own rename into place. Not timed: speed at scale
-//! is measured by `benches/scale.py`.
+//! queue at once; the rest of its files are held in the index and all of them still arrive. The
+//! index exchange goes in bounded batches (`/metrics` counts them). A tree with more directories
+//! than the kernel lets a user watch still syncs. A pulled file is not looked at again for its own
+//! rename into place. Not timed: speed at scale is measured by `benches/scale.py`.
 
 mod common;
 
@@ -15,6 +15,8 @@ use common::*;
 const FILES: usize = 20_000;
 const PER_DIR: usize = 100;
 const WINDOW: u64 = 4096;
+/// The most records a node puts in one index message (`net::serve::INDEX_BATCH`).
+const SENT_BATCH: u64 = 1000;
 
 #[test]
 fn twenty_thousand_files_pass_through_a_bounded_window() {
@@ -47,6 +49,11 @@ fn twenty_thousand_files_pass_through_a_bounded_window() {
     );
     assert!(held_peak.get() > 0, "nothing was ever held: the need budget was not exercised");
     assert_eq!(f["need_window"], 0, "{f}");
+    // A's index reached B in bounded batches: many messages, none over the sender's batch.
+    let batches = b.metric("syncnode_peer_index_batches_total", &held_label).unwrap_or(0);
+    let largest = b.metric("syncnode_peer_index_batch_max", &held_label).unwrap_or(0);
+    assert!(largest > 0 && largest <= SENT_BATCH, "largest index message: {largest} records");
+    assert!(batches >= (entries as u64).div_ceil(SENT_BATCH), "{entries} records in {batches} index messages");
     // A pulled file is neither read back nor looked at again for the watcher's event of its own
     // rename into place: B's scans looked at the directories it made, not at the files.
     let f = b.folder_status("default").unwrap();

@@ -182,7 +182,7 @@ impl PeerActor {
         // The limits are judged by arithmetic before any record is decoded or edit script expanded.
         let verdict = self.session().index(&update.folder, || wire::check_update(&update).map_err(|e| e.to_string()));
         match verdict {
-            Verdict::Take(()) => {}
+            Verdict::Take(()) => self.setup.counters.index_batch(records),
             Verdict::Unshared { warn } => {
                 self.setup.counters.refused_records(records);
                 return refuse_unshared(&self.setup.device, &update.folder, "index records", warn);

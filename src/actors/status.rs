@@ -178,6 +178,8 @@ impl NodeState {
                 failed_fetches: e.counters.failed_fetches.load(Relaxed),
                 needs_admitted: e.counters.needs_admitted.load(Relaxed),
                 needs_held: e.counters.needs_held.load(Relaxed),
+                index_batches: e.counters.index_batches.load(Relaxed),
+                index_batch_max: e.counters.index_batch_max.load(Relaxed),
             })
             .collect();
         Ok(StatusReport {
@@ -319,4 +321,9 @@ pub struct PeerReport {
     pub needs_admitted: u64,
     #[serde(default)]
     pub needs_held: u64,
+    /// Index messages of the peer taken in, and the most records one of them held.
+    #[serde(default)]
+    pub index_batches: u64,
+    #[serde(default)]
+    pub index_batch_max: u64,
 }

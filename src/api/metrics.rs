@@ -85,18 +85,19 @@ pub fn render(r: &StatusReport) -> Result<String, std::fmt::Error> {
         "What the index (RocksDB) holds in memory, by part; block_cache_pinned is within block_cache.",
         gauges(parts.map(|(part, bytes)| (vec![("part", part.to_string())], bytes))),
     );
-    let peer_gauges: [Metric<PeerReport>; 2] = [
+    let peer_gauges: [Metric<PeerReport>; 3] = [
         (
             "peer_needs_admitted",
             "Needs charged to the peer in the pull queues now (queued, running or waiting to retry).",
             |p| p.needs_admitted,
         ),
         ("peer_needs_held", "Needs of the peer held in the index until its need budget frees.", |p| p.needs_held),
+        ("peer_index_batch_max", "The most records one index message of the peer held.", |p| p.index_batch_max),
     ];
     for (name, help, value) in peer_gauges {
         registry.register(name, help, gauges(r.peers.iter().map(|p| (peer(p), value(p)))));
     }
-    let peer_counters: [Metric<PeerReport>; 6] = [
+    let peer_counters: [Metric<PeerReport>; 7] = [
         (
             "peer_failed_fetches",
             "Our chunk requests to the peer that failed (refused, timed out, connection lost).",
@@ -107,6 +108,7 @@ pub fn render(r: &StatusReport) -> Result<String, std::fmt::Error> {
         ("peer_refused_records", "Records from the peer refused (their batch not applied).", |p| p.refused_records),
         ("peer_refused_requests", "Chunk requests from the peer refused.", |p| p.refused_requests),
         ("peer_protocol_violations", "Times the peer broke the protocol and was cut off.", |p| p.protocol_violations),
+        ("peer_index_batches", "Index messages of the peer taken in.", |p| p.index_batches),
     ];
     for (name, help, value) in peer_counters {
         registry.register(name, help, counters(r.peers.iter().map(|p| (peer(p), value(p)))));

@@ -22,6 +22,10 @@ pub struct PeerCounters {
     /// held back in the index until its budget frees.
     pub needs_admitted: AtomicU64,
     pub needs_held: AtomicU64,
+    /// Index messages of the peer taken in, and the most records one of them held: the exchange
+    /// goes in bounded batches, and these show it.
+    pub index_batches: AtomicU64,
+    pub index_batch_max: AtomicU64,
     /// Kinds of refusal already logged for this peer: each is logged once, then only counted.
     logged: std::sync::Mutex<std::collections::HashSet<&'static str>>,
 }
@@ -38,6 +42,11 @@ impl PeerCounters {
     }
     pub fn refused_request(&self) {
         self.refused_requests.fetch_add(1, Ordering::Relaxed);
+    }
+    /// An index message of `records` records taken in.
+    pub fn index_batch(&self, records: usize) {
+        self.index_batches.fetch_add(1, Ordering::Relaxed);
+        self.index_batch_max.fetch_max(records as u64, Ordering::Relaxed);
     }
     pub fn failed_fetch(&self) {
         self.failed_fetches.fetch_add(1, Ordering::Relaxed);
