@@ -244,7 +244,10 @@ fn records_and_chunk_requests_for_a_folder_not_shared_with_the_peer_are_refused_
     a.write("mine.txt", b"A shares this");
     write(&a_private_dir, "secret.txt", b"A keeps this");
     a.start();
-    assert!(wait_until(Duration::from_secs(10), || a.log_text().contains("node starting")));
+    // A indexes `mine.txt` once it has settled (written under a second before the start): only
+    // then can it serve it.
+    let (indexed, f) = a.folder_until("default", Duration::from_secs(10), |f| f["local_files"] == 1);
+    assert!(indexed, "A never indexed mine.txt: {f}");
 
     let identity = Identity::load(&b.data_dir).unwrap();
     let device_b = identity.device_id;
