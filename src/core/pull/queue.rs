@@ -63,12 +63,20 @@ impl PullState {
         }
     }
 
-    /// Holds needs over their peers' budgets in the store, each under its first announcer.
+    /// Holds needs over their peers' budgets in the store, each under its first announcer. An
+    /// older need of the same path still queued (one charged to nobody) is dropped: the path
+    /// waits in one place, and what it would pull is out of date. Left queued, it was pulled and
+    /// its newer need stayed held, counted as needed, until a tick took it (the property test).
     pub(super) fn hold(&mut self, items: Vec<Need>, store: &mut impl NeedStore, fx: &mut Vec<Effect>) {
-        let mut by_peer: BTreeMap<DeviceId, Vec<(NeedKey, u64)>> = BTreeMap::new();
-        for i in items {
-            by_peer.entry(i.sources[0]).or_default().push((key_of(&i), bytes_of(&i)));
+        if items.is_empty() {
+            return;
         }
+        let mut by_peer: BTreeMap<DeviceId, Vec<(NeedKey, u64)>> = BTreeMap::new();
+        for i in &items {
+            self.window_remove(&i.remote.path);
+            by_peer.entry(i.sources[0]).or_default().push((key_of(i), bytes_of(i)));
+        }
+        store.unqueue(&items.iter().map(|i| i.remote.path.as_str()).collect::<Vec<_>>());
         for (device, rows) in by_peer {
             if store.hold(device, &rows) && self.held.insert(device) {
                 fx.push(Effect::Holding { peer: device });
@@ -169,7 +177,11 @@ impl PullState {
         let mut whole = was_whole;
         for (key, item) in keyed {
             self.window_remove(&key.path);
-            let before_last = self.queue.last().is_none_or(|(o, p)| (key.order, key.path.as_str()) < (o, p));
+            // Into the window only if it sorts before a need the window holds: the stored needs
+            // past the window all sort after its last one. A window emptied by moves (a queued
+            // file that became a delete) says nothing of where the stored ones are, so an empty
+            // window that is not the whole queue takes nothing here: `refill` loads its head.
+            let before_last = self.queue.last().is_some_and(|(o, p)| (key.order, key.path.as_str()) < (o, p));
             if whole || before_last {
                 self.window_insert(item);
                 if self.queue.len() > self.limits.window {
