@@ -2170,6 +2170,7 @@ const REGRESSIONS: &[(u64, u8, &str)] = &[
     (202, 1, "a confirm answered by restored files stayed in force: a later mass delete was not held"),
     (188, 1, "two losers of one path by one device in one second shared a conflict name: a copy kept twice"),
     (19144, 2, "sim: a quiet period ended on the full scan that held a mass delete, before one saw the restore"),
+    (9629236930949261617, 2, "a peer holding our own delete hid a concurrent edit from another peer for good"),
 ];
 
 #[test]

@@ -204,14 +204,15 @@ fn need_at<R: Records + ?Sized>(
     path: &str,
     listed: &[&FileRecord],
 ) -> Result<Option<Need>, R::Error> {
-    let mut best: Option<FileRecord> = None;
-    let mut consider = |remote: &FileRecord| match &best {
-        Some(cur) if cur.version.dominates(&remote.version) => {}
-        Some(cur) if remote.version.dominates(&cur.version) => best = Some(remote.clone()),
-        // Two peers disagree concurrently: decide against ours one at a time; the outcome of the
-        // first changes ours, and the next round takes the other.
-        Some(_) => {}
-        None => best = Some(remote.clone()),
+    // The newest records: none seen by another; records concurrent with each other are all kept,
+    // in the order considered.
+    let mut newest: Vec<FileRecord> = Vec::new();
+    let mut consider = |remote: &FileRecord| {
+        if newest.iter().any(|n| n.version.dominates(&remote.version)) {
+            return;
+        }
+        newest.retain(|n| !remote.version.dominates(&n.version));
+        newest.push(remote.clone());
     };
     // The first record announced, then every device's, then the rest announced.
     if let Some(first) = listed.first() {
@@ -225,12 +226,20 @@ fn need_at<R: Records + ?Sized>(
         }
     }
     listed.iter().skip(1).for_each(|r| consider(r));
-    let Some(remote) = best else { return Ok(None) };
-    let local = records.local(path)?;
-    let action = decide(local.as_ref(), &remote);
-    if action == Action::Skip {
+    if newest.is_empty() {
         return Ok(None);
     }
+    let local = records.local(path)?;
+    // Peers that disagree concurrently are decided against ours one at a time: the outcome of
+    // the first changes ours, and the next round takes the other. One that changes nothing here
+    // (ours already, or seen by ours) is passed over: taken first, it hid the other for good (a
+    // peer holding our delete kept a concurrent edit from us while it stayed so: `SIM_SEED`
+    // 9629236930949261617).
+    let decided = newest.into_iter().find_map(|remote| {
+        let action = decide(local.as_ref(), &remote);
+        (action != Action::Skip).then_some((remote, action))
+    });
+    let Some((remote, action)) = decided else { return Ok(None) };
     let sources = stored.into_iter().filter(|(_, v)| *v == remote.version).map(|(d, _)| d).collect();
     Ok(Some(Need { action, remote, local, sources }))
 }

@@ -95,6 +95,29 @@ fn needs_pick_the_newest_version_and_every_source_of_it() {
     assert!(needs(&m, &[dev(1), dev(2)], None).unwrap().is_empty());
 }
 
+/// Found by the simulation (`SIM_SEED` 9629236930949261617): we deleted a file, one peer took
+/// our delete and another edited the file concurrently. The peer holding our delete was read
+/// first, its record (ours) decided nothing, and the concurrent edit behind it was never
+/// considered: while that peer kept the delete (its folder stopped), the edit never came back.
+#[test]
+fn a_peer_holding_our_own_version_does_not_hide_a_concurrent_edit() {
+    let mut m = Mem::default();
+    let base = file("a", 1, &[(1, 1), (2, 1)], 10, 1);
+    let ours = base.tombstone(ShortId(1), 20);
+    let edit = file("a", 2, &[(1, 1), (2, 30)], 30, 2);
+    assert!(!ours.version.dominates(&edit.version) && !edit.version.dominates(&ours.version));
+    m.local.insert("a".into(), ours.clone());
+    m.remote.entry(dev(1)).or_default().insert("a".into(), ours.clone());
+    m.remote.entry(dev(2)).or_default().insert("a".into(), edit.clone());
+    for announced in [None, Some(std::slice::from_ref(&ours))] {
+        let n = needs(&m, &[dev(1), dev(2)], announced).unwrap();
+        assert_eq!(n.len(), 1, "{announced:?}");
+        assert_eq!((&n[0].remote, n[0].sources.clone()), (&edit, vec![dev(2)]));
+        assert_ne!(n[0].action, Action::Skip);
+    }
+    assert_eq!(needs_at(&m, &[dev(1), dev(2)], &["a".to_string()]).unwrap()[0].remote, edit);
+}
+
 #[test]
 fn merges_and_unknown_tombstones_settle_without_the_puller() {
     let local = file("a", 1, &[(1, 1)], 10, 1);
