@@ -15,8 +15,8 @@ use common::*;
 const FILES: usize = 20_000;
 const PER_DIR: usize = 100;
 const WINDOW: u64 = 4096;
-/// The most records a node puts in one index message (`net::serve::INDEX_BATCH`).
-const SENT_BATCH: u64 = 1000;
+/// The most records a node puts in one index message.
+const SENT_BATCH: u64 = syncnode::net::serve::INDEX_BATCH as u64;
 
 #[test]
 fn twenty_thousand_files_pass_through_a_bounded_window() {

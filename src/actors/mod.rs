@@ -21,10 +21,7 @@ pub mod supervisor;
 pub mod versions;
 pub mod watcher;
 
-/// Milliseconds since the epoch, the floor for new version counters (the only clock the decisions see).
-pub fn now_millis() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
+pub use crate::fs::now_millis;
 
 /// Hands the allocator's free memory back to the system. Called when a burst of work ends (a full
 /// scan, a drained pull queue): glibc keeps what its arenas freed (every thread that hashed or

@@ -17,6 +17,21 @@ pub mod versions;
 /// Anything larger goes to a blocking thread, where a slow disk cannot hold up the runtime.
 pub const INLINE_IO: u64 = 64 << 10;
 
+/// The wall clock, in milliseconds since the epoch: the floor of new version counters (the only
+/// clock the decisions see) and the times in the version store's names.
+pub fn now_millis() -> u64 {
+    since_epoch().as_millis() as u64
+}
+
+/// The wall clock, in nanoseconds since the epoch: the unit of file mtimes.
+pub fn now_ns() -> i64 {
+    i64::try_from(since_epoch().as_nanos()).unwrap_or(i64::MAX)
+}
+
+fn since_epoch() -> std::time::Duration {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default()
+}
+
 /// The cores this process may use, asked once: `available_parallelism` reads the cgroup files on
 /// every call (an open and a read each), which cost a tenth of a sender's CPU when every scan
 /// batch and every pull asked it (perf, 100,000 new files).

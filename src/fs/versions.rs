@@ -26,9 +26,9 @@ use crate::core::path as paths;
 use crate::core::versioning::{parse_version_name, to_remove, version_name, Policy, Reason, SizeByTime, DAY};
 use crate::core::{FileKind, FileRecord, ShortId};
 
-use super::apply;
 use super::safe_path::{safe_entry_path, safe_path, UnsafePath};
 use super::scan::DiskState;
+use super::{apply, now_millis};
 
 /// One kept version, as `versions list` and `GET /rest/versions` show it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,11 +101,6 @@ pub struct VersionStore {
     files: AtomicU64,
     bytes: AtomicU64,
     cut: Mutex<Cut>,
-}
-
-/// Milliseconds since the epoch (the store's names are in UTC).
-pub fn now_millis() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 fn rfc3339(ms: u64) -> String {

@@ -108,7 +108,7 @@ impl ScanJob {
                     }
                 }
             })),
-            clock: full.then(|| Box::new(wall_clock_ns) as Box<dyn Fn() -> i64 + Send + Sync>),
+            clock: full.then(|| Box::new(crate::fs::now_ns) as Box<dyn Fn() -> i64 + Send + Sync>),
             settling: Default::default(),
         };
         let started = std::time::Instant::now();
@@ -134,10 +134,4 @@ impl ScanJob {
         }
         Scanned { folder, records, root: guard.check(), full, scope, unreadable, settling }
     }
-}
-
-/// Now, in nanoseconds since the epoch (file mtimes' unit).
-fn wall_clock_ns() -> i64 {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    i64::try_from(now.as_nanos()).unwrap_or(i64::MAX)
 }

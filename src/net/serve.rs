@@ -30,7 +30,7 @@ use crate::fs::INLINE_IO;
 use crate::store::Store;
 
 /// Records read from the store for one index message, before it is cut to fit.
-const INDEX_BATCH: usize = 1000;
+pub const INDEX_BATCH: usize = 1000;
 
 /// Checks a peer's chunk request: `Err` (a violation) for a path no peer of ours would ever
 /// name, `Ok(Err)` for a request refused as invalid, `Ok(Ok(hash))` for one to serve.
